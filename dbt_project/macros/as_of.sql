@@ -1,0 +1,31 @@
+{#- The run's as-of date: every model looks at the world as it was known on that day. -#}
+{% macro as_of() -%}
+    cast('{{ var("as_of") }}' as date)
+{%- endmacro %}
+
+{#- End of the as-of day, for comparing timestamps. -#}
+{% macro as_of_end() -%}
+    (cast('{{ var("as_of") }}' as date) + interval 1 day)
+{%- endmacro %}
+
+{#- Start of the window `months_back` months before the as-of day (exclusive bound). -#}
+{% macro months_before_as_of(months_back) -%}
+    (cast('{{ var("as_of") }}' as date) + interval 1 day - interval {{ months_back }} month)
+{%- endmacro %}
+
+{#- A VALUES list of the configured exchange rates, to join on. -#}
+{% macro fx_rates_values() -%}
+    (values
+    {%- for currency, rate in var("fx_rates").items() %}
+        ('{{ currency | upper }}', cast({{ rate }} as double)){% if not loop.last %},{% endif %}
+    {%- endfor %}
+    ) as fx(currency, rate_to_reporting)
+{%- endmacro %}
+
+{#- A SQL list literal of configured category names (lower-cased), or NULL-only list. -#}
+{% macro category_list(var_name) -%}
+    {%- set names = var(var_name) -%}
+    {%- if names | length == 0 -%}(null){%- else -%}
+    ({%- for n in names -%}'{{ n | lower | replace("'", "''") }}'{% if not loop.last %}, {% endif %}{%- endfor -%})
+    {%- endif -%}
+{%- endmacro %}

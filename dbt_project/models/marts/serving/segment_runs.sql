@@ -1,0 +1,40 @@
+-- Every segmentation run: what k was chosen and why, the quality figures, the counts.
+with
+
+runs as (
+
+    select * from {{ ref('stg_segmentation__runs') }}
+
+),
+
+latest as (
+
+    select run_id from {{ ref('int_segment_runs__latest') }}
+
+)
+
+select
+    runs.run_id,
+    runs.as_of,
+    runs.created_at,
+    runs.model_version,
+    runs.taxonomy,
+    runs.taxonomy_digest,
+    runs.basis,
+    runs.k,
+    runs.k_reason,
+    cast(runs.k_evidence as varchar) as k_evidence,
+    runs.silhouette,
+    runs.min_jaccard,
+    runs.classifier_cv_accuracy,
+    runs.key_account_mode,
+    cast(runs.key_account_evidence as varchar) as key_account_evidence,
+    runs.customers,
+    runs.surveyed,
+    runs.inferred,
+    runs.prospects,
+    runs.key_accounts,
+    runs.seconds,
+    runs.run_id = latest.run_id as is_latest
+from runs
+cross join latest

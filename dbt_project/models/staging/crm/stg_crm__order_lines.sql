@@ -1,0 +1,52 @@
+with
+
+source as (
+
+    select * from {{ source('crm', 'order_lines') }}
+
+),
+
+renamed as (
+
+    select
+        order_id,
+        line_number,
+        account_id,
+        order_date,
+        product_id,
+        coalesce(nullif(trim(product_category), ''), 'Uncategorised') as product_category,
+        quantity,
+        cast(list_price as double) as list_price,
+        cast(net_price as double) as net_price,
+        upper(currency) as currency,
+        lower(channel) as channel,
+        _loaded_at as loaded_at,
+        _batch_id as batch_id
+    from source
+
+),
+
+-- a line re-sent in a later extract replaces the earlier one
+latest as (
+
+    select *
+    from renamed
+    qualify row_number() over (partition by order_id, line_number order by loaded_at desc, batch_id desc) = 1
+
+)
+
+select
+    order_id,
+    line_number,
+    account_id,
+    order_date,
+    product_id,
+    product_category,
+    quantity,
+    list_price,
+    net_price,
+    currency,
+    channel,
+    quantity * net_price as net_amount,
+    quantity * coalesce(list_price, net_price) as list_amount
+from latest

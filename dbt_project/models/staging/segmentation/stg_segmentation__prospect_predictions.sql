@@ -1,0 +1,1 @@
+select * from {{ source('segmentation', 'prospect_predictions') }}

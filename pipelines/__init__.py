@@ -1,0 +1,1 @@
+"""needseg: B2B needs-based customer segmentation pipeline."""

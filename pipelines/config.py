@@ -1,0 +1,74 @@
+"""The pipeline's business configuration (config/needseg.yaml or NEEDSEG_CONFIG).
+
+Defaults live in code so a partial file only overrides what it names; unknown keys are
+refused with the file and key, so a typo does not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.errors import ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "reporting_currency": "EUR",
+    "fx_rates": {"EUR": 1.0},
+    "ingest": {"max_quarantine_share": 0.5},
+    "features": {
+        "trailing_months": 12,
+        "recent_months": 3,
+        "key_account_revenue_share": 0.8,
+        "mid_tier_revenue_share": 0.95,
+        "survey_valid_months": 24,
+        "premium_categories": [],
+        "service_categories": [],
+    },
+    "segmentation": {
+        "seed": 42,
+        "bootstrap_samples": 20,
+        "min_stability": 0.75,
+        "min_cluster_share": 0.04,
+        # Key accounts get their own segmentation from this many surveyed key accounts on.
+        "key_accounts_min": 100,
+        "lookalikes_per_segment": 25,
+    },
+    "drift": {},
+    "alerts": {},
+    "publish": {},
+}
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any], path: Path, where: str = "") -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        here = f"{where}.{key}" if where else key
+        if key not in base:
+            raise ConfigError(f"{path}: unknown setting {here!r}; expected one of {', '.join(sorted(base))}")
+        if isinstance(base[key], dict) and base[key] and key != "fx_rates":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: {here} must be a mapping")
+            out[key] = _merge(base[key], value, path, here)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"configuration file {path} does not exist (set NEEDSEG_CONFIG or restore config/needseg.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    config = _merge(DEFAULTS, raw, path)
+    rates = config["fx_rates"]
+    if not isinstance(rates, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in rates.values()):
+        raise ConfigError(f"{path}: fx_rates must map currency codes to positive numbers")
+    config["fx_rates"] = {str(k).upper(): float(v) for k, v in rates.items()}
+    return config

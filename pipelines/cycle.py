@@ -1,0 +1,152 @@
+"""The steps of one needseg cycle, as the DAGs and the `needseg` CLI call them.
+
+Each step opens the working warehouse, does one thing, closes it and returns a small
+JSON-able summary (Airflow keeps it as the task's XCom; the CLI prints it). A step re-run
+for the same as-of date gives the same tables. Stage timings go to `meta.cycle_runs`.
+
+    ingest    landing files -> raw (quality gate, quarantine)
+    features  dbt build, tag:features -> marts.customer_features
+    segment   segmentation run -> segments.*
+    serving   dbt build, tag:serving -> the published marts
+    publish   serving database + Parquet exports, swapped in atomically
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from pipelines import transform
+from pipelines.config import load_config
+from pipelines.ingest.loader import ingest
+from pipelines.publish import publish
+from pipelines.segmentation.run import segment
+from pipelines.segmentation.taxonomy import load_taxonomy
+from pipelines.settings import Settings, load_settings
+from pipelines.warehouse import open_warehouse
+
+log = logging.getLogger("needseg")
+
+STAGES = ("ingest", "features", "segment", "serving", "publish")
+
+
+def cycle_id(as_of: dt.date) -> str:
+    return f"cycle-{as_of.isoformat()}"
+
+
+@contextmanager
+def _timed(settings: Settings, as_of: dt.date, stage: str, detail: dict[str, Any]) -> Iterator[None]:
+    started_at = dt.datetime.now()
+    started = time.monotonic()
+    yield
+    seconds = round(time.monotonic() - started, 3)
+    detail["seconds"] = seconds
+    with open_warehouse(settings.warehouse_path) as con:
+        con.execute(
+            "insert or replace into meta.cycle_runs values (?, ?, ?, ?, ?, ?)",
+            [cycle_id(as_of), as_of, stage, started_at, seconds, json.dumps(detail, default=str)],
+        )
+
+
+def ingest_step(as_of: dt.date, settings: Settings | None = None, accept_changed: bool = False) -> dict[str, Any]:
+    settings = settings or load_settings()
+    config = load_config(settings.config_path)
+    detail: dict[str, Any] = {}
+    with _timed(settings, as_of, "ingest", detail):
+        with open_warehouse(settings.warehouse_path) as con:
+            report = ingest(
+                settings, con, as_of, cycle_id(as_of),
+                accept_changed=accept_changed,
+                max_quarantine_share=float(config["ingest"]["max_quarantine_share"]),
+                known_currencies=list(config["fx_rates"]),
+            )
+        detail.update(
+            summary=report.summary(),
+            files_loaded=report.count("loaded"),
+            rows_read=report.rows_read,
+            rows_loaded=report.rows_loaded,
+            rows_quarantined=report.rows_quarantined,
+            conflicts=[f.message for f in report.conflicts],
+        )
+    log.info("ingest: %s", detail["summary"])
+    return detail
+
+
+def features_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, Any]:
+    return _dbt_step(as_of, settings, "features", transform.FEATURES)
+
+
+def serving_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, Any]:
+    return _dbt_step(as_of, settings, "serving", transform.SERVING)
+
+
+def _dbt_step(as_of: dt.date, settings: Settings | None, stage: str, select: str) -> dict[str, Any]:
+    settings = settings or load_settings()
+    config = load_config(settings.config_path)
+    detail: dict[str, Any] = {}
+    with _timed(settings, as_of, stage, detail):
+        result = transform.build(settings, config, as_of, select)
+        detail.update(select=select, nodes=result.nodes, warnings=result.warnings)
+    log.info("%s: dbt build %s, %d nodes in %.1f s", stage, select, result.nodes, detail["seconds"])
+    return detail
+
+
+def segment_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, Any]:
+    settings = settings or load_settings()
+    config = load_config(settings.config_path)
+    taxonomy = load_taxonomy(settings.taxonomy_path)
+    detail: dict[str, Any] = {}
+    with _timed(settings, as_of, "segment", detail):
+        with open_warehouse(settings.warehouse_path) as con:
+            result = segment(con, as_of, taxonomy, config)
+        detail.update(summary=result.summary(), run_id=result.run_id, k=result.k, segments=result.segments,
+                      surveyed=result.surveyed, inferred=result.inferred, prospects=result.prospects)
+    log.info("segment: %s", detail["summary"])
+    return detail
+
+
+def publish_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, Any]:
+    settings = settings or load_settings()
+    detail: dict[str, Any] = {}
+    with _timed(settings, as_of, "publish", detail):
+        with open_warehouse(settings.warehouse_path) as con:
+            result = publish(settings, con, as_of)
+        detail.update(summary=result.summary(), serving_path=result.serving_path, tables=result.tables, run_id=result.run_id)
+    log.info("publish: %s", detail["summary"])
+    return detail
+
+
+STEP_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
+    "ingest": ingest_step,
+    "features": features_step,
+    "segment": segment_step,
+    "serving": serving_step,
+    "publish": publish_step,
+}
+
+
+@dataclass
+class CycleReport:
+    as_of: str
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return round(sum(s.get("seconds", 0.0) for s in self.stages.values()), 2)
+
+
+def run_cycle(as_of: dt.date, settings: Settings | None = None, stages: tuple[str, ...] = STAGES, on_stage: Callable[[str, dict[str, Any]], None] | None = None) -> CycleReport:
+    """One full cycle as of a date, stage by stage; a failing stage stops the rest."""
+    settings = settings or load_settings()
+    report = CycleReport(as_of.isoformat())
+    for stage in stages:
+        detail = STEP_FUNCTIONS[stage](as_of, settings)
+        report.stages[stage] = detail
+        if on_stage:
+            on_stage(stage, detail)
+    return report

@@ -1,0 +1,426 @@
+"""Load new landing files into the raw tables: read, map, type, gate, quarantine, count.
+
+Rules kept here (DESIGN.md, "Storage and concurrency"):
+- raw tables are append-only; every row carries `_batch_id`, `_source`, `_file`, `_line`,
+  `_loaded_at`;
+- a file is one batch; its id comes from its content, so loading the same file twice (under
+  any name) adds nothing; a file whose content changed after it was loaded is reported as a
+  conflict and not appended;
+- every row read ends up in raw or in quarantine, and the batch records both counts;
+- a batch is written in one transaction: it is in the warehouse whole or not at all;
+- a batch-level failure (unreadable, empty, missing column, too many bad rows) is recorded
+  and, once every other file is handled, stops the run with a message naming the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from pipelines.contract import TABLES
+from pipelines.errors import InputError
+from pipelines.ingest.mapping import SourceMapping, TableMapping, file_format, load_mappings, mapping_for
+from pipelines.ingest.parse import ParsedBatch, Problem, parse
+from pipelines.ingest.readers import BatchRejected, read_file
+from pipelines.quality.gate import QualityGate
+from pipelines.settings import EXPECTATIONS_DIR, Settings
+
+log = logging.getLogger(__name__)
+
+# Accounts first: the other tables' rows are checked against the accounts known by then.
+LOAD_ORDER = ("accounts", "order_lines", "support_tickets", "quotes", "survey_responses")
+IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".lock")
+
+
+class GateFailed(InputError):
+    """One or more batches were refused; the message lists each with its reason."""
+
+
+@dataclass
+class FileOutcome:
+    source: str
+    table: str
+    file: str
+    status: str  # loaded | duplicate | already_loaded | conflict | rejected
+    batch_id: str | None = None
+    rows_read: int = 0
+    rows_loaded: int = 0
+    rows_quarantined: int = 0
+    message: str = ""
+    extra_columns: list[str] = field(default_factory=list)
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class IngestReport:
+    as_of: str
+    files: list[FileOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+    validation_files: list[str] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for f in self.files if f.status == status)
+
+    @property
+    def rows_read(self) -> int:
+        return sum(f.rows_read for f in self.files if f.status in ("loaded", "rejected"))
+
+    @property
+    def rows_loaded(self) -> int:
+        return sum(f.rows_loaded for f in self.files if f.status == "loaded")
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(f.rows_quarantined for f in self.files if f.status in ("loaded", "rejected"))
+
+    @property
+    def rejected(self) -> list[FileOutcome]:
+        return [f for f in self.files if f.status == "rejected"]
+
+    @property
+    def conflicts(self) -> list[FileOutcome]:
+        return [f for f in self.files if f.status == "conflict"]
+
+    def summary(self) -> str:
+        parts = [
+            f"{self.count('loaded')} file(s) loaded",
+            f"{self.rows_read} rows read",
+            f"{self.rows_loaded} to raw",
+            f"{self.rows_quarantined} to quarantine",
+        ]
+        skipped = self.count("already_loaded") + self.count("duplicate")
+        if skipped:
+            parts.append(f"{skipped} already loaded")
+        if self.conflicts:
+            parts.append(f"{len(self.conflicts)} changed after loading (not appended)")
+        if self.rejected:
+            parts.append(f"{len(self.rejected)} rejected")
+        return ", ".join(parts) + f" in {self.seconds:.1f} s"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Pending:
+    path: Path
+    rel: str
+    source: str
+    mapping: TableMapping
+    checksum: str
+    size: int
+
+
+def checksum(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _discover(landing: Path, mappings: dict[str, SourceMapping]) -> list[tuple[str, TableMapping, Path]]:
+    """Every (source, table mapping, file) below the landing folder, in load order."""
+    found = []
+    if not landing.exists():
+        return found
+    for source_dir in sorted(p for p in landing.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        mapping = mapping_for(source_dir.name, mappings)
+        for table in LOAD_ORDER:
+            tm = mapping.for_table(table)
+            folder = source_dir / tm.folder_table
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.iterdir()):
+                if not path.is_file() or path.name.startswith((".", "~$")) or path.name.endswith(IGNORED_SUFFIXES):
+                    continue
+                if fnmatch.fnmatch(path.name, tm.files):
+                    found.append((source_dir.name, tm, path))
+    order = {t: i for i, t in enumerate(LOAD_ORDER)}
+    return sorted(found, key=lambda x: (order[x[1].table], x[0], str(x[2])))
+
+
+def ingest(
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    as_of: dt.date,
+    run_id: str,
+    sources: list[str] | None = None,
+    accept_changed: bool = False,
+    max_quarantine_share: float = 0.5,
+    known_currencies: list[str] | None = None,
+    gate: QualityGate | None = None,
+) -> IngestReport:
+    """Load every new landing file; raise GateFailed after the others if any batch was refused."""
+    started = time.monotonic()
+    report = IngestReport(as_of=as_of.isoformat())
+    mappings = load_mappings(settings.mappings_dir)
+    gate = gate or QualityGate(EXPECTATIONS_DIR)
+    latest_allowed = pd.Timestamp(as_of) + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
+    loaded = {
+        (r[0], r[1]): r[2]
+        for r in con.execute("select table_name, checksum, batch_id from meta.batches where status = 'loaded'").fetchall()
+    }
+    by_file = {
+        (r[0], r[1]): (r[2], r[3])
+        for r in con.execute(
+            "select table_name, file, checksum, batch_id from meta.batches where status = 'loaded' "
+            "qualify row_number() over (partition by table_name, file order by loaded_at desc) = 1"
+        ).fetchall()
+    }
+    known_accounts: set[str] = {r[0] for r in con.execute("select distinct account_id from raw.accounts").fetchall()}
+
+    pending: dict[str, list[_Pending]] = {t: [] for t in LOAD_ORDER}
+    for source, tm, path in _discover(settings.landing_dir, mappings):
+        if sources and source not in sources:
+            continue
+        rel = str(path.relative_to(settings.landing_dir))
+        digest = checksum(path)
+        if (tm.table, digest) in loaded:
+            previous = loaded[(tm.table, digest)]
+            same_file = by_file.get((tm.table, rel), (None, None))[1] == previous
+            report.files.append(
+                FileOutcome(source, tm.table, rel, "already_loaded" if same_file else "duplicate", previous,
+                            message="" if same_file else f"identical to a file already loaded as batch {previous}")
+            )
+            continue
+        if (tm.table, rel) in by_file and not accept_changed:
+            old_digest, old_batch = by_file[(tm.table, rel)]
+            con.execute(
+                "insert or ignore into meta.file_conflicts values (?, ?, ?, ?, ?)",
+                [rel, old_digest, digest, old_batch, dt.datetime.now()],
+            )
+            report.files.append(
+                FileOutcome(
+                    source, tm.table, rel, "conflict", old_batch,
+                    message=(
+                        f"{rel} changed after it was loaded as batch {old_batch}; the new content was not appended. "
+                        "Deliver changes as a new file, or re-run with --accept-changed to load it as a new batch."
+                    ),
+                )
+            )
+            continue
+        pending[tm.table].append(_Pending(path, rel, source, tm, digest, path.stat().st_size))
+
+    for table in LOAD_ORDER:
+        items = pending[table]
+        if not items:
+            continue
+        parsed: list[tuple[_Pending, ParsedBatch | BatchRejected]] = []
+        for item in items:
+            try:
+                raw = read_file(item.path, file_format(item.path, item.mapping.read), item.mapping.read)
+                parsed.append((item, parse(raw, item.mapping, TABLES[table], item.path)))
+            except BatchRejected as exc:
+                parsed.append((item, exc))
+        if table == "accounts":
+            for _, batch in parsed:
+                if isinstance(batch, ParsedBatch):
+                    known_accounts.update(batch.typed["account_id"].dropna().astype(str))
+        # Validate all of this table's new files in one GE run, then split by file.
+        frames = []
+        for i, (item, batch) in enumerate(parsed):
+            if isinstance(batch, ParsedBatch) and len(batch.typed):
+                frames.append(batch.typed.assign(_file_index=i))
+        gate_problems: dict[int, list[Problem]] = {}
+        batch_failures: list[str] = []
+        if frames:
+            combined = pd.concat(frames, ignore_index=True)
+            result = gate.validate(
+                table,
+                combined,
+                {
+                    "known_account_ids": sorted(known_accounts),
+                    "known_currencies": sorted(known_currencies or []),
+                    "latest_allowed": latest_allowed,
+                },
+            )
+            _save_validation(settings, run_id, table, result.document)
+            report.validation_files.append(str(settings.quality_dir / run_id / f"{table}.json"))
+            batch_failures = result.batch_failures
+            file_of = combined["_file_index"].to_numpy()
+            for problem in _resolve_duplicates(result.row_problems, combined, TABLES[table]):
+                gate_problems.setdefault(int(file_of[problem.index]), []).append(problem)
+        for i, (item, batch) in enumerate(parsed):
+            outcome = _write_batch(
+                con, item, batch, gate_problems.get(i, []), batch_failures, run_id, as_of, max_quarantine_share
+            )
+            report.files.append(outcome)
+
+    report.seconds = time.monotonic() - started
+    problems = report.rejected
+    if problems:
+        lines = [f"- {f.file}: {f.message}" for f in problems]
+        raise GateFailed(
+            f"{len(problems)} batch(es) refused by the quality gate; nothing from them was loaded, "
+            "and the run stops here:\n" + "\n".join(lines)
+        )
+    return report
+
+
+def _resolve_duplicates(problems: list[Problem], frame: pd.DataFrame, table) -> list[Problem]:
+    """Apply the duplicate-key policy to the gate's duplicate findings.
+
+    Rows that repeat another row exactly are harmless re-sends: the first is kept, the rest
+    are quarantined as duplicates of it. Rows that share a key but differ are a conflict
+    nobody can settle automatically: all of them are quarantined, naming each other.
+    """
+    dupes = [p for p in problems if p.check == "expect_compound_columns_to_be_unique"]
+    if not dupes:
+        return problems
+    others = [p for p in problems if p.check != "expect_compound_columns_to_be_unique"]
+    key = [*table.key, *([table.version_column] if table.version_column else []), "_file_index"]
+    content = [c for c in table.column_names]
+    rows = frame.loc[[p.index for p in dupes]]
+    by_index = {p.index: p for p in dupes}
+    kept: list[Problem] = []
+    for _, group in rows.groupby(key, dropna=False, sort=False):
+        lines = group["_line"].tolist()
+        identical = len(group[content].astype(str).drop_duplicates()) == 1
+        first = group.index[0]
+        for index, line in zip(group.index, lines):
+            p = by_index[index]
+            if identical:
+                if index == first:
+                    continue
+                reason = f"duplicate row: repeats line {lines[0]} ({p.column} {p.value!r})"
+            else:
+                reason = f"duplicate key with different values: {p.column} {p.value!r} on lines {', '.join(map(str, lines))}"
+            kept.append(Problem(p.line, p.column, p.value, reason, p.expected, p.check, p.index))
+    return others + kept
+
+
+def _save_validation(settings: Settings, run_id: str, table: str, document: dict) -> None:
+    folder = settings.quality_dir / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{table}.json").write_text(json.dumps(document, indent=1, default=str))
+
+
+def _write_batch(
+    con: duckdb.DuckDBPyConnection,
+    item: _Pending,
+    batch: ParsedBatch | BatchRejected,
+    gate_problems: list[Problem],
+    batch_failures: list[str],
+    run_id: str,
+    as_of: dt.date,
+    max_quarantine_share: float,
+) -> FileOutcome:
+    table = item.mapping.table
+    batch_id = f"{item.source}.{table}.{item.checksum[:16]}"
+    now = dt.datetime.now()
+    outcome = FileOutcome(item.source, table, item.rel, "loaded", batch_id)
+    con.execute("begin transaction")
+    try:
+        # A refused batch may be retried on a later run: replace what its last try left.
+        con.execute("delete from meta.quarantine where batch_id = ?", [batch_id])
+        con.execute("delete from meta.batches where batch_id = ?", [batch_id])
+        if isinstance(batch, BatchRejected):
+            outcome.status = "rejected"
+            outcome.rows_read = batch.rows_read
+            outcome.message = f"{batch.reason} [{batch.expectation or 'read'}]"
+            _record_batch(con, item, batch_id, "rejected", batch.rows_read, 0, 0, [], outcome.message, run_id, as_of, now, None)
+            con.execute("commit")
+            return outcome
+
+        problems_by_line: dict[int, list[Problem]] = {}
+        for p in batch.problems + gate_problems:
+            problems_by_line.setdefault(p.line, []).append(p)
+        outcome.rows_read = batch.rows_read
+        outcome.extra_columns = batch.extra_columns
+        bad_lines = set(problems_by_line)
+        good = batch.typed[~batch.typed["_line"].isin(bad_lines)]
+        share = len(bad_lines) / max(batch.rows_read, 1)
+        failures = list(batch_failures)
+        if share > max_quarantine_share:
+            failures.append(
+                f"{len(bad_lines)} of {batch.rows_read} rows ({share:.0%}) failed the checks, more than the "
+                f"{max_quarantine_share:.0%} allowed; this usually means a wrong mapping. First problem: "
+                f"line {min(bad_lines)}: {problems_by_line[min(bad_lines)][0].reason}"
+            )
+        if failures:
+            outcome.status = "rejected"
+            outcome.message = "; ".join(failures)
+            # Every row of a refused batch is accounted for in quarantine, with the batch's reason.
+            reason = "batch rejected: " + outcome.message
+            for line in batch.records:
+                problems_by_line.setdefault(line, []).insert(0, Problem(line, None, None, reason[:1000], None, "batch"))
+            quarantined = _quarantine(con, item, batch_id, batch, problems_by_line, now)
+            outcome.rows_quarantined = quarantined
+            outcome.quarantine_reasons = {"batch rejected": quarantined}
+            _record_batch(con, item, batch_id, "rejected", batch.rows_read, 0, quarantined, batch.extra_columns, outcome.message, run_id, as_of, now, batch)
+            con.execute("commit")
+            return outcome
+
+        insert = good.assign(_batch_id=batch_id, _source=item.source, _file=item.rel, _loaded_at=now)
+        columns = TABLES[table].column_names + ["_batch_id", "_source", "_file", "_line", "_loaded_at"]
+        con.register("incoming", insert[columns])
+        con.execute(f"insert into raw.{table} ({', '.join(columns)}) select {', '.join(columns)} from incoming")
+        con.unregister("incoming")
+        quarantined = _quarantine(con, item, batch_id, batch, problems_by_line, now)
+        outcome.rows_loaded = len(good)
+        outcome.rows_quarantined = quarantined
+        reasons: dict[str, int] = {}
+        for plist in problems_by_line.values():
+            key = plist[0].reason.split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        outcome.quarantine_reasons = reasons
+        if outcome.rows_loaded + outcome.rows_quarantined != outcome.rows_read:
+            raise InputError(
+                f"{item.rel}: row accounting does not add up ({outcome.rows_read} read, "
+                f"{outcome.rows_loaded} to raw, {outcome.rows_quarantined} to quarantine); nothing was loaded"
+            )
+        if batch.extra_columns:
+            outcome.message = "extra column(s) not in the contract, not loaded: " + ", ".join(batch.extra_columns)
+        _record_batch(con, item, batch_id, "loaded", batch.rows_read, len(good), quarantined, batch.extra_columns, outcome.message, run_id, as_of, now, batch)
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
+    return outcome
+
+
+def _quarantine(con, item: _Pending, batch_id: str, batch: ParsedBatch, problems_by_line: dict[int, list[Problem]], now) -> int:
+    if not problems_by_line:
+        return 0
+    rows = []
+    for line in sorted(problems_by_line):
+        plist = problems_by_line[line]
+        first = plist[0]
+        rows.append(
+            (
+                batch_id, item.source, item.mapping.table, item.rel, line, first.column,
+                None if first.value is None else str(first.value)[:1000], first.reason, first.expected,
+                json.dumps([{"column": p.column, "value": None if p.value is None else str(p.value), "reason": p.reason, "check": p.check} for p in plist], ensure_ascii=False),
+                json.dumps(batch.records.get(line, {}), ensure_ascii=False, default=str),
+                now,
+            )
+        )
+    frame = pd.DataFrame(
+        rows,
+        columns=["batch_id", "source", "table_name", "file", "line", "column_name", "value", "reason", "expected", "problems", "record", "quarantined_at"],
+    )
+    con.register("quarantined", frame)
+    con.execute("insert into meta.quarantine select * replace (cast(problems as json) as problems, cast(record as json) as record) from quarantined")
+    con.unregister("quarantined")
+    return len(rows)
+
+
+def _record_batch(con, item: _Pending, batch_id, status, read, loaded, quarantined, extra, message, run_id, as_of, now, batch) -> None:
+    con.execute(
+        "insert into meta.batches values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            batch_id, item.source, item.mapping.table, item.rel, item.checksum, item.size,
+            getattr(batch, "encoding", None), status, read, loaded, quarantined, extra or [], message or None,
+            run_id, as_of, now,
+        ],
+    )

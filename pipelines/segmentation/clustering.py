@@ -1,0 +1,234 @@
+"""Clustering needs profiles: choose k from the data, measure stability, name and align clusters.
+
+Pure functions on arrays, no I/O: `run.py` feeds them the features and stores the results.
+
+- k is chosen within the taxonomy's bounds. Each candidate k gets a silhouette, a
+  Gaussian-mixture BIC and a bootstrap stability (Hennig's clusterwise Jaccard: refit on
+  resamples, how well does each cluster reappear). Candidates whose every cluster is
+  stable enough are eligible; among them the best silhouette wins. All figures are kept as
+  the evidence for the choice.
+- Clusters are aligned to the previous run's segments (Hungarian matching on centres,
+  accepted only for mutual nearest centres) so ids and names stay put; clusters not
+  carried over are named after the taxonomy prototype they resemble (Hungarian matching on
+  cosine similarity), or published as "emerging" when they resemble none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
+from sklearn.mixture import GaussianMixture
+
+from pipelines.segmentation.taxonomy import Taxonomy
+
+
+@dataclass
+class Candidate:
+    k: int
+    silhouette: float
+    bic: float
+    mean_jaccard: float
+    min_jaccard: float
+    smallest_share: float
+    eligible: bool
+
+
+@dataclass
+class Clustering:
+    k: int
+    centres: np.ndarray  # k x d
+    labels: np.ndarray  # n
+    probabilities: np.ndarray  # n x k
+    jaccard: np.ndarray  # k: bootstrap stability per cluster
+    silhouette: float
+    candidates: list[Candidate]
+    reason: str
+
+
+@dataclass
+class Identity:
+    segment_id: str
+    name: str
+    taxonomy_id: str | None  # None for an emerging segment
+    similarity: float  # to the named prototype (or the best one, for emerging)
+    aligned_from: str | None = None  # previous run's segment id this cluster continues
+    renamed_from: str | None = None
+
+
+@dataclass
+class PreviousSegment:
+    segment_id: str
+    name: str
+    taxonomy_id: str | None
+    centre: np.ndarray
+
+
+@dataclass
+class ClusterSettings:
+    seed: int = 42
+    bootstrap_samples: int = 20
+    min_stability: float = 0.75
+    min_cluster_share: float = 0.04
+    n_init: int = 20
+    notes: list[str] = field(default_factory=list)
+
+
+def _kmeans(X: np.ndarray, k: int, seed: int, n_init: int) -> KMeans:
+    return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(X)
+
+
+def bootstrap_jaccard(X: np.ndarray, labels: np.ndarray, k: int, settings: ClusterSettings) -> np.ndarray:
+    """Hennig's clusterwise stability: mean best Jaccard of each cluster over bootstrap refits."""
+    rng = np.random.default_rng(settings.seed)
+    n = len(X)
+    totals = np.zeros(k)
+    for b in range(settings.bootstrap_samples):
+        sample = rng.integers(0, n, n)
+        unique = np.unique(sample)
+        model = _kmeans(X[sample], k, settings.seed + b + 1, max(3, settings.n_init // 4))
+        boot = model.predict(X[unique])
+        orig = labels[unique]
+        for i in range(k):
+            a = orig == i
+            if not a.any():
+                continue
+            best = 0.0
+            for j in range(k):
+                bj = boot == j
+                union = np.logical_or(a, bj).sum()
+                if union:
+                    best = max(best, np.logical_and(a, bj).sum() / union)
+            totals[i] += best
+    return totals / settings.bootstrap_samples
+
+
+def soft_assign(X: np.ndarray, centres: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Posterior of an equal-weight spherical Gaussian mixture around the centres."""
+    d2 = ((X[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+    within = d2[np.arange(len(X)), labels].mean() / max(X.shape[1], 1)
+    logits = -d2 / (2 * max(within, 1e-6))
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def choose_k(X: np.ndarray, k_min: int, k_max: int, settings: ClusterSettings) -> Clustering:
+    n = len(X)
+    k_max = min(k_max, max(2, n // 10))
+    k_min = min(k_min, k_max)
+    fits: dict[int, tuple[KMeans, np.ndarray]] = {}
+    candidates: list[Candidate] = []
+    for k in range(k_min, k_max + 1):
+        model = _kmeans(X, k, settings.seed, settings.n_init)
+        labels = model.labels_
+        jac = bootstrap_jaccard(X, labels, k, settings)
+        sil = float(silhouette_score(X, labels, random_state=settings.seed)) if n > k else float("nan")
+        gmm = GaussianMixture(k, covariance_type="diag", n_init=2, random_state=settings.seed, reg_covar=1e-3).fit(X)
+        share = float(np.bincount(labels, minlength=k).min() / n)
+        eligible = bool(jac.min() >= settings.min_stability and share >= settings.min_cluster_share)
+        candidates.append(
+            Candidate(k, round(sil, 4), round(float(gmm.bic(X)), 1), round(float(jac.mean()), 4), round(float(jac.min()), 4), round(share, 4), eligible)
+        )
+        fits[k] = (model, jac)
+    eligible = [c for c in candidates if c.eligible]
+    if eligible:
+        best = max(eligible, key=lambda c: (c.silhouette, -c.k))
+        reason = (
+            f"k={best.k}: best silhouette ({best.silhouette:.3f}) among k with every cluster's bootstrap "
+            f"Jaccard >= {settings.min_stability} and no cluster under {settings.min_cluster_share:.0%}"
+        )
+    else:
+        best = max(candidates, key=lambda c: (c.min_jaccard, c.silhouette))
+        reason = (
+            f"k={best.k}: no k in {k_min}-{k_max} had every cluster stable (Jaccard >= {settings.min_stability}); "
+            f"took the most stable (min Jaccard {best.min_jaccard:.2f})"
+        )
+    model, jac = fits[best.k]
+    labels = model.labels_
+    return Clustering(
+        k=best.k,
+        centres=model.cluster_centers_,
+        labels=labels,
+        probabilities=soft_assign(X, model.cluster_centers_, labels),
+        jaccard=jac,
+        silhouette=best.silhouette,
+        candidates=candidates,
+        reason=reason,
+    )
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    na = np.linalg.norm(a, axis=1, keepdims=True)
+    nb = np.linalg.norm(b, axis=1, keepdims=True)
+    return (a @ b.T) / np.maximum(na * nb.T, 1e-9)
+
+
+def _emerging_name(centre: np.ndarray, dimensions: list[str]) -> str:
+    top = np.argsort(-centre)[:2]
+    return "Emerging: " + " & ".join(dimensions[i].replace("_", " ") for i in top)
+
+
+def resolve_identities(
+    centres: np.ndarray,
+    taxonomy: Taxonomy,
+    previous: list[PreviousSegment],
+    taken_emerging: set[str] | None = None,
+) -> list[Identity]:
+    """Give each cluster a segment id and name, keeping the previous run's where it continues."""
+    k = len(centres)
+    protos = taxonomy.prototype_matrix()
+    similarity = _cosine(centres, protos)
+    ids: list[Identity | None] = [None] * k
+    used: set[str] = set()
+    aligned: dict[int, PreviousSegment] = {}
+    if previous:
+        prev_centres = np.array([p.centre for p in previous])
+        dist = np.sqrt(((centres[:, None, :] - prev_centres[None, :, :]) ** 2).sum(axis=2))
+        rows, cols = linear_sum_assignment(dist)
+        for r, c in zip(rows, cols):
+            if dist[r].argmin() == c and dist[:, c].argmin() == r:
+                aligned[r] = previous[c]
+    tax_index = {s.id: i for i, s in enumerate(taxonomy.segments)}
+    for r, prev in aligned.items():
+        if prev.taxonomy_id in tax_index and similarity[r, tax_index[prev.taxonomy_id]] >= taxonomy.min_similarity:
+            ids[r] = Identity(prev.segment_id, prev.name, prev.taxonomy_id, float(similarity[r, tax_index[prev.taxonomy_id]]), prev.segment_id)
+            used.add(prev.taxonomy_id)
+    rest = [r for r in range(k) if ids[r] is None]
+    free = [j for j, s in enumerate(taxonomy.segments) if s.id not in used]
+    if rest and free:
+        rr, cc = linear_sum_assignment(-similarity[np.ix_(rest, free)])
+        for a, b in zip(rr, cc):
+            r, j = rest[a], free[b]
+            if similarity[r, j] >= taxonomy.min_similarity:
+                seg = taxonomy.segments[j]
+                prev = aligned.get(r)
+                ids[r] = Identity(
+                    seg.id, seg.name, seg.id, float(similarity[r, j]),
+                    aligned_from=prev.segment_id if prev else None,
+                    renamed_from=prev.segment_id if prev and prev.segment_id != seg.id else None,
+                )
+                used.add(seg.id)
+    taken = set(taken_emerging or set()) | {p.segment_id for p in previous if p.taxonomy_id is None}
+    dims = taxonomy.dimension_names
+    for r in range(k):
+        if ids[r] is not None:
+            continue
+        prev = aligned.get(r)
+        best = float(similarity[r].max())
+        if prev is not None and prev.taxonomy_id is None:
+            ids[r] = Identity(prev.segment_id, _emerging_name(centres[r], dims), None, best, prev.segment_id)
+            continue
+        n = 1
+        while f"emerging_{n}" in taken:
+            n += 1
+        taken.add(f"emerging_{n}")
+        ids[r] = Identity(
+            f"emerging_{n}", _emerging_name(centres[r], dims), None, best,
+            aligned_from=prev.segment_id if prev else None,
+            renamed_from=prev.segment_id if prev else None,
+        )
+    return [i for i in ids if i is not None]

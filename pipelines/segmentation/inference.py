@@ -1,0 +1,116 @@
+"""Inferred needs: a classifier that learns segments from surveyed accounts' behaviour.
+
+Most accounts never answer a survey. A soft-voting ensemble (regularised logistic
+regression, random forest, gradient boosting) learns the surveyed accounts' segments from
+behaviour and firmographics and assigns everyone else, with a probability per segment.
+Its cross-validated accuracy against the surveyed accounts' segments is kept with the run.
+
+The same model also scores surveyed accounts, out of fold, so every account has a
+behavioural probability per segment each run: drift detection watches those move.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier, VotingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+# Behavioural proxies (DESIGN.md) used as they are: shares, rates and trends.
+BEHAVIOUR_COLUMNS = [
+    "discount_depth_12m", "discount_depth_trend", "list_price_share_12m",
+    "lost_on_price_share_12m", "lost_on_price_share_trend", "quote_win_rate_12m",
+    "price_ticket_share_12m", "price_tickets_trend", "tickets_per_order_12m",
+    "critical_ticket_share_12m", "service_ticket_share_12m", "service_revenue_share_12m",
+    "premium_share_12m", "premium_share_trend", "return_share_12m", "order_regularity_12m",
+    "category_breadth_12m", "category_breadth_trend", "active_months_12m",
+    "web_order_share_12m", "revenue_trend",
+]
+# Counts and amounts are heavy-tailed: used on a log scale.
+LOG_COLUMNS = [
+    "revenue_12m", "orders_12m", "tenure_months", "employees", "annual_revenue", "tickets_12m",
+    "quotes_12m", "price_tickets_12m", "critical_tickets_12m", "quotes_lost_on_price_12m",
+    "average_order_value_12m",
+]
+# What is known of a prospect: firmographics and quotes.
+PROSPECT_COLUMNS = ["quote_win_rate_12m", "lost_on_price_share_12m"]
+PROSPECT_LOG_COLUMNS = ["employees", "annual_revenue", "quotes_12m", "quotes_lost_on_price_12m"]
+CATEGORICAL_COLUMNS = ["industry", "country"]
+
+
+def design_matrix(frame: pd.DataFrame, numeric: list[str], logged: list[str], categorical: list[str], levels: dict[str, list[str]] | None = None) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Model inputs from customer_features; `levels` fixes the categories seen in training."""
+    parts = {c: pd.to_numeric(frame[c], errors="coerce").astype(float) for c in numeric if c in frame}
+    for c in logged:
+        if c in frame:
+            parts[f"log_{c}"] = np.log1p(pd.to_numeric(frame[c], errors="coerce").astype(float).clip(lower=0))
+    X = pd.DataFrame(parts, index=frame.index)
+    if "revenue_trend" in X:
+        X["revenue_trend"] = X["revenue_trend"].clip(-1, 3)
+    levels = dict(levels or {})
+    for c in categorical:
+        if c not in frame:
+            continue
+        values = frame[c].fillna("unknown").astype(str)
+        if c not in levels:
+            counts = values.value_counts()
+            levels[c] = sorted(counts[counts >= 5].index)
+        for level in levels[c]:
+            X[f"{c}={level}"] = (values == level).astype(float)
+    return X, levels
+
+
+def _model(seed: int) -> VotingClassifier:
+    impute = lambda: SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)  # noqa: E731
+    return VotingClassifier(
+        [
+            ("logistic", make_pipeline(impute(), StandardScaler(), LogisticRegression(C=0.3, max_iter=3000))),
+            ("forest", make_pipeline(impute(), RandomForestClassifier(n_estimators=300, min_samples_leaf=3, max_features=0.3, random_state=seed, n_jobs=2))),
+            ("boosting", HistGradientBoostingClassifier(max_iter=150, learning_rate=0.04, max_leaf_nodes=8, l2_regularization=1.0, random_state=seed)),
+        ],
+        voting="soft",
+    )
+
+
+@dataclass
+class Inference:
+    classes: list[str]
+    probabilities: pd.DataFrame  # every account scored (out of fold for training accounts)
+    cv_accuracy: float | None
+    training_accounts: int
+    features: list[str]
+
+
+def fit_and_score(train: pd.DataFrame, labels: pd.Series, score: pd.DataFrame, seed: int, kind: str = "behaviour") -> Inference:
+    """Train on `train` (surveyed accounts with their segment), score `score`.
+
+    With kind="behaviour" the training accounts are scored out of fold too (5-fold), which
+    also gives the cross-validated accuracy; prospects (kind="prospect") are never in the
+    training set, so that model is fitted once.
+    """
+    numeric, logged = (BEHAVIOUR_COLUMNS, LOG_COLUMNS) if kind == "behaviour" else (PROSPECT_COLUMNS, PROSPECT_LOG_COLUMNS)
+    X_train, levels = design_matrix(train, numeric, logged, CATEGORICAL_COLUMNS)
+    X_score, _ = design_matrix(score, numeric, logged, CATEGORICAL_COLUMNS, levels)
+    X_score = X_score.reindex(columns=X_train.columns)
+    y = labels.to_numpy()
+    classes = sorted(set(y))
+    if len(classes) == 1:
+        probs = pd.DataFrame(1.0, index=score.index.append(train.index).unique(), columns=classes)
+        return Inference(classes, probs, 1.0, len(train), list(X_train.columns))
+    model = _model(seed).fit(X_train, y)
+    classes = list(model.classes_)
+    scored = pd.DataFrame(model.predict_proba(X_score), index=score.index, columns=classes)
+    if kind != "behaviour":
+        return Inference(classes, scored, None, len(train), list(X_train.columns))
+    folds = max(2, min(5, int(pd.Series(y).value_counts().min())))
+    oof = cross_val_predict(_model(seed), X_train, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), method="predict_proba")
+    cv_accuracy = float((np.array(classes)[oof.argmax(axis=1)] == y).mean())
+    in_fold = pd.DataFrame(oof, index=train.index, columns=classes)
+    probs = pd.concat([scored.drop(index=in_fold.index, errors="ignore"), in_fold])
+    return Inference(classes, probs, round(cv_accuracy, 4), len(train), list(X_train.columns))

@@ -1,0 +1,483 @@
+"""One segmentation run as of a date: fit or assign, align, name, infer, explain, store.
+
+Reads `marts.customer_features` (and `marts.customer_category_mix` for consumption
+taxonomies) from the working warehouse and writes the run into the `segments` schema:
+
+- segment_runs            one row per run: k, the evidence for it, quality figures
+- segment_definitions     the run's segments: id, name, centre, size, stability, playbook
+- assignments             one row per customer: segment, source, probability, drivers
+- assignment_probabilities per customer and segment: assigned and behavioural probability
+- profiles                per segment and dimension: segment mean against everyone's
+- prospect_predictions    predicted segment and offer for every prospect
+- lookalikes              non-key customers that resemble key accounts
+
+The run id comes from the as-of date, so re-running a date replaces that run and nothing
+else; with unchanged inputs the assignments are identical (every random step is seeded).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+from sklearn.preprocessing import StandardScaler
+
+from pipelines.errors import NeedsegError
+from pipelines.segmentation import explain
+from pipelines.segmentation.clustering import (
+    ClusterSettings,
+    Clustering,
+    PreviousSegment,
+    bootstrap_jaccard,
+    choose_k,
+    resolve_identities,
+    soft_assign,
+)
+from pipelines.segmentation.inference import BEHAVIOUR_COLUMNS, fit_and_score
+from pipelines.segmentation.taxonomy import Taxonomy
+
+MODEL_VERSION = "needseg-segmentation/1"
+
+DDL = [
+    """create table if not exists segments.segment_runs (
+        run_id varchar primary key, as_of date not null, created_at timestamp not null,
+        model_version varchar not null, taxonomy varchar not null, taxonomy_digest varchar not null,
+        basis varchar not null, k integer not null, k_reason varchar not null, k_evidence json not null,
+        silhouette double, min_jaccard double, classifier_cv_accuracy double,
+        key_account_mode varchar not null, key_account_evidence json,
+        customers integer not null, surveyed integer not null, inferred integer not null,
+        prospects integer not null, key_accounts integer not null, seconds double)""",
+    """create table if not exists segments.segment_definitions (
+        run_id varchar not null, segment_id varchar not null, segment_name varchar not null,
+        taxonomy_id varchar, is_emerging boolean not null, population varchar not null,
+        centre json not null, size integer not null, jaccard double, similarity double,
+        aligned_from varchar, renamed_from varchar, description varchar,
+        offer varchar, serve varchar, action varchar)""",
+    """create table if not exists segments.assignments (
+        run_id varchar not null, as_of date not null, account_id varchar not null,
+        segment_id varchar not null, segment_name varchar not null, segment_source varchar not null,
+        probability double not null, behaviour_segment_id varchar, behaviour_probability double,
+        value_tier varchar, is_key_account boolean not null, drivers json, drivers_text varchar,
+        primary key (run_id, account_id))""",
+    """create table if not exists segments.assignment_probabilities (
+        run_id varchar not null, account_id varchar not null, segment_id varchar not null,
+        probability double not null, behaviour_probability double,
+        primary key (run_id, account_id, segment_id))""",
+    """create table if not exists segments.profiles (
+        run_id varchar not null, segment_id varchar not null, population varchar not null,
+        dimension varchar not null, kind varchar not null, segment_value double,
+        overall_value double, index_vs_overall double)""",
+    """create table if not exists segments.prospect_predictions (
+        run_id varchar not null, as_of date not null, account_id varchar not null,
+        segment_id varchar not null, segment_name varchar not null, probability double not null,
+        probabilities json not null, offer varchar, serve varchar)""",
+    """create table if not exists segments.lookalikes (
+        run_id varchar not null, as_of date not null, account_id varchar not null,
+        segment_id varchar not null, similarity double not null, rank_in_segment integer not null,
+        nearest_key_account_id varchar not null, revenue_12m double,
+        key_account_median_revenue_12m double)""",
+]
+RUN_TABLES = ("segment_runs", "segment_definitions", "assignments", "assignment_probabilities", "profiles", "prospect_predictions", "lookalikes")
+
+# Scale-free behaviour used to find accounts that resemble key accounts (size left out:
+# a lookalike is a smaller account that buys the way key accounts do).
+LOOKALIKE_COLUMNS = [
+    "order_regularity_12m", "category_breadth_12m", "premium_share_12m", "service_revenue_share_12m",
+    "tickets_per_order_12m", "discount_depth_12m", "list_price_share_12m", "active_months_12m",
+    "quote_win_rate_12m",
+]
+
+
+def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("create schema if not exists segments")
+    for ddl in DDL:
+        con.execute(ddl)
+
+
+def run_id_for(as_of: dt.date) -> str:
+    return f"seg-{as_of.isoformat()}"
+
+
+@dataclass
+class SegmentRunResult:
+    run_id: str
+    as_of: str
+    k: int
+    k_reason: str
+    segments: dict[str, int]
+    surveyed: int
+    inferred: int
+    prospects: int
+    key_account_mode: str
+    classifier_cv_accuracy: float | None
+    min_jaccard: float
+    seconds: float
+
+    def summary(self) -> str:
+        sizes = ", ".join(f"{name} {n}" for name, n in sorted(self.segments.items(), key=lambda x: -x[1]))
+        return (
+            f"{self.run_id}: k={self.k} ({sizes}); {self.surveyed} surveyed, {self.inferred} inferred, "
+            f"{self.prospects} prospects; min bootstrap Jaccard {self.min_jaccard:.2f}; "
+            f"classifier CV accuracy {self.classifier_cv_accuracy if self.classifier_cv_accuracy is not None else 'n/a'}; "
+            f"{self.seconds:.1f} s"
+        )
+
+
+def _cluster_settings(cfg: dict[str, Any]) -> ClusterSettings:
+    return ClusterSettings(
+        seed=int(cfg["seed"]),
+        bootstrap_samples=int(cfg["bootstrap_samples"]),
+        min_stability=float(cfg["min_stability"]),
+        min_cluster_share=float(cfg["min_cluster_share"]),
+    )
+
+
+def _dimension_matrix(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
+    """The taxonomy's dimensions for every account in `frame`, on the clustering scale."""
+    out = pd.DataFrame(index=frame.index)
+    mix = None
+    for d in taxonomy.dimensions:
+        if d.column.startswith("category_share:"):
+            if mix is None:
+                mix = con.execute("select account_id, product_category, revenue_share from marts.customer_category_mix").df()
+                mix = mix.pivot_table(index="account_id", columns="product_category", values="revenue_share", aggfunc="sum")
+            category = d.column.split(":", 1)[1]
+            if category not in mix.columns:
+                raise NeedsegError(f"taxonomy {taxonomy.path}: dimension {d.name!r} uses category {category!r}, which no order line has; categories are: {', '.join(map(str, mix.columns))}")
+            values = frame["account_id"].map(mix[category]).fillna(0.0)
+        elif d.column in frame.columns:
+            values = pd.to_numeric(frame[d.column], errors="coerce")
+        else:
+            raise NeedsegError(f"taxonomy {taxonomy.path}: dimension {d.name!r} needs column {d.column!r}, which customer_features does not have")
+        if d.transform == "log1p":
+            values = np.log1p(values.clip(lower=0))
+        out[d.name] = values.astype(float)
+    if taxonomy.basis == "survey":
+        # An item the account's respondents skipped counts as average for them.
+        return out.fillna(0.0)
+    out = out.fillna(out.median())
+    scaled = StandardScaler().fit_transform(out.to_numpy())
+    return pd.DataFrame(scaled, index=out.index, columns=out.columns)
+
+
+def _previous_segments(con: duckdb.DuckDBPyConnection, as_of: dt.date, population: str) -> tuple[str | None, list[PreviousSegment]]:
+    row = con.execute("select run_id from segments.segment_runs where as_of < ? order by as_of desc limit 1", [as_of]).fetchone()
+    if not row:
+        return None, []
+    defs = con.execute(
+        "select segment_id, segment_name, taxonomy_id, centre from segments.segment_definitions where run_id = ? and population = ? order by segment_id",
+        [row[0], population],
+    ).fetchall()
+    return row[0], [PreviousSegment(r[0], r[1], r[2], np.array(json.loads(r[3])["values"])) for r in defs]
+
+
+def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, config: dict[str, Any]) -> SegmentRunResult:
+    started = time.monotonic()
+    ensure_tables(con)
+    cfg = config["segmentation"]
+    settings = _cluster_settings(cfg)
+    run_id = run_id_for(as_of)
+    # A fixed row order: DuckDB returns rows in any order, and k-means seeding, forest
+    # bootstraps and CV folds all depend on it.
+    features = con.execute("select * from marts.customer_features order by account_id").df()
+    if features.empty:
+        raise NeedsegError("customer_features is empty: load accounts and orders first (needseg ingest, needseg build)")
+    feature_as_of = pd.Timestamp(features["as_of"].iloc[0]).date()
+    if feature_as_of != as_of:
+        raise NeedsegError(f"customer_features describes {feature_as_of}, not {as_of}: build the features for this date first")
+    features = features.set_index("account_id", drop=False)
+    customers = features[features["status"] == "customer"]
+    prospects = features[features["status"] == "prospect"]
+    if len(customers) < 20:
+        raise NeedsegError(f"only {len(customers)} customers as of {as_of}: too few to segment (at least 20 are needed)")
+
+    dims = _dimension_matrix(con, customers, taxonomy)
+    if taxonomy.basis == "survey":
+        fit_mask = customers["is_surveyed"].fillna(False).astype(bool)
+        min_fit = max(30, 10 * taxonomy.k_max)
+        if fit_mask.sum() < min_fit:
+            raise NeedsegError(
+                f"only {int(fit_mask.sum())} surveyed customers as of {as_of}; the survey taxonomy needs at least "
+                f"{min_fit}. Load more survey responses, or use a behaviour taxonomy (see config/taxonomies/)."
+            )
+    else:
+        fit_mask = pd.Series(True, index=customers.index)
+    is_key = customers["value_tier"].eq("key")
+
+    # 1. Cluster on the needs dimensions (key accounts join the main fit, see below).
+    fit_index = customers.index[fit_mask.to_numpy()]
+    main = choose_k(dims.loc[fit_index].to_numpy(), taxonomy.k_min, taxonomy.k_max, settings)
+    _, previous = _previous_segments(con, as_of, "all")
+    identities = resolve_identities(main.centres, taxonomy, previous)
+    id_of = np.array([i.segment_id for i in identities])
+    segment_of = pd.Series(id_of[main.labels], index=fit_index)
+    cluster_probs = pd.DataFrame(main.probabilities, index=fit_index, columns=id_of)
+
+    # 2. Key accounts on their own, when there are enough of them to support it: the main
+    #    segments refitted on key accounts only, so each keeps its identity but gets the
+    #    key accounts' own centre. Otherwise key accounts keep the main fit (nearest centre).
+    key_fit = [a for a in fit_index if is_key.loc[a]]
+    key_mode, key_evidence, key_defs = "nearest", {"surveyed_key_accounts": len(key_fit)}, []
+    min_key = int(cfg["key_accounts_min"])
+    if len(key_fit) >= min_key:
+        Xk = dims.loc[key_fit].to_numpy()
+        refit = KMeans(main.k, init=main.centres, n_init=1, random_state=settings.seed).fit(Xk)
+        jac = bootstrap_jaccard(Xk, refit.labels_, main.k, settings)
+        sizes = np.bincount(refit.labels_, minlength=main.k)
+        key_evidence.update({"jaccard": [round(float(j), 4) for j in jac], "sizes": sizes.tolist()})
+        if jac.min() >= settings.min_stability and sizes.min() >= 5:
+            key_mode = "separate"
+            _, previous_key = _previous_segments(con, as_of, "key")
+            key_ids = resolve_identities(refit.cluster_centers_, taxonomy, previous_key or previous)
+            # a key cluster keeps the identity of the main segment it was seeded from unless
+            # it moved so far that it now matches another prototype
+            key_id_of = np.array([k.segment_id for k in key_ids])
+            segment_of.loc[key_fit] = key_id_of[refit.labels_]
+            kp = soft_assign(Xk, refit.cluster_centers_, refit.labels_)
+            cluster_probs = cluster_probs.drop(index=key_fit)
+            key_probs = pd.DataFrame(kp, index=key_fit, columns=key_id_of)
+            cluster_probs = pd.concat([cluster_probs, key_probs]).fillna(0.0)
+            key_defs = [(ident, refit.cluster_centers_[i], int(sizes[i]), float(jac[i])) for i, ident in enumerate(key_ids)]
+        else:
+            key_evidence["why_not"] = f"a refitted key cluster was unstable (min Jaccard {jac.min():.2f}) or too small"
+    else:
+        key_evidence["why_not"] = f"{len(key_fit)} surveyed key accounts; at least {min_key} are needed to segment them on their own"
+
+    # 3. Everyone not in the fit is inferred from behaviour; everyone gets behavioural probabilities.
+    inference = fit_and_score(customers.loc[fit_index], segment_of.loc[fit_index], customers, settings.seed)
+    behaviour = inference.probabilities.reindex(customers.index).fillna(0.0)
+    all_ids = sorted(set(segment_of) | set(behaviour.columns))
+    behaviour = behaviour.reindex(columns=all_ids, fill_value=0.0)
+    cluster_probs = cluster_probs.reindex(columns=all_ids, fill_value=0.0)
+    assigned = pd.Series(behaviour.idxmax(axis=1), index=customers.index)
+    assigned.loc[fit_index] = segment_of.loc[fit_index]
+    source = pd.Series("inferred", index=customers.index)
+    if taxonomy.basis == "survey":
+        source.loc[fit_index] = "surveyed"
+    probs = behaviour.copy()
+    if taxonomy.basis == "survey":
+        probs.loc[fit_index] = cluster_probs.loc[fit_index]
+    else:
+        probs.loc[fit_index] = cluster_probs.loc[fit_index]
+
+    # 4. Names, playbooks, explanations.
+    definitions = _definitions(run_id, main, identities, taxonomy, segment_of, key_defs)
+    name_of = {d["segment_id"]: d["segment_name"] for d in definitions}
+    need_cols = list(dims.columns)
+    drivers_json = pd.Series("[]", index=customers.index)
+    drivers_text = pd.Series("", index=customers.index)
+    surveyed_ids = fit_index if taxonomy.basis == "survey" else pd.Index([])
+    if len(surveyed_ids):
+        j, t = explain.drivers(dims.loc[surveyed_ids, need_cols].rename(columns=lambda c: f"need_{c}"), assigned.loc[surveyed_ids], "need")
+        drivers_json.loc[surveyed_ids], drivers_text.loc[surveyed_ids] = j, t
+    behaviour_ids = customers.index.difference(surveyed_ids)
+    if len(behaviour_ids):
+        cols = [c for c in BEHAVIOUR_COLUMNS + ["tenure_months"] if c in customers.columns]
+        values = customers[cols].apply(pd.to_numeric, errors="coerce")
+        j, t = explain.drivers(
+            values.loc[behaviour_ids], assigned.loc[behaviour_ids], "behaviour",
+            reference=values.loc[fit_index], reference_segments=segment_of.loc[fit_index],
+        )
+        drivers_json.loc[behaviour_ids], drivers_text.loc[behaviour_ids] = j, t
+
+    assignments = pd.DataFrame(
+        {
+            "run_id": run_id,
+            "as_of": as_of,
+            "account_id": customers.index,
+            "segment_id": assigned.values,
+            "segment_name": assigned.map(name_of).values,
+            "segment_source": source.values,
+            "probability": [float(probs.at[a, s]) for a, s in zip(customers.index, assigned)],
+            "behaviour_segment_id": behaviour.idxmax(axis=1).values,
+            "behaviour_probability": behaviour.max(axis=1).values,
+            "value_tier": customers["value_tier"].values,
+            "is_key_account": is_key.values,
+            "drivers": drivers_json.values,
+            "drivers_text": drivers_text.values,
+        }
+    )
+    long = probs.stack().rename("probability").reset_index()
+    long.columns = ["account_id", "segment_id", "probability"]
+    long["behaviour_probability"] = behaviour.stack().values
+    long.insert(0, "run_id", run_id)
+
+    prospect_rows = _prospects(run_id, as_of, customers, fit_index, assigned, prospects, taxonomy, name_of, definitions, settings.seed)
+    lookalike_rows = _lookalikes(run_id, as_of, customers, assigned, is_key, int(cfg["lookalikes_per_segment"]))
+    profile_rows = _profiles(run_id, customers, dims, assigned, fit_index, is_key, key_mode, taxonomy)
+
+    seconds = time.monotonic() - started
+    run_row = {
+        "run_id": run_id,
+        "as_of": as_of,
+        "created_at": dt.datetime.now(),
+        "model_version": MODEL_VERSION,
+        "taxonomy": f"{taxonomy.name} v{taxonomy.version}",
+        "taxonomy_digest": taxonomy.digest,
+        "basis": taxonomy.basis,
+        "k": main.k,
+        "k_reason": main.reason,
+        "k_evidence": json.dumps([c.__dict__ for c in main.candidates]),
+        "silhouette": main.silhouette,
+        "min_jaccard": float(main.jaccard.min()),
+        "classifier_cv_accuracy": inference.cv_accuracy if taxonomy.basis == "survey" else None,
+        "key_account_mode": key_mode,
+        "key_account_evidence": json.dumps(key_evidence),
+        "customers": len(customers),
+        "surveyed": int((source == "surveyed").sum()),
+        "inferred": int((source == "inferred").sum()),
+        "prospects": len(prospect_rows),
+        "key_accounts": int(is_key.sum()),
+        "seconds": round(seconds, 2),
+    }
+    _store(con, run_id, run_row, definitions, assignments, long, profile_rows, prospect_rows, lookalike_rows)
+    sizes = assignments.groupby("segment_name").size().to_dict()
+    return SegmentRunResult(
+        run_id, as_of.isoformat(), main.k, main.reason, sizes, run_row["surveyed"], run_row["inferred"],
+        len(prospect_rows), key_mode, run_row["classifier_cv_accuracy"], run_row["min_jaccard"], round(seconds, 2),
+    )
+
+
+def _definitions(run_id: str, main: Clustering, identities, taxonomy: Taxonomy, segment_of: pd.Series, key_defs) -> list[dict[str, Any]]:
+    rows = []
+
+    def row(ident, centre, size, jaccard, population):
+        seg = taxonomy.segment(ident.taxonomy_id) if ident.taxonomy_id else None
+        playbook = seg.playbook if seg else {}
+        return {
+            "run_id": run_id,
+            "segment_id": ident.segment_id,
+            "segment_name": ident.name,
+            "taxonomy_id": ident.taxonomy_id,
+            "is_emerging": ident.taxonomy_id is None,
+            "population": population,
+            "centre": json.dumps({"dimensions": taxonomy.dimension_names, "values": [round(float(v), 6) for v in centre]}),
+            "size": size,
+            "jaccard": round(jaccard, 4),
+            "similarity": round(ident.similarity, 4),
+            "aligned_from": ident.aligned_from,
+            "renamed_from": ident.renamed_from,
+            "description": seg.description if seg else "A group the taxonomy does not describe; review it before acting on it.",
+            "offer": playbook.get("offer"),
+            "serve": playbook.get("serve"),
+            "action": playbook.get("action") or "Review what these accounts have in common before choosing an offer.",
+        }
+
+    for i, ident in enumerate(identities):
+        rows.append(row(ident, main.centres[i], int((main.labels == i).sum()), float(main.jaccard[i]), "all"))
+    for ident, centre, size, jac in key_defs:
+        rows.append(row(ident, centre, size, jac, "key"))
+    return rows
+
+
+def _prospects(run_id, as_of, customers, fit_index, assigned, prospects, taxonomy, name_of, definitions, seed) -> pd.DataFrame:
+    columns = ["run_id", "as_of", "account_id", "segment_id", "segment_name", "probability", "probabilities", "offer", "serve"]
+    if prospects.empty:
+        return pd.DataFrame(columns=columns)
+    result = fit_and_score(customers.loc[fit_index], assigned.loc[fit_index], prospects, seed, kind="prospect")
+    p = result.probabilities.reindex(prospects.index).fillna(0.0)
+    best = p.idxmax(axis=1)
+    playbook = {d["segment_id"]: d for d in definitions if d["population"] == "all"}
+    return pd.DataFrame(
+        {
+            "run_id": run_id,
+            "as_of": as_of,
+            "account_id": prospects.index,
+            "segment_id": best.values,
+            "segment_name": best.map(name_of).values,
+            "probability": p.max(axis=1).round(4).values,
+            "probabilities": [json.dumps({k: round(float(v), 4) for k, v in r.items()}) for _, r in p.iterrows()],
+            "offer": best.map(lambda s: playbook.get(s, {}).get("offer")).values,
+            "serve": best.map(lambda s: playbook.get(s, {}).get("serve")).values,
+        }
+    )[columns]
+
+
+def _lookalikes(run_id, as_of, customers, assigned, is_key, per_segment: int) -> pd.DataFrame:
+    columns = ["run_id", "as_of", "account_id", "segment_id", "similarity", "rank_in_segment", "nearest_key_account_id", "revenue_12m", "key_account_median_revenue_12m"]
+    cols = [c for c in LOOKALIKE_COLUMNS if c in customers.columns]
+    values = customers[cols].apply(pd.to_numeric, errors="coerce")
+    values = values.fillna(values.median()).fillna(0.0)
+    scaled = pd.DataFrame(StandardScaler().fit_transform(values), index=values.index, columns=cols)
+    rows = []
+    active = customers["revenue_12m"] > 0
+    for seg in sorted(assigned.unique()):
+        keys = customers.index[(assigned == seg) & is_key]
+        others = customers.index[(assigned == seg) & ~is_key & active]
+        if len(keys) == 0 or len(others) == 0:
+            continue
+        K, O = scaled.loc[keys].to_numpy(), scaled.loc[others].to_numpy()
+        dist = np.sqrt(((O[:, None, :] - K[None, :, :]) ** 2).sum(axis=2))
+        nearest = dist.argmin(axis=1)
+        similarity = 1.0 / (1.0 + dist[np.arange(len(O)), nearest])
+        order = np.lexsort((others.to_numpy(), -similarity))[:per_segment]
+        median_key = float(customers.loc[keys, "revenue_12m"].median())
+        for rank, i in enumerate(order, start=1):
+            rows.append((run_id, as_of, others[i], seg, round(float(similarity[i]), 4), rank, keys[nearest[i]], float(customers.at[others[i], "revenue_12m"]), median_key))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _profiles(run_id, customers, dims, assigned, fit_index, is_key, key_mode, taxonomy) -> pd.DataFrame:
+    rows = []
+    behaviour_cols = [c for c in BEHAVIOUR_COLUMNS + ["revenue_12m", "tenure_months", "satisfaction", "nps"] if c in customers.columns]
+    values = customers[behaviour_cols].apply(pd.to_numeric, errors="coerce")
+    populations = [("all", customers.index)]
+    if key_mode == "separate":
+        populations.append(("key", customers.index[is_key.to_numpy()]))
+    for population, members in populations:
+        seg = assigned.loc[members]
+        fit_members = members.intersection(fit_index)
+        need_overall = dims.loc[fit_members].mean()
+        need_sd = dims.loc[fit_members].std().replace(0, np.nan)
+        for s in sorted(seg.unique()):
+            in_seg = seg.index[seg == s]
+            fit_in_seg = in_seg.intersection(fit_members)
+            rows.append((run_id, s, population, "accounts", "size", float(len(in_seg)), float(len(members)), len(in_seg) / len(members)))
+            total = customers.loc[members, "revenue_12m"].clip(lower=0).sum()
+            share = customers.loc[in_seg, "revenue_12m"].clip(lower=0).sum() / total if total else None
+            rows.append((run_id, s, population, "revenue_share", "value", share, 1.0, None))
+            for d in dims.columns:
+                v = dims.loc[fit_in_seg, d].mean() if len(fit_in_seg) else None
+                idx = (v - need_overall[d]) / need_sd[d] if v is not None and pd.notna(need_sd[d]) else None
+                rows.append((run_id, s, population, d, "need", v, float(need_overall[d]), idx))
+            for c in behaviour_cols:
+                overall, sd = values.loc[members, c].mean(), values.loc[members, c].std()
+                v = values.loc[in_seg, c].mean()
+                rows.append((run_id, s, population, c, "behaviour", v, overall, (v - overall) / sd if sd and pd.notna(sd) and pd.notna(v) else None))
+    frame = pd.DataFrame(rows, columns=["run_id", "segment_id", "population", "dimension", "kind", "segment_value", "overall_value", "index_vs_overall"])
+    for c in ("segment_value", "overall_value", "index_vs_overall"):
+        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(float).round(6)
+    return frame
+
+
+def _store(con, run_id, run_row, definitions, assignments, long, profiles, prospects, lookalikes) -> None:
+    con.execute("begin transaction")
+    try:
+        for table in RUN_TABLES:
+            con.execute(f"delete from segments.{table} where run_id = ?", [run_id])
+        con.register("run_row", pd.DataFrame([run_row]))
+        con.execute("insert into segments.segment_runs by name select * from run_row")
+        for table, frame in (
+            ("segment_definitions", pd.DataFrame(definitions)),
+            ("assignments", assignments),
+            ("assignment_probabilities", long),
+            ("profiles", profiles),
+            ("prospect_predictions", prospects),
+            ("lookalikes", lookalikes),
+        ):
+            if len(frame):
+                con.register("incoming", frame)
+                con.execute(f"insert into segments.{table} by name select * from incoming")
+                con.unregister("incoming")
+        con.unregister("run_row")
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise

@@ -1,0 +1,176 @@
+"""Needs taxonomies: the segments a company recognises, as configuration (config/taxonomy.yaml).
+
+Two bases:
+- `survey`: dimensions are survey items (price, quality, ... or the optional extras);
+  prototypes give each item's importance on the 1-5 scale. Clustering runs on surveyed
+  accounts' per-respondent-normalised needs; everyone else is inferred from behaviour.
+- `behaviour`: dimensions are columns of `customer_features` (or `category_share:<name>`,
+  an account's share of spend in a product category); prototypes are in standard
+  deviations from the population mean. Every account is clustered on its behaviour; use
+  this when there are no surveys, or for a consumption-based segmentation.
+
+A cluster's name comes from the prototype it resembles most (cosine similarity of the
+centred profiles, one prototype per cluster); below `min_similarity` it is "emerging".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from pipelines.contract import EXTRA_NEEDS_ITEMS, NEEDS_ITEMS
+from pipelines.errors import ConfigError
+
+SURVEY_ITEMS = NEEDS_ITEMS + EXTRA_NEEDS_ITEMS
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str
+    column: str  # customer_features column, or category_share:<category>
+    transform: str = "none"  # none | log1p
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: str
+    name: str
+    description: str
+    prototype: dict[str, float]
+    playbook: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Taxonomy:
+    name: str
+    version: str
+    basis: str
+    dimensions: tuple[Dimension, ...]
+    segments: tuple[Segment, ...]
+    k_min: int
+    k_max: int
+    roles: dict[str, str] = field(default_factory=dict)
+    min_similarity: float = 0.5
+    description: str = ""
+    path: str = ""
+    digest: str = ""
+
+    @property
+    def dimension_names(self) -> list[str]:
+        return [d.name for d in self.dimensions]
+
+    def segment(self, segment_id: str) -> Segment | None:
+        return next((s for s in self.segments if s.id == segment_id), None)
+
+    def prototype_matrix(self) -> np.ndarray:
+        """Prototypes as rows, centred the way the data are (see `centre_profiles`)."""
+        raw = np.array([[s.prototype[d] for d in self.dimension_names] for s in self.segments], dtype=float)
+        return centre_profiles(raw, self.basis)
+
+    def role(self, name: str) -> str | None:
+        return self.roles.get(name)
+
+
+def centre_profiles(rows: np.ndarray, basis: str) -> np.ndarray:
+    """Make prototypes comparable with cluster centres.
+
+    Survey data are normalised per respondent (own mean removed, own spread divided out),
+    so a prototype is treated the same way. Behavioural dimensions are already standardised
+    across accounts, so prototypes in standard deviations are used as they are.
+    """
+    if basis != "survey":
+        return rows
+    centred = rows - rows.mean(axis=1, keepdims=True)
+    spread = rows.std(axis=1, keepdims=True)
+    return centred / np.maximum(spread, 0.5)
+
+
+def _fail(path: Path, message: str) -> ConfigError:
+    return ConfigError(f"{path}: {message}")
+
+
+def load_taxonomy(path: Path) -> Taxonomy:
+    if not path.exists():
+        raise ConfigError(f"taxonomy file {path} does not exist (set NEEDSEG_TAXONOMY or restore config/taxonomy.yaml)")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw: dict[str, Any] = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise _fail(path, f"not valid YAML: {exc}") from None
+    basis = raw.get("basis", "survey")
+    if basis not in ("survey", "behaviour"):
+        raise _fail(path, f"basis must be 'survey' or 'behaviour', not {basis!r}")
+    dims = []
+    for i, d in enumerate(raw.get("dimensions") or []):
+        if isinstance(d, str):
+            dim = Dimension(d, f"need_{d}" if basis == "survey" else d)
+        elif isinstance(d, dict) and "name" in d:
+            column = d.get("column") or (f"need_{d['name']}" if basis == "survey" else d["name"])
+            dim = Dimension(str(d["name"]), str(column), str(d.get("transform", "none")))
+            if dim.transform not in ("none", "log1p"):
+                raise _fail(path, f"dimensions[{i}].transform must be none or log1p")
+        else:
+            raise _fail(path, f"dimensions[{i}] must be a name or {{name, column, transform}}")
+        if basis == "survey" and dim.column.removeprefix("need_") not in SURVEY_ITEMS:
+            raise _fail(path, f"dimension {dim.name!r} is not a survey item; expected one of {', '.join(SURVEY_ITEMS)}")
+        dims.append(dim)
+    if len(dims) < 2:
+        raise _fail(path, "needs at least two dimensions")
+    names = [d.name for d in dims]
+    if len(set(names)) != len(names):
+        raise _fail(path, "dimension names must be unique")
+    segments = []
+    for i, s in enumerate(raw.get("segments") or []):
+        if not isinstance(s, dict) or "id" not in s or "prototype" not in s:
+            raise _fail(path, f"segments[{i}] needs at least an id and a prototype")
+        proto = s["prototype"] or {}
+        missing = [n for n in names if n not in proto]
+        unknown = [n for n in proto if n not in names]
+        if missing or unknown:
+            raise _fail(
+                path,
+                f"segment {s['id']!r}: prototype must give every dimension once"
+                + (f"; missing {', '.join(missing)}" if missing else "")
+                + (f"; unknown {', '.join(unknown)}" if unknown else ""),
+            )
+        segments.append(
+            Segment(
+                id=str(s["id"]),
+                name=str(s.get("name", s["id"])),
+                description=" ".join(str(s.get("description", "")).split()),
+                prototype={k: float(v) for k, v in proto.items()},
+                playbook={k: " ".join(str(v).split()) for k, v in (s.get("playbook") or {}).items()},
+            )
+        )
+    if len(segments) < 2:
+        raise _fail(path, "needs at least two segments")
+    ids = [s.id for s in segments]
+    if len(set(ids)) != len(ids):
+        raise _fail(path, "segment ids must be unique")
+    k = raw.get("k") or {}
+    k_min, k_max = int(k.get("min", 3)), int(k.get("max", 5))
+    if not 2 <= k_min <= k_max:
+        raise _fail(path, f"k must satisfy 2 <= min <= max, got min {k_min}, max {k_max}")
+    roles = {str(a): str(b) for a, b in (raw.get("roles") or {}).items()}
+    for role, seg in roles.items():
+        if seg not in ids:
+            raise _fail(path, f"role {role!r} names unknown segment {seg!r}")
+    return Taxonomy(
+        name=str(raw.get("name", path.stem)),
+        version=str(raw.get("version", "1")),
+        basis=basis,
+        dimensions=tuple(dims),
+        segments=tuple(segments),
+        k_min=k_min,
+        k_max=k_max,
+        roles=roles,
+        min_similarity=float(raw.get("min_similarity", 0.5)),
+        description=" ".join(str(raw.get("description", "")).split()),
+        path=str(path),
+        digest=hashlib.sha256(text.encode()).hexdigest()[:12],
+    )

@@ -1,0 +1,71 @@
+"""Where needseg reads and writes, from environment variables with working local defaults.
+
+Every location has a default under the project's `data/` folder so a fresh checkout runs
+without any configuration; production points these elsewhere through the environment
+(or an Airflow deployment's environment). Nothing here holds a secret.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
+CONFIG_DIR = PROJECT_ROOT / "config"
+EXPECTATIONS_DIR = PROJECT_ROOT / "expectations"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    landing_dir: Path
+    warehouse_path: Path
+    serving_path: Path
+    exports_dir: Path
+    quality_dir: Path
+    config_path: Path
+    taxonomy_path: Path
+    mappings_dir: Path
+
+    @property
+    def dbt_project_dir(self) -> Path:
+        return DBT_PROJECT_DIR
+
+    def with_overrides(self, **changes: Path | str | None) -> "Settings":
+        """A copy with some locations replaced; `data_dir` moves every default below it."""
+        given = {k: Path(v) for k, v in changes.items() if v is not None}
+        if "data_dir" in given:
+            base = load_settings(data_dir=given["data_dir"])
+            return replace(base, **{k: v for k, v in given.items() if k != "data_dir"})
+        return replace(self, **given)
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser().resolve() if value else default
+
+
+def load_settings(data_dir: Path | str | None = None) -> Settings:
+    """Settings from the environment; `data_dir` (if given) beats NEEDSEG_DATA_DIR."""
+    base = (
+        Path(data_dir).expanduser().resolve()
+        if data_dir is not None
+        else _env_path("NEEDSEG_DATA_DIR", PROJECT_ROOT / "data")
+    )
+    explicit = data_dir is not None
+    # With an explicit data dir, files below it win over environment overrides of them,
+    # so tests and `--data-dir` runs never touch the default warehouse by accident.
+    pick = (lambda name, default: default) if explicit else _env_path
+    return Settings(
+        data_dir=base,
+        landing_dir=pick("NEEDSEG_LANDING_DIR", base / "landing"),
+        warehouse_path=pick("NEEDSEG_WAREHOUSE", base / "warehouse.duckdb"),
+        serving_path=pick("NEEDSEG_SERVING", base / "serving.duckdb"),
+        exports_dir=pick("NEEDSEG_EXPORTS_DIR", base / "exports"),
+        quality_dir=pick("NEEDSEG_QUALITY_DIR", base / "quality"),
+        config_path=_env_path("NEEDSEG_CONFIG", CONFIG_DIR / "needseg.yaml"),
+        taxonomy_path=_env_path("NEEDSEG_TAXONOMY", CONFIG_DIR / "taxonomy.yaml"),
+        mappings_dir=_env_path("NEEDSEG_MAPPINGS_DIR", CONFIG_DIR / "sources"),
+    )

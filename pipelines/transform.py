@@ -1,0 +1,146 @@
+"""Run the dbt project (dbt_project/) in-process, with needseg's settings as dbt vars.
+
+The CLI and tests call `build`; Airflow runs the same project, selectors and vars through
+astronomer-cosmos (dags/), whose settings also come from here (`dbt_vars`, `profile_env`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import NeedsegError
+from pipelines.settings import DBT_PROJECT_DIR, Settings
+
+log = logging.getLogger(__name__)
+
+FEATURES = "tag:features"
+SERVING = "tag:serving"
+
+
+class DbtFailed(NeedsegError):
+    pass
+
+
+@dataclass
+class DbtResult:
+    select: str
+    seconds: float
+    nodes: int
+    failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def dbt_vars(config: dict[str, Any], as_of: dt.date) -> dict[str, Any]:
+    features = config["features"]
+    return {
+        "as_of": as_of.isoformat(),
+        "reporting_currency": config["reporting_currency"],
+        "fx_rates": config["fx_rates"],
+        "premium_categories": list(features["premium_categories"]),
+        "service_categories": list(features["service_categories"]),
+        "trailing_months": int(features["trailing_months"]),
+        "recent_months": int(features["recent_months"]),
+        "key_account_revenue_share": float(features["key_account_revenue_share"]),
+        "mid_tier_revenue_share": float(features["mid_tier_revenue_share"]),
+        "survey_valid_months": int(features["survey_valid_months"]),
+    }
+
+
+def profile_env(settings: Settings) -> dict[str, str]:
+    """Environment the dbt profile reads (dbt_project/profiles.yml)."""
+    return {"NEEDSEG_WAREHOUSE": str(settings.warehouse_path)}
+
+
+def target_dir(settings: Settings) -> Path:
+    """dbt's target and log folder for one data dir, so parallel worlds don't collide."""
+    return settings.data_dir / "dbt"
+
+
+def _invoke(args: list[str], settings: Settings | None) -> Any:
+    from dbt.cli.main import dbtRunner
+
+    env = profile_env(settings) if settings else {}
+    previous = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
+    try:
+        return dbtRunner().invoke(args)
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def build(settings: Settings, config: dict[str, Any], as_of: dt.date, select: str) -> DbtResult:
+    """`dbt build --select <select>` on the working warehouse; raises DbtFailed on any error."""
+    started = time.monotonic()
+    target = target_dir(settings)
+    args = [
+        "build",
+        "--select", select,
+        "--vars", json.dumps(dbt_vars(config, as_of)),
+        "--project-dir", str(DBT_PROJECT_DIR),
+        "--profiles-dir", str(DBT_PROJECT_DIR),
+        "--target-path", str(target / "target"),
+        "--log-path", str(target / "logs"),
+        "--quiet",
+        "--no-use-colors",
+    ]
+    result = _invoke(args, settings)
+    failures, warnings, nodes = [], [], 0
+    if result.result is not None:
+        for r in result.result:
+            nodes += 1
+            status = str(r.status)
+            name = r.node.name
+            if status in ("error", "fail", "runtime error"):
+                failures.append(f"{r.node.resource_type} {name}: {status}: {(r.message or '').strip()[:500]}")
+            elif status == "warn":
+                warnings.append(f"{name}: {(r.message or '').strip()[:300]}")
+    if not result.success:
+        if result.exception is not None and not failures:
+            failures.append(str(result.exception))
+        raise DbtFailed(
+            f"dbt build ({select}, as of {as_of}) failed; nothing downstream runs:\n- "
+            + "\n- ".join(failures or ["see the dbt log in " + str(target / "logs")])
+        )
+    return DbtResult(select, time.monotonic() - started, nodes, failures, warnings)
+
+
+MANIFEST = DBT_PROJECT_DIR / "target" / "manifest.json"
+
+
+def manifest_is_stale() -> bool:
+    if not MANIFEST.exists():
+        return True
+    built = MANIFEST.stat().st_mtime
+    sources = [DBT_PROJECT_DIR / "dbt_project.yml"]
+    for folder in ("models", "macros", "tests", "seeds"):
+        sources += list((DBT_PROJECT_DIR / folder).rglob("*.*")) if (DBT_PROJECT_DIR / folder).exists() else []
+    return any(p.stat().st_mtime > built for p in sources)
+
+
+def ensure_manifest() -> Path:
+    """dbt's manifest, which cosmos renders the DAGs from; parsed again when the project changed."""
+    if manifest_is_stale():
+        result = _invoke(
+            [
+                "parse",
+                "--project-dir", str(DBT_PROJECT_DIR),
+                "--profiles-dir", str(DBT_PROJECT_DIR),
+                "--quiet",
+            ],
+            None,
+        )
+        if not result.success:
+            raise DbtFailed(f"dbt parse failed: {result.exception}")
+    return MANIFEST

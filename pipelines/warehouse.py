@@ -1,0 +1,158 @@
+"""The working warehouse: one DuckDB file, opened one way, with needseg's own tables.
+
+DuckDB allows one writing process per file. Airflow serialises writers through the
+`needseg_warehouse` pool; `connect` still waits a little for a lock held by another
+process and then says who holds it, instead of a bare IOException.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+from pipelines.contract import LINEAGE_COLUMNS, TABLES
+from pipelines.errors import NeedsegError
+
+SCHEMAS = ("raw", "meta", "segments")
+
+META_DDL = [
+    """
+    create table if not exists meta.batches (
+        batch_id varchar primary key,
+        source varchar not null,
+        table_name varchar not null,
+        file varchar not null,
+        checksum varchar not null,
+        size_bytes bigint,
+        encoding varchar,
+        status varchar not null,          -- loaded | rejected
+        rows_read bigint not null,
+        rows_loaded bigint not null,
+        rows_quarantined bigint not null,
+        extra_columns varchar[],
+        message varchar,
+        run_id varchar,
+        as_of date,
+        loaded_at timestamp not null
+    )
+    """,
+    """
+    create table if not exists meta.quarantine (
+        batch_id varchar not null,
+        source varchar not null,
+        table_name varchar not null,
+        file varchar not null,
+        line bigint,
+        column_name varchar,
+        value varchar,
+        reason varchar not null,
+        expected varchar,
+        problems json,
+        record json,
+        quarantined_at timestamp not null
+    )
+    """,
+    """
+    create table if not exists meta.file_conflicts (
+        file varchar not null,
+        loaded_checksum varchar not null,
+        new_checksum varchar not null,
+        loaded_batch_id varchar not null,
+        detected_at timestamp not null,
+        primary key (file, new_checksum)
+    )
+    """,
+    """
+    create table if not exists meta.cycle_runs (
+        run_id varchar not null,
+        as_of date not null,
+        stage varchar not null,
+        started_at timestamp not null,
+        seconds double not null,
+        detail json,
+        primary key (run_id, stage)
+    )
+    """,
+]
+
+
+class WarehouseLocked(NeedsegError):
+    pass
+
+
+def raw_table_ddl(name: str) -> str:
+    spec = TABLES[name]
+    cols = [f"{c.name} {c.sql_type}" for c in spec.columns]
+    cols += [f"{n} {t}" for n, t in LINEAGE_COLUMNS]
+    return f"create table if not exists raw.{name} (\n    " + ",\n    ".join(cols) + "\n)"
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    for schema in SCHEMAS:
+        con.execute(f"create schema if not exists {schema}")
+    for name in TABLES:
+        con.execute(raw_table_ddl(name))
+        _add_missing_columns(con, name)
+    for ddl in META_DDL:
+        con.execute(ddl)
+
+
+def _add_missing_columns(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Contract columns added after a warehouse was created join it as NULL columns."""
+    have = {
+        r[0]
+        for r in con.execute(
+            "select column_name from information_schema.columns "
+            "where table_schema = 'raw' and table_name = ?",
+            [name],
+        ).fetchall()
+    }
+    for c in TABLES[name].columns:
+        if c.name not in have:
+            con.execute(f"alter table raw.{name} add column {c.name} {c.sql_type}")
+
+
+_LOCK_HOLDER = re.compile(r"PID (\d+)")
+
+
+def connect(path: Path | str, read_only: bool = False, wait_seconds: float = 30.0) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file, waiting up to `wait_seconds` for another process's write lock."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise NeedsegError(f"{path} does not exist yet: run a cycle first (needseg run)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.2
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                holder = _LOCK_HOLDER.search(str(exc))
+                who = f"process {holder.group(1)}" if holder else "another process"
+                raise WarehouseLocked(
+                    f"{path} is locked by {who}: DuckDB allows one writer at a time. "
+                    "Wait for the running task to finish (in Airflow, writers share the "
+                    "'needseg_warehouse' pool); analysts should open the serving database instead."
+                ) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+@contextmanager
+def open_warehouse(path: Path | str, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The working warehouse with needseg's schemas in place; closed on exit."""
+    con = connect(path, read_only=read_only)
+    try:
+        if not read_only:
+            ensure_schema(con)
+        yield con
+    finally:
+        con.close()
