@@ -17,9 +17,10 @@ import datetime as dt
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from pipelines import transform
 from pipelines.config import load_config
@@ -37,6 +38,10 @@ STAGES = ("ingest", "features", "segment", "serving", "publish")
 
 def cycle_id(as_of: dt.date) -> str:
     return f"cycle-{as_of.isoformat()}"
+
+
+def parse_date(value: str | dt.date) -> dt.date:
+    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
 
 
 @contextmanager

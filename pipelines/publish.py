@@ -47,8 +47,11 @@ class PublishResult:
     run_id: str
     tables: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    skipped: str = ""
 
     def summary(self) -> str:
+        if self.skipped:
+            return f"nothing to publish for {self.as_of}: {self.skipped}"
         return f"published {len(self.tables)} tables to {self.serving_path} (run {self.run_id}) in {self.seconds:.1f} s"
 
 
@@ -60,18 +63,17 @@ def _relation_exists(con: duckdb.DuckDBPyConnection, relation: str) -> bool:
 
 
 def check_serving(con: duckdb.DuckDBPyConnection, as_of: dt.date, tables: dict[str, str]) -> str:
-    """Refuse to publish tables that do not describe this as-of date or lost customers."""
+    """Refuse to publish without this date's segmentation run, or with customers missing."""
     missing = [rel for rel in tables.values() if not _relation_exists(con, rel)]
     if missing:
         raise PublishRefused(f"nothing published: {', '.join(missing)} missing; build the serving models first (needseg build --select serving)")
-    latest = con.execute("select run_id, as_of from marts.segment_runs where is_latest").fetchone()
-    if latest is None or latest[1] != as_of:
-        raise PublishRefused(f"nothing published: the latest segmentation run is {latest[1] if latest else 'missing'}, not {as_of}; run the segmentation for {as_of} first")
+    if not con.execute("select count(*) from marts.segment_runs where as_of = ?", [as_of]).fetchone()[0]:
+        raise PublishRefused(f"nothing published: there is no segmentation run as of {as_of}; run the segmentation for {as_of} first")
     customers = con.execute("select count(*) from marts.customer_features where status = 'customer'").fetchone()[0]
     segmented = con.execute("select count(*) from marts.customer_segments").fetchone()[0]
     if customers != segmented:
         raise PublishRefused(f"nothing published: {customers} customers in customer_features but {segmented} in customer_segments")
-    return latest[0]
+    return con.execute("select run_id from marts.segment_runs where is_latest").fetchone()[0]
 
 
 def _comments(con: duckdb.DuckDBPyConnection, relation: str) -> tuple[str | None, dict[str, str]]:
@@ -98,6 +100,11 @@ def publish(settings: Settings, con: duckdb.DuckDBPyConnection, as_of: dt.date, 
     for name, rel in OPTIONAL_TABLES.items():
         if _relation_exists(con, rel):
             tables[name] = rel
+    latest = con.execute("select max(as_of) from segments.segment_runs").fetchone()[0]
+    if latest is not None and as_of < latest:
+        # A re-run of an earlier date (retry, backfill) recomputed its own run; the
+        # serving database keeps showing the newest run, published when that ran.
+        return PublishResult(str(settings.serving_path), str(settings.exports_dir), as_of.isoformat(), "", skipped=f"the serving database already shows the newer run as of {latest}")
     run_id = check_serving(con, as_of, tables)
     target = settings.serving_path
     target.parent.mkdir(parents=True, exist_ok=True)

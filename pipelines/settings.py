@@ -33,7 +33,7 @@ class Settings:
     def dbt_project_dir(self) -> Path:
         return DBT_PROJECT_DIR
 
-    def with_overrides(self, **changes: Path | str | None) -> "Settings":
+    def with_overrides(self, **changes: Path | str | None) -> Settings:
         """A copy with some locations replaced; `data_dir` moves every default below it."""
         given = {k: Path(v) for k, v in changes.items() if v is not None}
         if "data_dir" in given:

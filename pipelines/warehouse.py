@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 
@@ -99,7 +99,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(raw_table_ddl(name))
         _add_missing_columns(con, name)
     for ddl in META_DDL:
-        con.execute(ddl)
+        ensure_table(con, ddl)
 
 
 def _add_missing_columns(con: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -115,6 +115,27 @@ def _add_missing_columns(con: duckdb.DuckDBPyConnection, name: str) -> None:
     for c in TABLES[name].columns:
         if c.name not in have:
             con.execute(f"alter table raw.{name} add column {c.name} {c.sql_type}")
+
+
+def ensure_table(con: duckdb.DuckDBPyConnection, ddl: str) -> None:
+    """`create table if not exists`, then add any column the DDL has that the table lacks,
+    so a warehouse written by an older needseg keeps working after an upgrade."""
+    match = re.search(r"create table if not exists\s+([\w.]+)\s*\(", ddl, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"not a create-table-if-not-exists statement: {ddl[:80]}")
+    name = match.group(1)
+    con.execute(ddl)
+    probe = "_needseg_probe_" + name.replace(".", "_")
+    con.execute(ddl.replace(match.group(0), f"create or replace temp table {probe} (", 1))
+    try:
+        wanted = con.execute(f"select column_name, data_type from duckdb_columns() where table_name = '{probe}'").fetchall()
+        schema, table = name.split(".")
+        have = {r[0] for r in con.execute("select column_name from duckdb_columns() where schema_name = ? and table_name = ?", [schema, table]).fetchall()}
+        for column, data_type in wanted:
+            if column not in have:
+                con.execute(f'alter table {name} add column "{column}" {data_type}')
+    finally:
+        con.execute(f"drop table if exists {probe}")
 
 
 _LOCK_HOLDER = re.compile(r"PID (\d+)")

@@ -243,7 +243,7 @@ class _World:
         since = start - pd.to_timedelta(np.round(years * 365.25), unit="D")
         # 12 % of customers join during the first two years of the extracts.
         joiners = (~self.is_prospect) & (rng.random(n) < 0.12)
-        join_offset = rng.integers(1, min(24, self.n_months - 6), n)
+        join_offset = rng.integers(1, max(2, min(24, self.n_months - 6)), n)
         since = np.where(
             joiners,
             start + pd.to_timedelta(join_offset * 30.4 + rng.integers(0, 28, n), unit="D"),
@@ -280,15 +280,15 @@ class _World:
         customers = ~self.is_prospect
         window_start = self.months.index(pd.Period(spec.drift_window_start, "M"))
         window_end = T - spec.drift_min_visible
-        eligible = customers & (self.segment != PRICE) & (self.join_month < window_start - 6)
-        n_drift = int(round(spec.drifter_share * customers.sum()))
+        eligible = customers & (self.segment != PRICE) & (self.join_month < max(window_start - 6, 1))
+        n_drift = min(round(spec.drifter_share * customers.sum()), int(eligible.sum()))
         drifters = rng.choice(np.flatnonzero(eligible), size=n_drift, replace=False)
         self.drifter = np.zeros(n, bool)
         self.drifter[drifters] = True
         self.drift_start = np.full(n, -1)
         self.drift_len = np.full(n, 0)
         self.drift_to = np.full(n, -1)
-        self.drift_start[drifters] = rng.integers(window_start, window_end + 1, n_drift)
+        self.drift_start[drifters] = rng.integers(window_start, max(window_end, window_start) + 1, n_drift)
         self.drift_len[drifters] = rng.integers(4, 9, n_drift)
         # Most drift towards price; some partnership accounts drift away from partnership
         # towards a transactional service relationship.
@@ -308,10 +308,10 @@ class _World:
         self.churn_month[will_churn[ok]] = churn_at[ok]
         self.churn_kind[will_churn[ok]] = "after_drift"
 
-        stable = customers & ~self.drifter & (self.join_month < window_start - 6)
-        n_random = int(round(spec.random_churn_share * customers.sum()))
+        stable = customers & ~self.drifter & (self.join_month < max(window_start - 6, 1))
+        n_random = min(round(spec.random_churn_share * customers.sum()), int(stable.sum()))
         randoms = rng.choice(np.flatnonzero(stable), size=n_random, replace=False)
-        self.churn_month[randoms] = rng.integers(window_start - 3, T, n_random)
+        self.churn_month[randoms] = rng.integers(max(window_start - 3, 1), T, n_random)
         self.churn_kind[randoms] = "random"
 
         # Temporary promotions: 2-3 months of deep discounts that mean nothing about needs.
@@ -354,10 +354,11 @@ def _timestamps(rng: np.random.Generator, month: pd.Period, count: int, business
 
 
 def _products(rng: np.random.Generator) -> pd.DataFrame:
-    rows = []
-    for ci, (cat, cls, median) in enumerate(CATEGORIES):
-        for p in range(int(rng.integers(15, 40))):
-            rows.append((f"P{ci + 1}{p:03d}", cat, cls, round(float(median * np.exp(rng.normal(0, 0.5))), 2)))
+    rows = [
+        (f"P{ci + 1}{p:03d}", cat, cls, round(float(median * np.exp(rng.normal(0, 0.5))), 2))
+        for ci, (cat, cls, median) in enumerate(CATEGORIES)
+        for p in range(int(rng.integers(15, 40)))
+    ]
     return pd.DataFrame(rows, columns=["product_id", "category", "cls", "list_price_eur"])
 
 
@@ -644,7 +645,7 @@ def generate(out: Path | str, spec: WorldSpec | None = None) -> WorldSummary:
             "drift_start": [str(world.months[s]) if s >= 0 else "" for s in world.drift_start],
             "drift_full": [
                 str(world.months[min(s + d - 1, last)]) if s >= 0 else ""
-                for s, d in zip(world.drift_start, world.drift_len)
+                for s, d in zip(world.drift_start, world.drift_len, strict=False)
             ],
             "churn_month": [str(world.months[c]) if c >= 0 else "" for c in world.churn_month],
             "churn_kind": world.churn_kind,

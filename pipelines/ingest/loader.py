@@ -28,7 +28,13 @@ import pandas as pd
 
 from pipelines.contract import TABLES
 from pipelines.errors import InputError
-from pipelines.ingest.mapping import SourceMapping, TableMapping, file_format, load_mappings, mapping_for
+from pipelines.ingest.mapping import (
+    SourceMapping,
+    TableMapping,
+    file_format,
+    load_mappings,
+    mapping_for,
+)
 from pipelines.ingest.parse import ParsedBatch, Problem, parse
 from pipelines.ingest.readers import BatchRejected, read_file
 from pipelines.quality.gate import QualityGate
@@ -50,7 +56,7 @@ class FileOutcome:
     source: str
     table: str
     file: str
-    status: str  # loaded | duplicate | already_loaded | conflict | rejected
+    status: str  # loaded | valid (dry run) | duplicate | already_loaded | conflict | rejected
     batch_id: str | None = None
     rows_read: int = 0
     rows_loaded: int = 0
@@ -72,15 +78,15 @@ class IngestReport:
 
     @property
     def rows_read(self) -> int:
-        return sum(f.rows_read for f in self.files if f.status in ("loaded", "rejected"))
+        return sum(f.rows_read for f in self.files if f.status in ("loaded", "valid", "rejected"))
 
     @property
     def rows_loaded(self) -> int:
-        return sum(f.rows_loaded for f in self.files if f.status == "loaded")
+        return sum(f.rows_loaded for f in self.files if f.status in ("loaded", "valid"))
 
     @property
     def rows_quarantined(self) -> int:
-        return sum(f.rows_quarantined for f in self.files if f.status in ("loaded", "rejected"))
+        return sum(f.rows_quarantined for f in self.files if f.status in ("loaded", "valid", "rejected"))
 
     @property
     def rejected(self) -> list[FileOutcome]:
@@ -92,7 +98,7 @@ class IngestReport:
 
     def summary(self) -> str:
         parts = [
-            f"{self.count('loaded')} file(s) loaded",
+            f"{self.count('valid')} file(s) would load (dry run)" if self.count("valid") else f"{self.count('loaded')} file(s) loaded",
             f"{self.rows_read} rows read",
             f"{self.rows_loaded} to raw",
             f"{self.rows_quarantined} to quarantine",
@@ -159,8 +165,13 @@ def ingest(
     max_quarantine_share: float = 0.5,
     known_currencies: list[str] | None = None,
     gate: QualityGate | None = None,
+    dry_run: bool = False,
 ) -> IngestReport:
-    """Load every new landing file; raise GateFailed after the others if any batch was refused."""
+    """Load every new landing file; raise GateFailed after the others if any batch was refused.
+
+    With `dry_run` every file is read, mapped and checked exactly as for a load, and the
+    report says what would happen, but nothing is written to the warehouse.
+    """
     started = time.monotonic()
     report = IngestReport(as_of=as_of.isoformat())
     mappings = load_mappings(settings.mappings_dir)
@@ -195,10 +206,11 @@ def ingest(
             continue
         if (tm.table, rel) in by_file and not accept_changed:
             old_digest, old_batch = by_file[(tm.table, rel)]
-            con.execute(
-                "insert or ignore into meta.file_conflicts values (?, ?, ?, ?, ?)",
-                [rel, old_digest, digest, old_batch, dt.datetime.now()],
-            )
+            if not dry_run:
+                con.execute(
+                    "insert or ignore into meta.file_conflicts values (?, ?, ?, ?, ?)",
+                    [rel, old_digest, digest, old_batch, dt.datetime.now()],
+                )
             report.files.append(
                 FileOutcome(
                     source, tm.table, rel, "conflict", old_batch,
@@ -228,7 +240,7 @@ def ingest(
                     known_accounts.update(batch.typed["account_id"].dropna().astype(str))
         # Validate all of this table's new files in one GE run, then split by file.
         frames = []
-        for i, (item, batch) in enumerate(parsed):
+        for i, (_, batch) in enumerate(parsed):
             if isinstance(batch, ParsedBatch) and len(batch.typed):
                 frames.append(batch.typed.assign(_file_index=i))
         gate_problems: dict[int, list[Problem]] = {}
@@ -252,7 +264,7 @@ def ingest(
                 gate_problems.setdefault(int(file_of[problem.index]), []).append(problem)
         for i, (item, batch) in enumerate(parsed):
             outcome = _write_batch(
-                con, item, batch, gate_problems.get(i, []), batch_failures, run_id, as_of, max_quarantine_share
+                con, item, batch, gate_problems.get(i, []), batch_failures, run_id, as_of, max_quarantine_share, dry_run
             )
             report.files.append(outcome)
 
@@ -287,7 +299,7 @@ def _resolve_duplicates(problems: list[Problem], frame: pd.DataFrame, table) -> 
         lines = group["_line"].tolist()
         identical = len(group[content].astype(str).drop_duplicates()) == 1
         first = group.index[0]
-        for index, line in zip(group.index, lines):
+        for index, _line in zip(group.index, lines, strict=False):
             p = by_index[index]
             if identical:
                 if index == first:
@@ -314,6 +326,7 @@ def _write_batch(
     run_id: str,
     as_of: dt.date,
     max_quarantine_share: float,
+    dry_run: bool = False,
 ) -> FileOutcome:
     table = item.mapping.table
     batch_id = f"{item.source}.{table}.{item.checksum[:16]}"
@@ -329,7 +342,7 @@ def _write_batch(
             outcome.rows_read = batch.rows_read
             outcome.message = f"{batch.reason} [{batch.expectation or 'read'}]"
             _record_batch(con, item, batch_id, "rejected", batch.rows_read, 0, 0, [], outcome.message, run_id, as_of, now, None)
-            con.execute("commit")
+            con.execute("rollback" if dry_run else "commit")
             return outcome
 
         problems_by_line: dict[int, list[Problem]] = {}
@@ -358,11 +371,11 @@ def _write_batch(
             outcome.rows_quarantined = quarantined
             outcome.quarantine_reasons = {"batch rejected": quarantined}
             _record_batch(con, item, batch_id, "rejected", batch.rows_read, 0, quarantined, batch.extra_columns, outcome.message, run_id, as_of, now, batch)
-            con.execute("commit")
+            con.execute("rollback" if dry_run else "commit")
             return outcome
 
         insert = good.assign(_batch_id=batch_id, _source=item.source, _file=item.rel, _loaded_at=now)
-        columns = TABLES[table].column_names + ["_batch_id", "_source", "_file", "_line", "_loaded_at"]
+        columns = [*TABLES[table].column_names, "_batch_id", "_source", "_file", "_line", "_loaded_at"]
         con.register("incoming", insert[columns])
         con.execute(f"insert into raw.{table} ({', '.join(columns)}) select {', '.join(columns)} from incoming")
         con.unregister("incoming")
@@ -382,7 +395,12 @@ def _write_batch(
         if batch.extra_columns:
             outcome.message = "extra column(s) not in the contract, not loaded: " + ", ".join(batch.extra_columns)
         _record_batch(con, item, batch_id, "loaded", batch.rows_read, len(good), quarantined, batch.extra_columns, outcome.message, run_id, as_of, now, batch)
-        con.execute("commit")
+        if dry_run:
+            # everything was checked and written inside the transaction; throw it away
+            con.execute("rollback")
+            outcome.status = "valid"
+        else:
+            con.execute("commit")
     except BaseException:
         con.execute("rollback")
         raise

@@ -197,7 +197,7 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
                 bad = f"{text} is not null and {ts} is null"
             select.append(f"{typed} as {q}")
             select.append(f"({bad}) as {_quote('_bad_' + col.name)}")
-        for i, (name, cond, _, _) in enumerate(checks):
+        for i, (_, cond, _, _) in enumerate(checks):
             select.append(f"({cond}) as {_quote(f'_scale_{i}')}")
         result = con.execute(f"select {', '.join(select)}, _line from mapped").df()
     finally:
@@ -207,13 +207,13 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
     for col in table.columns:
         flag = result.pop("_bad_" + col.name).fillna(False).astype(bool)
         if flag.any():
-            for line, value in zip(result.loc[flag, "_line"], mapped.loc[flag.values, col.name]):
+            for line, value in zip(result.loc[flag, "_line"], mapped.loc[flag.values, col.name], strict=False):
                 problems.append(Problem(int(line), col.name, value, f"wrong type: {value!r} is not {_describe_expected(col.kind, options)}", _describe_expected(col.kind, options)))
             bad_any |= flag
     for i, (name, _, reason, expected) in enumerate(checks):
         flag = result.pop(f"_scale_{i}").fillna(False).astype(bool)
         if flag.any():
-            for line, value in zip(result.loc[flag, "_line"], mapped.loc[flag.values, name]):
+            for line, value in zip(result.loc[flag, "_line"], mapped.loc[flag.values, name], strict=False):
                 problems.append(Problem(int(line), name, value, f"out of range: {value} is {reason}", expected))
             bad_any |= flag
     typed = result.loc[~bad_any].reset_index(drop=True)
@@ -224,7 +224,7 @@ def _recode(mapped: pd.DataFrame, mapping: TableMapping) -> pd.DataFrame:
     for column, table in mapping.values.items():
         if column in mapped.columns:
             lookup = {k.strip().lower(): v for k, v in table.items()}
-            mapped[column] = mapped[column].map(lambda v: lookup.get(v.strip().lower(), v) if isinstance(v, str) else v)
+            mapped[column] = mapped[column].map(lambda v, lookup=lookup: lookup.get(v.strip().lower(), v) if isinstance(v, str) else v)
     return mapped
 
 

@@ -209,7 +209,7 @@ def read_parquet(path: Path, options: ReadOptions) -> RawFrame:
 
     try:
         table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises many types for a damaged file
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a damaged file
         raise BatchRejected(path, f"not a readable Parquet file: {exc}", expectation="file_format") from None
     if table.num_rows == 0:
         raise BatchRejected(path, "the file has no rows: expected at least one", expectation="expect_table_row_count_to_be_between")
@@ -233,7 +233,7 @@ def read_xlsx(path: Path, options: ReadOptions) -> RawFrame:
 
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - openpyxl raises many types for a damaged file
         raise BatchRejected(path, f"not a readable .xlsx workbook: {exc}", expectation="file_format") from None
     try:
         if options.sheet is None:

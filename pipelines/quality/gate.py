@@ -235,6 +235,8 @@ def _value(row: pd.Series, kind: str, kwargs: dict[str, Any]) -> str | None:
     value = row.get(kwargs.get("column"))
     if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NaT:
         return None
+    if isinstance(value, pd.Timestamp) and value == value.normalize():
+        return value.date().isoformat()
     return str(value)
 
 

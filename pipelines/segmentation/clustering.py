@@ -189,7 +189,7 @@ def resolve_identities(
         prev_centres = np.array([p.centre for p in previous])
         dist = np.sqrt(((centres[:, None, :] - prev_centres[None, :, :]) ** 2).sum(axis=2))
         rows, cols = linear_sum_assignment(dist)
-        for r, c in zip(rows, cols):
+        for r, c in zip(rows, cols, strict=False):
             if dist[r].argmin() == c and dist[:, c].argmin() == r:
                 aligned[r] = previous[c]
     tax_index = {s.id: i for i, s in enumerate(taxonomy.segments)}
@@ -201,7 +201,7 @@ def resolve_identities(
     free = [j for j, s in enumerate(taxonomy.segments) if s.id not in used]
     if rest and free:
         rr, cc = linear_sum_assignment(-similarity[np.ix_(rest, free)])
-        for a, b in zip(rr, cc):
+        for a, b in zip(rr, cc, strict=False):
             r, j = rest[a], free[b]
             if similarity[r, j] >= taxonomy.min_similarity:
                 seg = taxonomy.segments[j]

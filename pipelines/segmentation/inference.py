@@ -15,7 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier, VotingClassifier
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+    VotingClassifier,
+)
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -67,7 +71,8 @@ def design_matrix(frame: pd.DataFrame, numeric: list[str], logged: list[str], ca
 
 
 def _model(seed: int) -> VotingClassifier:
-    impute = lambda: SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)  # noqa: E731
+    def impute():
+        return SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)
     return VotingClassifier(
         [
             ("logistic", make_pipeline(impute(), StandardScaler(), LogisticRegression(C=0.3, max_iter=3000))),

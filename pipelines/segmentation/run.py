@@ -32,8 +32,8 @@ from sklearn.preprocessing import StandardScaler
 from pipelines.errors import NeedsegError
 from pipelines.segmentation import explain
 from pipelines.segmentation.clustering import (
-    ClusterSettings,
     Clustering,
+    ClusterSettings,
     PreviousSegment,
     bootstrap_jaccard,
     choose_k,
@@ -42,6 +42,7 @@ from pipelines.segmentation.clustering import (
 )
 from pipelines.segmentation.inference import BEHAVIOUR_COLUMNS, fit_and_score
 from pipelines.segmentation.taxonomy import Taxonomy
+from pipelines.warehouse import ensure_table
 
 MODEL_VERSION = "needseg-segmentation/1"
 
@@ -62,6 +63,7 @@ DDL = [
         offer varchar, serve varchar, action varchar)""",
     """create table if not exists segments.assignments (
         run_id varchar not null, as_of date not null, account_id varchar not null,
+        account_name varchar, account_owner varchar, country varchar, industry varchar,
         segment_id varchar not null, segment_name varchar not null, segment_source varchar not null,
         probability double not null, behaviour_segment_id varchar, behaviour_probability double,
         value_tier varchar, is_key_account boolean not null, drivers json, drivers_text varchar,
@@ -76,15 +78,20 @@ DDL = [
         overall_value double, index_vs_overall double)""",
     """create table if not exists segments.prospect_predictions (
         run_id varchar not null, as_of date not null, account_id varchar not null,
+        account_name varchar, account_owner varchar, country varchar, industry varchar,
         segment_id varchar not null, segment_name varchar not null, probability double not null,
         probabilities json not null, offer varchar, serve varchar)""",
     """create table if not exists segments.lookalikes (
         run_id varchar not null, as_of date not null, account_id varchar not null,
+        account_name varchar, account_owner varchar,
         segment_id varchar not null, similarity double not null, rank_in_segment integer not null,
-        nearest_key_account_id varchar not null, revenue_12m double,
+        nearest_key_account_id varchar not null, nearest_key_account_name varchar, revenue_12m double,
         key_account_median_revenue_12m double)""",
 ]
 RUN_TABLES = ("segment_runs", "segment_definitions", "assignments", "assignment_probabilities", "profiles", "prospect_predictions", "lookalikes")
+
+# Account details each run keeps with its rows, so a run is readable on its own.
+ACCOUNT_DETAILS = ["account_name", "account_owner", "country", "industry"]
 
 # Scale-free behaviour used to find accounts that resemble key accounts (size left out:
 # a lookalike is a smaller account that buys the way key accounts do).
@@ -98,7 +105,7 @@ LOOKALIKE_COLUMNS = [
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("create schema if not exists segments")
     for ddl in DDL:
-        con.execute(ddl)
+        ensure_table(con, ddl)
 
 
 def run_id_for(as_of: dt.date) -> str:
@@ -279,7 +286,7 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
         drivers_json.loc[surveyed_ids], drivers_text.loc[surveyed_ids] = j, t
     behaviour_ids = customers.index.difference(surveyed_ids)
     if len(behaviour_ids):
-        cols = [c for c in BEHAVIOUR_COLUMNS + ["tenure_months"] if c in customers.columns]
+        cols = [c for c in [*BEHAVIOUR_COLUMNS, "tenure_months"] if c in customers.columns]
         values = customers[cols].apply(pd.to_numeric, errors="coerce")
         j, t = explain.drivers(
             values.loc[behaviour_ids], assigned.loc[behaviour_ids], "behaviour",
@@ -292,10 +299,11 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
             "run_id": run_id,
             "as_of": as_of,
             "account_id": customers.index,
+            **{c: customers[c].values for c in ACCOUNT_DETAILS},
             "segment_id": assigned.values,
             "segment_name": assigned.map(name_of).values,
             "segment_source": source.values,
-            "probability": [float(probs.at[a, s]) for a, s in zip(customers.index, assigned)],
+            "probability": [float(probs.at[a, s]) for a, s in zip(customers.index, assigned, strict=False)],
             "behaviour_segment_id": behaviour.idxmax(axis=1).values,
             "behaviour_probability": behaviour.max(axis=1).values,
             "value_tier": customers["value_tier"].values,
@@ -378,7 +386,7 @@ def _definitions(run_id: str, main: Clustering, identities, taxonomy: Taxonomy, 
 
 
 def _prospects(run_id, as_of, customers, fit_index, assigned, prospects, taxonomy, name_of, definitions, seed) -> pd.DataFrame:
-    columns = ["run_id", "as_of", "account_id", "segment_id", "segment_name", "probability", "probabilities", "offer", "serve"]
+    columns = ["run_id", "as_of", "account_id", *ACCOUNT_DETAILS, "segment_id", "segment_name", "probability", "probabilities", "offer", "serve"]
     if prospects.empty:
         return pd.DataFrame(columns=columns)
     result = fit_and_score(customers.loc[fit_index], assigned.loc[fit_index], prospects, seed, kind="prospect")
@@ -390,6 +398,7 @@ def _prospects(run_id, as_of, customers, fit_index, assigned, prospects, taxonom
             "run_id": run_id,
             "as_of": as_of,
             "account_id": prospects.index,
+            **{c: prospects[c].values for c in ACCOUNT_DETAILS},
             "segment_id": best.values,
             "segment_name": best.map(name_of).values,
             "probability": p.max(axis=1).round(4).values,
@@ -401,7 +410,10 @@ def _prospects(run_id, as_of, customers, fit_index, assigned, prospects, taxonom
 
 
 def _lookalikes(run_id, as_of, customers, assigned, is_key, per_segment: int) -> pd.DataFrame:
-    columns = ["run_id", "as_of", "account_id", "segment_id", "similarity", "rank_in_segment", "nearest_key_account_id", "revenue_12m", "key_account_median_revenue_12m"]
+    columns = [
+        "run_id", "as_of", "account_id", "account_name", "account_owner", "segment_id", "similarity", "rank_in_segment",
+        "nearest_key_account_id", "nearest_key_account_name", "revenue_12m", "key_account_median_revenue_12m",
+    ]
     cols = [c for c in LOOKALIKE_COLUMNS if c in customers.columns]
     values = customers[cols].apply(pd.to_numeric, errors="coerce")
     values = values.fillna(values.median()).fillna(0.0)
@@ -413,20 +425,25 @@ def _lookalikes(run_id, as_of, customers, assigned, is_key, per_segment: int) ->
         others = customers.index[(assigned == seg) & ~is_key & active]
         if len(keys) == 0 or len(others) == 0:
             continue
-        K, O = scaled.loc[keys].to_numpy(), scaled.loc[others].to_numpy()
-        dist = np.sqrt(((O[:, None, :] - K[None, :, :]) ** 2).sum(axis=2))
+        key_rows, other_rows = scaled.loc[keys].to_numpy(), scaled.loc[others].to_numpy()
+        dist = np.sqrt(((other_rows[:, None, :] - key_rows[None, :, :]) ** 2).sum(axis=2))
         nearest = dist.argmin(axis=1)
-        similarity = 1.0 / (1.0 + dist[np.arange(len(O)), nearest])
+        similarity = 1.0 / (1.0 + dist[np.arange(len(other_rows)), nearest])
         order = np.lexsort((others.to_numpy(), -similarity))[:per_segment]
         median_key = float(customers.loc[keys, "revenue_12m"].median())
         for rank, i in enumerate(order, start=1):
-            rows.append((run_id, as_of, others[i], seg, round(float(similarity[i]), 4), rank, keys[nearest[i]], float(customers.at[others[i], "revenue_12m"]), median_key))
+            account, key_account = others[i], keys[nearest[i]]
+            rows.append((
+                run_id, as_of, account, customers.at[account, "account_name"], customers.at[account, "account_owner"], seg,
+                round(float(similarity[i]), 4), rank, key_account, customers.at[key_account, "account_name"],
+                float(customers.at[account, "revenue_12m"]), median_key,
+            ))
     return pd.DataFrame(rows, columns=columns)
 
 
 def _profiles(run_id, customers, dims, assigned, fit_index, is_key, key_mode, taxonomy) -> pd.DataFrame:
     rows = []
-    behaviour_cols = [c for c in BEHAVIOUR_COLUMNS + ["revenue_12m", "tenure_months", "satisfaction", "nps"] if c in customers.columns]
+    behaviour_cols = [c for c in [*BEHAVIOUR_COLUMNS, "revenue_12m", "tenure_months", "satisfaction", "nps"] if c in customers.columns]
     values = customers[behaviour_cols].apply(pd.to_numeric, errors="coerce")
     populations = [("all", customers.index)]
     if key_mode == "separate":

@@ -23,18 +23,12 @@ latest as (
 
     select run_id, as_of from {{ ref('int_segment_runs__latest') }}
 
-),
-
-accounts as (
-
-    select account_id, account_name, account_owner, country, industry
-    from {{ ref('customer_features') }}
-
 )
+
 
 select
     assignments.account_id,
-    accounts.account_name,
+    assignments.account_name,
     assignments.segment_id,
     assignments.segment_name as segment,
     assignments.segment_source,
@@ -44,13 +38,12 @@ select
     cast(assignments.drivers as varchar) as drivers_json,
     assignments.value_tier,
     assignments.is_key_account,
-    accounts.account_owner,
-    accounts.country,
-    accounts.industry,
+    assignments.account_owner,
+    assignments.country,
+    assignments.industry,
     latest.run_id,
     latest.as_of
 from assignments
 inner join latest on latest.run_id = assignments.run_id
 left join probabilities
     on probabilities.run_id = assignments.run_id and probabilities.account_id = assignments.account_id
-left join accounts on accounts.account_id = assignments.account_id

@@ -14,13 +14,6 @@ latest as (
 
 ),
 
-accounts as (
-
-    select account_id, account_name, account_owner
-    from {{ ref('customer_features') }}
-
-),
-
 segment_names as (
 
     select run_id, segment_id, segment_name
@@ -31,21 +24,19 @@ segment_names as (
 
 select
     lookalikes.account_id,
-    accounts.account_name,
+    lookalikes.account_name,
     lookalikes.segment_id,
     segment_names.segment_name as segment,
     lookalikes.similarity,
     lookalikes.rank_in_segment,
     lookalikes.nearest_key_account_id,
-    key_accounts.account_name as nearest_key_account_name,
+    lookalikes.nearest_key_account_name,
     lookalikes.revenue_12m,
     lookalikes.key_account_median_revenue_12m,
-    accounts.account_owner,
+    lookalikes.account_owner,
     latest.run_id,
     latest.as_of
 from lookalikes
 inner join latest on latest.run_id = lookalikes.run_id
-left join accounts on accounts.account_id = lookalikes.account_id
-left join accounts as key_accounts on key_accounts.account_id = lookalikes.nearest_key_account_id
 left join segment_names
     on segment_names.run_id = lookalikes.run_id and segment_names.segment_id = lookalikes.segment_id

@@ -1,0 +1,45 @@
+# needseg - the two commands a newcomer needs: `make demo` and `make test`.
+# Both install everything first (uv if missing, then the locked environment).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
+RUN := $(UV) run --locked --no-sync
+
+.PHONY: help install demo test airflow lint clean
+
+help:
+	@echo "make demo     install, then run the demo: a synthetic company through Airflow, monthly cycles"
+	@echo "make test     install, then run the whole test suite"
+	@echo "make airflow  install, then start Airflow locally with needseg's DAGs (Ctrl-C stops it)"
+	@echo "make lint     ruff"
+	@echo "make clean    remove generated data and the local Airflow home"
+
+# uv itself, into a project-local folder, when the machine has none.
+$(CURDIR)/.tools/bin/uv:
+	python3 -m venv $(CURDIR)/.tools
+	$(CURDIR)/.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+.venv/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --compile-bytecode
+	$(RUN) needseg dbt-manifest
+	@touch $@
+
+install: .venv/.installed
+
+demo: install
+	$(RUN) needseg demo
+
+test: install
+	$(RUN) pytest
+
+airflow: install
+	$(RUN) needseg airflow
+
+lint: install
+	$(RUN) ruff check pipelines dags tests
+
+clean:
+	rm -rf data .airflow dbt_project/target dbt_project/logs

@@ -1,0 +1,47 @@
+"""
+### needseg · features
+
+Builds the customer features with dbt (staging → intermediate → `marts.customer_features`,
+tests after each model), one Airflow task per dbt model through astronomer-cosmos. Runs
+whenever ingestion has loaded new data, as of the ingest run's date.
+
+**Schedule**: on the `needseg_raw` asset. **Produces**: `needseg_customer_features`.
+"""
+
+from airflow.sdk import dag, task
+
+from pipelines import airflow_support as af
+
+ASSETS = af.assets()
+
+
+@dag(
+    dag_id="needseg_features",
+    schedule=[ASSETS["raw"]],
+    start_date=af.START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=af.default_args(),
+    params=af.params(),
+    doc_md=__doc__,
+    tags=["needseg", "dbt", "features"],
+    on_failure_callback=af.on_dag_failure,
+)
+def needseg_features():
+    @task
+    def resolve_as_of(**context):
+        """The date these features describe."""
+        return af.resolve_as_of(context).isoformat()
+
+    @task(outlets=[ASSETS["features"]])
+    def features_ready(as_of: str, *, outlet_events=None):
+        """Announce the new features to whoever consumes them."""
+        outlet_events[ASSETS["features"]].extra = {"as_of": as_of}
+        return as_of
+
+    as_of = resolve_as_of()
+    build = af.dbt_task_group("build_features", "tag:features")
+    as_of >> build >> features_ready(as_of)
+
+
+needseg_features()

@@ -1,0 +1,179 @@
+"""What the DAG files share: assets, defaults, the as-of date, dbt task groups, callbacks.
+
+DAG files stay thin (schedule, dependencies, docs, retries); they import from here and
+call the step functions in `pipelines.cycle`. Nothing here runs at import time beyond
+reading configuration, so DAG parsing stays fast.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from typing import Any
+
+from pipelines.settings import DBT_PROJECT_DIR, load_settings
+
+log = logging.getLogger("needseg.airflow")
+
+# One writer at a time on the DuckDB warehouse: every task that writes it takes this pool.
+WAREHOUSE_POOL = "needseg_warehouse"
+START_DATE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+
+
+def assets():
+    """The data products the DAGs hand to each other (Airflow Assets)."""
+    from airflow.sdk import Asset
+
+    return {
+        "raw": Asset(name="needseg_raw", uri="needseg://warehouse/raw", group="needseg"),
+        "features": Asset(name="needseg_customer_features", uri="needseg://warehouse/marts/customer_features", group="needseg"),
+        "segments": Asset(name="needseg_segments", uri="needseg://serving/customer_segments", group="needseg"),
+    }
+
+
+def schedule(env_name: str, default: str) -> str:
+    """A DAG's schedule, overridable per deployment (e.g. NEEDSEG_SEGMENTATION_SCHEDULE)."""
+    return os.environ.get(env_name, default)
+
+
+def default_args() -> dict[str, Any]:
+    return {
+        "owner": "needseg",
+        "retries": int(os.environ.get("NEEDSEG_TASK_RETRIES", "2")),
+        "retry_delay": dt.timedelta(minutes=int(os.environ.get("NEEDSEG_RETRY_DELAY_MINUTES", "5"))),
+        "retry_exponential_backoff": True,
+        "on_failure_callback": on_task_failure,
+    }
+
+
+def params() -> dict[str, Any]:
+    from airflow.sdk import Param
+
+    return {
+        "as_of": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Run as of this date (YYYY-MM-DD). Empty: the end of the run's data interval, the upstream asset's date, or today.",
+        )
+    }
+
+
+def resolve_as_of(context: dict[str, Any]) -> dt.date:
+    """The date a run describes: explicit param or conf, the triggering asset's date, the
+    end of the data interval (its last day), or today - in that order."""
+    explicit = (context.get("params") or {}).get("as_of")
+    dag_run = context.get("dag_run")
+    conf = getattr(dag_run, "conf", None) or {}
+    explicit = explicit or conf.get("as_of")
+    if explicit:
+        return dt.date.fromisoformat(str(explicit))
+    events = context.get("triggering_asset_events") or {}
+    dates = []
+    try:
+        for asset_events in events.values():
+            for event in asset_events:
+                value = (getattr(event, "extra", None) or {}).get("as_of")
+                if value:
+                    dates.append(dt.date.fromisoformat(value))
+    except (AttributeError, TypeError, ValueError):
+        dates = []
+    if dates:
+        return max(dates)
+    end = context.get("data_interval_end")
+    start = context.get("data_interval_start")
+    if end is not None and start is not None and end > start:
+        return (end - dt.timedelta(microseconds=1)).date()
+    logical = context.get("logical_date")
+    if logical is not None:
+        return logical.date()
+    return dt.datetime.now(dt.UTC).date()
+
+
+AS_OF_XCOM = "{{ ti.xcom_pull(task_ids='resolve_as_of') }}"
+
+
+def _dbt_settings() -> tuple[Any, Any, dict[str, Any]]:
+    """Profile, project env and vars shared by every cosmos task (as-of from `resolve_as_of`)."""
+    from cosmos import ProfileConfig
+
+    from pipelines import transform
+    from pipelines.config import load_config
+
+    settings = load_settings()
+    config = load_config(settings.config_path)
+    variables = transform.dbt_vars(config, dt.date.today())
+    variables["as_of"] = AS_OF_XCOM
+    profile = ProfileConfig(profile_name="needseg", target_name="local", profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml")
+    return profile, transform.profile_env(settings), variables
+
+
+def dbt_task_group(group_id: str, select: str, **kwargs: Any):
+    """A cosmos DbtTaskGroup over dbt_project/: one Airflow task per model (`dbt build` of
+    the model and its tests), rendered from dbt's manifest."""
+    from cosmos import DbtTaskGroup, ExecutionConfig, ProjectConfig, RenderConfig
+    from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
+
+    from pipelines import transform
+
+    profile, env, variables = _dbt_settings()
+    return DbtTaskGroup(
+        group_id=group_id,
+        project_config=ProjectConfig(
+            dbt_project_path=DBT_PROJECT_DIR,
+            manifest_path=transform.ensure_manifest(),
+            install_dbt_deps=False,
+            env_vars=env,
+        ),
+        profile_config=profile,
+        execution_config=ExecutionConfig(execution_mode=ExecutionMode.LOCAL, invocation_mode=InvocationMode.DBT_RUNNER),
+        # A test that spans several models runs once all of them are built.
+        render_config=RenderConfig(
+            load_method=LoadMode.DBT_MANIFEST,
+            select=[select],
+            test_behavior=TestBehavior.BUILD,
+            should_detach_multiple_parents_tests=True,
+        ),
+        operator_args={"vars": variables, "pool": WAREHOUSE_POOL, "install_deps": False},
+        **kwargs,
+    )
+
+
+def dbt_build_task(task_id: str, select: str, **kwargs: Any):
+    """One cosmos task running `dbt build --select <select>`: for model sets where a task
+    per model is not worth its overhead (each dbt invocation costs about a second)."""
+    from cosmos.constants import InvocationMode
+    from cosmos.operators.local import DbtBuildLocalOperator
+
+    profile, env, variables = _dbt_settings()
+    return DbtBuildLocalOperator(
+        task_id=task_id,
+        project_dir=str(DBT_PROJECT_DIR),
+        profile_config=profile,
+        invocation_mode=InvocationMode.DBT_RUNNER,
+        select=[select],
+        vars=variables,
+        env=env,
+        install_deps=False,
+        pool=WAREHOUSE_POOL,
+        **kwargs,
+    )
+
+
+def on_task_failure(context: dict[str, Any]) -> None:
+    """Log a failed task with what a data engineer needs to find it."""
+    ti = context.get("task_instance") or context.get("ti")
+    exc = context.get("exception")
+    log.error(
+        "needseg task failed: dag=%s task=%s run=%s try=%s: %s",
+        getattr(ti, "dag_id", "?"), getattr(ti, "task_id", "?"), getattr(ti, "run_id", "?"),
+        getattr(ti, "try_number", "?"), exc,
+    )
+
+
+def on_dag_failure(context: dict[str, Any]) -> None:
+    """Tell the data team a DAG run failed (log always; channels where configured)."""
+    from pipelines import notify
+
+    notify.dag_failed(context)

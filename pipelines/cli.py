@@ -1,0 +1,336 @@
+"""The `needseg` command line: every pipeline step without Airflow, plus demo, query, status.
+
+Exit codes: 0 done; 1 failed (a message says why); 2 configuration error; 3 input refused
+by the quality gate (the message names file, line or expectation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pipelines.errors import NeedsegError
+from pipelines.settings import Settings, load_settings
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; expected YYYY-MM-DD") from None
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(getattr(args, "data_dir", None))
+    if getattr(args, "landing", None):
+        settings = settings.with_overrides(landing_dir=args.landing)
+    return settings
+
+
+def _common(parser: argparse.ArgumentParser, as_of: bool = True, landing: bool = False) -> None:
+    parser.add_argument("--data-dir", type=Path, help="folder for the warehouse, serving database and exports (default: $NEEDSEG_DATA_DIR or ./data)")
+    if landing:
+        parser.add_argument("--landing", type=Path, help="landing folder (default: <data-dir>/landing or $NEEDSEG_LANDING_DIR)")
+    if as_of:
+        parser.add_argument("--as-of", type=_date, default=dt.date.today(), help="the date the run describes (default: today)")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipelines.demo.world import WorldSpec, generate
+
+    spec = WorldSpec(seed=args.seed, customers=args.customers, prospects=args.prospects, start_month=args.start_month, end_month=args.end_month)
+    out = args.out or (_settings(args).data_dir / "world")
+    summary = generate(out, spec)
+    print(
+        f"generated {summary.accounts} accounts ({spec.customers} customers, {spec.prospects} prospects) over {summary.months} months "
+        f"in {out}: {summary.order_lines:,} order lines, {summary.support_tickets:,} tickets, {summary.quotes:,} quotes, "
+        f"{summary.survey_responses:,} survey responses, {summary.drifters} planted drifters, {summary.churners} churners; "
+        f"top 20 % of customers hold {summary.key_account_revenue_share:.0%} of revenue.\n"
+        f"Monthly extracts: {out}/extracts/<month>/  (deliver them with: needseg deliver --world {out} --through <YYYY-MM>)\n"
+        f"Ground truth (never read by the pipeline): {out}/truth/"
+    )
+    return 0
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    from pipelines.demo.world import deliver
+
+    settings = _settings(args)
+    copied = deliver(args.world, settings.landing_dir, args.through)
+    print(f"delivered {copied} new file(s) up to {args.through} into {settings.landing_dir}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from pipelines.config import load_config
+    from pipelines.ingest.loader import ingest
+    from pipelines.warehouse import open_warehouse
+
+    settings = _settings(args)
+    config = load_config(settings.config_path)
+    with open_warehouse(settings.warehouse_path) as con:
+        report = ingest(
+            settings, con, args.as_of, f"ingest-{args.as_of}",
+            sources=args.source or None,
+            accept_changed=args.accept_changed,
+            max_quarantine_share=float(config["ingest"]["max_quarantine_share"]),
+            known_currencies=list(config["fx_rates"]),
+            dry_run=getattr(args, "dry_run", False),
+        )
+    _print_report(report, verbose=args.list_all)
+    return 0
+
+
+def _print_report(report, verbose: bool = False) -> None:
+    for f in report.files:
+        if f.status in ("already_loaded",) and not verbose:
+            continue
+        detail = f"{f.rows_read} read, {f.rows_loaded} to raw, {f.rows_quarantined} quarantined" if f.status in ("loaded", "rejected", "valid") else ""
+        print(f"{f.status:>14}  {f.file}  {detail}")
+        if f.quarantine_reasons:
+            for reason, n in sorted(f.quarantine_reasons.items(), key=lambda x: -x[1]):
+                print(f"{'':>16}{n:>6} x {reason}")
+        if f.message:
+            print(f"{'':>16}{f.message}")
+    print(report.summary())
+    if report.validation_files:
+        print("validation results: " + ", ".join(report.validation_files))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    args.dry_run = True
+    args.accept_changed = False
+    return cmd_ingest(args)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from pipelines import cycle
+
+    settings = _settings(args)
+    stages = {"features": ["features"], "serving": ["serving"], "all": ["features", "serving"]}[args.select]
+    for stage in stages:
+        detail = cycle.STEP_FUNCTIONS[stage](args.as_of, settings)
+        print(f"{stage}: dbt build {detail['select']} - {detail['nodes']} nodes in {detail['seconds']:.1f} s")
+        for warning in detail.get("warnings", []):
+            print(f"  warning: {warning}")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from pipelines import cycle
+
+    print(cycle.segment_step(args.as_of, _settings(args))["summary"])
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from pipelines import cycle
+
+    print(cycle.publish_step(args.as_of, _settings(args))["summary"])
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines import cycle
+
+    settings = _settings(args)
+    print(f"needseg cycle as of {args.as_of}: landing {settings.landing_dir}, warehouse {settings.warehouse_path}")
+
+    def show(stage: str, detail: dict) -> None:
+        text = detail.get("summary") or (f"dbt build {detail.get('select')}, {detail.get('nodes')} nodes" if "select" in detail else "")
+        print(f"  {stage:<9} {detail['seconds']:6.1f} s  {text}")
+
+    report = cycle.run_cycle(args.as_of, settings, on_stage=show)
+    print(f"done in {report.seconds:.1f} s; serving database: {settings.serving_path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo.runner import run_demo, summary_lines
+    from pipelines.demo.world import WorldSpec
+
+    settings = _settings(args)
+    spec = WorldSpec(seed=args.seed, customers=args.customers, prospects=args.prospects)
+    print(f"needseg demo: a synthetic B2B company, {args.cycles} monthly cycles run by Airflow; data in {settings.data_dir}")
+    run_demo(settings, spec, args.cycles)
+    for line in summary_lines(settings):
+        print(line)
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import duckdb
+
+    settings = _settings(args)
+    if not settings.serving_path.exists():
+        raise NeedsegError(f"{settings.serving_path} does not exist yet: run a cycle first (needseg run or make demo)")
+    con = duckdb.connect(str(settings.serving_path), read_only=True)
+    try:
+        relation = con.sql(args.sql)
+        if relation is None:
+            return 0
+        if args.csv:
+            relation.df().to_csv(sys.stdout, index=False)
+        else:
+            relation.show(max_width=args.width, max_rows=args.limit)
+    except duckdb.Error as exc:
+        raise NeedsegError(f"query failed: {exc}") from None
+    finally:
+        con.close()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipelines.warehouse import open_warehouse
+
+    settings = _settings(args)
+    if not settings.warehouse_path.exists():
+        raise NeedsegError(f"no warehouse at {settings.warehouse_path} yet: run needseg ingest or needseg run")
+    with open_warehouse(settings.warehouse_path, read_only=True) as con:
+        print("batches by table and status:")
+        con.sql(
+            "select table_name, status, count(*) as batches, sum(rows_read) as rows_read, sum(rows_loaded) as rows_loaded, "
+            "sum(rows_quarantined) as rows_quarantined from meta.batches group by all order by all"
+        ).show()
+        print("quarantine by reason:")
+        con.sql("select table_name, split_part(reason, ':', 1) as reason, count(*) as rows from meta.quarantine group by all order by rows desc limit 20").show()
+        try:
+            print("segmentation runs:")
+            con.sql("select run_id, as_of, k, customers, surveyed, inferred, round(min_jaccard, 3) as min_jaccard, classifier_cv_accuracy, seconds from segments.segment_runs order by as_of").show()
+            print("latest cycle stage timings (seconds):")
+            con.sql("select run_id, stage, round(seconds, 1) as seconds from meta.cycle_runs where as_of = (select max(as_of) from meta.cycle_runs) order by started_at").show()
+        except Exception:  # noqa: BLE001 - no segmentation yet
+            print("  none yet")
+    return 0
+
+
+def cmd_expectations(args: argparse.Namespace) -> int:
+    from pipelines.quality.gate import write_suites
+    from pipelines.settings import EXPECTATIONS_DIR
+
+    if not args.write:
+        print("use --write to create or refresh the suites in expectations/ from the input contract")
+        return 0
+    for path in write_suites(EXPECTATIONS_DIR):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_dbt_manifest(args: argparse.Namespace) -> int:
+    from pipelines.transform import ensure_manifest
+
+    print(f"dbt manifest: {ensure_manifest()}")
+    return 0
+
+
+def cmd_airflow(args: argparse.Namespace) -> int:
+    from pipelines.airflow_local import serve
+
+    return serve(port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="needseg", description="B2B needs-based customer segmentation as a scheduled batch pipeline.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    p = sub.add_parser("generate", help="generate the demo world (monthly CRM and survey extracts + ground truth)")
+    _common(p, as_of=False)
+    p.add_argument("--out", type=Path, help="folder to write the world to (default: <data-dir>/world)")
+    p.add_argument("--customers", type=int, default=1500)
+    p.add_argument("--prospects", type=int, default=150)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--start-month", default="2024-01")
+    p.add_argument("--end-month", default="2026-10")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("deliver", help="copy a generated world's extracts up to a month into the landing folder")
+    _common(p, as_of=False, landing=True)
+    p.add_argument("--world", type=Path, required=True, help="a folder written by needseg generate")
+    p.add_argument("--through", required=True, help="last month to deliver (YYYY-MM)")
+    p.set_defaults(func=cmd_deliver)
+
+    p = sub.add_parser("ingest", help="load new landing files into raw, through the quality gate")
+    _common(p, landing=True)
+    p.add_argument("--source", action="append", help="only this landing source (repeatable)")
+    p.add_argument("--accept-changed", action="store_true", help="load files that changed after they were loaded as new batches")
+    p.add_argument("--list-all", action="store_true", help="list files already loaded too")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("validate", help="check new landing files against mappings and the quality gate without loading them")
+    _common(p, landing=True)
+    p.add_argument("--source", action="append", help="only this landing source (repeatable)")
+    p.add_argument("--list-all", action="store_true", help="list files already loaded too")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("build", help="run dbt: customer features and/or the serving models")
+    _common(p)
+    p.add_argument("--select", choices=["features", "serving", "all"], default="features")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("segment", help="segment customers as of a date (needs features for that date)")
+    _common(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("publish", help="publish the serving database and Parquet exports")
+    _common(p)
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("run", help="one full cycle: ingest, features, segment, serving models, publish")
+    _common(p, landing=True)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="generate a world and run the DAGs in Airflow over monthly cycles")
+    _common(p, as_of=False)
+    p.add_argument("--cycles", type=int, default=4, help="monthly cycles to run (default 4; the first one loads all earlier months)")
+    p.add_argument("--customers", type=int, default=1500)
+    p.add_argument("--prospects", type=int, default=150)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("query", help="run SQL on the published serving database (read-only)")
+    _common(p, as_of=False)
+    p.add_argument("sql", help="a SQL query, e.g. \"select * from customer_segments limit 5\"")
+    p.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    p.add_argument("--limit", type=int, default=40, help="rows to show (table output)")
+    p.add_argument("--width", type=int, default=200, help="table width")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("status", help="what has been loaded, quarantined and segmented")
+    _common(p, as_of=False)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("expectations", help="create or refresh the quality-gate suites from the input contract")
+    p.add_argument("--write", action="store_true")
+    p.set_defaults(func=cmd_expectations)
+
+    p = sub.add_parser("dbt-manifest", help="parse the dbt project (cosmos renders the DAGs from its manifest)")
+    p.set_defaults(func=cmd_dbt_manifest)
+
+    p = sub.add_parser("airflow", help="start Airflow locally with needseg's DAGs (UI on localhost; Ctrl-C stops it)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("NEEDSEG_AIRFLOW_PORT", "8080")))
+    p.set_defaults(func=cmd_airflow)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose:
+        logging.getLogger("needseg").setLevel(logging.INFO)
+    try:
+        return args.func(args)
+    except NeedsegError as exc:
+        print(f"needseg {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Shared fixtures. Airflow and needseg are pointed at throwaway folders before anything
+imports Airflow, so tests never touch ./data or ./.airflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="needseg-tests-"))
+os.environ["AIRFLOW_HOME"] = str(_SESSION_DIR / "airflow")
+os.environ["NEEDSEG_DATA_DIR"] = str(_SESSION_DIR / "default-data")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
+
+from pipelines import airflow_env  # noqa: E402 - after the environment is set
+
+airflow_env.configure()
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+# A small world: enough surveyed customers to segment, quick to run.
+SMALL_WORLD = dict(seed=7, customers=450, prospects=40, start_month="2025-01", end_month="2026-10", drift_window_start="2026-02")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def small_world(session_dir: Path) -> Path:
+    from pipelines.demo.world import WorldSpec, generate
+
+    out = session_dir / "small-world"
+    generate(out, WorldSpec(**SMALL_WORLD))
+    return out
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path):
+    """Settings for a fresh data dir."""
+    from pipelines.settings import load_settings
+
+    return load_settings(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def cycled_small_world(session_dir: Path, small_world: Path):
+    """The small world run through full CLI cycles for its last three months."""
+    from pipelines.cycle import run_cycle
+    from pipelines.demo.runner import month_end
+    from pipelines.demo.world import deliver
+    from pipelines.settings import load_settings
+
+    settings = load_settings(session_dir / "cycled")
+    reports = []
+    for month in ("2026-08", "2026-09", "2026-10"):
+        deliver(small_world, settings.landing_dir, month)
+        reports.append(run_cycle(month_end(month), settings))
+    return settings, reports
+
+
+def shared_data(*parts: str) -> Path:
+    """A file in ../shared/data, or skip the test saying why."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs the public dataset {path} (../shared/data is not present on this machine)")
+    return path
