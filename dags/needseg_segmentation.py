@@ -9,11 +9,15 @@ Re-assigns every customer's needs segment as of the run's date and publishes the
    the taxonomy's bounds, with the evidence stored in `segment_runs`), align the segments
    to the previous run's so names stay put, infer everyone else from behaviour, predict
    prospects, find key-account lookalikes;
-3. **serving models** — the published marts, built and tested with dbt (one task);
-4. **publish** — a new serving database swapped in with one rename, Parquet exports.
+3. **drift** — migrations, early warnings (buying mix moving towards price-sensitivity or
+   away from partnership before the segment changed), population changes between runs,
+   churn-risk scores and alert episodes;
+4. **serving models** — the published marts, built and tested with dbt (one task);
+5. **publish** — a new serving database swapped in with one rename, Parquet exports.
 
 **Schedule**: monthly by default (`NEEDSEG_SEGMENTATION_SCHEDULE`), independent of
-ingestion. **Uses**: `needseg_customer_features`. **Produces**: `needseg_segments`.
+ingestion. **Uses**: `needseg_customer_features`. **Produces**: `needseg_segments`, which
+triggers `needseg_alerts`.
 """
 
 from airflow.sdk import dag, task
@@ -47,6 +51,11 @@ def needseg_segmentation():
         """Fit or assign segments, align identities, infer, explain; store the run."""
         return cycle.segment_step(cycle.parse_date(as_of))
 
+    @task(pool=af.WAREHOUSE_POOL)
+    def detect_drift(as_of: str):
+        """Migrations, early warnings, population changes, churn-risk alerts."""
+        return cycle.drift_step(cycle.parse_date(as_of))
+
     @task(pool=af.WAREHOUSE_POOL, outlets=[ASSETS["segments"]])
     def publish_serving_database(as_of: str, *, outlet_events=None):
         """Swap in the new serving database and Parquet exports."""
@@ -58,8 +67,8 @@ def needseg_segmentation():
     features = af.dbt_task_group("build_features", "tag:features")
     serving = af.dbt_build_task("build_serving_models", "tag:serving")
     segmented = segment_customers(as_of)
-    as_of >> features >> segmented
-    segmented >> serving >> publish_serving_database(as_of)
+    drifted = detect_drift(as_of)
+    as_of >> features >> segmented >> drifted >> serving >> publish_serving_database(as_of)
 
 
 needseg_segmentation()

@@ -127,6 +127,46 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift(args: argparse.Namespace) -> int:
+    from pipelines import cycle
+
+    print(cycle.drift_step(args.as_of, _settings(args))["summary"])
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from pipelines import cycle
+
+    detail = cycle.alerts_step(args.as_of, _settings(args), raise_if_undelivered=args.strict)
+    print(detail["summary"])
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipelines.evaluate import evaluate
+
+    settings = _settings(args)
+    if args.data_dir is None:
+        settings = settings.with_overrides(data_dir=settings.data_dir / "evaluate")
+    report = evaluate(settings, args.world, args.first_month)
+    print()
+    for line in report.lines():
+        print(line)
+    out = settings.data_dir / "evaluation.json"
+    out.write_text(json.dumps(report.as_dict(), indent=1, default=str))
+    print(f"\nfigures as JSON: {out}")
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from pipelines.quality.docs import build_data_docs
+
+    settings = _settings(args)
+    index = build_data_docs(settings.quality_dir, args.out)
+    print(f"data docs: {index}")
+    return 0
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     from pipelines import cycle
 
@@ -276,11 +316,31 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_segment)
 
+    p = sub.add_parser("drift", help="migrations, early warnings, population changes and churn-risk alerts for a run")
+    _common(p)
+    p.set_defaults(func=cmd_drift)
+
+    p = sub.add_parser("alerts", help="deliver a run's churn-risk alerts to account owners (digest per owner)")
+    _common(p)
+    p.add_argument("--strict", action="store_true", help="exit non-zero while any digest is pending or failed")
+    p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("evaluate", help="replay a generated world and score segments and drift against its ground truth")
+    _common(p, as_of=False)
+    p.add_argument("--world", type=Path, help="a world written by needseg generate (default: the default demo world, generated)")
+    p.add_argument("--first-month", help="first month to replay (default: the month before the world's drift window)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("docs", help="build the data-quality docs (static HTML, offline) from the kept validation results")
+    _common(p, as_of=False)
+    p.add_argument("--out", type=Path, help="output folder (default: <data-dir>/quality/docs)")
+    p.set_defaults(func=cmd_docs)
+
     p = sub.add_parser("publish", help="publish the serving database and Parquet exports")
     _common(p)
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("run", help="one full cycle: ingest, features, segment, serving models, publish")
+    p = sub.add_parser("run", help="one full cycle: ingest, features, segment, drift, serving models, publish, alerts")
     _common(p, landing=True)
     p.set_defaults(func=cmd_run)
 

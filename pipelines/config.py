@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
         "key_account_revenue_share": 0.8,
         "mid_tier_revenue_share": 0.95,
         "survey_valid_months": 24,
+        # Months of per-account monthly behaviour kept for drift detection.
+        "drift_history_months": 18,
         "premium_categories": [],
         "service_categories": [],
     },
@@ -31,13 +33,40 @@ DEFAULTS: dict[str, Any] = {
         "seed": 42,
         "bootstrap_samples": 20,
         "min_stability": 0.75,
+        "choose_stability": 0.85,
         "min_cluster_share": 0.04,
         # Key accounts get their own segmentation from this many surveyed key accounts on.
         "key_accounts_min": 100,
         "lookalikes_per_segment": 25,
     },
-    "drift": {},
-    "alerts": {},
+    "drift": {
+        # compare the last `recent_months` of buying mix with the `baseline_months` before
+        "recent_months": 6,
+        "baseline_months": 12,
+        # an early warning needs both: evidence (z) and a material move (share of the way
+        # from the account's segment profile to the target's)
+        "early_warning_z": 3.5,
+        "min_shift": 0.25,
+        "confirm_migration_z": 2.5,
+        "min_profile_gap": 0.7,
+        # churn risk: drift plus falling revenue or worsening satisfaction
+        "revenue_drop": 0.2,
+        "satisfaction_drop": 1.0,
+        "low_nps": 6.0,
+        "alert_min_score": 0.35,
+        "resolve_after_runs": 2,
+        "cooldown_days": 60,
+        # MONIC population transitions
+        "survive_overlap": 0.5,
+        "split_overlap": 0.25,
+    },
+    "alerts": {
+        "fallback_recipient": None,
+        "renotify_after_days": 30,
+        "max_attempts": 8,
+        "retry_base_seconds": 60,
+        "retry_max_seconds": 3600,
+    },
     "publish": {},
 }
 

@@ -7,8 +7,10 @@ for the same as-of date gives the same tables. Stage timings go to `meta.cycle_r
     ingest    landing files -> raw (quality gate, quarantine)
     features  dbt build, tag:features -> marts.customer_features
     segment   segmentation run -> segments.*
+    drift     migrations, early warnings, population changes, churn-risk alerts -> drift.*, alerts.*
     serving   dbt build, tag:serving -> the published marts
     publish   serving database + Parquet exports, swapped in atomically
+    alerts    churn-risk digests to account owners (e-mail, webhook; the outbox table always)
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any
 
 from pipelines import transform
 from pipelines.config import load_config
+from pipelines.drift.run import run_drift
+from pipelines.ingest.http_source import HttpSourceError, fetch_http_sources
 from pipelines.ingest.loader import ingest
 from pipelines.publish import publish
 from pipelines.segmentation.run import segment
@@ -33,7 +37,7 @@ from pipelines.warehouse import open_warehouse
 
 log = logging.getLogger("needseg")
 
-STAGES = ("ingest", "features", "segment", "serving", "publish")
+STAGES = ("ingest", "features", "segment", "drift", "serving", "publish", "alerts")
 
 
 def cycle_id(as_of: dt.date) -> str:
@@ -64,13 +68,23 @@ def ingest_step(as_of: dt.date, settings: Settings | None = None, accept_changed
     detail: dict[str, Any] = {}
     with _timed(settings, as_of, "ingest", detail):
         with open_warehouse(settings.warehouse_path) as con:
+            # Pull API sources into landing files first; whatever landed loads even if
+            # another API source failed, and the run still ends in that source's error.
+            fetch_error = None
+            try:
+                fetches = fetch_http_sources(settings, con)
+            except HttpSourceError as exc:
+                fetch_error, fetches = exc, exc.reports
             report = ingest(
                 settings, con, as_of, cycle_id(as_of),
                 accept_changed=accept_changed,
                 max_quarantine_share=float(config["ingest"]["max_quarantine_share"]),
                 known_currencies=list(config["fx_rates"]),
             )
+        if fetch_error:
+            raise fetch_error
         detail.update(
+            fetched=[f.as_dict() for f in fetches],
             summary=report.summary(),
             files_loaded=report.count("loaded"),
             rows_read=report.rows_read,
@@ -82,20 +96,20 @@ def ingest_step(as_of: dt.date, settings: Settings | None = None, accept_changed
     return detail
 
 
-def features_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, Any]:
-    return _dbt_step(as_of, settings, "features", transform.FEATURES)
+def features_step(as_of: dt.date, settings: Settings | None = None, run_tests: bool = True) -> dict[str, Any]:
+    return _dbt_step(as_of, settings, "features", transform.FEATURES, "build" if run_tests else "run")
 
 
 def serving_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, Any]:
     return _dbt_step(as_of, settings, "serving", transform.SERVING)
 
 
-def _dbt_step(as_of: dt.date, settings: Settings | None, stage: str, select: str) -> dict[str, Any]:
+def _dbt_step(as_of: dt.date, settings: Settings | None, stage: str, select: str, command: str = "build") -> dict[str, Any]:
     settings = settings or load_settings()
     config = load_config(settings.config_path)
     detail: dict[str, Any] = {}
     with _timed(settings, as_of, stage, detail):
-        result = transform.build(settings, config, as_of, select)
+        result = transform.build(settings, config, as_of, select, command)
         detail.update(select=select, nodes=result.nodes, warnings=result.warnings)
     log.info("%s: dbt build %s, %d nodes in %.1f s", stage, select, result.nodes, detail["seconds"])
     return detail
@@ -115,6 +129,21 @@ def segment_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, 
     return detail
 
 
+def drift_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, Any]:
+    settings = settings or load_settings()
+    config = load_config(settings.config_path)
+    taxonomy = load_taxonomy(settings.taxonomy_path)
+    detail: dict[str, Any] = {}
+    with _timed(settings, as_of, "drift", detail):
+        with open_warehouse(settings.warehouse_path) as con:
+            result = run_drift(con, as_of, taxonomy, config)
+        detail.update(summary=result.summary(), run_id=result.run_id, early_warnings=result.early_warnings,
+                      migrations=result.migrations, churn_risks=result.churn_risks, new_alerts=result.new_alerts,
+                      open_alerts=result.open_alerts)
+    log.info("drift: %s", detail["summary"])
+    return detail
+
+
 def publish_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or load_settings()
     detail: dict[str, Any] = {}
@@ -126,12 +155,49 @@ def publish_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, 
     return detail
 
 
+def alerts_step(as_of: dt.date, settings: Settings | None = None, raise_if_undelivered: bool = False) -> dict[str, Any]:
+    """Deliver the churn-risk alerts of the run as of `as_of` (and anything still pending).
+
+    With `raise_if_undelivered` a channel outage fails the step after recording what was
+    sent, so Airflow retries it later; nothing is sent twice (pipelines/alerts/outbox.py).
+    """
+    from pipelines.alerts.deliver import deliver_run
+    from pipelines.drift.episodes import deliverable
+    from pipelines.segmentation.run import run_id_for
+
+    settings = settings or load_settings()
+    config = load_config(settings.config_path)
+    detail: dict[str, Any] = {}
+    run_id = run_id_for(as_of)
+    with _timed(settings, as_of, "alerts", detail):
+        with open_warehouse(settings.warehouse_path) as con:
+            from pipelines.drift.run import ensure_tables
+
+            ensure_tables(con)
+            alerts = con.execute("select * from alerts.churn_risk_alerts").df()
+            report = deliver_run(con, deliverable(alerts, run_id, as_of), run_id, config=config)
+        detail.update(
+            summary=report.summary(),
+            messages_created=len(report.created),
+            messages_sent=len(report.sent),
+            messages_pending=len(report.pending),
+            messages_failed=len(report.failed),
+            alerts_delivered=report.alerts_delivered,
+        )
+    log.info("alerts: %s", detail["summary"])
+    if raise_if_undelivered:
+        report.raise_for_undelivered()
+    return detail
+
+
 STEP_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "ingest": ingest_step,
     "features": features_step,
     "segment": segment_step,
+    "drift": drift_step,
     "serving": serving_step,
     "publish": publish_step,
+    "alerts": alerts_step,
 }
 
 

@@ -30,6 +30,10 @@ SERVING_TABLES = {
     "segment_runs": "marts.segment_runs",
     "prospect_segments": "marts.prospect_segments",
     "key_account_lookalikes": "marts.key_account_lookalikes",
+    "customer_drift": "marts.customer_drift",
+    "segment_transitions": "marts.segment_transitions",
+    "segment_population_changes": "marts.segment_population_changes",
+    "churn_risk_alerts": "marts.churn_risk_alerts",
     "customer_features": "marts.customer_features",
 }
 OPTIONAL_TABLES: dict[str, str] = {}

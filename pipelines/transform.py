@@ -50,6 +50,7 @@ def dbt_vars(config: dict[str, Any], as_of: dt.date) -> dict[str, Any]:
         "key_account_revenue_share": float(features["key_account_revenue_share"]),
         "mid_tier_revenue_share": float(features["mid_tier_revenue_share"]),
         "survey_valid_months": int(features["survey_valid_months"]),
+        "drift_history_months": int(features["drift_history_months"]),
     }
 
 
@@ -80,12 +81,16 @@ def _invoke(args: list[str], settings: Settings | None) -> Any:
                 os.environ[key] = value
 
 
-def build(settings: Settings, config: dict[str, Any], as_of: dt.date, select: str) -> DbtResult:
-    """`dbt build --select <select>` on the working warehouse; raises DbtFailed on any error."""
+def build(settings: Settings, config: dict[str, Any], as_of: dt.date, select: str, command: str = "build") -> DbtResult:
+    """`dbt build --select <select>` on the working warehouse; raises DbtFailed on any error.
+
+    `command="run"` builds the models without their tests: for backtests that replay many
+    dates of data the test suite has already checked.
+    """
     started = time.monotonic()
     target = target_dir(settings)
     args = [
-        "build",
+        command,
         "--select", select,
         "--vars", json.dumps(dbt_vars(config, as_of)),
         "--project-dir", str(DBT_PROJECT_DIR),
@@ -110,7 +115,7 @@ def build(settings: Settings, config: dict[str, Any], as_of: dt.date, select: st
         if result.exception is not None and not failures:
             failures.append(str(result.exception))
         raise DbtFailed(
-            f"dbt build ({select}, as of {as_of}) failed; nothing downstream runs:\n- "
+            f"dbt {command} ({select}, as of {as_of}) failed; nothing downstream runs:\n- "
             + "\n- ".join(failures or ["see the dbt log in " + str(target / "logs")])
         )
     return DbtResult(select, time.monotonic() - started, nodes, failures, warnings)

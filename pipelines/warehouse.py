@@ -152,6 +152,12 @@ def connect(path: Path | str, read_only: bool = False, wait_seconds: float = 30.
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.ConnectionException as exc:
+            # dbt (run in-process) keeps a read-write connection open, and DuckDB refuses a
+            # second one with another configuration in the same process: share its mode.
+            if read_only and "different configuration" in str(exc):
+                return duckdb.connect(str(path))
+            raise
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
                 raise

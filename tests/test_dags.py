@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.settings import PROJECT_ROOT
 
-EXPECTED = {"needseg_ingest", "needseg_features", "needseg_segmentation"}
+EXPECTED = {"needseg_ingest", "needseg_features", "needseg_segmentation", "needseg_alerts"}
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,10 @@ def test_schedules_and_assets_link_ingest_features_segmentation(dagbag):
     assert produced.name == "needseg_customer_features"
     assert segmentation.get_task("segment_customers").inlets[0].name == "needseg_customer_features"
     assert segmentation.get_task("publish_serving_database").outlets[0].name == "needseg_segments"
+    alerts = dagbag.dags["needseg_alerts"]
+    assert [a.name for a in alerts.schedule] == ["needseg_segments"]
+    # drift runs between the segmentation and the serving models it feeds
+    assert segmentation.get_task("detect_drift").upstream_task_ids == {"resolve_as_of", "segment_customers"}
 
 
 def test_features_run_as_one_cosmos_task_per_dbt_model(dagbag):
@@ -62,7 +66,7 @@ def test_features_run_as_one_cosmos_task_per_dbt_model(dagbag):
 def test_every_task_that_writes_the_warehouse_takes_the_single_writer_pool(dagbag):
     for dag_id in EXPECTED:
         for task in dagbag.dags[dag_id].tasks:
-            writes = task.task_id.startswith(("build_", "ingest_", "segment_", "publish_"))
+            writes = task.task_id.startswith(("build_", "ingest_", "segment_", "publish_", "detect_", "deliver_"))
             if writes:
                 assert task.pool == "needseg_warehouse", (dag_id, task.task_id)
 

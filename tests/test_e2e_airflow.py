@@ -30,7 +30,10 @@ def airflow_runs(small_world, session_dir):
     assert bag.import_errors == {}
     settings = load_settings()
     states = {}
-    for month, dag_ids in (("2026-09", ("needseg_ingest", "needseg_features", "needseg_segmentation")), ("2026-10", ("needseg_ingest", "needseg_segmentation"))):
+    for month, dag_ids in (
+        ("2026-09", ("needseg_ingest", "needseg_features", "needseg_segmentation", "needseg_alerts")),
+        ("2026-10", ("needseg_ingest", "needseg_segmentation", "needseg_alerts")),
+    ):
         deliver(small_world, settings.landing_dir, month)
         as_of = month_end(month)
         for dag_id in dag_ids:
@@ -66,6 +69,21 @@ def test_segment_runs_grow_by_one_per_cycle(airflow_runs):
     runs = con.execute("select as_of, is_latest from segment_runs order by as_of").fetchall()
     assert runs == [(dt.date(2026, 9, 30), False), (dt.date(2026, 10, 31), True)]
     assert con.execute("select run_id, as_of from publication").fetchone() == ("seg-2026-10-31", dt.date(2026, 10, 31))
+
+
+def test_drift_and_alerts_ran_for_the_last_cycle(airflow_runs):
+    settings, _ = airflow_runs
+    con = duckdb.connect(str(settings.serving_path), read_only=True)
+    drift = con.execute("select count(*), count(distinct run_id) from customer_drift").fetchone()
+    assert drift[0] > 300 and drift[1] == 1
+    assert con.execute("select count(*) from segment_transitions where run_id = 'seg-2026-10-31'").fetchone()[0] >= 4
+    from pipelines.warehouse import connect
+
+    with connect(settings.warehouse_path, read_only=True) as wh:
+        # the table channel is always on: every open alert of the run is recorded as delivered
+        open_alerts = wh.execute("select count(*) from alerts.churn_risk_alerts where status = 'open' and last_seen_run_id = 'seg-2026-10-31'").fetchone()[0]
+        delivered = wh.execute("select count(distinct alert_id) from alerts.deliveries where channel = 'table'").fetchone()[0]
+    assert delivered >= open_alerts
 
 
 def test_features_dag_announced_its_asset_with_the_date(airflow_runs):

@@ -24,7 +24,7 @@ from pipelines.demo.world import WorldSpec, deliver, extract_months, generate
 from pipelines.errors import NeedsegError
 from pipelines.settings import Settings
 
-DEMO_DAGS = ("needseg_ingest", "needseg_segmentation")
+DEMO_DAGS = ("needseg_ingest", "needseg_segmentation", "needseg_alerts")
 
 
 def month_end(month: str) -> dt.date:

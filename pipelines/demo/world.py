@@ -12,9 +12,10 @@ What it models (DESIGN.md, "The domain in one page"):
   account, each with their own response style (some rate everything high, some use the
   whole scale), blanks for "don't know";
 - planted drifters whose needs move gradually towards price-sensitivity (or away from
-  partnership) over several months, with falling revenue and satisfaction, some churning
-  a few months after; random churners with no drift before; temporary promotions that
-  look like price-sensitivity but are not;
+  partnership) over 4 to 8 months, with falling revenue and satisfaction, some churning
+  a few months after; drifters are drawn in proportion to how regularly they buy (an
+  account that orders once a year has no buying pattern to drift); random churners with
+  no drift before; temporary promotions that look like price-sensitivity but are not;
 - prospects with firmographics and quotes but no orders.
 
 The pipeline only ever reads `extracts/`. `truth/` holds what really happened and is read
@@ -127,7 +128,12 @@ class WorldSpec:
     # Drifts start inside [drift_window_start, end - drift_min_visible] so that at least
     # that many months of each drift are in the extracts.
     drift_window_start: str = "2025-10"
-    drift_min_visible: int = 5
+    drift_min_visible: int = 6
+    # How hard the world is: spread of accounts' needs around their segment's prototype,
+    # item noise in survey answers, and how differently respondents use the scale.
+    needs_spread: float = 0.42
+    survey_noise: float = 0.5
+    response_style: float = 0.45
 
     @property
     def months(self) -> list[pd.Period]:
@@ -224,7 +230,7 @@ class _World:
         probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
         self.segment = _pick(rng, probs)
         # Individual needs: prototype plus a personal offset per item.
-        self.z0 = np.clip(PROTOTYPES[self.segment] + rng.normal(0, 0.42, (n, 7)), 1.0, 5.0)
+        self.z0 = np.clip(PROTOTYPES[self.segment] + rng.normal(0, spec.needs_spread, (n, 7)), 1.0, 5.0)
 
         country_idx = _pick(rng, np.tile([c[4] for c in COUNTRIES], (n, 1)))
         self.country = np.array([COUNTRIES[i][0] for i in country_idx])
@@ -282,7 +288,15 @@ class _World:
         window_end = T - spec.drift_min_visible
         eligible = customers & (self.segment != PRICE) & (self.join_month < max(window_start - 6, 1))
         n_drift = min(round(spec.drifter_share * customers.sum()), int(eligible.sum()))
-        drifters = rng.choice(np.flatnonzero(eligible), size=n_drift, replace=False)
+        # Drift in needs is a change in an ongoing buying relationship: accounts that order
+        # every few months or more often are likelier to be drifters than ones that buy
+        # once or twice a year (whose needs no one could see move). How far and how fast
+        # a drifter moves does not depend on its size.
+        order_rate = np.clip(0.55 * self.size**0.45, 0.12, 25.0)
+        weight = np.where(eligible, np.clip(order_rate - 0.3, 0.0, 3.0), 0.0)
+        if (weight > 0).sum() < n_drift:
+            weight = np.where(eligible, 1.0, 0.0)
+        drifters = rng.choice(np.arange(n), size=n_drift, replace=False, p=weight / weight.sum())
         self.drifter = np.zeros(n, bool)
         self.drifter[drifters] = True
         self.drift_start = np.full(n, -1)
@@ -599,9 +613,9 @@ def generate(out: Path | str, spec: WorldSpec | None = None) -> WorldSummary:
             n_resp = 1 + rng.binomial(2, np.clip(0.15 + 0.1 * np.log1p(world.size[responders]), 0, 0.8))
             r_acc = np.repeat(responders, n_resp)
             k = len(r_acc)
-            shift = rng.normal(0, 0.45, k)[:, None]  # acquiescence: everything a bit higher/lower
+            shift = rng.normal(0, spec.response_style, k)[:, None]  # acquiescence: everything a bit higher/lower
             spread = np.exp(rng.normal(0, 0.3, k))[:, None]  # some use the whole scale, some don't
-            raw = 3.0 + spread * (z[r_acc] - 3.0) + shift + rng.normal(0, 0.5, (k, 7))
+            raw = 3.0 + spread * (z[r_acc] - 3.0) + shift + rng.normal(0, spec.survey_noise, (k, 7))
             answers = np.clip(np.round(raw), 1, 5)
             dont_know = rng.random((k, 7)) < 0.04
             sat = np.clip(np.round(4.0 - 1.8 * w[r_acc] + 0.3 * shift[:, 0] + rng.normal(0, 0.6, k)), 1, 5)

@@ -1,24 +1,36 @@
 """Map a file's text columns onto a contract table and type every value, cell by cell.
 
 The mapping's expressions run in DuckDB over the file's text, so a mapping can rename,
-combine, recode or compute columns with plain SQL. Typing is strict and explicit: a
-number uses the declared decimal separator, a date one of the declared formats; a cell
-that does not parse becomes a `Problem` naming its line, column, value and what was
-expected, and its row goes to quarantine rather than being guessed at.
+combine, recode or compute columns with plain SQL. Two macros read text the way the
+mapping declares it: `parse_number(x)` (decimal and thousands separators) and
+`parse_date(x)` (the declared date formats, else ISO 8601).
+
+Typing is strict and explicit: a number uses the declared decimal separator, a date one of
+the declared formats; a cell that does not parse becomes a `Problem` naming its line,
+column, value and what was expected, and its row goes to quarantine rather than being
+guessed at. A mapping that names a column the file lacks, or an expression that does not
+run, refuses the batch (`BatchRejected`), so the other files of the run still load.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import duckdb
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from pipelines.contract import Table
-from pipelines.errors import ConfigError
+from pipelines.contract import CURRENCY, ISO_COUNTRY, Table
 from pipelines.ingest.mapping import ReadOptions, TableMapping
 from pipelines.ingest.readers import BatchRejected, RawFrame
+
+# Codes written in capitals by the standard they come from; "se" and "sek" mean SE and SEK.
+UPPER_CASE_PATTERNS = (ISO_COUNTRY, CURRENCY)
+_NUMERIC_TYPES = re.compile(r"^(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|UBIGINT|FLOAT|DOUBLE|DECIMAL.*)$")
+_MISSING_COLUMN = re.compile(r'Referenced column "?(.+?)"? not found')
 
 
 @dataclass(frozen=True)
@@ -32,13 +44,72 @@ class Problem:
     index: int | None = None  # row position in the frame the gate validated
 
 
+class Records(Mapping):
+    """Each input line's row as read (line -> {column: text}), built only when asked for.
+
+    Quarantine needs the row as read for the few lines that go there; building a dict for
+    every line of a 500,000-line file would cost seconds for nothing. `many()` fetches the
+    rows of many lines in one go.
+    """
+
+    def __init__(self, frame: pd.DataFrame | None = None, extra: dict[int, dict] | None = None):
+        self._frame = frame if frame is not None else pd.DataFrame({"_line": pd.Series([], dtype="int64")})
+        self._extra = dict(extra or {})  # lines that could not be split into fields: {"_text": ...}
+        self._positions: dict[int, int] | None = None
+        self._columns = [c for c in self._frame.columns if c != "_line"]
+
+    def _position(self) -> dict[int, int]:
+        if self._positions is None:
+            self._positions = dict(zip(self._frame["_line"].astype("int64").tolist(), range(len(self._frame)), strict=True))
+        return self._positions
+
+    def __getitem__(self, line: int) -> dict:
+        if line not in self:
+            raise KeyError(line)
+        return self.many([line])[0]
+
+    def __contains__(self, line: object) -> bool:
+        return line in self._extra or line in self._position()
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self._position()
+        yield from (line for line in self._extra if line not in self._position())
+
+    def __len__(self) -> int:
+        return len(self._position()) + sum(1 for line in self._extra if line not in self._position())
+
+    def many(self, lines: Iterable[int]) -> list[dict]:
+        """The rows of `lines`, in that order ({} for a line not read)."""
+        lines = list(lines)
+        positions = self._position()
+        found = [(i, positions[line]) for i, line in enumerate(lines) if line not in self._extra and line in positions]
+        out: list[dict] = [self._extra.get(line, {}) for line in lines]
+        if found:
+            rows = self._frame.iloc[[p for _, p in found]]
+            columns = []
+            for name in self._columns:
+                values = rows[name].tolist()
+                if rows[name].dtype != object:  # NaN / NaT are no value, as None in a text frame
+                    values = [None if pd.isna(v) else v for v in values]
+                columns.append(values)
+            for (i, _), values in zip(found, zip(*columns, strict=True), strict=True):
+                out[i] = dict(zip(self._columns, values, strict=True))
+        return out
+
+
 @dataclass
 class ParsedBatch:
     typed: pd.DataFrame  # contract columns, typed, plus `_line`; rows without problems only
     problems: list[Problem] = field(default_factory=list)
-    records: dict[int, dict] = field(default_factory=dict)  # line -> the row as read
+    records: Mapping[int, dict] = field(default_factory=Records)  # line -> the row as read
     rows_read: int = 0
     extra_columns: list[str] = field(default_factory=list)
+    encoding: str | None = None
+    # Each typed row's contract columns as text, as the file had them (before recoding):
+    # quarantine shows a user the value they can find in their file, not our typed copy.
+    texts: pd.DataFrame | None = None
+    # The file has a header (or a schema) but no rows: an empty extract, loaded as 0 rows.
+    header_only: bool = False
 
 
 def _quote(name: str) -> str:
@@ -63,17 +134,19 @@ def _used_columns(expressions: list[str], source_columns: list[str]) -> set[str]
     used = set()
     for name in source_columns:
         pattern = re.compile(r'(?<![\w"])' + re.escape(name) + r'(?![\w"])|"' + re.escape(name.replace('"', '""')) + '"')
-        if any(expr == name or pattern.search(expr) for expr in expressions):
+        if any(expr == name or expr == _quote(name) or pattern.search(expr) for expr in expressions):
             used.add(name)
     return used
 
 
-def _number(text_sql: str, options: ReadOptions) -> str:
+def _number(text_sql: str, options: ReadOptions, native: bool = False) -> str:
+    """SQL reading a number from text. `native`: text DuckDB wrote itself ('.' decimal)."""
     cleaned = f"replace(replace(replace(trim({text_sql}), ' ', ''), chr(160), ''), chr(8239), '')"
-    if options.thousands and options.thousands.strip():
-        cleaned = f"replace({cleaned}, {_literal(options.thousands)}, '')"
-    if options.decimal == ",":
-        cleaned = f"replace({cleaned}, ',', '.')"
+    if not native:
+        if options.thousands and options.thousands.strip():
+            cleaned = f"replace({cleaned}, {_literal(options.thousands)}, '')"
+        if options.decimal == ",":
+            cleaned = f"replace({cleaned}, ',', '.')"
     return f"try_cast({cleaned} as double)"
 
 
@@ -82,9 +155,16 @@ def _timestamp(text_sql: str, options: ReadOptions) -> str:
     return f"coalesce(try_strptime(trim({text_sql}), {formats}), try_cast(trim({text_sql}) as timestamp))"
 
 
+def _macros(con: duckdb.DuckDBPyConnection, options: ReadOptions) -> None:
+    """parse_number / parse_date for derived columns, reading text as the mapping declares."""
+    con.execute(f"create or replace temp macro parse_number(x) as {_number('cast(x as varchar)', options)}")
+    con.execute(f"create or replace temp macro parse_date(x) as {_timestamp('cast(x as varchar)', options)}")
+
+
 def _describe_expected(kind: str, options: ReadOptions) -> str:
     if kind in ("number", "money"):
-        return f"a number with decimal separator {options.decimal!r}"
+        thousands = f", thousands separator {options.thousands!r}" if options.thousands else ""
+        return f"a number with decimal separator {options.decimal!r}{thousands}"
     if kind == "integer":
         return "a whole number"
     if kind in ("date", "timestamp"):
@@ -92,11 +172,15 @@ def _describe_expected(kind: str, options: ReadOptions) -> str:
     return kind
 
 
-def _unpivot(frame: pd.DataFrame, mapping: TableMapping, path) -> pd.DataFrame:
+def _unpivot(frame: pd.DataFrame, mapping: TableMapping, path, raw: RawFrame) -> pd.DataFrame:
     u = mapping.unpivot
     missing = [c for c in u.columns if c not in frame.columns]
     if missing:
-        raise BatchRejected(path, f"missing column(s) {', '.join(map(repr, missing))} that the mapping unpivots ({mapping.origin})", expectation="expect_column_to_exist")
+        raise BatchRejected(
+            path,
+            f"missing column(s) {', '.join(map(repr, missing))} that the mapping unpivots ({mapping.origin})",
+            expectation="expect_column_to_exist",
+        ).with_rows(raw)
     keep = [c for c in frame.columns if c not in u.columns]
     long = frame.melt(id_vars=keep, value_vars=list(u.columns), var_name=u.name_to, value_name=u.value_to)
     long[u.name_to] = long[u.name_to].map(lambda c: u.labels.get(c, c))
@@ -105,87 +189,135 @@ def _unpivot(frame: pd.DataFrame, mapping: TableMapping, path) -> pd.DataFrame:
     return long.sort_values(["_line", u.name_to], kind="stable").reset_index(drop=True)
 
 
+def _normalise_missing(value: str) -> str:
+    # Survey tools write "Don’t know" with a typographic apostrophe as often as "Don't know".
+    return value.strip().lower().replace("\u2019", "'").replace("\u2018", "'")
+
+
+# Python's str.strip() whitespace, so SQL recoding matches values exactly as Python would.
+_WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
+_ROW = "__needseg_row"  # the frame's row order, kept through window functions and recoding
+_TEXT = "__needseg_text__"  # prefix of the as-read text copies of the contract columns
+
+
 def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBatch:
+    """Map and type one file's rows. The work runs in one DuckDB query over the text frame:
+    expressions, recoding, typing and the per-cell checks, so a large file costs seconds,
+    not minutes."""
     options = mapping.read
-    frame = raw.frame.copy()
+    frame = raw.frame
     source_columns = [c for c in frame.columns if c != "_line"]
 
     # "Don't know", "-", "n/a" ...: declared missing values become empty cells.
-    tokens = {t.strip().lower() for t in options.missing_values}
+    tokens = {_normalise_missing(t) for t in options.missing_values}
     if tokens - {""}:
+        frame = frame.copy()
         for c in source_columns:
-            frame[c] = frame[c].map(lambda v: None if v is None or v.strip().lower() in tokens else v)
+            frame[c] = frame[c].map(lambda v: None if v is None or _normalise_missing(v) in tokens else v)
 
-    records = {int(r["_line"]): {k: v for k, v in r.items() if k != "_line"} for r in frame.to_dict("records")}
     problems = [Problem(b.line, b.column, b.text[:200] if b.text else None, b.reason, b.expected) for b in raw.bad_rows]
-    for b in raw.bad_rows:
-        records.setdefault(b.line, {"_text": b.text})
+    records: Mapping[int, dict] = Records(raw.frame, {b.line: {"_text": b.text} for b in raw.bad_rows})
+    header_only = raw.rows_read == 0
+
+    def reject(message: str, expectation: str) -> BatchRejected:
+        if mapping.aggregate:  # the file's lines are accounted for by the table they were read for
+            return BatchRejected(path, message, expectation=expectation)
+        return BatchRejected(path, message, rows_read=raw.rows_read, expectation=expectation, raw=raw)
+
+    if not len(frame) and not source_columns:
+        # No row could be read (every line of a JSON Lines file broken): all go to quarantine.
+        return ParsedBatch(typed=pd.DataFrame(columns=[*table.column_names, "_line"]), problems=problems, records=records,
+                           rows_read=raw.rows_read, encoding=raw.encoding, texts=pd.DataFrame(columns=table.column_names),
+                           header_only=header_only)
 
     if mapping.unpivot:
-        frame = _unpivot(frame, mapping, path)
+        lines_before = set(frame["_line"].astype(int))
+        frame = _unpivot(frame, mapping, path, raw)
         source_columns = [c for c in frame.columns if c != "_line"]
+        # A line with nothing to unpivot makes no row: account for it in quarantine.
+        empty = f"empty row: no value in any of the unpivoted columns ({', '.join(mapping.unpivot.columns)})"
+        problems.extend(
+            Problem(line, None, None, empty, "a value in at least one unpivoted column")
+            for line in sorted(lines_before - set(frame["_line"].astype(int)))
+        )
 
+    rows_read = raw.rows_read
     con = duckdb.connect()
     try:
-        con.register("src", frame)
+        _macros(con, options)
+        _register_source(con, frame, source_columns)
         if mapping.aggregate:
             frame, source_columns = _aggregate(con, frame, mapping, path)
-            con.register("src", frame)
-            records = {int(r["_line"]): {k: v for k, v in r.items() if k != "_line"} for r in frame.to_dict("records")}
+            _register_source(con, frame, source_columns)
+            records = Records(frame)
+            problems = []  # the lines themselves are accounted for by the table they were read for
+            rows_read = len(frame)
 
-        expressions = {}
+        expressions: dict[str, str] = {}
         for col in table.columns:
             expr = _column_expression(mapping, col.name, source_columns)
             if expr is not None:
                 expressions[col.name] = expr
         missing = [c for c in table.required_columns if c not in expressions]
         if missing:
-            raise BatchRejected(
-                path,
+            raise reject(
                 f"missing required column(s) {', '.join(missing)} for {table.name}; the file has "
-                f"{', '.join(source_columns) or 'no columns'} (mapping: {mapping.origin})",
-                rows_read=raw.rows_read,
-                expectation="expect_column_to_exist",
+                f"{', '.join(source_columns) or 'no columns'} (mapping: {mapping.origin}){_delimiter_hint(raw, source_columns)}",
+                "expect_column_to_exist",
             )
-        extra = sorted(set(source_columns) - _used_columns(list(expressions.values()), source_columns))
-        if mapping.aggregate:
-            extra = []
+        ambiguous = sorted(name for name in raw.duplicate_columns if name in _used_columns(list(expressions.values()), [name]))
+        if ambiguous and not mapping.aggregate:
+            raise reject(
+                f"column(s) {', '.join(map(repr, ambiguous))} appear more than once in the header, and the mapping "
+                f"uses them ({mapping.origin}): rename them in the export or map the copy you mean ('{ambiguous[0]}.1' is the second)",
+                "header",
+            )
+        _check_expressions(con, expressions, mapping, table, source_columns, reject, _delimiter_hint(raw, source_columns))
+        extra = [] if mapping.aggregate else sorted(set(source_columns) - _used_columns(list(expressions.values()), source_columns))
 
-        text_sql = []
-        for name, expr in expressions.items():
-            text_sql.append(f"cast(({expr}) as varchar) as {_quote(name)}")
-        try:
-            mapped = con.execute(f"select {', '.join(text_sql)}, _line from src").df()
-        except duckdb.Error as exc:
-            raise ConfigError(f"{mapping.origin}: a column expression for {table.name} does not run on {path}: {exc}") from None
-        for name in table.column_names:
-            if name not in mapped.columns:
-                mapped[name] = None
+        # Plain columns come as text; derived ones may be typed already (a sum, a date).
+        relation = con.sql("select " + ", ".join(f"({expr}) as {_quote(name)}" for name, expr in expressions.items()) + " from src limit 0")
+        native = {name for name, kind in zip(relation.columns, relation.types, strict=False) if _NUMERIC_TYPES.match(str(kind))}
 
-        mapped = _recode(mapped, mapping)
-        con.register("mapped", mapped)
+        # 1. each contract column as text, as the mapping makes it (NULL where unmapped)
+        text_sql = [
+            f"cast(({expressions[name]}) as varchar) as {_quote(name)}" if name in expressions else f"cast(null as varchar) as {_quote(name)}"
+            for name in table.column_names
+        ]
+        # 2. recoded (`values`), keeping the text as read for quarantine
+        recoded_sql = [f"{_recode_sql(mapping, name)} as {_quote(name)}" for name in table.column_names]
+        recoded_sql += [f"{_quote(name)} as {_quote(_TEXT + name)}" for name in table.column_names]
+        # 3. typed, with a flag per cell that does not read as its type
         select, checks = [], []
         for col in table.columns:
             q = _quote(col.name)
             text = f"nullif(trim({q}), '')"
             if col.kind == "text":
-                typed = f"lower({text})" if col.allowed else text
+                if col.allowed:
+                    typed = f"lower({text})"
+                elif col.pattern in UPPER_CASE_PATTERNS:
+                    typed = f"upper({text})"
+                else:
+                    typed = text
                 bad = "false"
             elif col.kind in ("number", "money", "integer"):
-                num = _number(text, options)
+                num = _number(text, options, native=col.name in native)
                 scale = next((s for s in mapping.scales if col.name in s.items), None)
+                if scale:
+                    lo, hi = scale.minimum, scale.maximum
+                    checks.append(
+                        (col.name, f"{num} is not null and ({num} < {lo} or {num} > {hi})", f"outside the declared scale {lo:g}-{hi:g}", f"a value from {lo:g} to {hi:g}")
+                    )
                 if col.name in mapping.reverse:
+                    # Reverse-coded: the scale's top answer means the least of this need.
                     lo, hi = (scale.minimum, scale.maximum) if scale else (col.minimum, col.maximum)
                     num = f"({lo} + {hi} - {num})"
                 if scale:
                     lo, hi = scale.minimum, scale.maximum
                     low, high = col.minimum, col.maximum
-                    checks.append(
-                        (col.name, f"{num} is not null and ({num} < {lo} or {num} > {hi})", f"outside the declared scale {lo:g}-{hi:g}", f"a value from {lo:g} to {hi:g}")
-                    )
                     num = f"({low} + ({num} - {lo}) * ({high} - {low}) / ({hi} - {lo}))"
                 if col.kind == "integer":
-                    typed = f"case when {num} = round({num}) then cast({num} as bigint) end"
+                    typed = f"case when {num} = round({num}) then try_cast({num} as bigint) end"
                 elif col.kind == "money":
                     typed = f"try_cast({num} as decimal(18, 4))"
                 else:
@@ -199,47 +331,133 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
             select.append(f"({bad}) as {_quote('_bad_' + col.name)}")
         for i, (_, cond, _, _) in enumerate(checks):
             select.append(f"({cond}) as {_quote(f'_scale_{i}')}")
-        result = con.execute(f"select {', '.join(select)}, _line from mapped").df()
+        select += [_quote(_TEXT + name) for name in table.column_names]
+        sql = (
+            f"with mapped as (select {', '.join(text_sql)}, _line, {_ROW} from src), "
+            f"recoded as (select {', '.join(recoded_sql)}, _line, {_ROW} from mapped) "
+            f"select {', '.join(select)}, _line from recoded order by {_ROW}"
+        )
+        try:
+            result = _to_pandas(con.sql(sql).to_arrow_table())
+        except duckdb.Error as exc:
+            raise reject(f"a column expression of the mapping ({mapping.origin}) fails on this file: {exc}", "mapping") from None
     finally:
         con.close()
 
-    bad_any = pd.Series(False, index=result.index)
+    texts = result[[_TEXT + name for name in table.column_names]]
+    texts.columns = table.column_names
+    bad_any = np.zeros(len(result), dtype=bool)
+    lines = result["_line"].to_numpy()
     for col in table.columns:
-        flag = result.pop("_bad_" + col.name).fillna(False).astype(bool)
+        flag = result["_bad_" + col.name].fillna(False).to_numpy(dtype=bool)
         if flag.any():
-            for line, value in zip(result.loc[flag, "_line"], mapped.loc[flag.values, col.name], strict=False):
-                problems.append(Problem(int(line), col.name, value, f"wrong type: {value!r} is not {_describe_expected(col.kind, options)}", _describe_expected(col.kind, options)))
+            expected = _describe_expected(col.kind, options)
+            for line, value in zip(lines[flag].tolist(), texts[col.name].to_numpy(dtype=object)[flag].tolist(), strict=True):
+                problems.append(Problem(int(line), col.name, value, f"wrong type: {value!r} is not {expected}", expected))
             bad_any |= flag
     for i, (name, _, reason, expected) in enumerate(checks):
-        flag = result.pop(f"_scale_{i}").fillna(False).astype(bool)
+        flag = result[f"_scale_{i}"].fillna(False).to_numpy(dtype=bool)
         if flag.any():
-            for line, value in zip(result.loc[flag, "_line"], mapped.loc[flag.values, name], strict=False):
+            for line, value in zip(lines[flag].tolist(), texts[name].to_numpy(dtype=object)[flag].tolist(), strict=True):
                 problems.append(Problem(int(line), name, value, f"out of range: {value} is {reason}", expected))
             bad_any |= flag
-    typed = result.loc[~bad_any].reset_index(drop=True)
-    return ParsedBatch(typed=typed, problems=problems, records=records, rows_read=raw.rows_read if not mapping.aggregate else len(frame), extra_columns=extra)
+    if mapping.unpivot:
+        # One wide line is several rows here; a line loads whole or not at all.
+        bad_any = np.isin(lines, np.unique(lines[bad_any]))
+    keep = ~bad_any
+    typed = result.loc[keep, [*table.column_names, "_line"]].reset_index(drop=True)
+    texts = texts.loc[keep].reset_index(drop=True)
+    return ParsedBatch(typed=typed, problems=problems, records=records, rows_read=rows_read,
+                       extra_columns=extra, encoding=raw.encoding, texts=texts, header_only=header_only)
 
 
-def _recode(mapped: pd.DataFrame, mapping: TableMapping) -> pd.DataFrame:
-    for column, table in mapping.values.items():
-        if column in mapped.columns:
-            lookup = {k.strip().lower(): v for k, v in table.items()}
-            mapped[column] = mapped[column].map(lambda v, lookup=lookup: lookup.get(v.strip().lower(), v) if isinstance(v, str) else v)
-    return mapped
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    """DuckDB's result as pandas, through Arrow (several times faster than `.df()` for wide
+    text results), with the types `.df()` gives: DECIMAL as float, DATE as datetime64."""
+    fields = []
+    for f in table.schema:
+        if pa.types.is_decimal(f.type):
+            fields.append(pa.field(f.name, pa.float64()))
+        elif pa.types.is_date(f.type):
+            fields.append(pa.field(f.name, pa.timestamp("us")))
+        else:
+            fields.append(f)
+    return table.cast(pa.schema(fields)).to_pandas()
+
+
+def _register_source(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, source_columns: list[str]) -> None:
+    """`src`: the file's columns as VARCHAR (an empty or all-empty column too), `_line`, and
+    the frame's row order."""
+    con.register("src_frame", frame.assign(**{_ROW: np.arange(len(frame), dtype="int64")}))
+    columns = ", ".join(f"cast({_quote(c)} as varchar) as {_quote(c)}" for c in source_columns)
+    con.execute(f"create or replace temp view src as select {columns}{', ' if columns else ''}cast(_line as bigint) as _line, {_ROW} from src_frame")
+
+
+def _recode_sql(mapping: TableMapping, column: str) -> str:
+    """`values:` recoding in SQL: matched trimmed and case-insensitively, others unchanged."""
+    q = _quote(column)
+    lookup = mapping.values.get(column)
+    if not lookup:
+        return q
+    key = f"lower(trim({q}, {_literal(_WHITESPACE)}))"
+    keys = {k.strip().lower(): v for k, v in lookup.items()}  # the last spelling of a key wins
+    cases = " ".join(f"when {_literal(k)} then {_literal(v)}" for k, v in keys.items())
+    return f"(case {key} {cases} else {q} end)"
+
+
+def _delimiter_hint(raw: RawFrame, source_columns: list[str]) -> str:
+    """One header "column" holding other separators is a delimiter problem, not a missing column."""
+    if raw.delimiter is None or len(source_columns) != 1:
+        return ""
+    found = [d for d in (",", ";", "\t", "|") if d != raw.delimiter and d in source_columns[0]]
+    if not found:
+        return ""
+    shown = found[0].replace("\t", "\\t")
+    return f". The header was split on {raw.delimiter!r} but contains {found[0]!r}: declare 'delimiter: \"{shown}\"' in the mapping"
+
+
+def _check_expressions(con, expressions: dict[str, str], mapping: TableMapping, table: Table, source_columns, reject, hint: str = "") -> None:
+    """Each mapped expression must bind on this file: name the column or the SQL at fault."""
+    for name, expr in expressions.items():
+        try:
+            con.execute(f"select cast(({expr}) as varchar) from src limit 0")
+        except duckdb.Error as exc:
+            given = mapping.columns.get(name, expr)
+            missing = _MISSING_COLUMN.search(str(exc))
+            if missing:
+                raise reject(
+                    f"missing column {missing.group(1)!r}, which the mapping reads for {table.name}.{name} "
+                    f"({given!r}, {mapping.origin}); the file has {', '.join(source_columns) or 'no columns'}{hint}",
+                    "expect_column_to_exist",
+                ) from None
+            first_line = str(exc).strip().splitlines()[0]
+            raise reject(
+                f"the mapping's {table.name}.{name}: {given!r} is neither a column of this file nor an SQL expression "
+                f"that runs on it ({first_line}; {mapping.origin}). The file has {', '.join(source_columns) or 'no columns'}",
+                "mapping",
+            ) from None
 
 
 def _aggregate(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, mapping: TableMapping, path) -> tuple[pd.DataFrame, list[str]]:
     agg = mapping.aggregate
     missing = [c for c in agg.by if c not in frame.columns]
     if missing:
-        raise BatchRejected(path, f"missing column(s) {', '.join(map(repr, missing))} that the mapping groups by ({mapping.origin})", expectation="expect_column_to_exist")
+        raise BatchRejected(
+            path,
+            f"missing column(s) {', '.join(map(repr, missing))} that the mapping groups by ({mapping.origin})",
+            expectation="expect_column_to_exist",
+        )
     by = ", ".join(_quote(c) for c in agg.by)
     not_null = " and ".join(f"{_quote(c)} is not null" for c in agg.by)
     cols = ", ".join(f"cast(({expr}) as varchar) as {_quote(name)}" for name, expr in agg.columns.items())
     try:
         out = con.execute(f"select {cols}, min(_line) as _line from src where {not_null} group by {by} order by min(_line)").df()
     except duckdb.Error as exc:
-        raise ConfigError(f"{mapping.origin}: the aggregate for {mapping.table} does not run on {path}: {exc}") from None
+        first_line = str(exc).strip().splitlines()[0]
+        raise BatchRejected(
+            path, f"the mapping's aggregate for {mapping.table} does not run on this file ({first_line}; {mapping.origin})",
+            expectation="mapping",
+        ) from None
     out = out.astype(object).where(out.notna(), None)
     out["_line"] = out["_line"].astype("int64")
     # After aggregation the contract columns are named directly, so map them by name.

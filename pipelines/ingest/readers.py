@@ -6,8 +6,16 @@ not even be split into fields (wrong field count, broken JSON, a truncated last 
 each with its line and the reason. Typing happens later, in `parse`, so a bad value is
 reported against the cell it came from.
 
-A file that cannot be read at all (wrong encoding, no header, no rows) raises
-`BatchRejected` with a message naming the file and where it went wrong.
+A file that cannot be read at all (wrong encoding, empty, no header) raises
+`BatchRejected` with a message naming the file and where it went wrong. A file with a
+header (or, for Parquet, a schema) but no rows is not broken: it is an empty extract (a
+day without new tickets) and reads as a frame of 0 rows with the header's columns. Where the rows can
+still be split (a wrong encoding read with replacement characters, say), the exception
+carries them in `raw`, so the loader can account for every one of them in quarantine.
+
+Native values (numbers in a workbook, Parquet or JSON) are written as text the way the
+mapping declares numbers (its decimal separator, no thousands separator), so one mapping
+reads a source's CSV and its spreadsheets alike.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,16 +34,35 @@ from pipelines.ingest.mapping import ReadOptions
 
 csv.field_size_limit(16 * 1024 * 1024)
 
+UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+SINGLE_BYTE = ("latin-1", "iso-8859-1", "cp1252")
+NO_ROWS = "expect_table_row_count_to_be_between"
+
 
 class BatchRejected(InputError):
     """The whole file is refused; nothing of it is loaded."""
 
-    def __init__(self, file: Path | str, message: str, rows_read: int = 0, expectation: str | None = None):
+    def __init__(
+        self,
+        file: Path | str,
+        message: str,
+        rows_read: int = 0,
+        expectation: str | None = None,
+        raw: RawFrame | None = None,
+    ):
         self.file = str(file)
         self.reason = message
         self.rows_read = rows_read
         self.expectation = expectation
+        self.raw = raw  # the rows as far as they could be read, to account for in quarantine
         super().__init__(f"{file}: {message}")
+
+    def with_rows(self, raw: RawFrame | None) -> BatchRejected:
+        if raw is not None:
+            self.raw = raw
+            self.rows_read = raw.rows_read
+        return self
 
 
 @dataclass
@@ -51,29 +79,71 @@ class RawFrame:
     frame: pd.DataFrame  # text columns + `_line`
     bad_rows: list[BadRow] = field(default_factory=list)
     encoding: str | None = None
+    # Header names that appeared more than once: name -> the names its later copies got.
+    duplicate_columns: dict[str, list[str]] = field(default_factory=dict)
+    delimiter: str | None = None  # CSV: the field separator used
 
     @property
     def rows_read(self) -> int:
         return len(self.frame) + len(self.bad_rows)
 
 
+# --- text and encodings -------------------------------------------------------------
+
+
 def decode(path: Path, data: bytes, encoding: str) -> tuple[str, str]:
-    """Text of a file and the encoding used; `auto` is UTF-8 (BOM or not), else CP1252."""
-    if encoding == "auto":
+    """Text of a file and the encoding used.
+
+    `auto` is UTF-8 (with or without BOM), else CP1252. A byte-order mark wins over the
+    declared encoding: the file says what it is. A single-byte encoding (latin-1, cp1252)
+    declared for a file that is valid, non-ASCII UTF-8 is refused rather than read as
+    mojibake ("Ã…ngström").
+    """
+    encoding = encoding.lower()
+    if data.startswith(UTF16_BOMS):
+        text, used = _decode(path, data, "utf-16", "UTF-16 (the file starts with a UTF-16 byte-order mark)"), "utf-16"
+    elif data.startswith(UTF8_BOM):
+        text, used = _decode(path, data, "utf-8-sig", "UTF-8 (the file starts with a UTF-8 byte-order mark)"), "utf-8-sig"
+    elif encoding == "auto":
         try:
-            return data.decode("utf-8-sig"), "utf-8-sig" if data.startswith(b"\xef\xbb\xbf") else "utf-8"
+            text, used = data.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
-            try:
-                return data.decode("cp1252"), "cp1252"
-            except UnicodeDecodeError as exc:
-                raise _encoding_error(path, data, exc, "UTF-8 or CP1252") from None
+            text, used = _decode(path, data, "cp1252", "UTF-8 or CP1252"), "cp1252"
+    else:
+        text, used = _decode(path, data, encoding, encoding), encoding
+        if encoding in SINGLE_BYTE and not data.isascii() and _is_utf8(data):
+            raise BatchRejected(
+                path,
+                f"wrong encoding: the mapping declares {encoding}, but the file is UTF-8 (reading it as "
+                f"{encoding} would turn 'Å' into 'Ã…'). Declare 'encoding: utf-8' (or 'auto') in the source's mapping.",
+                expectation="file_encoding",
+            )
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise BatchRejected(
+            path,
+            f"wrong encoding: line {line} contains NUL characters, read as {used}: this is a binary file or UTF-16 "
+            "without a byte-order mark. Save it as UTF-8 CSV.",
+            expectation="file_encoding",
+        )
+    return text, used
+
+
+def _is_utf8(data: bytes) -> bool:
     try:
-        text = data.decode(encoding)
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _decode(path: Path, data: bytes, codec: str, expected: str) -> str:
+    try:
+        return data.decode(codec)
     except UnicodeDecodeError as exc:
-        raise _encoding_error(path, data, exc, encoding) from None
-    if encoding in ("utf-8", "utf8") and text.startswith("\ufeff"):
-        text = text[1:]
-    return text, encoding
+        raise _encoding_error(path, data, exc, expected) from None
+    except LookupError:
+        raise BatchRejected(path, f"unknown encoding {codec!r}", expectation="file_encoding") from None
 
 
 def _encoding_error(path: Path, data: bytes, exc: UnicodeDecodeError, expected: str) -> BatchRejected:
@@ -88,120 +158,223 @@ def _encoding_error(path: Path, data: bytes, exc: UnicodeDecodeError, expected: 
     )
 
 
+def _lossy_text(data: bytes) -> str:
+    """The file's text with undecodable bytes replaced: enough to count and show its rows."""
+    if data.startswith(UTF16_BOMS):
+        return data.decode("utf-16", errors="replace")
+    return data.decode("utf-8-sig", errors="replace").replace("\x00", "")
+
+
+def _rejected_with_rows(exc: BatchRejected, salvage) -> BatchRejected:
+    """Attach the rows a refused file still yields, so none of them goes unaccounted."""
+    try:
+        raw = salvage()
+    except BatchRejected:
+        raw = None
+    return exc.with_rows(raw)
+
+
+# --- header -----------------------------------------------------------------------------
+
+
 def _sniff_delimiter(header: str) -> str:
-    counts = {d: header.count(d) for d in (",", ";", "\t", "|")}
+    # Count outside quotes: survey tools quote headers like "Price (1 = low, 7 = high)".
+    bare = re.sub(r'"(?:[^"]|"")*"', "", header)
+    counts = {d: bare.count(d) for d in (",", ";", "\t", "|")}
     best = max(counts, key=counts.get)
     return best if counts[best] else ","
 
 
-def _clean_header(names: list[str], path: Path, line: int) -> list[str]:
-    cleaned = [n.strip().lstrip("\ufeff") for n in names]
+def _clean_header(names: list[str], path: Path, line: int) -> tuple[list[str], dict[str, list[str]]]:
+    """Stripped names; an empty name becomes column_<n>, a repeated one `<name>.<k>`.
+
+    Repeats are common in survey exports (two "Comments" questions); they only matter if
+    the mapping uses such a column, which `parse` refuses as ambiguous.
+    """
+    cleaned = [n.strip().lstrip("\ufeff").strip() for n in names]
     if not any(cleaned):
         raise BatchRejected(path, f"line {line}: the header row is empty; expected column names", expectation="header")
-    seen: dict[str, int] = {}
+    seen: set[str] = set()
+    duplicates: dict[str, list[str]] = {}
     for i, name in enumerate(cleaned):
         if name == "":
-            cleaned[i] = f"column_{i + 1}"
-        if cleaned[i] in seen:
-            raise BatchRejected(
-                path,
-                f"line {line}: column {cleaned[i]!r} appears twice in the header (columns {seen[cleaned[i]] + 1} and {i + 1})",
-                expectation="header",
-            )
-        seen[cleaned[i]] = i
-    return cleaned
+            name = f"column_{i + 1}"
+        if name in seen:
+            k = 1
+            while f"{name}.{k}" in seen or f"{name}.{k}" in cleaned:
+                k += 1
+            duplicates.setdefault(name, []).append(f"{name}.{k}")
+            name = f"{name}.{k}"
+        seen.add(name)
+        cleaned[i] = name
+    return cleaned, duplicates
+
+
+def _drop_empty_unnamed(frame: pd.DataFrame, header: list[str], named: list[str]) -> pd.DataFrame:
+    """Columns without a header and without any value (a trailing `;` on every line, or
+    formatting beyond the data in a workbook) are not columns of the export."""
+    drop = [c for c, original in zip(header, named, strict=False) if original.strip() == "" and frame[c].isna().all()]
+    return frame.drop(columns=drop) if drop else frame
+
+
+# --- CSV --------------------------------------------------------------------------------
 
 
 def read_csv(path: Path, options: ReadOptions) -> RawFrame:
     data = path.read_bytes()
     if not data.strip():
-        raise BatchRejected(path, "the file is empty: expected a header line and at least one row", expectation="expect_table_row_count_to_be_between")
-    text, used = decode(path, data, options.encoding)
-    lines_skip = options.header_row - 1
+        size = "0 bytes" if not data else "only blank lines"
+        raise BatchRejected(path, f"the file is empty ({size}): expected a header line with the column names", expectation=NO_ROWS)
+    try:
+        text, used = decode(path, data, options.encoding)
+    except BatchRejected as exc:
+        raise _rejected_with_rows(exc, lambda: _split_csv(path, _lossy_text(data), options, None)) from None
+    return _split_csv(path, text, options, used)
+
+
+_SEP_LINE = re.compile(r'^"?sep=(.)"?\s*$')
+
+
+def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None) -> RawFrame:
     buffer = io.StringIO(text, newline="")
-    for _ in range(lines_skip):
+    skipped = 0  # physical lines before the header record
+    for _ in range(options.header_row - 1):
         buffer.readline()
+        skipped += 1
+    position = buffer.tell()
     first = buffer.readline()
-    delimiter = options.delimiter or _sniff_delimiter(first)
-    header = _clean_header(next(csv.reader([first], delimiter=delimiter)), path, options.header_row)
-    width = len(header)
+    sep = _SEP_LINE.match(first)
+    if sep:  # Excel's "sep=;" first line names the delimiter
+        skipped += 1
+        delimiter = options.delimiter or sep.group(1)
+        position = buffer.tell()
+        first = buffer.readline()
+    else:
+        delimiter = options.delimiter or _sniff_delimiter(first)
+    buffer.seek(position)
     reader = csv.reader(buffer, delimiter=delimiter, strict=False)
+    header_line = skipped + 1
+    try:
+        named = next(reader)
+    except StopIteration:
+        raise BatchRejected(path, "the file has no header line: expected a line with the column names", expectation=NO_ROWS) from None
+    header, duplicates = _clean_header(named, path, header_line)
+    width = len(header)
     rows: list[list[str | None]] = []
     lines: list[int] = []
     bad: list[BadRow] = []
     ends_cleanly = text.endswith(("\n", "\r"))
-    line_offset = options.header_row  # csv's line_num counts from the start of `buffer`
-    last_line = 0
+    previous_end = reader.line_num  # physical lines the reader has consumed so far
+    previous_pos = buffer.tell()
     try:
-        previous_end = 0
         for fields in reader:
-            start = previous_end + 1 + line_offset
-            previous_end = reader.line_num
-            last_line = reader.line_num + line_offset
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue  # blank line
-            if len(fields) != width:
-                is_last = not ends_cleanly and _is_last_record(reader, buffer)
+            start = skipped + previous_end + 1
+            end = skipped + reader.line_num
+            pos = buffer.tell()
+            record_text = text[previous_pos:pos]
+            previous_end, previous_pos = reader.line_num, pos
+            if not fields or all(not f.strip() for f in fields):
+                continue  # a blank line, or a row of bare delimiters (Excel's ";;;;")
+            if len(fields) == width + 1 and not fields[-1].strip():
+                fields = fields[:-1]  # a trailing delimiter the header line does not have
+            at_end = pos >= len(text)
+            reason = None
+            if at_end and _open_quote(record_text, delimiter):
                 reason = (
-                    f"truncated last line: {len(fields)} of {width} fields (the file ends mid-row)"
-                    if is_last and len(fields) < width
-                    else f"expected {width} fields, found {len(fields)}"
+                    "truncated last line: the file ends inside a quoted field"
+                    if start == end and not ends_cleanly
+                    else f"unterminated quote: the quoted field on line {start} runs to the end of the file (lines {start}-{end})"
                 )
-                bad.append(BadRow(start, reason, delimiter.join(fields), expected=f"{width} fields separated by {delimiter!r}"))
+            elif len(fields) != width:
+                if at_end and not ends_cleanly and len(fields) < width:
+                    reason = f"truncated last line: {len(fields)} of {width} fields (the file ends mid-row)"
+                else:
+                    reason = f"expected {width} fields, found {len(fields)}"
+            if reason:
+                shown = record_text.rstrip("\r\n")
+                bad.append(BadRow(start, reason, shown, expected=f"{width} fields separated by {delimiter!r}"))
                 continue
             rows.append([f if f.strip() != "" else None for f in fields])
             lines.append(start)
     except csv.Error as exc:
-        bad.append(BadRow(last_line + 1, f"unreadable CSV from here on: {exc}", ""))
-    if not rows and not bad:
-        raise BatchRejected(path, "no data rows after the header: expected at least one row", expectation="expect_table_row_count_to_be_between")
+        bad.append(BadRow(skipped + previous_end + 1, f"unreadable CSV from here on: {exc}", text[previous_pos : previous_pos + 500]))
     frame = pd.DataFrame(rows, columns=header, dtype=object)
-    frame["_line"] = lines
-    return RawFrame(frame, bad, used)
+    frame = _drop_empty_unnamed(frame, header, named)
+    frame["_line"] = pd.Series(lines, dtype="int64")
+    # No rows after the header is an empty extract, not a broken file: 0 rows read.
+    return RawFrame(frame, bad, used, duplicates, delimiter)
 
 
-def _is_last_record(reader, buffer: io.StringIO) -> bool:
-    position = buffer.tell()
-    rest = buffer.read()
-    buffer.seek(position)
-    return rest.strip() == ""
+def _open_quote(record_text: str, delimiter: str) -> bool:
+    """Does this record end inside a quoted field? (Python's csv accepts it when not strict.)"""
+    try:
+        list(csv.reader(io.StringIO(record_text, newline=""), delimiter=delimiter, strict=True))
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
+
+
+# --- JSON Lines ---------------------------------------------------------------------------
 
 
 def read_jsonl(path: Path, options: ReadOptions) -> RawFrame:
     data = path.read_bytes()
     if not data.strip():
-        raise BatchRejected(path, "the file is empty: expected one JSON object per line", expectation="expect_table_row_count_to_be_between")
-    text, used = decode(path, data, options.encoding)
+        raise BatchRejected(path, "the file is empty: expected one JSON object per line", expectation=NO_ROWS)
+    try:
+        text, used = decode(path, data, options.encoding)
+    except BatchRejected as exc:
+        raise _rejected_with_rows(exc, lambda: _split_jsonl(_lossy_text(data), options, None)) from None
+    return _split_jsonl(text, options, used)
+
+
+def _split_jsonl(text: str, options: ReadOptions, used: str | None) -> RawFrame:
     records, lines, bad = [], [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    physical = text.splitlines()
+    ends_cleanly = text.endswith(("\n", "\r"))
+    for number, line in enumerate(physical, start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            reason = "truncated last line: not complete JSON" if number == len(text.splitlines()) and not text.endswith("\n") else f"not valid JSON: {exc.msg} at character {exc.colno}"
+            last = number == len(physical) and not ends_cleanly
+            reason = "truncated last line: not complete JSON" if last else f"not valid JSON: {exc.msg} at character {exc.colno}"
             bad.append(BadRow(number, reason, line[:500], expected="one JSON object per line"))
             continue
         if not isinstance(obj, dict):
             bad.append(BadRow(number, "expected a JSON object", line[:500], expected="one JSON object per line"))
             continue
-        records.append({k: _text(v) for k, v in obj.items()})
+        records.append({str(k): _text(v, options) for k, v in obj.items()})
         lines.append(number)
     frame = pd.DataFrame.from_records(records).astype(object) if records else pd.DataFrame()
     frame = frame.where(frame.notna(), None)
-    frame["_line"] = lines
+    frame["_line"] = pd.Series(lines, dtype="int64")
     return RawFrame(frame, bad, used)
 
 
-def _text(value) -> str | None:
+def _number_text(value: float | int, options: ReadOptions) -> str:
+    if isinstance(value, float):
+        text = repr(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
+    else:
+        text = str(value)
+    return text.replace(".", options.decimal) if options.decimal != "." else text
+
+
+def _text(value, options: ReadOptions) -> str | None:
     if value is None:
         return None
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return _number_text(value, options)
     text = str(value)
     return text if text.strip() != "" else None
+
+
+# --- Parquet ------------------------------------------------------------------------------
 
 
 def read_parquet(path: Path, options: ReadOptions) -> RawFrame:
@@ -211,21 +384,54 @@ def read_parquet(path: Path, options: ReadOptions) -> RawFrame:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a damaged file
         raise BatchRejected(path, f"not a readable Parquet file: {exc}", expectation="file_format") from None
-    if table.num_rows == 0:
-        raise BatchRejected(path, "the file has no rows: expected at least one", expectation="expect_table_row_count_to_be_between")
-    frame = pd.DataFrame({name: _column_text(table.column(name).to_pandas()) for name in table.column_names})
-    frame["_line"] = range(1, len(frame) + 1)  # Parquet has no lines: the row number
-    return RawFrame(frame, [], None)
+    if table.num_columns == 0:
+        raise BatchRejected(path, "the file has no columns: expected column names", expectation=NO_ROWS)
+    # A file with its schema but no rows is an empty extract: 0 rows read.
+    names, duplicates = _clean_header(list(table.column_names), path, 0)
+    frame = pd.DataFrame({name: _arrow_text(table.column(i), options) for i, name in enumerate(names)})
+    frame["_line"] = pd.Series(range(1, len(frame) + 1), dtype="int64")  # Parquet has no lines: the row number
+    return RawFrame(frame, [], None, duplicates)
 
 
-def _column_text(series: pd.Series) -> pd.Series:
-    if pd.api.types.is_datetime64_any_dtype(series):
-        text = series.dt.strftime("%Y-%m-%d %H:%M:%S")
-    elif pd.api.types.is_float_dtype(series):
-        text = series.map(lambda v: None if pd.isna(v) else repr(float(v)))
+def _arrow_text(column, options: ReadOptions) -> pd.Series:
+    """A Parquet column as text, exactly: integers stay integers even with nulls in them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if pa.types.is_timestamp(kind):
+        if kind.tz is not None:  # the contract's timestamps are naive: keep the UTC time
+            column = column.cast(pa.timestamp(kind.unit))
+        # "2010-12-01 08:26:00", as a user would write it: Arrow's %S writes the unit's
+        # fraction ("08:26:00.000000"); keep it only on values that have one.
+        whole = pc.floor_temporal(column, unit="second")
+        text = pc.strftime(whole.cast(pa.timestamp("s")), format="%Y-%m-%d %H:%M:%S")
+        if kind.unit != "s":
+            exact = pc.equal(column, whole)
+            if not pc.all(exact).as_py():
+                text = pc.if_else(exact, text, pc.strftime(column, format="%Y-%m-%d %H:%M:%S"))
+    elif pa.types.is_date(kind):
+        text = pc.strftime(column, format="%Y-%m-%d")
+    elif pa.types.is_dictionary(kind):
+        text = pc.cast(column.cast(kind.value_type), pa.string())
+    elif pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        text = pc.cast(column, pa.string())
+        if options.decimal != ".":
+            text = pc.replace_substring(text, ".", options.decimal)
+    elif pa.types.is_nested(kind):
+        return pd.Series([None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in column.to_pylist()], dtype=object)
     else:
-        text = series.map(lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
-    return text.astype(object).where(series.notna(), None)
+        try:
+            text = pc.cast(column, pa.string())
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+            return pd.Series([None if v is None else str(v) for v in column.to_pylist()], dtype=object)
+    # Blank text is no value, as in a CSV; done in Arrow, not per value in Python.
+    blank = pc.equal(pc.utf8_trim_whitespace(text), "")
+    text = pc.if_else(blank, pa.scalar(None, pa.string()), text)
+    return pd.Series(text.to_numpy(zero_copy_only=False), dtype=object)
+
+
+# --- Excel ----------------------------------------------------------------------------------
 
 
 def read_xlsx(path: Path, options: ReadOptions) -> RawFrame:
@@ -239,22 +445,26 @@ def read_xlsx(path: Path, options: ReadOptions) -> RawFrame:
         if options.sheet is None:
             sheet = book.worksheets[0]
         elif isinstance(options.sheet, int):
+            if not 0 <= options.sheet < len(book.worksheets):
+                raise BatchRejected(path, f"no sheet number {options.sheet} (counting from 0); the workbook has {len(book.worksheets)}", expectation="sheet")
             sheet = book.worksheets[options.sheet]
         else:
             if options.sheet not in book.sheetnames:
                 raise BatchRejected(path, f"no sheet named {options.sheet!r}; the workbook has {', '.join(book.sheetnames)}", expectation="sheet")
             sheet = book[options.sheet]
         rows_iter = sheet.iter_rows(values_only=True)
-        header = None
+        header = named = None
+        duplicates: dict[str, list[str]] = {}
         for number, row in enumerate(rows_iter, start=1):
             if number == options.header_row:
-                header = _clean_header(["" if v is None else str(v) for v in row], path, number)
+                named = ["" if v is None else str(v) for v in row]
+                header, duplicates = _clean_header(named, path, number)
                 break
         if header is None:
-            raise BatchRejected(path, "the sheet is empty: expected a header row and at least one row", expectation="expect_table_row_count_to_be_between")
+            raise BatchRejected(path, f"the sheet is empty: expected a header row (row {options.header_row}) with the column names", expectation=NO_ROWS)
         records, lines = [], []
         for number, row in enumerate(rows_iter, start=options.header_row + 1):
-            values = [_cell_text(v) for v in row[: len(header)]]
+            values = [_cell_text(v, options) for v in row[: len(header)]]
             if all(v is None for v in values):
                 continue
             values += [None] * (len(header) - len(values))
@@ -262,24 +472,26 @@ def read_xlsx(path: Path, options: ReadOptions) -> RawFrame:
             lines.append(number)
     finally:
         book.close()
-    if not records:
-        raise BatchRejected(path, "no data rows after the header: expected at least one row", expectation="expect_table_row_count_to_be_between")
     frame = pd.DataFrame(records, columns=header, dtype=object)
-    frame["_line"] = lines
-    return RawFrame(frame, [], None)
+    frame = _drop_empty_unnamed(frame, header, named)
+    frame["_line"] = pd.Series(lines, dtype="int64")
+    # No rows after the header is an empty extract, not a broken file: 0 rows read.
+    return RawFrame(frame, [], None, duplicates)
 
 
-def _cell_text(value) -> str | None:
+def _cell_text(value, options: ReadOptions) -> str | None:
     import datetime as dt
 
     if value is None:
         return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, dt.datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S") if value.time() != dt.time(0) else value.strftime("%Y-%m-%d")
     if isinstance(value, dt.date):
         return value.strftime("%Y-%m-%d")
-    if isinstance(value, float):
-        return repr(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, (int, float)):
+        return _number_text(value, options)
     text = str(value)
     return text if text.strip() != "" else None
 

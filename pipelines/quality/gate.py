@@ -9,7 +9,14 @@ dated after it).
 
 Expectations about rows (nulls, sets, ranges, patterns, keys, references) send the failing
 rows to quarantine with the expectation as the reason. Expectations about the batch as a
-whole (a column missing, no rows) reject the batch. GE validates pandas frames here: its
+whole (a column missing, no rows) reject the batch.
+
+The loader validates the rows of all new files of a table together, and only files that
+have rows: a header-only file (an empty extract, e.g. a day without new tickets) has no
+rows to check, its columns were checked against the mapping when it was read, and it loads
+as a batch of 0 rows. So `expect_table_row_count_to_be_between` (min 1) keeps its meaning,
+"the rows validated are not nothing", and a suite can still raise that minimum; an empty
+0-byte file is refused before validation, by the reader, under that expectation's name. GE validates pandas frames here: its
 SQL path on DuckDB returns wrong results (see DEVELOPERS notes in the README).
 """
 
@@ -22,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipelines.contract import TABLES, Table
@@ -36,6 +44,9 @@ BATCH_LEVEL = {
     "expect_table_columns_to_match_set",
     "expect_table_columns_to_match_ordered_list",
 }
+
+# Failing rows named (file, line, value) per expectation in the kept validation result.
+ROWS_KEPT_PER_EXPECTATION = 200
 
 REASONS = {
     "expect_column_values_to_not_be_null": "missing required value",
@@ -178,17 +189,28 @@ class QualityGate:
             self._batch_definitions[table] = asset.add_batch_definition_whole_dataframe(f"{table}_batch")
         return self._suites[table]
 
-    def validate(self, table: str, frame: pd.DataFrame, parameters: dict[str, Any]) -> GateResult:
-        """Validate `frame`: typed contract columns plus `_line` and `_file_index` (which file)."""
+    def validate(self, table: str, frame: pd.DataFrame, parameters: dict[str, Any], texts: pd.DataFrame | None = None) -> GateResult:
+        """Validate `frame`: typed contract columns plus `_line` and `_file_index` (which file).
+
+        `texts`, aligned row by row with `frame`, holds the values as the file wrote them
+        ("1 234,50", "31.12.2025"); problems quote those, so a user can find them.
+        """
         suite = self.suite(table)
         frame = frame.reset_index(drop=True)
+        if texts is not None:
+            texts = texts.reset_index(drop=True)
+            if len(texts) != len(frame):
+                texts = None
         if "_file_index" not in frame.columns:
             frame = frame.assign(_file_index=0)
         batch = self._batch_definitions[table].get_batch(batch_parameters={"dataframe": frame})
         result = batch.validate(suite, expectation_parameters=parameters, result_format={"result_format": "COMPLETE"})
         problems: list[Problem] = []
         failures: list[str] = []
-        for r in result.results:
+        rows_of: dict[int, list[dict[str, Any]]] = {}  # result number -> its failing rows, for data docs
+        lines = frame["_line"].to_numpy()
+        file_index = frame["_file_index"].to_numpy()
+        for number, r in enumerate(result.results):
             cfg = r.expectation_config
             if r.success:
                 continue
@@ -203,22 +225,34 @@ class QualityGate:
                 continue
             reason = (cfg.meta or {}).get("reason") or REASONS.get(kind, kind)
             expected = _expected(kind, kwargs)
-            for index in r.result["unexpected_index_list"]:
-                index = index if isinstance(index, int) else index.get("index", index)
-                row = frame.iloc[int(index)]
-                value = _value(row, kind, kwargs)
+            # One pass per expectation over its failing rows (a real export can have 100,000s).
+            index = np.asarray(
+                [i if isinstance(i, (int, np.integer)) else i.get("index", i) for i in r.result["unexpected_index_list"]], dtype="int64"
+            )
+            values = _values(frame, texts, kind, kwargs, index)
+            for i, line, value in zip(index.tolist(), lines[index].tolist(), values, strict=True):
                 problems.append(
                     Problem(
-                        line=int(row["_line"]),
+                        line=int(line),
                         column=column,
                         value=value,
                         reason=f"{reason}: {column} {value!r}" if value is not None else f"{reason}: {column}",
                         expected=expected,
                         check=kind,
-                        index=int(index),
+                        index=i,
                     )
                 )
-        return GateResult(table, not failures and not problems, problems, failures, result.to_json_dict())
+            kept = index[:ROWS_KEPT_PER_EXPECTATION]
+            rows_of[number] = [
+                {"file_index": int(f), "line": int(line), "value": value}
+                for f, line, value in zip(file_index[kept].tolist(), lines[kept].tolist(), values[:ROWS_KEPT_PER_EXPECTATION], strict=True)
+            ]
+            _trim_lists(r.result)
+        document = result.to_json_dict()
+        for number, rows in rows_of.items():
+            # Which file and line each failing value came from: GE only knows frame positions.
+            document["results"][number]["result"]["needseg_unexpected_rows"] = rows
+        return GateResult(table, not failures and not problems, problems, failures, document)
 
 
 def _configuration(exp: dict[str, Any]):
@@ -227,17 +261,69 @@ def _configuration(exp: dict[str, Any]):
     return ExpectationConfiguration(type=exp["type"], kwargs=exp["kwargs"], meta=exp.get("meta") or {})
 
 
-def _value(row: pd.Series, kind: str, kwargs: dict[str, Any]) -> str | None:
+def _trim_lists(result: dict[str, Any]) -> None:
+    """Keep the first failing values in the validation result, not all of them.
+
+    With result_format COMPLETE, GE lists every failing value and index; for a real export
+    that is 100,000s of entries, which would make the kept result (and its HTML) huge. The
+    counts stay exact; every failing row is in quarantine with its file, line and value.
+    """
+    for key in ("unexpected_list", "unexpected_index_list", "unexpected_rows"):
+        value = result.get(key)
+        if isinstance(value, list) and len(value) > ROWS_KEPT_PER_EXPECTATION:
+            result[key] = value[:ROWS_KEPT_PER_EXPECTATION]
+            result["needseg_lists_truncated_to"] = ROWS_KEPT_PER_EXPECTATION
+
+
+def _values(frame: pd.DataFrame, texts: pd.DataFrame | None, kind: str, kwargs: dict[str, Any], index: np.ndarray) -> list[str | None]:
+    """The failing values of rows `index`, for the quarantine: as in the file when known,
+    else as typed."""
+
+    def typed(column: str) -> list[str | None]:
+        out = []
+        for value in frame[column].iloc[index].tolist():
+            if value is None or value is pd.NaT or (isinstance(value, float) and pd.isna(value)):
+                out.append(None)
+            elif isinstance(value, pd.Timestamp) and value == value.normalize():
+                out.append(value.date().isoformat())
+            else:
+                out.append(str(value))
+        return out
+
+    def as_read(column: str) -> list[str | None]:
+        """The text in the file, trimmed; None where there is no text for this column."""
+        if texts is None or column not in texts.columns:
+            return [None] * len(index)
+        return [None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v).strip() for v in texts[column].iloc[index].tolist()]
+
+    def raw_typed(column: str) -> list:
+        return frame[column].iloc[index].tolist()
+
+    def shown(column: str) -> list:
+        # Text when the file had any (even blank), else the typed value as it is.
+        text = as_read(column)
+        if all(t is not None for t in text):
+            return text
+        value = raw_typed(column)
+        return [t if t is not None else v for t, v in zip(text, value, strict=True)]
+
     if kind == "expect_compound_columns_to_be_unique":
-        return "|".join(str(row[c]) for c in kwargs["column_list"] if c != "_file_index")
+        parts = [shown(c) for c in kwargs["column_list"] if c != "_file_index"]
+        return ["|".join(str(p) for p in row) for row in zip(*parts, strict=True)]
     if kind == "expect_column_pair_values_a_to_be_greater_than_b":
-        return f"{row[kwargs['column_A']]} < {row[kwargs['column_B']]}"
-    value = row.get(kwargs.get("column"))
-    if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NaT:
-        return None
-    if isinstance(value, pd.Timestamp) and value == value.normalize():
-        return value.date().isoformat()
-    return str(value)
+        return [f"{a} < {b}" for a, b in zip(shown(kwargs["column_A"]), shown(kwargs["column_B"]), strict=True)]
+    column = kwargs.get("column")
+    text = as_read(column)
+    fallback = None
+    out = []
+    for i, t in enumerate(text):
+        if t:  # a non-blank text as read
+            out.append(t)
+            continue
+        if fallback is None:
+            fallback = typed(column)
+        out.append(fallback[i])
+    return out
 
 
 def _expected(kind: str, kwargs: dict[str, Any]) -> str:

@@ -4,9 +4,12 @@ Pure functions on arrays, no I/O: `run.py` feeds them the features and stores th
 
 - k is chosen within the taxonomy's bounds. Each candidate k gets a silhouette, a
   Gaussian-mixture BIC and a bootstrap stability (Hennig's clusterwise Jaccard: refit on
-  resamples, how well does each cluster reappear). Candidates whose every cluster is
-  stable enough are eligible; among them the best silhouette wins. All figures are kept as
-  the evidence for the choice.
+  resamples, how well does each cluster reappear). The choice is the most detailed
+  segmentation the data support: the largest k whose every cluster reappears with Jaccard
+  >= `choose_stability` (0.85, "highly stable" in Hennig's terms) and none is tiny.
+  Silhouette and BIC are kept as evidence but do not decide: on overlapping needs
+  segments silhouette drifts towards too few clusters and BIC towards too many, while a
+  spurious split shows at once as an unstable cluster.
 - Clusters are aligned to the previous run's segments (Hungarian matching on centres,
   accepted only for mutual nearest centres) so ids and names stay put; clusters not
   carried over are named after the taxonomy prototype they resemble (Hungarian matching on
@@ -72,6 +75,7 @@ class ClusterSettings:
     seed: int = 42
     bootstrap_samples: int = 20
     min_stability: float = 0.75
+    choose_stability: float = 0.85
     min_cluster_share: float = 0.04
     n_init: int = 20
     notes: list[str] = field(default_factory=list)
@@ -129,22 +133,23 @@ def choose_k(X: np.ndarray, k_min: int, k_max: int, settings: ClusterSettings) -
         sil = float(silhouette_score(X, labels, random_state=settings.seed)) if n > k else float("nan")
         gmm = GaussianMixture(k, covariance_type="diag", n_init=2, random_state=settings.seed, reg_covar=1e-3).fit(X)
         share = float(np.bincount(labels, minlength=k).min() / n)
-        eligible = bool(jac.min() >= settings.min_stability and share >= settings.min_cluster_share)
+        eligible = bool(jac.min() >= settings.choose_stability and share >= settings.min_cluster_share)
         candidates.append(
             Candidate(k, round(sil, 4), round(float(gmm.bic(X)), 1), round(float(jac.mean()), 4), round(float(jac.min()), 4), round(share, 4), eligible)
         )
         fits[k] = (model, jac)
     eligible = [c for c in candidates if c.eligible]
     if eligible:
-        best = max(eligible, key=lambda c: (c.silhouette, -c.k))
+        best = max(eligible, key=lambda c: c.k)
         reason = (
-            f"k={best.k}: best silhouette ({best.silhouette:.3f}) among k with every cluster's bootstrap "
-            f"Jaccard >= {settings.min_stability} and no cluster under {settings.min_cluster_share:.0%}"
+            f"k={best.k}: the largest k in {k_min}-{k_max} whose every segment reappears in bootstrap refits "
+            f"(min Jaccard {best.min_jaccard:.2f} >= {settings.choose_stability}) with none under "
+            f"{settings.min_cluster_share:.0%} of accounts; silhouette {best.silhouette:.3f}, BIC {best.bic:.0f}"
         )
     else:
         best = max(candidates, key=lambda c: (c.min_jaccard, c.silhouette))
         reason = (
-            f"k={best.k}: no k in {k_min}-{k_max} had every cluster stable (Jaccard >= {settings.min_stability}); "
+            f"k={best.k}: no k in {k_min}-{k_max} had every segment highly stable (Jaccard >= {settings.choose_stability}); "
             f"took the most stable (min Jaccard {best.min_jaccard:.2f})"
         )
     model, jac = fits[best.k]

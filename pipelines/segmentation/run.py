@@ -142,6 +142,7 @@ def _cluster_settings(cfg: dict[str, Any]) -> ClusterSettings:
         seed=int(cfg["seed"]),
         bootstrap_samples=int(cfg["bootstrap_samples"]),
         min_stability=float(cfg["min_stability"]),
+        choose_stability=float(cfg["choose_stability"]),
         min_cluster_share=float(cfg["min_cluster_share"]),
     )
 

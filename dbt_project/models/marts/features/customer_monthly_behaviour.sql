@@ -1,0 +1,98 @@
+-- Per customer and month (months_ago 0 = the month ending on the as-of date, counting back
+-- whole months), the buying mix in counts a change test can use: lines and their
+-- discounts (sum and sum of squares), lines at list price, premium and service lines,
+-- categories, quotes decided and lost on price, tickets. Volumes are kept but drift
+-- detection reads only the mix: a customer that simply buys less is a churn question.
+{% set horizon = var('drift_history_months') %}
+with
+
+lines as (
+
+    select *
+    from {{ ref('int_order_lines__priced') }}
+    where months_ago < {{ horizon }}
+        and not is_return
+
+),
+
+order_months as (
+
+    select
+        account_id,
+        months_ago,
+        count(*) as order_lines,
+        count(distinct order_id) as orders,
+        count(discount) as discounted_lines,
+        coalesce(sum(discount), 0) as discount_sum,
+        coalesce(sum(discount * discount), 0) as discount_square_sum,
+        count(*) filter (where discount <= 0.005) as list_price_lines,
+        count(*) filter (where category_class = 'premium') as premium_lines,
+        count(*) filter (where category_class = 'service') as service_lines,
+        count(distinct product_category) as categories,
+        sum(revenue) as revenue
+    from lines
+    group by 1, 2
+
+),
+
+quote_months as (
+
+    select
+        account_id,
+        datesub('month', cast(created_at as date), {{ as_of() }}) as months_ago,
+        count(*) filter (where status in ('won', 'lost')) as quotes_decided,
+        count(*) filter (where status = 'lost' and loss_reason = 'price') as quotes_lost_on_price
+    from {{ ref('stg_crm__quotes') }}
+    where created_at < {{ as_of_end() }}
+        and created_at >= {{ as_of_end() }} - interval {{ horizon }} month
+    group by 1, 2
+
+),
+
+ticket_months as (
+
+    select
+        account_id,
+        datesub('month', cast(opened_at as date), {{ as_of() }}) as months_ago,
+        count(*) as tickets,
+        count(*) filter (where category = 'price') as price_tickets,
+        count(*) filter (where priority = 'critical') as critical_tickets
+    from {{ ref('stg_crm__support_tickets') }}
+    where opened_at < {{ as_of_end() }}
+        and opened_at >= {{ as_of_end() }} - interval {{ horizon }} month
+    group by 1, 2
+
+),
+
+keys as (
+
+    select account_id, months_ago from order_months
+    union
+    select account_id, months_ago from quote_months
+    union
+    select account_id, months_ago from ticket_months
+
+)
+
+select
+    keys.account_id,
+    cast(keys.months_ago as integer) as months_ago,
+    cast(coalesce(o.order_lines, 0) as bigint) as order_lines,
+    cast(coalesce(o.orders, 0) as bigint) as orders,
+    cast(coalesce(o.discounted_lines, 0) as bigint) as discounted_lines,
+    cast(coalesce(o.discount_sum, 0) as double) as discount_sum,
+    cast(coalesce(o.discount_square_sum, 0) as double) as discount_square_sum,
+    cast(coalesce(o.list_price_lines, 0) as bigint) as list_price_lines,
+    cast(coalesce(o.premium_lines, 0) as bigint) as premium_lines,
+    cast(coalesce(o.service_lines, 0) as bigint) as service_lines,
+    cast(coalesce(o.categories, 0) as bigint) as categories,
+    cast(coalesce(o.revenue, 0) as double) as revenue,
+    cast(coalesce(q.quotes_decided, 0) as bigint) as quotes_decided,
+    cast(coalesce(q.quotes_lost_on_price, 0) as bigint) as quotes_lost_on_price,
+    cast(coalesce(t.tickets, 0) as bigint) as tickets,
+    cast(coalesce(t.price_tickets, 0) as bigint) as price_tickets,
+    cast(coalesce(t.critical_tickets, 0) as bigint) as critical_tickets
+from keys
+left join order_months as o on o.account_id = keys.account_id and o.months_ago = keys.months_ago
+left join quote_months as q on q.account_id = keys.account_id and q.months_ago = keys.months_ago
+left join ticket_months as t on t.account_id = keys.account_id and t.months_ago = keys.months_ago

@@ -1,0 +1,1 @@
+select * from {{ source('alerts', 'churn_risk_alerts') }}

@@ -1,0 +1,1 @@
+select * from {{ source('drift', 'customer_drift') }}

@@ -1,0 +1,1 @@
+"""Drift: customers moving between segments, segments changing, churn-risk alerts."""

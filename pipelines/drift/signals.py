@@ -1,0 +1,103 @@
+"""How far an account's buying mix has moved lately, against its own past, with standard errors.
+
+For every account the recent window (default the last 6 months) is compared with the 12
+months before it, component by component, using pooled counts so an account that bought
+two order lines last month gets a small z and one that bought two hundred a large one:
+
+- discount: mean line discount, a two-sample z with the account's own line-level spread
+  (floored, so an account that always got exactly 5 % is not infinitely sure);
+- list_price / premium / service: share of order lines, two-proportion z;
+- lost_on_price: share of decided quotes lost on price, two-proportion z;
+- price_tickets / critical_tickets: share of tickets, two-proportion z.
+
+Volumes (orders, revenue) are deliberately not components: an account that buys less has
+not changed what it needs, and falling revenue is weighed separately, in the churn risk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+# component -> (customer_features column describing the same behaviour over 12 months,
+#               label for evidence, how to show the rates)
+COMPONENTS: dict[str, tuple[str, str, str]] = {
+    "discount": ("discount_depth_12m", "average discount", "pct"),
+    "list_price": ("list_price_share_12m", "lines bought at list price", "pct"),
+    "premium": ("premium_share_12m", "premium-category lines", "pct"),
+    "service": ("service_revenue_share_12m", "service lines", "pct"),
+    "lost_on_price": ("lost_on_price_share_12m", "quotes lost on price", "pct"),
+    "price_tickets": ("price_ticket_share_12m", "price-related tickets", "pct"),
+    "critical_tickets": ("critical_ticket_share_12m", "critical tickets", "pct"),
+}
+
+# numerator, denominator columns of customer_monthly_behaviour per share component
+SHARES = {
+    "list_price": ("list_price_lines", "order_lines"),
+    "premium": ("premium_lines", "order_lines"),
+    "service": ("service_lines", "order_lines"),
+    "lost_on_price": ("quotes_lost_on_price", "quotes_decided"),
+    "price_tickets": ("price_tickets", "tickets"),
+    "critical_tickets": ("critical_tickets", "tickets"),
+}
+MIN_DISCOUNT_SD = 0.03
+
+
+@dataclass(frozen=True)
+class Windows:
+    recent_months: int = 6
+    baseline_months: int = 12
+
+
+@dataclass
+class MixChange:
+    """Per account: recent and baseline rate, z and evidence size for every component."""
+
+    recent: pd.DataFrame  # account x component
+    baseline: pd.DataFrame
+    z: pd.DataFrame
+    n_recent: pd.DataFrame
+    n_baseline: pd.DataFrame
+
+
+def _two_proportion(x_r, n_r, x_b, n_b) -> np.ndarray:
+    p_r = np.divide(x_r, n_r, out=np.zeros_like(x_r, dtype=float), where=n_r > 0)
+    p_b = np.divide(x_b, n_b, out=np.zeros_like(x_b, dtype=float), where=n_b > 0)
+    pooled = np.clip(np.divide(x_r + x_b, n_r + n_b, out=np.full_like(x_r, 0.5, dtype=float), where=(n_r + n_b) > 0), 0.03, 0.97)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / np.maximum(n_r, 1) + 1 / np.maximum(n_b, 1)))
+    return np.where((n_r > 0) & (n_b > 0), (p_r - p_b) / se, 0.0)
+
+
+def mix_change(monthly: pd.DataFrame, windows: Windows = Windows()) -> MixChange:
+    """Compare each account's recent window with its baseline window (pooled counts)."""
+    recent = monthly[monthly["months_ago"] < windows.recent_months]
+    base = monthly[(monthly["months_ago"] >= windows.recent_months) & (monthly["months_ago"] < windows.recent_months + windows.baseline_months)]
+    sums_r = recent.groupby("account_id").sum(numeric_only=True)
+    sums_b = base.groupby("account_id").sum(numeric_only=True)
+    accounts = sums_r.index.union(sums_b.index)
+    sums_r = sums_r.reindex(accounts, fill_value=0)
+    sums_b = sums_b.reindex(accounts, fill_value=0)
+    rate_r, rate_b, z, n_r, n_b = {}, {}, {}, {}, {}
+
+    nr, nb = sums_r["discounted_lines"].to_numpy(float), sums_b["discounted_lines"].to_numpy(float)
+    mr = np.divide(sums_r["discount_sum"].to_numpy(float), nr, out=np.zeros_like(nr), where=nr > 0)
+    mb = np.divide(sums_b["discount_sum"].to_numpy(float), nb, out=np.zeros_like(nb), where=nb > 0)
+    vr = np.divide(sums_r["discount_square_sum"].to_numpy(float), nr, out=np.zeros_like(nr), where=nr > 0) - mr**2
+    vb = np.divide(sums_b["discount_square_sum"].to_numpy(float), nb, out=np.zeros_like(nb), where=nb > 0) - mb**2
+    var = np.maximum(np.divide(vr * nr + vb * nb, nr + nb, out=np.zeros_like(nr), where=(nr + nb) > 0), MIN_DISCOUNT_SD**2)
+    z["discount"] = np.where((nr > 0) & (nb > 0), (mr - mb) / np.sqrt(var * (1 / np.maximum(nr, 1) + 1 / np.maximum(nb, 1))), 0.0)
+    rate_r["discount"], rate_b["discount"] = np.where(nr > 0, mr, np.nan), np.where(nb > 0, mb, np.nan)
+    n_r["discount"], n_b["discount"] = nr, nb
+
+    for name, (num, den) in SHARES.items():
+        xr, dr = sums_r[num].to_numpy(float), sums_r[den].to_numpy(float)
+        xb, db = sums_b[num].to_numpy(float), sums_b[den].to_numpy(float)
+        z[name] = _two_proportion(xr, dr, xb, db)
+        rate_r[name] = np.divide(xr, dr, out=np.full_like(xr, np.nan), where=dr > 0)
+        rate_b[name] = np.divide(xb, db, out=np.full_like(xb, np.nan), where=db > 0)
+        n_r[name], n_b[name] = dr, db
+
+    frame = lambda d: pd.DataFrame(d, index=accounts)[list(COMPONENTS)]  # noqa: E731
+    return MixChange(frame(rate_r), frame(rate_b), frame(z), frame(n_r), frame(n_b))

@@ -1,0 +1,127 @@
+"""Full cycles from the command line functions on the small world: what analysts and
+account teams get, and the rules every part keeps (idempotent, deterministic, atomic)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+
+import duckdb
+import pandas as pd
+import pytest
+
+from pipelines import cycle
+from pipelines.segmentation.taxonomy import load_taxonomy
+from pipelines.warehouse import connect
+
+LAST = dt.date(2026, 10, 31)
+
+
+def _serving(settings):
+    return duckdb.connect(str(settings.serving_path), read_only=True)
+
+
+def test_every_stage_ran_for_every_cycle(cycled_small_world):
+    settings, reports = cycled_small_world
+    assert [r.as_of for r in reports] == ["2026-08-31", "2026-09-30", "2026-10-31"]
+    assert all(set(r.stages) == set(cycle.STAGES) for r in reports)
+    with connect(settings.warehouse_path, read_only=True) as con:
+        timed = con.execute("select count(distinct stage) from meta.cycle_runs where as_of = ?", [LAST]).fetchone()[0]
+    assert timed == len(cycle.STAGES)
+
+
+def test_published_tables_describe_the_latest_run_for_every_customer(cycled_small_world, small_world):
+    settings, _ = cycled_small_world
+    con = _serving(settings)
+    tables = {r[0] for r in con.execute("select table_name from duckdb_tables()").fetchall()}
+    assert {"customer_segments", "segments", "segment_profiles", "segment_history", "segment_runs", "prospect_segments",
+            "key_account_lookalikes", "customer_drift", "segment_transitions", "segment_population_changes",
+            "churn_risk_alerts", "customer_features", "publication"} <= tables
+    segments = con.execute("select * from customer_segments").df()
+    truth = pd.read_parquet(small_world / "truth" / "segments_monthly.parquet")
+    assert set(segments["account_id"]) == set(truth[(truth["month"] == "2026-10") & truth["active"]]["account_id"])
+    taxonomy = load_taxonomy(settings.taxonomy_path)
+    assert set(segments["segment"]) <= {s.name for s in taxonomy.segments}
+    assert segments["probability"].between(0, 1).all() and segments["drivers"].str.len().gt(0).mean() > 0.9
+    # key accounts are the 80/20 tier
+    features = con.execute("select revenue_12m, value_tier from customer_features where status = 'customer'").df()
+    key_share = features.loc[features["value_tier"] == "key", "revenue_12m"].sum() / features["revenue_12m"].clip(lower=0).sum()
+    assert 0.78 <= key_share <= 0.86
+    prospects = con.execute("select count(*), count(offer) from prospect_segments").fetchone()
+    assert prospects[0] == 40 and prospects[1] == 40
+    # comments travel with the tables
+    comment = con.execute("select comment from duckdb_tables() where table_name = 'customer_segments'").fetchone()[0]
+    assert comment and "one row per customer" in comment.lower()
+
+
+def test_history_and_runs_grow_by_one_per_cycle(cycled_small_world):
+    settings, _ = cycled_small_world
+    con = _serving(settings)
+    assert con.execute("select count(*) from segment_runs").fetchone()[0] == 3
+    history = con.execute("select * from segment_history").df()
+    assert history.groupby("account_id")["is_current"].sum().max() == 1
+    closed = history[~history["is_current"]]
+    assert (closed["valid_to"] > closed["valid_from"]).all()
+    assert con.execute("select count(*) from segment_population_changes where event = 'survive'").fetchone()[0] >= 3
+
+
+def test_rerunning_the_last_cycle_changes_nothing_and_adds_nothing(cycled_small_world):
+    settings, _ = cycled_small_world
+    with connect(settings.warehouse_path, read_only=True) as con:
+        before = con.execute("select account_id, segment_id, probability from segments.assignments where run_id = 'seg-2026-10-31' order by 1").df()
+        counts = {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in ("raw.order_lines", "segments.segment_runs", "drift.customer_drift", "alerts.churn_risk_alerts", "alerts.outbox")}
+    cycle.run_cycle(LAST, settings)
+    with connect(settings.warehouse_path, read_only=True) as con:
+        after = con.execute("select account_id, segment_id, probability from segments.assignments where run_id = 'seg-2026-10-31' order by 1").df()
+        again = {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in counts}
+    pd.testing.assert_frame_equal(before, after)
+    assert again == counts
+
+
+def test_publishing_swaps_the_file_so_an_open_reader_keeps_its_version(cycled_small_world):
+    settings, _ = cycled_small_world
+    reader = duckdb.connect(str(settings.serving_path), read_only=True)
+    published_at = reader.execute("select published_at from publication").fetchone()[0]
+    cycle.publish_step(LAST, settings)
+    # the old reader still sees the version it opened; a new one sees the new version
+    assert reader.execute("select published_at from publication").fetchone()[0] == published_at
+    assert reader.execute("select count(*) from customer_segments").fetchone()[0] > 0
+    fresh = duckdb.connect(str(settings.serving_path), read_only=True)
+    assert fresh.execute("select published_at from publication").fetchone()[0] > published_at
+    assert not list(settings.serving_path.parent.glob(".*building*"))
+
+
+def test_publishing_an_earlier_date_keeps_the_newer_publication(cycled_small_world):
+    settings, _ = cycled_small_world
+    detail = cycle.publish_step(dt.date(2026, 9, 30), settings)
+    assert "already shows the newer run" in detail["summary"]
+    assert _serving(settings).execute("select run_id from publication").fetchone()[0] == "seg-2026-10-31"
+
+
+def _needseg(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_cli_query_reads_the_serving_database(cycled_small_world):
+    settings, _ = cycled_small_world
+    out = _needseg("query", "--data-dir", str(settings.data_dir), "--csv", "select count(*) as n from customer_segments")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "n" and int(out.stdout.splitlines()[1]) > 300
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["query", "select 1"], 1, "does not exist yet: run a cycle first"),
+        (["segment", "--as-of", "2026-13-01"], 2, "is not a date; expected YYYY-MM-DD"),
+        (["drift", "--as-of", "2026-10-31"], 1, "no segmentation run as of 2026-10-31"),
+    ],
+)
+def test_cli_errors_say_what_to_do(tmp_path, args, code, message):
+    if args[0] in ("query", "segment", "drift"):
+        args = [args[0], "--data-dir", str(tmp_path / "empty"), *args[1:]]
+    out = _needseg(*args)
+    assert out.returncode == code, (out.stdout, out.stderr)
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr

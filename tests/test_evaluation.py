@@ -1,0 +1,51 @@
+"""The figures `needseg evaluate` prints, held on the default demo world (fixed seed), so
+a regression in segmentation or drift detection fails CI. See pipelines/evaluate.py for
+how each figure is defined."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.evaluate import evaluate
+from pipelines.settings import load_settings
+
+
+@pytest.fixture(scope="module")
+def report(session_dir):
+    return evaluate(load_settings(session_dir / "evaluate"), world=None, say=lambda _: None)
+
+
+def test_surveyed_and_inferred_segments_reach_90_percent_of_the_supervised_ceiling(report):
+    s = report.segments
+    assert s.k == 4
+    for group in (s.surveyed, s.inferred):
+        assert group.ratio >= 0.9, group
+        assert group.strongest_ratio >= 0.85, group
+
+
+def test_the_world_stays_hard_for_a_naive_baseline(report):
+    s = report.segments
+    assert s.surveyed.naive_ari <= 0.65 and s.inferred.naive_ari <= 0.65
+    # needseg is far better than the naive approach, not just somewhat
+    assert s.surveyed.needseg_ari > 2 * s.surveyed.naive_ari and s.inferred.needseg_ari > 2 * s.inferred.naive_ari
+
+
+def test_every_published_segment_is_stable_and_a_rerun_changes_nothing(report):
+    s = report.segments
+    assert min(s.jaccard.values()) >= 0.75, s.jaccard
+    assert s.rerun_changed == 0
+
+
+def test_drift_detection_beats_the_naive_baseline_with_lead_time(report):
+    d = report.drift
+    assert d["needseg"]["f1"] >= 0.70, d["needseg"]
+    assert d["needseg"]["f1"] >= 1.5 * d["baseline"]["f1"], (d["needseg"], d["baseline"])
+    assert d["lead_time_months"]["median"] >= 2, d["lead_time_months"]
+    # random churn that no drift preceded is not mistaken for drift
+    assert d["false_flags_on_random_churners"] <= 2
+
+
+def test_report_prints_every_figure(report):
+    text = "\n".join(report.lines())
+    for needle in ("needseg/ceiling", "naive baseline", "bootstrap Jaccard", "re-running the segmentation", "precision", "lead time"):
+        assert needle in text
