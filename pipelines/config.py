@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
         "early_warning_z": 3.5,
         "min_shift": 0.25,
         "confirm_migration_z": 2.5,
+        "active_within_months": 4,
         "min_profile_gap": 0.7,
         # churn risk: drift plus falling revenue or worsening satisfaction
         "revenue_drop": 0.2,

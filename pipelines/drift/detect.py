@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.drift.signals import COMPONENTS, MixChange, Windows, mix_change
+from pipelines.drift.signals import COMPONENTS, LEVEL_SCALE, MixChange, Windows, mix_change
 from pipelines.segmentation.taxonomy import Taxonomy
 
 PRICE_KIND = "toward_price_sensitive"
@@ -46,6 +46,7 @@ class DriftSettings:
     early_warning_z: float = 3.5
     min_shift: float = 0.25
     confirm_migration_z: float = 2.5
+    active_within_months: int = 4
     min_profile_gap: float = 0.7
     revenue_drop: float = 0.2
     satisfaction_drop: float = 1.0
@@ -62,6 +63,8 @@ def segment_profiles(features: pd.DataFrame, segment_of: pd.Series) -> tuple[pd.
     """Mean of each component's 12-month behaviour per segment, and its spread overall."""
     cols = [c for c, *_ in COMPONENTS.values()]
     values = features[cols].apply(pd.to_numeric, errors="coerce")
+    for component, scale in LEVEL_SCALE.items():
+        values[COMPONENTS[component][0]] = values[COMPONENTS[component][0]] * scale
     levels = values.groupby(segment_of.reindex(values.index)).mean()
     levels.columns = list(COMPONENTS)
     spread = values.std()
@@ -74,7 +77,12 @@ def _direction(levels: pd.DataFrame, spread: pd.Series, current: str, target: st
     gap = ((levels.loc[target] - levels.loc[current]) / spread).dropna()
     chosen = gap[gap.abs() >= min_gap]
     if len(chosen) < 2:
-        chosen = gap.reindex(gap.abs().sort_values(ascending=False).index[:2])
+        # too few clear differences: take the two largest, but never a behaviour that
+        # hardly differs (it would only dilute the evidence of the ones that do)
+        largest = gap.reindex(gap.abs().sort_values(ascending=False).index[:2])
+        chosen = largest[largest.abs() >= min(min_gap, 0.2)]
+        if chosen.empty:
+            chosen = largest.iloc[:1]
     return chosen.to_dict()
 
 
@@ -145,6 +153,7 @@ def detect(
         z=change.z.reindex(segment_of.index).fillna(0.0),
         n_recent=change.n_recent.reindex(segment_of.index).fillna(0.0),
         n_baseline=change.n_baseline.reindex(segment_of.index).fillna(0.0),
+        last_order_months_ago=change.last_order_months_ago.reindex(segment_of.index),
     )
     levels, spread = segment_profiles(features.reindex(segment_of.index), segment_of)
     price = taxonomy.role("price_sensitive")
@@ -185,7 +194,10 @@ def detect(
     out["toward_segment_id"] = drift["target"]
     out["drift_z"] = drift["z"].astype(float).round(3)
     out["drift_shift"] = drift["shift"].astype(float).round(3)
-    out["early_warning"] = (out["drift_z"] >= settings.early_warning_z) & (out["drift_shift"] >= settings.min_shift)
+    # An account that stopped ordering altogether has lapsed (a churn question), it is not
+    # drifting: a drift shows in what it still buys.
+    out["ordering_recently"] = change.last_order_months_ago < settings.active_within_months
+    out["early_warning"] = (out["drift_z"] >= settings.early_warning_z) & (out["drift_shift"] >= settings.min_shift) & out["ordering_recently"]
 
     def migration_kind(row) -> str | None:
         if not row["migrated"]:

@@ -40,7 +40,7 @@ DDL = [
         migrated boolean not null, migration_kind varchar, migration_z double, migration_confirmed boolean,
         drift_flag boolean,
         drift_kind varchar, toward_segment_id varchar, toward_segment_name varchar,
-        drift_z double, drift_shift double, early_warning boolean not null,
+        drift_z double, drift_shift double, ordering_recently boolean, early_warning boolean not null,
         behaviour_probability_now double, behaviour_probability_before double,
         revenue_trend double, satisfaction_change double, nps double,
         churn_risk_score double not null, churn_risk_reasons json, is_churn_risk boolean not null,

@@ -8,7 +8,9 @@ two order lines last month gets a small z and one that bought two hundred a larg
   (floored, so an account that always got exactly 5 % is not infinitely sure);
 - list_price / premium / service: share of order lines, two-proportion z;
 - lost_on_price: share of decided quotes lost on price, two-proportion z;
-- price_tickets / critical_tickets: share of tickets, two-proportion z.
+- price_tickets / critical_tickets: share of tickets, two-proportion z;
+- ordering_months: share of months with at least one order - the regularity that marks a
+  partnership (a customer that orders every month vs one that comes and goes).
 
 Volumes (orders, revenue) are deliberately not components: an account that buys less has
 not changed what it needs, and falling revenue is weighed separately, in the churn risk.
@@ -31,7 +33,10 @@ COMPONENTS: dict[str, tuple[str, str, str]] = {
     "lost_on_price": ("lost_on_price_share_12m", "quotes lost on price", "pct"),
     "price_tickets": ("price_ticket_share_12m", "price-related tickets", "pct"),
     "critical_tickets": ("critical_ticket_share_12m", "critical tickets", "pct"),
+    "ordering_months": ("active_months_12m", "months with an order", "pct"),
 }
+# customer_features levels on another scale than the component's rate
+LEVEL_SCALE = {"ordering_months": 1 / 12}
 
 # numerator, denominator columns of customer_monthly_behaviour per share component
 SHARES = {
@@ -60,6 +65,7 @@ class MixChange:
     z: pd.DataFrame
     n_recent: pd.DataFrame
     n_baseline: pd.DataFrame
+    last_order_months_ago: pd.Series  # months since the latest month with an order (NaN: none in the history)
 
 
 def _two_proportion(x_r, n_r, x_b, n_b) -> np.ndarray:
@@ -99,5 +105,18 @@ def mix_change(monthly: pd.DataFrame, windows: Windows = Windows()) -> MixChange
         rate_b[name] = np.divide(xb, db, out=np.full_like(xb, np.nan), where=db > 0)
         n_r[name], n_b[name] = dr, db
 
+    # regularity: months with an order out of the months in each window
+    active = monthly[monthly["orders"] > 0]
+    act_r = active[active["months_ago"] < windows.recent_months].groupby("account_id").size().reindex(accounts, fill_value=0).to_numpy(float)
+    act_b = active[(active["months_ago"] >= windows.recent_months) & (active["months_ago"] < windows.recent_months + windows.baseline_months)]
+    act_b = act_b.groupby("account_id").size().reindex(accounts, fill_value=0).to_numpy(float)
+    months_r = np.full(len(accounts), float(windows.recent_months))
+    months_b = np.full(len(accounts), float(windows.baseline_months))
+    # only for accounts that ordered in the baseline: a new customer has no pattern to break
+    z["ordering_months"] = np.where(act_b > 0, _two_proportion(act_r, months_r, act_b, months_b), 0.0)
+    rate_r["ordering_months"], rate_b["ordering_months"] = act_r / months_r, np.where(act_b > 0, act_b / months_b, np.nan)
+    n_r["ordering_months"], n_b["ordering_months"] = months_r, months_b
+    last_order = active.groupby("account_id")["months_ago"].min().reindex(accounts)
+
     frame = lambda d: pd.DataFrame(d, index=accounts)[list(COMPONENTS)]  # noqa: E731
-    return MixChange(frame(rate_r), frame(rate_b), frame(z), frame(n_r), frame(n_b))
+    return MixChange(frame(rate_r), frame(rate_b), frame(z), frame(n_r), frame(n_b), last_order)

@@ -16,8 +16,10 @@ have rows: a header-only file (an empty extract, e.g. a day without new tickets)
 rows to check, its columns were checked against the mapping when it was read, and it loads
 as a batch of 0 rows. So `expect_table_row_count_to_be_between` (min 1) keeps its meaning,
 "the rows validated are not nothing", and a suite can still raise that minimum; an empty
-0-byte file is refused before validation, by the reader, under that expectation's name. GE validates pandas frames here: its
-SQL path on DuckDB returns wrong results (see DEVELOPERS notes in the README).
+0-byte file is refused before validation, by the reader, under that expectation's name.
+
+GE validates pandas frames here: its SQL path on DuckDB returns wrong results (see
+DEVELOPERS notes in the README).
 """
 
 from __future__ import annotations
