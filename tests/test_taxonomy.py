@@ -100,7 +100,7 @@ def test_identities_do_not_depend_on_cluster_order_and_follow_the_previous_run()
     # an emerging segment keeps its id from one run to the next
     odd = np.array([[0, 0, 0, 0, 0, 2.0, -2.0]])
     first = resolve_identities(np.vstack([centres, odd]), taxonomy, [])
-    previous = [PreviousSegment(i.segment_id, i.name, i.taxonomy_id, c) for i, c in zip(first, np.vstack([centres, odd]))]
+    previous = [PreviousSegment(i.segment_id, i.name, i.taxonomy_id, c) for i, c in zip(first, np.vstack([centres, odd]), strict=True)]
     second = resolve_identities(np.vstack([odd + 0.01, centres]), taxonomy, previous)
     assert second[0].segment_id == first[-1].segment_id == "emerging_1" and second[0].aligned_from == "emerging_1"
 

@@ -227,7 +227,7 @@ def detect(
     before_p = hist[hist["as_of"] == runs[max(0, len(runs) - 4)]] if runs else hist
     key = lambda frame: frame.set_index(["account_id", "segment_id"])["behaviour_probability"]  # noqa: E731
     now_map, before_map = key(now_p), key(before_p)
-    targets = list(zip(out.index, out["toward_segment_id"]))
+    targets = list(zip(out.index, out["toward_segment_id"], strict=True))
     out["behaviour_probability_now"] = [now_map.get(t, np.nan) for t in targets]
     out["behaviour_probability_before"] = [before_map.get(t, np.nan) for t in targets]
 

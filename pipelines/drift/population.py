@@ -76,9 +76,11 @@ def population_changes(
             shift = float(np.linalg.norm(np.asarray(current_centres[y]) - np.asarray(previous_centres[xs[0]])))
         rows.append(_row(kind, xs, [y], float(overlap.loc[xs, y].mean()), size_before, size_after, shift, {}))
     contributed = counts.div(counts.sum(axis=0), axis=1)  # share of Y's members from each X
-    for y in size_after.index:
-        if y not in contributed.columns or contributed[y].max() < split:
-            rows.append(_row("emerge", [], [y], 0.0, size_before, size_after, None, {}))
+    rows += [
+        _row("emerge", [], [y], 0.0, size_before, size_after, None, {})
+        for y in size_after.index
+        if y not in contributed.columns or contributed[y].max() < split
+    ]
     return pd.DataFrame(rows), matrix
 
 

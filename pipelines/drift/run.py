@@ -137,7 +137,7 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
         [as_of, as_of],
     ).df()
     defs = con.execute("select run_id, segment_id, segment_name, centre, action from segments.segment_definitions where population = 'all' and run_id in (?, ?)", [run_id, prev[0] if prev else run_id]).df()
-    names = dict(zip(defs["segment_id"], defs["segment_name"]))
+    names = dict(zip(defs["segment_id"], defs["segment_name"], strict=True))
     actions = {r.segment_id: r.action for r in defs[defs["run_id"] == run_id].itertuples()}
 
     drift = detect(features, monthly, current, previous, history, taxonomy, names, settings)
@@ -216,7 +216,7 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
         migrations=int(drift["migrated"].sum()),
         drift_flags=int(drift["drift_flag"].sum()),
         churn_risks=int(drift["is_churn_risk"].sum()),
-        open_alerts=int(len(open_now)),
+        open_alerts=len(open_now),
         new_alerts=int((open_now["opened_run_id"] == run_id).sum()) if len(open_now) else 0,
         population_events=events["event"].value_counts().to_dict() if len(events) else {},
         seconds=round(time.monotonic() - started, 2),
