@@ -29,6 +29,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(getattr(args, "data_dir", None))
     if getattr(args, "landing", None):
         settings = settings.with_overrides(landing_dir=args.landing)
+    if getattr(args, "mappings", None):
+        settings = settings.with_overrides(mappings_dir=args.mappings)
     return settings
 
 
@@ -36,6 +38,7 @@ def _common(parser: argparse.ArgumentParser, as_of: bool = True, landing: bool =
     parser.add_argument("--data-dir", type=Path, help="folder for the warehouse, serving database and exports (default: $NEEDSEG_DATA_DIR or ./data)")
     if landing:
         parser.add_argument("--landing", type=Path, help="landing folder (default: <data-dir>/landing or $NEEDSEG_LANDING_DIR)")
+        parser.add_argument("--mappings", type=Path, help="folder of source mappings (default: config/sources or $NEEDSEG_MAPPINGS_DIR)")
     if as_of:
         parser.add_argument("--as-of", type=_date, default=dt.date.today(), help="the date the run describes (default: today)")
 
@@ -71,16 +74,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from pipelines.ingest.loader import ingest
     from pipelines.warehouse import open_warehouse
 
+    from pipelines.ingest.http_source import fetch_http_sources
+
     settings = _settings(args)
     config = load_config(settings.config_path)
+    dry_run = getattr(args, "dry_run", False)
     with open_warehouse(settings.warehouse_path) as con:
+        if not dry_run and not args.no_fetch:
+            for fetched in fetch_http_sources(settings, con, sources=args.source or None):
+                print(fetched.summary())
         report = ingest(
-            settings, con, args.as_of, f"ingest-{args.as_of}",
+            settings, con, args.as_of, f"{'validate' if dry_run else 'ingest'}-{args.as_of}",
             sources=args.source or None,
             accept_changed=args.accept_changed,
             max_quarantine_share=float(config["ingest"]["max_quarantine_share"]),
             known_currencies=list(config["fx_rates"]),
-            dry_run=getattr(args, "dry_run", False),
+            dry_run=dry_run,
         )
     _print_report(report, verbose=args.list_all)
     return 0
@@ -105,6 +114,7 @@ def _print_report(report, verbose: bool = False) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     args.dry_run = True
     args.accept_changed = False
+    args.no_fetch = True
     return cmd_ingest(args)
 
 
@@ -299,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, landing=True)
     p.add_argument("--source", action="append", help="only this landing source (repeatable)")
     p.add_argument("--accept-changed", action="store_true", help="load files that changed after they were loaded as new batches")
+    p.add_argument("--no-fetch", action="store_true", help="do not pull API sources (mappings with an http section) first")
     p.add_argument("--list-all", action="store_true", help="list files already loaded too")
     p.set_defaults(func=cmd_ingest)
 
