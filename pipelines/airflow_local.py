@@ -64,7 +64,13 @@ def serve(port: int = 8080, ready_timeout: float = 180.0) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
 
-    signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
+    def interrupted(signum, _frame):
+        raise KeyboardInterrupt
+
+    # Installed explicitly: a launcher started in the background inherits SIGINT as
+    # ignored, and Ctrl-C or a SIGTERM must always take Airflow's whole group down.
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
     try:
         deadline = time.monotonic() + ready_timeout
         while not _healthy(port):
@@ -77,7 +83,11 @@ def serve(port: int = 8080, ready_timeout: float = 180.0) -> int:
                 return 1
             time.sleep(1)
         print(f"Airflow UI: http://localhost:{port}  login: admin / {_password(home) or '(see ' + str(home) + '/simple_auth_manager_passwords.json.generated)'}", flush=True)
-        print("DAGs: needseg_ingest, needseg_features, needseg_segmentation (paused until you switch them on). Ctrl-C stops Airflow.", flush=True)
+        print(
+            "DAGs: needseg_ingest, needseg_features, needseg_segmentation, needseg_alerts (paused until you switch them on; "
+            "the demo's runs are listed). Ctrl-C stops Airflow.",
+            flush=True,
+        )
         process.wait()
         return process.returncode or 0
     except KeyboardInterrupt:

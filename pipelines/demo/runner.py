@@ -134,6 +134,11 @@ def summary_lines(settings: Settings) -> list[str]:
             "from customer_segments group by segment order by n desc"
         ).fetchall()
         prospects = con.execute("select count(*) from prospect_segments").fetchone()[0]
+        drifting = con.execute("select count(*) filter (where drift_flag), count(*) filter (where early_warning), count(*) filter (where migrated) from customer_drift").fetchone()
+        alerts = con.execute("select count(*) filter (where status = 'open'), count(*) filter (where status = 'resolved') from churn_risk_alerts").fetchone()
+        example = con.execute(
+            "select account_name, segment, toward_segment, evidence from customer_drift where is_churn_risk order by churn_risk_score desc limit 1"
+        ).fetchone()
     finally:
         con.close()
     total = sum(r[1] for r in rows)
@@ -148,10 +153,19 @@ def summary_lines(settings: Settings) -> list[str]:
         f"  {'total':<24}{total:>10}{sum(r[2] for r in rows):>10}{sum(r[3] for r in rows):>10}{sum(r[4] for r in rows):>6}",
         f"  + {prospects} prospects with a predicted segment (prospect_segments)",
         "",
+        f"Drift in the latest run: {drifting[0]} customers drifting towards price-sensitivity or away from partnership "
+        f"({drifting[1]} early warnings), {drifting[2]} segment changes; churn-risk alerts: {alerts[0]} open, {alerts[1]} resolved",
+    ]
+    if example:
+        lines.append(f"  e.g. {example[0]} ({example[1]} -> {example[2]}): {example[3]}")
+    cli = ".venv/bin/needseg"
+    lines += [
+        "",
         f"Serving database: {settings.serving_path}   Parquet: {settings.exports_dir}/",
         "Try:",
-        "  uv run needseg query \"select segment, segment_source, count(*) from customer_segments group by all order by all\"",
-        "  uv run needseg query \"select account_name, segment, drivers from customer_segments where is_key_account limit 5\"",
+        f"  {cli} query \"select segment, segment_source, count(*) from customer_segments group by all order by all\"",
+        f"  {cli} query \"select account_name, segment, drivers from customer_segments where is_key_account limit 5\"",
+        f"  {cli} query \"select account_name, toward_segment, churn_risk_score, evidence from customer_drift where drift_flag order by 3 desc limit 5\"",
         "See the DAG runs in the Airflow UI: make airflow",
     ]
     return lines

@@ -106,12 +106,19 @@ def _fmt_rate(v: float) -> str:
     return "n/a" if v is None or not np.isfinite(v) else f"{v * 100:.0f} %"
 
 
+UNITS = {
+    "discount": "order lines", "list_price": "order lines", "premium": "order lines", "service": "order lines",
+    "lost_on_price": "decided quotes", "price_tickets": "tickets", "critical_tickets": "tickets", "ordering_months": "months",
+}
+
+
 def evidence_lines(account: str, comps: list[str], change: MixChange, windows: Windows) -> list[dict[str, Any]]:
     rows = []
     for c in comps:
         label = COMPONENTS[c][1]
         before, after = change.baseline.at[account, c], change.recent.at[account, c]
         z = float(change.z.at[account, c])
+        n_recent, n_before = change.n_recent.at[account, c], change.n_baseline.at[account, c]
         if not (np.isfinite(before) and np.isfinite(after)):
             continue
         rows.append(
@@ -121,7 +128,12 @@ def evidence_lines(account: str, comps: list[str], change: MixChange, windows: W
                 "before": round(float(before), 4),
                 "recent": round(float(after), 4),
                 "z": round(z, 2),
-                "text": f"{label} {_fmt_rate(before)} -> {_fmt_rate(after)} (last {windows.recent_months} months vs the {windows.baseline_months} before)",
+                "recent_count": int(n_recent),
+                "before_count": int(n_before),
+                "text": (
+                    f"{label} {_fmt_rate(before)} -> {_fmt_rate(after)} (last {windows.recent_months} months vs the "
+                    f"{windows.baseline_months} before; {int(n_recent)} vs {int(n_before)} {UNITS[c]})"
+                ),
             }
         )
     return sorted(rows, key=lambda r: -abs(r["z"]))
