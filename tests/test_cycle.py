@@ -129,3 +129,47 @@ def test_cli_errors_say_what_to_do(tmp_path, args, code, message):
     assert out.returncode == code, (out.stdout, out.stderr)
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_pipelines_own_alerts_reach_each_owner_once_by_email(cycled_small_world, monkeypatch):
+    """Alerts raised by the drift step on the small world, delivered by `needseg alerts`
+    to a real SMTP server on loopback: one digest per owner, nothing twice on a re-run."""
+    import email
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    class Inbox:
+        def __init__(self):
+            self.messages = []
+
+        async def handle_DATA(self, server, session, envelope):
+            self.messages.append(email.message_from_bytes(envelope.content))
+            return "250 OK"
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        settings, _ = cycled_small_world
+        monkeypatch.setenv("NEEDSEG_SMTP_HOST", "127.0.0.1")
+        monkeypatch.setenv("NEEDSEG_SMTP_PORT", str(port))
+        with connect(settings.warehouse_path, read_only=True) as con:
+            open_alerts = con.execute(
+                "select account_owner, account_name from alerts.churn_risk_alerts where status = 'open' and last_seen_run_id = 'seg-2026-10-31'"
+            ).fetchall()
+        assert open_alerts, "the small world should raise churn-risk alerts"
+        detail = cycle.alerts_step(LAST, settings, raise_if_undelivered=True)
+        owners = {owner for owner, _ in open_alerts}
+        assert len(inbox.messages) == len(owners) == detail["messages_sent"]
+        assert {m["To"] for m in inbox.messages} == owners
+        body = "\n".join(m.get_payload(0).get_payload(decode=True).decode() if m.is_multipart() else m.get_payload() for m in inbox.messages)
+        assert all(name in body for _, name in open_alerts)
+        # a retry or a re-run of the same interval sends nothing new
+        cycle.alerts_step(LAST, settings, raise_if_undelivered=True)
+        assert len(inbox.messages) == len(owners)
+    finally:
+        controller.stop()
