@@ -23,18 +23,7 @@ from pipelines import cycle
 ASSETS = af.assets()
 
 
-@dag(
-    dag_id="needseg_alerts",
-    schedule=[ASSETS["segments"]],
-    start_date=af.START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=af.default_args(),
-    params=af.params(),
-    doc_md=__doc__,
-    tags=["needseg", "alerts"],
-    on_failure_callback=af.on_dag_failure,
-)
+@dag(**af.dag_arguments("needseg_alerts", [ASSETS["segments"]], __doc__, ["alerts"]))
 def needseg_alerts():
     @task(pool=af.WAREHOUSE_POOL, inlets=[ASSETS["segments"]])
     def deliver_churn_risk_alerts(**context):

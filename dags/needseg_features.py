@@ -15,18 +15,7 @@ from pipelines import airflow_support as af
 ASSETS = af.assets()
 
 
-@dag(
-    dag_id="needseg_features",
-    schedule=[ASSETS["raw"]],
-    start_date=af.START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=af.default_args(),
-    params=af.params(),
-    doc_md=__doc__,
-    tags=["needseg", "dbt", "features"],
-    on_failure_callback=af.on_dag_failure,
-)
+@dag(**af.dag_arguments("needseg_features", [ASSETS["raw"]], __doc__, ["dbt", "features"]))
 def needseg_features():
     @task
     def resolve_as_of(**context):

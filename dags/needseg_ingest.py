@@ -22,18 +22,7 @@ from pipelines import cycle
 ASSETS = af.assets()
 
 
-@dag(
-    dag_id="needseg_ingest",
-    schedule=af.schedule("NEEDSEG_INGEST_SCHEDULE", "@daily"),
-    start_date=af.START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=af.default_args(),
-    params=af.params(),
-    doc_md=__doc__,
-    tags=["needseg", "ingest"],
-    on_failure_callback=af.on_dag_failure,
-)
+@dag(**af.dag_arguments("needseg_ingest", af.schedule("NEEDSEG_INGEST_SCHEDULE", "@daily"), __doc__, ["ingest"]))
 def needseg_ingest():
     @task(pool=af.WAREHOUSE_POOL, outlets=[ASSETS["raw"]])
     def ingest_landing_files(*, outlet_events=None, **context):

@@ -28,18 +28,7 @@ from pipelines import cycle
 ASSETS = af.assets()
 
 
-@dag(
-    dag_id="needseg_segmentation",
-    schedule=af.schedule("NEEDSEG_SEGMENTATION_SCHEDULE", "0 3 1 * *"),
-    start_date=af.START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=af.default_args(),
-    params=af.params(),
-    doc_md=__doc__,
-    tags=["needseg", "segmentation"],
-    on_failure_callback=af.on_dag_failure,
-)
+@dag(**af.dag_arguments("needseg_segmentation", af.schedule("NEEDSEG_SEGMENTATION_SCHEDULE", "0 3 1 * *"), __doc__, ["segmentation"]))
 def needseg_segmentation():
     @task
     def resolve_as_of(**context):

@@ -37,6 +37,23 @@ def schedule(env_name: str, default: str) -> str:
     return os.environ.get(env_name, default)
 
 
+def dag_arguments(dag_id: str, schedule: Any, doc: str, tags: list[str]) -> dict[str, Any]:
+    """What every needseg DAG shares: start, no catch-up, one run at a time, retries,
+    the as-of param, docs, tags, and the failure notice to the data team."""
+    return {
+        "dag_id": dag_id,
+        "schedule": schedule,
+        "start_date": START_DATE,
+        "catchup": False,
+        "max_active_runs": 1,
+        "default_args": default_args(),
+        "params": params(),
+        "doc_md": doc,
+        "tags": ["needseg", *tags],
+        "on_failure_callback": on_dag_failure,
+    }
+
+
 def default_args() -> dict[str, Any]:
     return {
         "owner": "needseg",

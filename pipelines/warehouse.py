@@ -138,6 +138,19 @@ def ensure_table(con: duckdb.DuckDBPyConnection, ddl: str) -> None:
         con.execute(f"drop table if exists {probe}")
 
 
+def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame) -> int:
+    """Append a DataFrame to a table, matching columns by name; returns the rows added."""
+    if frame is None or len(frame) == 0:
+        return 0
+    view = "_needseg_incoming"
+    con.register(view, frame)
+    try:
+        con.execute(f"insert into {table} by name select * from {view}")
+    finally:
+        con.unregister(view)
+    return len(frame)
+
+
 _LOCK_HOLDER = re.compile(r"PID (\d+)")
 
 

@@ -75,3 +75,14 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs the public dataset {path} (../shared/data is not present on this machine; NEEDSEG_SHARED_DATA can point to it)")
     return path
+
+
+def rows(database, sql: str, params=None) -> list[tuple]:
+    """Rows of a query on a DuckDB file, read-only (for assertions)."""
+    import duckdb
+
+    con = duckdb.connect(str(database), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()

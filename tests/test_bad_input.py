@@ -19,7 +19,6 @@ import shutil
 from decimal import Decimal
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from pipelines.ingest.loader import GateFailed, ingest
@@ -27,6 +26,7 @@ from pipelines.ingest.mapping import ReadOptions
 from pipelines.ingest.readers import read_csv
 from pipelines.settings import CONFIG_DIR, load_settings
 from pipelines.warehouse import open_warehouse
+from tests.conftest import rows
 
 AS_OF = dt.date(2026, 1, 31)
 EXAMPLES = CONFIG_DIR / "sources" / "examples"
@@ -70,11 +70,7 @@ class Landing:
                 return failure
 
     def query(self, sql: str, params=None) -> list[tuple]:
-        con = duckdb.connect(str(self.settings.warehouse_path), read_only=True)
-        try:
-            return con.execute(sql, params or []).fetchall()
-        finally:
-            con.close()
+        return rows(self.settings.warehouse_path, sql, params)
 
     def quarantine(self, file: str) -> list[tuple]:
         return self.query(

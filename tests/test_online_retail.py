@@ -24,7 +24,7 @@ import pytest
 from pipelines.ingest.loader import IngestReport, ingest
 from pipelines.settings import CONFIG_DIR, Settings, load_settings
 from pipelines.warehouse import open_warehouse
-from tests.conftest import shared_data
+from tests.conftest import rows, shared_data
 
 MAPPING = CONFIG_DIR / "sources" / "examples" / "online_retail.yaml"
 FILE = "retail/order_lines/online_retail.parquet"
@@ -45,11 +45,7 @@ class Loaded:
     source: Path
 
     def query(self, sql: str, params=None) -> list[tuple]:
-        con = duckdb.connect(str(self.settings.warehouse_path), read_only=True)
-        try:
-            return con.execute(sql, params or []).fetchall()
-        finally:
-            con.close()
+        return rows(self.settings.warehouse_path, sql, params)
 
     def in_file(self, sql: str) -> list[tuple]:
         """A query on the export itself (`lines`), for the expected figures."""

@@ -29,3 +29,13 @@
     ({%- for n in names -%}'{{ n | lower | replace("'", "''") }}'{% if not loop.last %}, {% endif %}{%- endfor -%})
     {%- endif -%}
 {%- endmacro %}
+
+{#- Which comparison windows a row at `months_ago` falls in: the trailing window
+    (var trailing_months), the recent one (var recent_months) and the prior one (the
+    trailing_months before the recent window). Trends compare recent with prior. -#}
+{% macro window_flags(months_ago='months_ago') -%}
+    {{ months_ago }} < {{ var('trailing_months') }} as in_trailing,
+    {{ months_ago }} < {{ var('recent_months') }} as in_recent,
+    {{ months_ago }} >= {{ var('recent_months') }}
+        and {{ months_ago }} < {{ var('recent_months') + var('trailing_months') }} as in_prior
+{%- endmacro %}

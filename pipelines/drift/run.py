@@ -30,7 +30,7 @@ from pipelines.errors import NeedsegError
 from pipelines.segmentation.run import ensure_tables as ensure_segmentation_tables
 from pipelines.segmentation.run import run_id_for
 from pipelines.segmentation.taxonomy import Taxonomy
-from pipelines.warehouse import ensure_table
+from pipelines.warehouse import ensure_table, insert_frame
 
 DDL = [
     """create table if not exists drift.customer_drift (
@@ -192,18 +192,12 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
             ("drift.population_changes", events),
             ("alerts.risk_snapshots", snapshots),
         ):
-            if len(frame):
-                con.register("incoming", frame)
-                con.execute(f"insert into {table} by name select * from incoming")
-                con.unregister("incoming")
+            insert_frame(con, table, frame)
         all_snapshots = con.execute("select * from alerts.risk_snapshots order by as_of, account_id, reason").df()
         runs = [(r[0], r[1]) for r in con.execute("select run_id, as_of from segments.segment_runs order by as_of").fetchall()]
         alerts = episodes(all_snapshots, runs, rules)
         con.execute("delete from alerts.churn_risk_alerts")
-        if len(alerts):
-            con.register("incoming", alerts)
-            con.execute("insert into alerts.churn_risk_alerts by name select * from incoming")
-            con.unregister("incoming")
+        insert_frame(con, "alerts.churn_risk_alerts", alerts)
         con.execute("commit")
     except BaseException:
         con.execute("rollback")

@@ -42,7 +42,7 @@ from pipelines.segmentation.clustering import (
 )
 from pipelines.segmentation.inference import BEHAVIOUR_COLUMNS, fit_and_score
 from pipelines.segmentation.taxonomy import Taxonomy
-from pipelines.warehouse import ensure_table
+from pipelines.warehouse import ensure_table, insert_frame
 
 MODEL_VERSION = "needseg-segmentation/1"
 
@@ -480,8 +480,7 @@ def _store(con, run_id, run_row, definitions, assignments, long, profiles, prosp
     try:
         for table in RUN_TABLES:
             con.execute(f"delete from segments.{table} where run_id = ?", [run_id])
-        con.register("run_row", pd.DataFrame([run_row]))
-        con.execute("insert into segments.segment_runs by name select * from run_row")
+        insert_frame(con, "segments.segment_runs", pd.DataFrame([run_row]))
         for table, frame in (
             ("segment_definitions", pd.DataFrame(definitions)),
             ("assignments", assignments),
@@ -490,11 +489,7 @@ def _store(con, run_id, run_row, definitions, assignments, long, profiles, prosp
             ("prospect_predictions", prospects),
             ("lookalikes", lookalikes),
         ):
-            if len(frame):
-                con.register("incoming", frame)
-                con.execute(f"insert into segments.{table} by name select * from incoming")
-                con.unregister("incoming")
-        con.unregister("run_row")
+            insert_frame(con, f"segments.{table}", frame)
         con.execute("commit")
     except BaseException:
         con.execute("rollback")

@@ -9,9 +9,7 @@ lines as (
 
     select
         *,
-        months_ago < {{ trailing }} as in_trailing,
-        months_ago < {{ recent }} as in_recent,
-        months_ago >= {{ recent }} and months_ago < {{ recent + trailing }} as in_prior
+        {{ window_flags() }}
     from {{ ref('int_order_lines__priced') }}
 
 ),

@@ -17,9 +17,7 @@ flagged as (
 
     select
         *,
-        months_ago < {{ trailing }} as in_trailing,
-        months_ago < {{ recent }} as in_recent,
-        months_ago >= {{ recent }} and months_ago < {{ recent + trailing }} as in_prior
+        {{ window_flags() }}
     from tickets
 
 )
