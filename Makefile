@@ -23,7 +23,7 @@ $(CURDIR)/.tools/bin/uv:
 	$(CURDIR)/.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 .venv/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --locked --compile-bytecode
+	$(UV) sync --locked --compile-bytecode --extra production
 	$(RUN) needseg dbt-manifest
 	@touch $@
 

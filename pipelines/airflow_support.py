@@ -32,9 +32,11 @@ def assets():
     }
 
 
-def schedule(env_name: str, default: str) -> str:
-    """A DAG's schedule, overridable per deployment (e.g. NEEDSEG_SEGMENTATION_SCHEDULE)."""
-    return os.environ.get(env_name, default)
+def schedule(env_name: str, default: str) -> str | None:
+    """A DAG's schedule, overridable per deployment (e.g. NEEDSEG_SEGMENTATION_SCHEDULE);
+    "none" turns the schedule off (runs are then triggered, e.g. over the REST API)."""
+    value = os.environ.get(env_name, default)
+    return None if value.strip().lower() in ("none", "manual", "") else value
 
 
 def dag_arguments(dag_id: str, schedule: Any, doc: str, tags: list[str]) -> dict[str, Any]:

@@ -11,8 +11,8 @@ the rest of the configuration is config/needseg.yaml as it is.
 
 At each run, the customers who ordered in the last 3 months are the ones who can "stop";
 a customer stopped when it made no purchase in the following 3 months. needseg ranks them
-by churn-risk score (its alerts first); the recency-only baseline ranks them by days since
-the last order. Both are scored by precision among their top `top_n` (default 100), for
+by churn-risk score (its alerts first), then by lapse risk; the recency-only baseline ranks
+them by days since the last order. Both are scored by precision among their top `top_n` (default 100), for
 the runs whose following 3 months are in the data.
 """
 
@@ -62,13 +62,13 @@ class BacktestResult:
         out = [
             f"Online Retail backtest: {len(self.runs)} scored runs; churn = an active customer (ordered in the last 3 months) "
             f"makes no purchase in the following 3 months",
-            f"  {'as of':<12}{'active':>8}{'stopped':>9}{'base rate':>10}{'alerts':>8}{'needseg alerts':>16}{f'needseg top {top_n}':>14}{f'recency top {top_n}':>14}",
+            f"  {'as of':<12}{'active':>8}{'stopped':>9}{'base rate':>10}{'alerts':>8}{'needseg alerts':>16}{f'needseg top {top_n}':>17}{f'recency top {top_n}':>17}",
         ]
         for r in self.runs:
             alerts = f"{r.needseg_precision_alerts:.2f}" if r.needseg_precision_alerts is not None else "-"
             out.append(
                 f"  {r.as_of:<12}{r.eligible:>8}{r.stopped:>9}{r.stopped / r.eligible:>10.2f}{r.alerts:>8}{alerts:>16}"
-                f"{r.needseg_precision_top:>14.2f}{r.baseline_precision_top:>14.2f}"
+                f"{r.needseg_precision_top:>17.2f}{r.baseline_precision_top:>17.2f}"
             )
         out.append(
             f"  mean precision: needseg alerts {self.mean('needseg_precision_alerts')}, needseg top {top_n} "
@@ -122,12 +122,12 @@ def backtest(parquet: Path, data_dir: Path, months: list[str] | None = None, top
         stopped = eligible - set(after["account_id"])
         with connect(settings.warehouse_path, read_only=True) as con:
             scores = con.execute(
-                "select account_id, churn_risk_score, is_churn_risk, drift_z from drift.customer_drift where run_id = ?",
+                "select account_id, churn_risk_score, is_churn_risk, lapse_risk, drift_z from drift.customer_drift where run_id = ?",
                 [segmented["run_id"]],
             ).df()
         scores = scores[scores["account_id"].isin(eligible)]
         last = before.groupby("account_id")["order_date"].max()
-        ranked = scores.sort_values(["churn_risk_score", "drift_z", "account_id"], ascending=[False, False, True])
+        ranked = scores.sort_values(["churn_risk_score", "lapse_risk", "drift_z", "account_id"], ascending=[False, False, False, True])
         alerts = ranked[ranked["is_churn_risk"]]
         top = list(ranked["account_id"].head(top_n))
         recency = list(last.sort_values().index[:top_n])

@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
         "alert_min_score": 0.35,
         "resolve_after_runs": 2,
         "cooldown_days": 60,
+        # lapse risk: no order within the horizon, at the account's own rhythm
+        "lapse_horizon_months": 3.0,
+        "lapse_silence_months": 6.0,
         # MONIC population transitions
         "survive_overlap": 0.5,
         "split_overlap": 0.25,

@@ -95,3 +95,26 @@ def test_episodes_are_a_function_of_the_snapshots_so_a_rerun_changes_nothing():
     twice = episodes(pd.concat([snaps, snaps]).drop_duplicates(["run_id", "account_id", "reason"]), RUNS[:6], EpisodeRules())
     pd.testing.assert_frame_equal(once, twice)
     assert once["alert_id"].is_unique and set(once["status"]) == {"open"}
+
+
+def test_lapse_risk_ranks_rare_and_silent_buyers_above_regular_ones():
+    from pipelines.drift.detect import lapse_risk
+
+    as_of = dt.date(2026, 10, 31)
+    features = pd.DataFrame(
+        {
+            "as_of": as_of,
+            "first_order_date": [dt.date(2024, 1, 5)] * 4 + [dt.date(2026, 10, 2), None],
+            "active_months_12m": [12, 2, 12, 12, 1, 0],
+            "days_since_last_order": [5, 20, 150, 400, 29, None],
+        },
+        index=["monthly", "twice_a_year", "monthly_silent_5_months", "gone", "new_this_month", "never_ordered"],
+    )
+    risk = lapse_risk(features, horizon_months=3, silence_months=6)
+    assert risk["monthly"] < 0.1
+    assert risk["twice_a_year"] > 0.5
+    assert risk["monthly"] < risk["monthly_silent_5_months"] < risk["gone"]
+    # a first order this month is a monthly rhythm so far, not a rare buyer
+    assert risk["new_this_month"] < risk["twice_a_year"]
+    assert risk["never_ordered"] == 1.0
+    assert risk.between(0, 1).all()

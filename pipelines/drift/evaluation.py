@@ -72,11 +72,11 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
     n, b = needseg, baseline
     result["lines"] = [
         f"Drift against {len(positives)} planted drifters among {len(customers)} customers over {len(run_ids)} runs ({first} .. {last}):",
-        f"  {'':<34}{'flagged':>8}{'precision':>11}{'recall':>8}{'F1':>7}",
-        f"  {'needseg drift flags':<34}{n['flagged']:>8}{n['precision']:>11.2f}{n['recall']:>8.2f}{n['f1']:>7.2f}",
-        f"  {'  of which early warnings':<34}{early_only['flagged']:>8}{early_only['precision']:>11.2f}{early_only['recall']:>8.2f}{early_only['f1']:>7.2f}",
-        f"  {'baseline: any segment change':<34}{b['flagged']:>8}{b['precision']:>11.2f}{b['recall']:>8.2f}{b['f1']:>7.2f}",
-        f"  {'needseg churn-risk (drift + revenue/satisfaction)':<34}{risk_flags['flagged']:>8}{risk_flags['precision']:>11.2f}{risk_flags['recall']:>8.2f}{risk_flags['f1']:>7.2f}",
+        f"  {'':<44}{'flagged':>8}{'precision':>11}{'recall':>8}{'F1':>7}",
+        f"  {'needseg drift flags':<44}{n['flagged']:>8}{n['precision']:>11.2f}{n['recall']:>8.2f}{n['f1']:>7.2f}",
+        f"  {'  of which early warnings':<44}{early_only['flagged']:>8}{early_only['precision']:>11.2f}{early_only['recall']:>8.2f}{early_only['f1']:>7.2f}",
+        f"  {'baseline: any segment change':<44}{b['flagged']:>8}{b['precision']:>11.2f}{b['recall']:>8.2f}{b['f1']:>7.2f}",
+        f"  {'needseg churn risk (drift + revenue/satisf.)':<44}{risk_flags['flagged']:>8}{risk_flags['precision']:>11.2f}{risk_flags['recall']:>8.2f}{risk_flags['f1']:>7.2f}",
         f"  needseg F1 / baseline F1: {result['f1_ratio_vs_baseline']}",
         f"  lead time from first flag to churn (drifters that churned): median {result['lead_time_months']['median']} months over {len(lead)} accounts",
         f"  early warnings on random churners (no drift): {result['false_flags_on_random_churners']} of {len(random_churners)}; on promotion-only accounts: {result['false_flags_on_promotions']} of {len(promo)}",

@@ -44,6 +44,7 @@ DDL = [
         behaviour_probability_now double, behaviour_probability_before double,
         revenue_trend double, satisfaction_change double, nps double,
         churn_risk_score double not null, churn_risk_reasons json, is_churn_risk boolean not null,
+        lapse_risk double,
         evidence json, evidence_text varchar, components json,
         primary key (run_id, account_id))""",
     """create table if not exists drift.segment_transitions (

@@ -39,6 +39,7 @@ select
     drift.churn_risk_score,
     drift.is_churn_risk,
     cast(drift.churn_risk_reasons as varchar) as churn_risk_reasons,
+    drift.lapse_risk,
     drift.evidence_text as evidence,
     cast(drift.components as varchar) as evidence_json,
     drift.account_owner,
