@@ -32,8 +32,11 @@ install: .venv/.installed
 demo: install
 	$(RUN) needseg demo
 
+# One pytest worker per core (TEST_WORKERS=0: all in one process); see tests/conftest.py.
+TEST_WORKERS ?= auto
+
 test: install
-	$(RUN) pytest
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 airflow: install
 	$(RUN) needseg airflow

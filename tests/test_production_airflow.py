@@ -146,7 +146,7 @@ def production_airflow(tmp_path_factory, small_world):
         admin.close()
 
 
-def _wait_for(base: str, dag_id: str, logs: Path, run_id: str | None = None, timeout: float = 300) -> dict:
+def _wait_for(base: str, dag_id: str, logs: Path, run_id: str | None = None, timeout: float = 600) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         runs = _api(base, "GET", f"/api/v2/dags/{dag_id}/dagRuns")["dag_runs"]
