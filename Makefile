@@ -36,7 +36,7 @@ demo: install
 TEST_WORKERS ?= auto
 
 test: install
-	$(RUN) pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 airflow: install
 	$(RUN) needseg airflow

@@ -15,6 +15,11 @@ os.environ["AIRFLOW_HOME"] = str(_SESSION_DIR / "airflow")
 os.environ["NEEDSEG_DATA_DIR"] = str(_SESSION_DIR / "default-data")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # One worker per core: BLAS/OpenMP thread pools that each size themselves to every core
+    # would make the workers' threads fight over the same cores.
+    for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_threads, "1")
 
 from pipelines import airflow_env  # noqa: E402 - after the environment is set
 
@@ -27,10 +32,10 @@ SHARED_DATA = Path(os.environ.get("NEEDSEG_SHARED_DATA") or Path(__file__).resol
 SMALL_WORLD = dict(seed=7, customers=450, prospects=40, start_month="2025-01", end_month="2026-10", drift_window_start="2026-02")
 
 
-# `make test` runs the suite on every core (pytest-xdist, --dist loadgroup): one test file
-# is one unit of work, slowest first so the workers finish together (seconds measured in CI
-# on one worker: evaluation 340, production Airflow 235, Airflow e2e 230, cycles 125,
-# backtest 60, Wholesale 25, Online Retail 20; every other file under 15).
+# `make test` runs the suite on every core (pytest-xdist, --dist loadfile): one test file is
+# one unit of work, slowest first so the workers finish together (seconds measured in CI on
+# one worker: evaluation 340, production Airflow 235, Airflow e2e 230, cycles 125, backtest
+# 60, Wholesale 25, Online Retail 20; every other file under 15).
 SLOWEST_FIRST = (
     "test_evaluation.py",
     "test_production_airflow.py",
@@ -49,8 +54,29 @@ SAME_WORKER_AS = {"test_taxonomy.py": "test_cycle.py"}
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(SAME_WORKER_AS.get(item.path.name, item.path.name)))
+
+
+def pytest_configure(config):
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFixtureScheduling(LoadFileScheduling):
+        """Whole files per worker, except that SAME_WORKER_AS files travel together."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            folder, _, name = scope.rpartition("/")
+            return f"{folder}/{SAME_WORKER_AS[name]}" if name in SAME_WORKER_AS else scope
+
+    class Plugin:
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_xdist_make_scheduler(self, config, log):
+            if config.getvalue("dist") == "loadfile":
+                return SharedFixtureScheduling(config, log)
+            return None
+
+    config.pluginmanager.register(Plugin(), "needseg-shared-fixture-scheduling")
 
 
 def pytest_sessionfinish(session, exitstatus):
