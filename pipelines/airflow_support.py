@@ -113,6 +113,14 @@ def resolve_as_of(context: dict[str, Any]) -> dt.date:
 AS_OF_XCOM = "{{ ti.xcom_pull(task_ids='resolve_as_of') }}"
 
 
+def _cosmos_operator_args() -> dict[str, Any]:
+    from pipelines.transform import RUN_FLAGS
+
+    # The DAGs announce needseg's own assets; per-model datasets from cosmos would only add
+    # a lineage parse of dbt's artifacts to every task.
+    return {"dbt_cmd_global_flags": list(RUN_FLAGS), "emit_datasets": False}
+
+
 def _dbt_settings() -> tuple[Any, Any, dict[str, Any]]:
     """Profile, project env and vars shared by every cosmos task (as-of from `resolve_as_of`)."""
     from cosmos import ProfileConfig
@@ -154,7 +162,7 @@ def dbt_task_group(group_id: str, select: str, **kwargs: Any):
             test_behavior=TestBehavior.BUILD,
             should_detach_multiple_parents_tests=True,
         ),
-        operator_args={"vars": variables, "pool": WAREHOUSE_POOL, "install_deps": False},
+        operator_args={"vars": variables, "pool": WAREHOUSE_POOL, "install_deps": False, **_cosmos_operator_args()},
         **kwargs,
     )
 
@@ -176,6 +184,7 @@ def dbt_build_task(task_id: str, select: str, **kwargs: Any):
         env=env,
         install_deps=False,
         pool=WAREHOUSE_POOL,
+        **_cosmos_operator_args(),
         **kwargs,
     )
 
