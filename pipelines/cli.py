@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="generate a world and run the DAGs in Airflow over monthly cycles")
     _common(p, as_of=False)
-    p.add_argument("--cycles", type=int, default=4, help="monthly cycles to run (default 4; the first one loads all earlier months)")
+    p.add_argument("--cycles", type=int, default=3, help="monthly cycles to run (default 3; the first one loads all earlier months)")
     p.add_argument("--customers", type=int, default=1500)
     p.add_argument("--prospects", type=int, default=150)
     p.add_argument("--seed", type=int, default=42)
