@@ -9,7 +9,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from pipelines.demo.runner import month_end
+from pipelines.demo.runner import freeze_loaded_objects, month_end
 from pipelines.demo.world import deliver
 from pipelines.segmentation.taxonomy import load_taxonomy
 from pipelines.settings import PROJECT_ROOT, load_settings
@@ -28,6 +28,7 @@ def airflow_runs(small_world, session_dir):
 
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
     assert bag.import_errors == {}
+    freeze_loaded_objects()
     settings = load_settings()
     states = {}
     for month, dag_ids in (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import json
 import os
 import sys
@@ -72,6 +73,17 @@ def _quiet(log_path: Path) -> Iterator[Callable[[str], None]]:
             terminal.close()
 
 
+def freeze_loaded_objects() -> None:
+    """Exclude what is loaded so far (Airflow, dbt, the DAGs) from garbage collection.
+
+    dag.test runs every task in this process, and cosmos collects garbage after each dbt
+    task: with Airflow and dbt on the heap that took 0.5 s a task, a quarter of the
+    features DAG's time.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def run_demo(settings: Settings, spec: WorldSpec, cycles: int, say: Callable[[str], None] = print) -> dict:
     from pipelines import airflow_env
 
@@ -94,6 +106,7 @@ def run_demo(settings: Settings, spec: WorldSpec, cycles: int, say: Callable[[st
         bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
         if bag.import_errors:
             raise NeedsegError("DAG import errors:\n" + "\n".join(f"- {f}: {e}" for f, e in bag.import_errors.items()))
+        freeze_loaded_objects()
         for number, month in enumerate(chosen, start=1):
             as_of = month_end(month)
             delivered = deliver(world, settings.landing_dir, month)
