@@ -3,7 +3,7 @@ recency-only baseline; prints precision among the top 100 per monthly run.
 
     uv run python benchmarks/backtest_online_retail.py [--data PATH] [--out DIR] [--top N]
 
-Needs ../shared/data/uci_online_retail/online_retail.parquet (or --data).
+Needs ../shared/data/uci_online_retail/online_retail.parquet (or NEEDSEG_SHARED_DATA, or --data).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 
 from pipelines.backtest import backtest
-from pipelines.settings import PROJECT_ROOT
+from pipelines.settings import public_data_dir
 
-DEFAULT = PROJECT_ROOT.parent / "shared" / "data" / "uci_online_retail" / "online_retail.parquet"
+DEFAULT = public_data_dir() / "uci_online_retail" / "online_retail.parquet"
 
 
 def main() -> int:
@@ -26,7 +26,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=100)
     args = parser.parse_args()
     if not args.data.exists():
-        print(f"{args.data} not found: pass --data PATH to the Online Retail parquet", file=sys.stderr)
+        print(f"{args.data} not found: pass --data PATH to the Online Retail parquet (or set NEEDSEG_SHARED_DATA)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="needseg-backtest-") as tmp:
         out = args.out or Path(tmp)

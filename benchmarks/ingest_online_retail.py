@@ -28,7 +28,9 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
-DEFAULT_SOURCE = PROJECT.parent / "shared" / "data" / "uci_online_retail" / "online_retail.parquet"
+from pipelines.settings import public_data_dir  # noqa: E402 - after the path is set
+
+DEFAULT_SOURCE = public_data_dir() / "uci_online_retail" / "online_retail.parquet"
 MAPPING = PROJECT / "config" / "sources" / "examples" / "online_retail.yaml"
 STAGES = ("discover", "read", "parse", "gate setup", "validate", "write")
 
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary data folder and print where it is")
     args = parser.parse_args(argv)
     if not args.source.exists():
-        print(f"needs the public dataset {args.source} (../shared/data is not present on this machine)", file=sys.stderr)
+        print(f"needs the public dataset {args.source} (../shared/data is not present on this machine; NEEDSEG_SHARED_DATA or --source can point to it)", file=sys.stderr)
         return 2
 
     started = time.monotonic()

@@ -81,7 +81,12 @@ def params() -> dict[str, Any]:
 
 def resolve_as_of(context: dict[str, Any]) -> dt.date:
     """The date a run describes: explicit param or conf, the triggering asset's date, the
-    end of the data interval (its last day), or today - in that order."""
+    last day of the data interval, or the last complete day before the run - in that order.
+
+    Airflow 3's cron schedules give a run a zero-length interval at its start time, so a
+    monthly run on the 1st at 03:00 describes the day before (the month just completed),
+    never the day it has barely begun.
+    """
     explicit = (context.get("params") or {}).get("as_of")
     dag_run = context.get("dag_run")
     conf = getattr(dag_run, "conf", None) or {}
@@ -104,10 +109,8 @@ def resolve_as_of(context: dict[str, Any]) -> dt.date:
     start = context.get("data_interval_start")
     if end is not None and start is not None and end > start:
         return (end - dt.timedelta(microseconds=1)).date()
-    logical = context.get("logical_date")
-    if logical is not None:
-        return logical.date()
-    return dt.datetime.now(dt.UTC).date()
+    started = context.get("logical_date") or dt.datetime.now(dt.UTC)
+    return started.date() - dt.timedelta(days=1)
 
 
 AS_OF_XCOM = "{{ ti.xcom_pull(task_ids='resolve_as_of') }}"

@@ -17,6 +17,12 @@ CONFIG_DIR = PROJECT_ROOT / "config"
 EXPECTATIONS_DIR = PROJECT_ROOT / "expectations"
 
 
+def public_data_dir() -> Path:
+    """The public datasets that tests and benchmarks use (never the pipeline itself):
+    `../shared/data` next to the project, or wherever NEEDSEG_SHARED_DATA points."""
+    return _env_path("NEEDSEG_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data")
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path

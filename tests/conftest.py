@@ -25,8 +25,6 @@ from pipelines import airflow_env  # noqa: E402 - after the environment is set
 
 airflow_env.configure()
 
-# The public datasets next to the project (../shared/data), or wherever NEEDSEG_SHARED_DATA says.
-SHARED_DATA = Path(os.environ.get("NEEDSEG_SHARED_DATA") or Path(__file__).resolve().parent.parent.parent / "shared" / "data")
 
 # A small world: enough surveyed customers to segment, quick to run.
 SMALL_WORLD = dict(seed=7, customers=450, prospects=40, start_month="2025-01", end_month="2026-10", drift_window_start="2026-02")
@@ -123,7 +121,9 @@ def cycled_small_world(session_dir: Path, small_world: Path):
 
 def shared_data(*parts: str) -> Path:
     """A file in ../shared/data, or skip the test saying why."""
-    path = SHARED_DATA.joinpath(*parts)
+    from pipelines.settings import public_data_dir
+
+    path = public_data_dir().joinpath(*parts)
     if not path.exists():
         pytest.skip(f"needs the public dataset {path} (../shared/data is not present on this machine; NEEDSEG_SHARED_DATA can point to it)")
     return path

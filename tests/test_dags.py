@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -85,3 +86,37 @@ def test_dag_files_hold_no_pipeline_logic():
         assert "duckdb" not in text and "sklearn" not in text and "pandas" not in text, path.name
         assert len(text.splitlines()) < 120, f"{path.name} is no longer thin"
     assert os.path.exists(PROJECT_ROOT / "dags" / "needseg_ingest.py")
+
+
+def _next_scheduled_run(dag, after: dt.datetime):
+    """The logical date and data interval Airflow's scheduler gives the next run."""
+    from airflow.timetables.base import DataInterval, TimeRestriction
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    # The scheduler's own timetable for the DAG's cron schedule (the DAG holds the SDK's definition).
+    timetable = CronTriggerTimetable(dag.timetable.expression, timezone=dag.timetable.timezone)
+    last = DataInterval(after, after)
+    info = timetable.next_dagrun_info(last_automated_data_interval=last, restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
+    return {"logical_date": info.logical_date, "data_interval_start": info.data_interval.start, "data_interval_end": info.data_interval.end}
+
+
+def test_a_scheduled_monthly_run_describes_the_month_just_completed(dagbag):
+    from pipelines.airflow_support import resolve_as_of
+
+    run = _next_scheduled_run(dagbag.dags["needseg_segmentation"], dt.datetime(2026, 11, 15, tzinfo=dt.UTC))
+    assert run["logical_date"] == dt.datetime(2026, 12, 1, 3, tzinfo=dt.UTC)
+    assert resolve_as_of(run) == dt.date(2026, 11, 30)
+    daily = _next_scheduled_run(dagbag.dags["needseg_ingest"], dt.datetime(2026, 12, 2, 12, tzinfo=dt.UTC))
+    assert resolve_as_of(daily) == dt.date(2026, 12, 2)
+
+
+def test_an_explicit_or_asset_date_beats_the_schedule():
+    from types import SimpleNamespace
+
+    from pipelines.airflow_support import resolve_as_of
+
+    at = dt.datetime(2026, 12, 1, 3, tzinfo=dt.UTC)
+    assert resolve_as_of({"logical_date": at, "params": {"as_of": "2026-10-31"}}) == dt.date(2026, 10, 31)
+    assert resolve_as_of({"logical_date": at, "dag_run": SimpleNamespace(conf={"as_of": "2026-09-30"})}) == dt.date(2026, 9, 30)
+    event = SimpleNamespace(extra={"as_of": "2026-11-30"})
+    assert resolve_as_of({"logical_date": at, "triggering_asset_events": {"needseg_segments": [event]}}) == dt.date(2026, 11, 30)

@@ -9,7 +9,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from pipelines.demo.runner import freeze_loaded_objects, month_end
+from pipelines.demo.runner import frozen_heap, month_end
 from pipelines.demo.world import deliver
 from pipelines.segmentation.taxonomy import load_taxonomy
 from pipelines.settings import PROJECT_ROOT, load_settings
@@ -28,18 +28,18 @@ def airflow_runs(small_world, session_dir):
 
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
     assert bag.import_errors == {}
-    freeze_loaded_objects()
     settings = load_settings()
     states = {}
-    for month, dag_ids in (
-        ("2026-09", ("needseg_ingest", "needseg_features", "needseg_segmentation", "needseg_alerts")),
-        ("2026-10", ("needseg_ingest", "needseg_segmentation", "needseg_alerts")),
-    ):
-        deliver(small_world, settings.landing_dir, month)
-        as_of = month_end(month)
-        for dag_id in dag_ids:
-            run = bag.get_dag(dag_id).test(logical_date=dt.datetime.combine(as_of, dt.time(23), tzinfo=dt.UTC), run_conf={"as_of": as_of.isoformat()})
-            states[(month, dag_id)] = str(run.state)
+    with frozen_heap():
+        for month, dag_ids in (
+            ("2026-09", ("needseg_ingest", "needseg_features", "needseg_segmentation", "needseg_alerts")),
+            ("2026-10", ("needseg_ingest", "needseg_segmentation", "needseg_alerts")),
+        ):
+            deliver(small_world, settings.landing_dir, month)
+            as_of = month_end(month)
+            for dag_id in dag_ids:
+                run = bag.get_dag(dag_id).test(logical_date=dt.datetime.combine(as_of, dt.time(23), tzinfo=dt.UTC), run_conf={"as_of": as_of.isoformat()})
+                states[(month, dag_id)] = str(run.state)
     yield settings, states
     mp.undo()
 
