@@ -54,6 +54,21 @@ def _api(base: str, method: str, path: str, body: dict | None = None) -> dict:
         return json.loads(response.read() or b"{}")
 
 
+def production_environment(database_url: str, broker_url: str, api_base: str) -> dict[str, str]:
+    """The Airflow settings of the production path: what docker-compose.yml sets for every
+    Airflow component (tests/test_deployment.py holds the two to the same keys)."""
+    return {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + database_url.replace("+psycopg2", ""),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_base}/execution/",
+        "AIRFLOW__API__BASE_URL": api_base,
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
+        "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
+    }
+
+
 @pytest.fixture(scope="module")
 def production_airflow(tmp_path_factory, small_world):
     if not (_reachable(5432) and _reachable(6379)):
@@ -75,18 +90,11 @@ def production_airflow(tmp_path_factory, small_world):
     env = {k: v for k, v in os.environ.items() if not k.startswith(INHERITED_PREFIXES_DROPPED)}
     env.update(airflow_env.defaults(root / "airflow"))
     url = f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{database}"
+    env.update(production_environment(url, f"redis://127.0.0.1:6379/{REDIS_DB}", base))
     env.update(
         {
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url,
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,
-            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + url.replace("+psycopg2", ""),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
             "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__BASE_URL": base,
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
-            "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
