@@ -185,6 +185,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.report import write_report
+
+    print(write_report(_settings(args), args.out).summary())
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pipelines import cycle
 
@@ -351,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="publish the serving database and Parquet exports")
     _common(p)
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("report", help="write the HTML segment report (charts, offline) from the serving database")
+    _common(p, as_of=False)
+    p.add_argument("--out", type=Path, help="file to write (default: <data-dir>/report/segment_report.html)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("run", help="one full cycle: ingest, features, segment, drift, serving models, publish, alerts")
     _common(p, landing=True)

@@ -9,7 +9,7 @@ for the same as-of date gives the same tables. Stage timings go to `meta.cycle_r
     segment   segmentation run -> segments.*
     drift     migrations, early warnings, population changes, churn-risk alerts -> drift.*, alerts.*
     serving   dbt build, tag:serving -> the published marts
-    publish   serving database + Parquet exports, swapped in atomically
+    publish   serving database + Parquet exports + the HTML segment report, swapped in atomically
     alerts    churn-risk digests to account owners (e-mail, webhook; the outbox table always)
 """
 
@@ -30,6 +30,7 @@ from pipelines.drift.run import run_drift
 from pipelines.ingest.http_source import HttpSourceError, fetch_http_sources
 from pipelines.ingest.loader import ingest
 from pipelines.publish import publish
+from pipelines.report import write_report
 from pipelines.segmentation.run import segment
 from pipelines.segmentation.taxonomy import load_taxonomy
 from pipelines.settings import Settings, load_settings
@@ -151,6 +152,8 @@ def publish_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, 
         with open_warehouse(settings.warehouse_path) as con:
             result = publish(settings, con, as_of)
         detail.update(summary=result.summary(), serving_path=result.serving_path, tables=result.tables, run_id=result.run_id)
+        if not result.skipped:
+            detail["report"] = write_report(settings).path
     log.info("publish: %s", detail["summary"])
     return detail
 

@@ -30,6 +30,7 @@ class Settings:
     warehouse_path: Path
     serving_path: Path
     exports_dir: Path
+    report_dir: Path
     quality_dir: Path
     config_path: Path
     taxonomy_path: Path
@@ -70,6 +71,7 @@ def load_settings(data_dir: Path | str | None = None) -> Settings:
         warehouse_path=pick("NEEDSEG_WAREHOUSE", base / "warehouse.duckdb"),
         serving_path=pick("NEEDSEG_SERVING", base / "serving.duckdb"),
         exports_dir=pick("NEEDSEG_EXPORTS_DIR", base / "exports"),
+        report_dir=pick("NEEDSEG_REPORT_DIR", base / "report"),
         quality_dir=pick("NEEDSEG_QUALITY_DIR", base / "quality"),
         config_path=_env_path("NEEDSEG_CONFIG", CONFIG_DIR / "needseg.yaml"),
         taxonomy_path=_env_path("NEEDSEG_TAXONOMY", CONFIG_DIR / "taxonomy.yaml"),

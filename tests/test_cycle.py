@@ -4,6 +4,9 @@ account teams get, and the rules every part keeps (idempotent, deterministic, at
 from __future__ import annotations
 
 import datetime as dt
+import html
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -101,6 +104,42 @@ def test_publishing_an_earlier_date_keeps_the_newer_publication(cycled_small_wor
     detail = cycle.publish_step(dt.date(2026, 9, 30), settings)
     assert "already shows the newer run" in detail["summary"]
     assert _serving(settings).execute("select run_id from publication").fetchone()[0] == "seg-2026-10-31"
+
+
+def test_the_segment_report_shows_the_published_run_offline(cycled_small_world):
+    settings, reports = cycled_small_world
+    from pipelines.report import report_path
+
+    page = report_path(settings).read_text(encoding="utf-8")
+    assert reports[-1].stages["publish"]["report"] == str(report_path(settings))
+    con = _serving(settings)
+    run_id = con.execute("select run_id from publication").fetchone()[0]
+    assert f"Run <b>{run_id}</b>" in page
+    for segment, customers in con.execute("select segment, count(*) from customer_segments group by 1").fetchall():
+        assert html.escape(segment) in page
+        assert f"<td>{customers}</td>" in page  # the segments table
+    open_alerts = con.execute("select count(*) from churn_risk_alerts where status = 'open'").fetchone()[0]
+    assert f"{open_alerts} open churn-risk alerts" in page
+    # charts are inline: sizes, needs heat map, sizes over the three runs, transitions
+    assert page.count("<svg") >= 4 and "customers per segment over the runs" in page
+    # nothing is fetched from the network, and nothing runs
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page) and "<script" not in page
+
+
+def test_the_report_escapes_what_comes_from_the_crm(cycled_small_world, tmp_path):
+    settings, _ = cycled_small_world
+    import shutil
+
+    from pipelines.report import write_report
+    from pipelines.settings import load_settings
+
+    copy = load_settings(tmp_path)
+    shutil.copy(settings.serving_path, copy.serving_path)
+    con = duckdb.connect(str(copy.serving_path))
+    con.execute("update churn_risk_alerts set account_name = '<script>alert(1)</script> & Co' where status = 'open'")
+    con.close()
+    page = pathlib.Path(write_report(copy).path).read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; Co" in page
 
 
 def _needseg(*args, env=None):
