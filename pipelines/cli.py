@@ -192,6 +192,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dbt_docs(args: argparse.Namespace) -> int:
+    from pipelines import transform
+    from pipelines.config import load_config
+    from pipelines.warehouse import open_warehouse
+
+    settings = _settings(args)
+    if not settings.warehouse_path.exists():
+        raise NeedsegError(f"no warehouse at {settings.warehouse_path} yet: run a cycle first (needseg run)")
+    with open_warehouse(settings.warehouse_path) as con:
+        latest = con.execute("select max(as_of) from segments.segment_runs").fetchone()[0]
+    as_of = args.as_of or latest or dt.date.today()
+    out = args.out or settings.report_dir / "dbt_docs.html"
+    print(f"dbt docs (as of {as_of}): {transform.build_docs(settings, load_config(settings.config_path), as_of, out)}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pipelines import cycle
 
@@ -363,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, as_of=False)
     p.add_argument("--out", type=Path, help="file to write (default: <data-dir>/report/segment_report.html)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("dbt-docs", help="write dbt's documentation of every model and column as one offline HTML file")
+    _common(p, as_of=False)
+    p.add_argument("--as-of", type=_date, help="the date the models' vars describe (default: the latest segmentation run)")
+    p.add_argument("--out", type=Path, help="file to write (default: <data-dir>/report/dbt_docs.html)")
+    p.set_defaults(func=cmd_dbt_docs)
 
     p = sub.add_parser("run", help="one full cycle: ingest, features, segment, drift, serving models, publish, alerts")
     _common(p, landing=True)

@@ -140,6 +140,31 @@ def manifest_is_stale() -> bool:
     return any(p.stat().st_mtime > built for p in sources)
 
 
+def build_docs(settings: Settings, config: dict[str, Any], as_of: dt.date, out: Path) -> Path:
+    """dbt's documentation site as one self-contained HTML file (`dbt docs generate
+    --static`: manifest and catalog inlined, nothing fetched from the network), swapped in
+    with one rename. The catalog reads the working warehouse, so run it between cycles."""
+    target = target_dir(settings)
+    args = [
+        "docs", "generate", "--static",
+        "--vars", json.dumps(dbt_vars(config, as_of)),
+        "--project-dir", str(DBT_PROJECT_DIR),
+        "--profiles-dir", str(DBT_PROJECT_DIR),
+        "--target-path", str(target / "docs"),
+        "--log-path", str(target / "logs"),
+        "--quiet",
+        "--no-use-colors",
+    ]
+    result = _invoke(args, settings)
+    if not result.success:
+        raise DbtFailed(f"dbt docs generate failed: {result.exception or 'see the dbt log in ' + str(target / 'logs')}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = out.with_name(f".{out.name}.{os.getpid()}.building")
+    building.write_bytes((target / "docs" / "static_index.html").read_bytes())
+    os.replace(building, out)
+    return out
+
+
 def ensure_manifest() -> Path:
     """dbt's manifest, which cosmos renders the DAGs from; parsed again when the project changed."""
     if manifest_is_stale():

@@ -142,6 +142,18 @@ def test_the_report_escapes_what_comes_from_the_crm(cycled_small_world, tmp_path
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; Co" in page
 
 
+def test_dbt_docs_document_every_published_table_offline(cycled_small_world):
+    settings, _ = cycled_small_world
+    from pipelines.cli import main
+
+    assert main(["dbt-docs", "--data-dir", str(settings.data_dir)]) == 0
+    page = (settings.report_dir / "dbt_docs.html").read_text(encoding="utf-8")
+    for table in ("customer_segments", "segment_history", "churn_risk_alerts", "customer_features"):
+        assert f'"model.needseg.{table}"' in page
+    # self-contained: scripts and styles inlined, nothing loaded from elsewhere
+    assert not re.search(r"""<(script|link)[^>]+(src|href)=["']?(https?:)?//""", page)
+
+
 def _needseg(*args, env=None):
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env)
 

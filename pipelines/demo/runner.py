@@ -182,10 +182,12 @@ def summary_lines(settings: Settings) -> list[str]:
     lines += [
         "",
         f"Serving database: {settings.serving_path}   Parquet: {settings.exports_dir}/",
+        f"Segment report (charts, open in a browser): {settings.report_dir / 'segment_report.html'}",
         "Try:",
         f"  {cli} query \"select segment, segment_source, count(*) from customer_segments group by all order by all\"",
         f"  {cli} query \"select account_name, segment, drivers from customer_segments where is_key_account limit 5\"",
         f"  {cli} query \"select account_name, toward_segment, churn_risk_score, evidence from customer_drift where drift_flag order by 3 desc limit 5\"",
+        f"dbt docs of every table and column: {cli} dbt-docs",
         "See the DAG runs in the Airflow UI: make airflow",
     ]
     return lines
