@@ -12,7 +12,7 @@ format is documented in config/sources/README.md; in short:
       decimal: ","       # "." or ","
       thousands: " "     # optional thousands separator (groups of 3 digits; never equal to decimal)
       encoding: auto     # auto (UTF-8, with or without BOM, else CP1252) | utf-8 | utf-8-sig | utf-16 | latin-1 | cp1252
-      date_formats: ["%d.%m.%Y", "%Y-%m-%d"]
+      date_formats: ["%d.%m.%Y"]   # tried first; ISO 8601 is always accepted
       missing_values: ["", "-", "n/a"]
     tables:
       order_lines:
@@ -70,7 +70,6 @@ from pipelines.errors import ConfigError
 
 FORMATS = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".xlsx": "xlsx"}
 ENCODINGS = ("auto", "utf-8", "utf-8-sig", "utf-16", "latin-1", "iso-8859-1", "cp1252")
-DEFAULT_DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 # Thousands separators a number may be written with (spaces are always accepted too).
 THOUSANDS_SEPARATORS = (" ", ".", ",", "'", "\u2019", "\u00a0", "\u202f")
 
@@ -87,7 +86,7 @@ class ReadOptions:
     decimal: str = "."
     thousands: str | None = None
     encoding: str = "auto"
-    date_formats: tuple[str, ...] = DEFAULT_DATE_FORMATS
+    date_formats: tuple[str, ...] = ()  # tried before ISO 8601, which is always accepted
     missing_values: tuple[str, ...] = ("",)
     sheet: str | int | None = None
     header_row: int = 1

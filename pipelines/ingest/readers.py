@@ -23,8 +23,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
@@ -353,11 +355,23 @@ def _split_jsonl(text: str, options: ReadOptions, used: str | None) -> RawFrame:
     return RawFrame(frame, bad, used)
 
 
-def _number_text(value: float | int, options: ReadOptions) -> str:
+def _plain_number(value: float | int | Decimal) -> str:
+    """A native number as plain digits: 17850 (not 17850.0), 0.00001 (not 1e-05),
+    1234567890123 (not 1.234567890123e+12). NaN and infinity stay 'nan' and 'inf', which
+    `parse` refuses as not a number."""
     if isinstance(value, float):
-        text = repr(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
-    else:
-        text = str(value)
+        if not math.isfinite(value):
+            return repr(value)
+        if value.is_integer():
+            return str(int(value))
+        return format(Decimal(repr(value)), "f")
+    if isinstance(value, Decimal):
+        return format(value, "f") if value.is_finite() else str(value).lower()
+    return str(value)
+
+
+def _number_text(value: float | int, options: ReadOptions) -> str:
+    text = _plain_number(value)
     return text.replace(".", options.decimal) if options.decimal != "." else text
 
 
@@ -416,6 +430,12 @@ def _arrow_text(column, options: ReadOptions) -> pd.Series:
         text = pc.cast(column.cast(kind.value_type), pa.string())
     elif pa.types.is_floating(kind) or pa.types.is_decimal(kind):
         text = pc.cast(column, pa.string())
+        exponent = pc.match_substring(text, "e", ignore_case=True)
+        if pc.any(exponent).as_py():  # Arrow writes 1.234567890123e+12: write those digits out
+            text = pa.array(
+                [_plain_number(v) if e else t for v, t, e in zip(column.to_pylist(), text.to_pylist(), exponent.to_pylist(), strict=True)],
+                pa.string(),
+            )
         if options.decimal != ".":
             text = pc.replace_substring(text, ".", options.decimal)
     elif pa.types.is_nested(kind):
