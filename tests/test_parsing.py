@@ -15,7 +15,7 @@ import json
 import pytest
 
 from pipelines.ingest.http_source import _timestamp as http_timestamp
-from tests.test_bad_input import ACCOUNTS, ORDER_HEADER, Landing
+from tests.test_bad_input import ACCOUNTS, ORDER_HEADER, Landing, assert_refused, good_orders
 
 ISO_ONLY = "is not a date in one of the formats ISO 8601"
 
@@ -206,4 +206,35 @@ def test_native_numbers_are_read_exactly_without_exponents(landing):
     assert landing.raw("order_lines", "order_id, quantity", file) == [("O1", 0.00001), ("O2", 1234567890123.0)]
     assert [(r[1], r[2], r[4].split(":")[0]) for r in landing.quarantine(file)] == [(3, "quantity", "wrong type")]
     assert landing.raw("order_lines", "order_id, quantity", jsonl) == [("J0", 0.00001), ("J1", 1e16), ("J2", 2.5)]
+    landing.assert_nothing_lost()
+
+
+# --- quoting -----------------------------------------------------------------------------------
+
+
+def test_a_stray_quote_quarantines_its_line_instead_of_altering_the_value(landing):
+    file = "crm/accounts/quotes.csv"
+    names = [f"Name {i}" for i in range(1, 13)]
+    names[2] = '"5" Screws AB'  # a quoted "5", then more text: malformed
+    names[3] = '5" Screws AB'  # a quote inside an unquoted value: literal
+    names[4] = '"Smith, Jones & Co" '  # only a blank after the closing quote
+    names[5] = '"He said ""hi"""'  # doubled quotes inside a quoted value
+    landing.write(file, "account_id,account_name,status,updated_at\n" + "".join(f"Q{i},{n},customer,2025-01-01\n" for i, n in enumerate(names, start=1)))
+    landing.ingest()
+    loaded = dict(landing.raw("accounts", "account_id, account_name", file))
+    assert "Q3" not in loaded and loaded["Q4"] == '5" Screws AB' and loaded["Q5"] == "Smith, Jones & Co" and loaded["Q6"] == 'He said "hi"'
+    assert len(loaded) == 11
+    ((_, line, column, value, reason),) = landing.quarantine(file)
+    assert (line, column, value) == (4, "account_name", 'Q3,"5" Screws AB,customer,2025-01-01')
+    assert reason.startswith("stray quote: \"5\" is closed, then ' Screws AB' follows before the next ','")
+    assert '"""5"" Screws AB"' in reason  # how the value should have been written
+    landing.assert_nothing_lost()
+
+
+def test_a_stray_quote_in_the_header_refuses_the_file_and_keeps_its_rows(landing):
+    bad = "crm/order_lines/header.csv"
+    landing.write(bad, 'order_id,line_number,"account"_id,order_date,quantity,net_price,currency\n' + good_orders("O1", "O2"))
+    failure = landing.ingest()
+    assert_refused(failure, bad, "line 1: the header line cannot be split into column names: stray quote", "[header]")
+    assert [r[1] for r in landing.quarantine(bad)] == [2, 3]
     landing.assert_nothing_lost()

@@ -237,7 +237,7 @@ def read_csv(path: Path, options: ReadOptions) -> RawFrame:
 _SEP_LINE = re.compile(r'^"?sep=(.)"?\s*$')
 
 
-def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None) -> RawFrame:
+def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None, strict_header: bool = True) -> RawFrame:
     buffer = io.StringIO(text, newline="")
     skipped = 0  # physical lines before the header record
     for _ in range(options.header_row - 1):
@@ -254,52 +254,81 @@ def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None) ->
     else:
         delimiter = options.delimiter or _sniff_delimiter(first)
     buffer.seek(position)
-    reader = csv.reader(buffer, delimiter=delimiter, strict=False)
     header_line = skipped + 1
+    header_reader = csv.reader(buffer, delimiter=delimiter, strict=strict_header)
     try:
-        named = next(reader)
+        named = next(header_reader)
     except StopIteration:
         raise BatchRejected(path, "the file has no header line: expected a line with the column names", expectation=NO_ROWS) from None
+    except csv.Error as exc:
+        record = text[position : buffer.tell()]
+        if "expected after" in str(exc) and _only_blanks_after_quotes(record, delimiter):
+            named = next(csv.reader(io.StringIO(record, newline=""), delimiter=delimiter, strict=False))
+        else:
+            problem = _stray_quote(record, delimiter) if "expected after" in str(exc) else str(exc)
+            refused = BatchRejected(
+                path, f"line {header_line}: the header line cannot be split into column names: {problem}", expectation="header"
+            )
+            if not strict_header:
+                raise refused from None
+            # The rows may still be readable: account for them in quarantine.
+            raise _rejected_with_rows(refused, lambda: _split_csv(path, text, options, used, strict_header=False)) from None
     header, duplicates = _clean_header(named, path, header_line)
+    skipped += header_reader.line_num  # physical lines up to the first row
+    # Strict: text after a closing quote ("5" Screws AB) is an error, not silently joined.
+    reader = csv.reader(buffer, delimiter=delimiter, strict=True)
     width = len(header)
     rows: list[list[str | None]] = []
     lines: list[int] = []
     bad: list[BadRow] = []
     ends_cleanly = text.endswith(("\n", "\r"))
-    previous_end = reader.line_num  # physical lines the reader has consumed so far
+    expected = f"{width} fields separated by {delimiter!r}"
+    previous_end = 0  # physical lines the row reader has consumed so far
     previous_pos = buffer.tell()
-    try:
-        for fields in reader:
-            start = skipped + previous_end + 1
-            end = skipped + reader.line_num
-            pos = buffer.tell()
-            record_text = text[previous_pos:pos]
-            previous_end, previous_pos = reader.line_num, pos
-            if not fields or all(not f.strip() for f in fields):
-                continue  # a blank line, or a row of bare delimiters (Excel's ";;;;")
-            if len(fields) == width + 1 and not fields[-1].strip():
-                fields = fields[:-1]  # a trailing delimiter the header line does not have
-            at_end = pos >= len(text)
-            reason = None
-            if at_end and _open_quote(record_text, delimiter):
+    while True:
+        try:
+            fields = next(reader)
+            error = None
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            fields, error = None, str(exc)
+        start = skipped + previous_end + 1
+        end = skipped + reader.line_num
+        record_start, pos = previous_pos, buffer.tell()
+        record_text = text[record_start:pos]
+        previous_end, previous_pos = reader.line_num, pos
+        if error is not None and "expected after" in error and _only_blanks_after_quotes(record_text, delimiter):
+            # Only blanks after a closing quote ("Smith" ,): the value is plain, read it leniently.
+            fields, error = next(csv.reader(io.StringIO(record_text, newline=""), delimiter=delimiter, strict=False)), None
+        if error is not None:
+            if "unexpected end of data" in error:  # the file ends inside a quoted field
                 reason = (
                     "truncated last line: the file ends inside a quoted field"
                     if start == end and not ends_cleanly
                     else f"unterminated quote: the quoted field on line {start} runs to the end of the file (lines {start}-{end})"
                 )
-            elif len(fields) != width:
-                if at_end and not ends_cleanly and len(fields) < width:
-                    reason = f"truncated last line: {len(fields)} of {width} fields (the file ends mid-row)"
-                else:
-                    reason = f"expected {width} fields, found {len(fields)}"
-            if reason:
-                shown = record_text.rstrip("\r\n")
-                bad.append(BadRow(start, reason, shown, expected=f"{width} fields separated by {delimiter!r}"))
-                continue
-            rows.append([f if f.strip() != "" else None for f in fields])
-            lines.append(start)
-    except csv.Error as exc:
-        bad.append(BadRow(skipped + previous_end + 1, f"unreadable CSV from here on: {exc}", text[previous_pos : previous_pos + 500]))
+                bad.append(BadRow(start, reason, record_text.rstrip("\r\n"), expected=expected))
+            elif "expected after" in error:  # a quoted field followed by more text
+                column = _stray_quote_column(record_text, delimiter, header)
+                bad.append(BadRow(start, _stray_quote(record_text, delimiter), record_text.rstrip("\r\n"), column, _QUOTING))
+            else:
+                bad.append(BadRow(start, f"unreadable CSV from here on: {error}", text[record_start : record_start + 500]))
+                break
+            continue
+        if not fields or all(not f.strip() for f in fields):
+            continue  # a blank line, or a row of bare delimiters (Excel's ";;;;")
+        if len(fields) == width + 1 and not fields[-1].strip():
+            fields = fields[:-1]  # a trailing delimiter the header line does not have
+        if len(fields) != width:
+            if pos >= len(text) and not ends_cleanly and len(fields) < width:
+                reason = f"truncated last line: {len(fields)} of {width} fields (the file ends mid-row)"
+            else:
+                reason = f"expected {width} fields, found {len(fields)}"
+            bad.append(BadRow(start, reason, record_text.rstrip("\r\n"), expected=expected))
+            continue
+        rows.append([f if f.strip() != "" else None for f in fields])
+        lines.append(start)
     frame = pd.DataFrame(rows, columns=header, dtype=object)
     frame = _drop_empty_unnamed(frame, header, named)
     frame["_line"] = pd.Series(lines, dtype="int64")
@@ -307,13 +336,49 @@ def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None) ->
     return RawFrame(frame, bad, used, duplicates, delimiter)
 
 
-def _open_quote(record_text: str, delimiter: str) -> bool:
-    """Does this record end inside a quoted field? (Python's csv accepts it when not strict.)"""
+_QUOTING = 'a quoted field ending at the delimiter; quotes inside a value are doubled: """5"" Screws AB"'
+
+
+def _quoted_then_text(record_text: str, delimiter: str) -> list[re.Match]:
+    """Quoted fields followed by more text before the next delimiter (group 2: that text)."""
+    d = re.escape(delimiter)
+    return list(re.finditer(rf'(?:^|(?<={d}))"((?:[^"]|"")*)"([^{d}\r\n]+)', record_text))
+
+
+def _only_blanks_after_quotes(record_text: str, delimiter: str) -> bool:
+    found = _quoted_then_text(record_text, delimiter)
+    return bool(found) and all(not m.group(2).strip() for m in found)
+
+
+def _stray_quote_match(record_text: str, delimiter: str) -> re.Match | None:
+    """The first quoted field followed by more than blanks before the next delimiter."""
+    return next((m for m in _quoted_then_text(record_text, delimiter) if m.group(2).strip()), None)
+
+
+def _stray_quote(record_text: str, delimiter: str) -> str:
+    """Why a record with text after a closing quote is not read, and how it should look."""
+    match = _stray_quote_match(record_text, delimiter)
+    if match is None:
+        return f"stray quote: a quoted field is followed by more text before the next {delimiter!r}"
+    quoted, after = match.group(1).replace('""', '"'), match.group(2)
+    meant = '"' + ('"' + quoted + '"' + after).replace('"', '""') + '"'
+    return (
+        f'stray quote: "{quoted}" is closed, then {after!r} follows before the next {delimiter!r}; '
+        f"the value is not guessed at. A value with quotes in it is quoted whole, its quotes doubled: {meant}"
+    )
+
+
+def _stray_quote_column(record_text: str, delimiter: str, header: list[str]) -> str | None:
+    """The header name of the field with the stray quote."""
+    match = _stray_quote_match(record_text, delimiter)
+    if match is None:
+        return None
     try:
-        list(csv.reader(io.StringIO(record_text, newline=""), delimiter=delimiter, strict=True))
-    except csv.Error as exc:
-        return "unexpected end of data" in str(exc)
-    return False
+        before = next(csv.reader(io.StringIO(record_text[: match.start()], newline=""), delimiter=delimiter), [""])
+    except csv.Error:
+        return None
+    index = len(before) - 1 if record_text[: match.start()] else 0
+    return header[index] if 0 <= index < len(header) else None
 
 
 # --- JSON Lines ---------------------------------------------------------------------------
