@@ -238,3 +238,49 @@ def test_a_stray_quote_in_the_header_refuses_the_file_and_keeps_its_rows(landing
     assert_refused(failure, bad, "line 1: the header line cannot be split into column names: stray quote", "[header]")
     assert [r[1] for r in landing.quarantine(bad)] == [2, 3]
     landing.assert_nothing_lost()
+
+
+# --- encodings ---------------------------------------------------------------------------------
+
+
+def test_a_file_mixing_utf8_and_cp1252_is_refused_not_garbled(landing):
+    bad = "crm/accounts/mixed.csv"
+    utf8 = "".join(f"M{i},Ångström Verktyg {i} AB,customer,2025-01-01\n" for i in range(9)).encode("utf-8")
+    landing.write(bad, b"account_id,account_name,status,updated_at\n" + utf8 + "M9,Café Lyon,customer,2025-01-01\n".encode("cp1252"))
+    failure = landing.ingest()
+    assert_refused(failure, bad, "mixed encodings: line 11, character 7: byte(s) b'\\xe9 Ly' are not valid UTF-8", "line 2 is UTF-8", "'encoding: cp1252'", "[file_encoding]")
+    assert landing.raw("accounts", "account_id", bad) == []
+    assert landing.query("select count(*) from raw.accounts where account_name like '%Ã%'")[0][0] == 0
+    rows = landing.quarantine(bad)
+    assert [r[1] for r in rows] == list(range(2, 12)) and all(r[4].startswith("batch rejected: mixed encodings") for r in rows)
+    landing.assert_nothing_lost()
+
+
+def test_a_file_declared_cp1252_that_holds_utf8_lines_is_refused(landing):
+    landing.mapping("crm.yaml", "source: crm\ndefaults:\n  encoding: cp1252\n")
+    bad = "crm/accounts/mixed.csv"
+    landing.write(
+        bad,
+        b"account_id,account_name,status,updated_at\n"
+        + "M1,Café Lyon,customer,2025-01-01\n".encode("cp1252")
+        + "M2,Ångström Verktyg AB,customer,2025-01-01\n".encode(),
+    )
+    failure = landing.ingest()
+    assert_refused(failure, bad, "wrong encoding: the mapping declares cp1252, but line 3 holds UTF-8 text", "'M2,Ã…ngstrÃ¶m Verktyg AB", "[file_encoding]")
+    landing.assert_nothing_lost()
+
+
+NORDIC_NAMES = ["Ångström Verktyg AB", "Kalmar Mekaniska Næstved AB", "Øresund Ståhl ApS", "Café Élan Öst"]
+
+
+@pytest.mark.parametrize(
+    ("codec", "bom", "detected"),
+    [("utf-8", b"", "utf-8"), ("utf-8", b"\xef\xbb\xbf", "utf-8-sig"), ("cp1252", b"", "cp1252"), ("latin-1", b"", "cp1252")],
+)
+def test_files_in_one_encoding_are_detected_and_keep_their_letters(landing, codec, bom, detected):
+    file = "crm/accounts/nordic.csv"
+    text = "account_id,account_name,status,updated_at\n" + "".join(f"N{i},{n},customer,2025-01-01\n" for i, n in enumerate(NORDIC_NAMES))
+    landing.write(file, bom + text.encode(codec))
+    landing.ingest()
+    assert [r[0] for r in landing.raw("accounts", "account_name", file)] == NORDIC_NAMES
+    assert landing.batch(file)["encoding"] == detected

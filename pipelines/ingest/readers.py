@@ -96,10 +96,12 @@ class RawFrame:
 def decode(path: Path, data: bytes, encoding: str) -> tuple[str, str]:
     """Text of a file and the encoding used.
 
-    `auto` is UTF-8 (with or without BOM), else CP1252. A byte-order mark wins over the
-    declared encoding: the file says what it is. A single-byte encoding (latin-1, cp1252)
-    declared for a file that is valid, non-ASCII UTF-8 is refused rather than read as
-    mojibake ("Ã…ngström").
+    `auto` is UTF-8 (with or without BOM), else CP1252 — but only for a file that is CP1252
+    throughout: a file with UTF-8 letters in some lines and other bytes elsewhere (two
+    exports pasted together) is in no single encoding, and is refused rather than read with
+    one of them garbling the other. A byte-order mark wins over the declared encoding: the
+    file says what it is. A single-byte encoding (latin-1, cp1252) declared for a file that
+    holds UTF-8 letters is refused too, rather than read as mojibake ("Ã…ngström").
     """
     encoding = encoding.lower()
     if data.startswith(UTF16_BOMS):
@@ -109,17 +111,31 @@ def decode(path: Path, data: bytes, encoding: str) -> tuple[str, str]:
     elif encoding == "auto":
         try:
             text, used = data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
+        except UnicodeDecodeError as exc:
+            utf8 = _UTF8_LETTER.search(data)
+            if utf8:
+                raise _mixed_encoding(path, data, exc, utf8.start()) from None
             text, used = _decode(path, data, "cp1252", "UTF-8 or CP1252"), "cp1252"
     else:
         text, used = _decode(path, data, encoding, encoding), encoding
-        if encoding in SINGLE_BYTE and not data.isascii() and _is_utf8(data):
-            raise BatchRejected(
-                path,
-                f"wrong encoding: the mapping declares {encoding}, but the file is UTF-8 (reading it as "
-                f"{encoding} would turn 'Å' into 'Ã…'). Declare 'encoding: utf-8' (or 'auto') in the source's mapping.",
-                expectation="file_encoding",
-            )
+        if encoding in SINGLE_BYTE and not data.isascii():
+            if _is_utf8(data):
+                raise BatchRejected(
+                    path,
+                    f"wrong encoding: the mapping declares {encoding}, but the file is UTF-8 (reading it as "
+                    f"{encoding} would turn 'Å' into 'Ã…'). Declare 'encoding: utf-8' (or 'auto') in the source's mapping.",
+                    expectation="file_encoding",
+                )
+            mojibake = _UTF8_AS_SINGLE_BYTE.search(data)
+            if mojibake:
+                line, _, shown = _line_at(data, mojibake.start())
+                raise BatchRejected(
+                    path,
+                    f"wrong encoding: the mapping declares {encoding}, but line {line} holds UTF-8 text ({shown!r}), which "
+                    f"{encoding} would turn into {_line_at(data, mojibake.start(), encoding)[2]!r}: the file mixes encodings. "
+                    "Re-save it in one encoding (UTF-8), then declare 'encoding: utf-8' (or 'auto') in the source's mapping.",
+                    expectation="file_encoding",
+                )
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
         raise BatchRejected(
@@ -129,6 +145,40 @@ def decode(path: Path, data: bytes, encoding: str) -> tuple[str, str]:
             expectation="file_encoding",
         )
     return text, used
+
+
+# A UTF-8 multi-byte character (a well-formed sequence): in a file that is not UTF-8
+# throughout, the sign that part of it is UTF-8 after all.
+_UTF8_LETTER = re.compile(
+    rb"[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
+    rb"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}"
+)
+# UTF-8 for Latin-1 letters (å, ö, é: "Ã¥", "Ã¶", "Ã©" in CP1252) and for typographic
+# punctuation (– ’ “ € ™: "â€“" ...): byte pairs a real CP1252/Latin-1 text never has.
+_UTF8_AS_SINGLE_BYTE = re.compile(rb"[\xc2\xc3][\x80-\xbf]|\xe2[\x80-\x84][\x80-\xbf]")
+
+
+def _line_at(data: bytes, offset: int, codec: str = "utf-8") -> tuple[int, int, str]:
+    """Line number, character position and text (decoded with `codec`) around a byte offset."""
+    line = data.count(b"\n", 0, offset) + 1
+    begin = data.rfind(b"\n", 0, offset) + 1
+    end = data.find(b"\n", offset)
+    text = data[begin : end if end >= 0 else len(data)].decode(codec, errors="replace").strip()
+    return line, offset - begin + 1, text if len(text) <= 80 else text[:77] + "..."
+
+
+def _mixed_encoding(path: Path, data: bytes, exc: UnicodeDecodeError, utf8_at: int) -> BatchRejected:
+    line, column, _ = _line_at(data, exc.start)
+    utf8_line, _, utf8_text = _line_at(data, utf8_at)
+    bad = data[exc.start : exc.start + 4]
+    return BatchRejected(
+        path,
+        f"mixed encodings: line {line}, character {column}: byte(s) {bad!r} are not valid UTF-8, yet line {utf8_line} is "
+        f"UTF-8 ({utf8_text!r}). The file is not in one encoding, so none of it is loaded: read as CP1252, its UTF-8 lines "
+        f"would turn 'Å' into 'Ã…'. Re-save the file in one encoding (UTF-8); if it is all CP1252 or Latin-1, declare "
+        "'encoding: cp1252' (or latin-1) in the source's mapping.",
+        expectation="file_encoding",
+    )
 
 
 def _is_utf8(data: bytes) -> bool:
