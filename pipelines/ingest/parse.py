@@ -283,7 +283,7 @@ _WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
 _ROW = "__needseg_row"  # the frame's row order, kept through window functions and recoding
 _TEXT = "__needseg_text__"  # prefix of the as-read text copies of the contract columns
 _GIVEN = "__needseg_given__"  # prefix of a number or date column's text after recoding
-_VALUE = "__needseg_value__"  # prefix of the number or date read from it (before scale and range)
+_VALUE = "__needseg_value__"  # prefix of the number (before scale and range checks) or date read from it
 _BAD = "__needseg_bad__"  # prefix of the flag: text given, but it does not read as its type
 _YEAR = "__needseg_year__"  # prefix of the year an unreadable date's text would have had
 
