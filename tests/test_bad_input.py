@@ -139,7 +139,7 @@ def test_wrong_type_is_quarantined(landing):
     landing.write(file, ORDER_HEADER + good_orders("O1", "O2", "O3") + "O4,1,A1,2025-06-01,two,10.00,EUR\nO5,1.5,A1,2025-06-01,1,10.00,EUR\n")
     landing.ingest()
     assert landing.quarantine(file) == [
-        (file, 5, "quantity", "two", "wrong type: 'two' is not a number with decimal separator '.'"),
+        (file, 5, "quantity", "two", "wrong type: 'two' is not a number with decimal separator '.', e.g. -1234.5 or -1 234.5 (thousands in groups of 3 digits)"),
         (file, 6, "line_number", "1.5", "wrong type: '1.5' is not a whole number"),
     ]
     assert landing.batch(file)["rows_loaded"] == 3
@@ -483,7 +483,7 @@ def test_xlsx_workbook_loads_with_native_numbers_and_dates(landing):
         (1, dt.date(2025, 12, 31), Decimal("1234.5000"), Decimal("1234.5000"), "SEK", 2),
         (2, dt.date(2025, 12, 30), Decimal("1500.0000"), Decimal("1234.5000"), "SEK", 4),
     ]
-    assert landing.quarantine(file) == [(file, 5, "quantity", "många", "wrong type: 'många' is not a number with decimal separator ',', thousands separator ' '")]
+    assert landing.quarantine(file) == [(file, 5, "quantity", "många", "wrong type: 'många' is not a number with decimal separator ',', thousands separator ' ', e.g. -1234,5 or -1 234,5 (thousands in groups of 3 digits)")]
     landing.assert_nothing_lost()
 
 

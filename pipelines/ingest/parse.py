@@ -5,10 +5,12 @@ combine, recode or compute columns with plain SQL. Two macros read text the way 
 mapping declares it: `parse_number(x)` (decimal and thousands separators) and
 `parse_date(x)` (the declared date formats, else ISO 8601).
 
-Typing is strict and explicit: a number uses the declared decimal separator, a date one of
-the declared formats; a cell that does not parse becomes a `Problem` naming its line,
-column, value and what was expected, and its row goes to quarantine rather than being
-guessed at. A mapping that names a column the file lacks, or an expression that does not
+Typing is strict and explicit: a number is digits with the declared decimal separator,
+thousands grouped in threes by a space or the declared separator (no exponent, inf, nan or
+underscores); a date is in one of the declared formats or ISO 8601 (an offset is converted
+to UTC), in a plausible year. A cell that does not read so becomes a `Problem` naming its
+line, column, value and what was expected, and its row goes to quarantine rather than
+being guessed at. A mapping that names a column the file lacks, or an expression that does not
 run, refuses the batch (`BatchRejected`), so the other files of the run still load.
 """
 
@@ -139,36 +141,118 @@ def _used_columns(expressions: list[str], source_columns: list[str]) -> set[str]
     return used
 
 
-def _number(text_sql: str, options: ReadOptions, native: bool = False) -> str:
-    """SQL reading a number from text. `native`: text DuckDB wrote itself ('.' decimal)."""
-    cleaned = f"replace(replace(replace(trim({text_sql}), ' ', ''), chr(160), ''), chr(8239), '')"
-    if not native:
-        if options.thousands and options.thousands.strip():
-            cleaned = f"replace({cleaned}, {_literal(options.thousands)}, '')"
-        if options.decimal == ",":
-            cleaned = f"replace({cleaned}, ',', '.')"
-    return f"try_cast({cleaned} as double)"
+# --- reading numbers and dates: exactly as the mapping declares them ----------------------
+
+# Dates outside these years are misreadings ("26-08-31" read as the year 26), not history.
+PLAUSIBLE_YEARS = (1900, 2100)
+# Spaces group thousands in any locale: Excel writes no-break and narrow no-break spaces.
+_SPACES = " \u00a0\u202f"
+_MINUS = "\u2212"  # the typographic minus sign some locales write
+# ISO 8601 as exports write it: a date, optionally a time (after T or a space) with optional
+# seconds and fraction, optionally a UTC offset (Z, +hh, +hhmm, +hh:mm).
+_ISO_DATE = r"\d{4}-\d{2}-\d{2}"
+_ISO_TIME = r"(?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,9})?)?"
+ISO_LOCAL = rf"{_ISO_DATE}(?:[T ]{_ISO_TIME})?"
+ISO_ZONED = rf"({_ISO_DATE}[T ]{_ISO_TIME})(?:(Z)|([+-])([01]\d|2[0-3])(?::?([0-5]\d))?)"
+_ISO_DAY_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
+_ISO_SECOND_GLOB = _ISO_DAY_GLOB + "[ T][0-2][0-9]:[0-5][0-9]:[0-5][0-9]"
+ISO_8601 = "ISO 8601 (2026-10-01, 2026-10-01 07:18:47 or 2026-10-01T07:18:47.123, with an optional offset Z or +02:00)"
+# How DuckDB writes a number it computed (an expression's DOUBLE): '.' decimal, maybe an exponent.
+_NATIVE_NUMBER = r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*"
 
 
-def _timestamp(text_sql: str, options: ReadOptions) -> str:
-    formats = "[" + ", ".join(_literal(f) for f in options.date_formats) + "]"
-    return f"coalesce(try_strptime(trim({text_sql}), {formats}), try_cast(trim({text_sql}) as timestamp))"
+def number_pattern(options: ReadOptions) -> str:
+    """A number as the mapping declares numbers (an RE2 pattern for the whole cell).
+
+    Digits, optionally grouped in threes by a space or the declared thousands separator,
+    then optionally the declared decimal separator and digits. No exponent, no inf/nan, no
+    underscores: '1e3' or '1_000' in an export is a symptom (Excel's display rounding, a
+    programmer's literal), not a value to guess at.
+    """
+    separators = [f"[{_SPACES}]"]
+    if options.thousands and options.thousands not in _SPACES:
+        separators.append(f"[{options.thousands}]")
+    grouped = "|".join(rf"\d{{1,3}}(?:{sep}\d{{3}})+" for sep in separators)
+    decimal = f"[{options.decimal}]"
+    blank = rf"[\s{_SPACES}]*"
+    return rf"{blank}[+\-{_MINUS}]?(?:(?:\d+|{grouped})(?:{decimal}\d+)?|{decimal}\d+){blank}"
 
 
 def _macros(con: duckdb.DuckDBPyConnection, options: ReadOptions) -> None:
-    """parse_number / parse_date for derived columns, reading text as the mapping declares."""
-    con.execute(f"create or replace temp macro parse_number(x) as {_number('cast(x as varchar)', options)}")
-    con.execute(f"create or replace temp macro parse_date(x) as {_timestamp('cast(x as varchar)', options)}")
+    """The SQL functions that read numbers and dates, one definition for every use.
+
+    `parse_number(x)` and `parse_date(x)` are also the functions mapping expressions call;
+    the `needseg_*` ones are their parts. Every one returns NULL for text it does not read.
+    """
+    drop = _SPACES + "\t\r\n" + (options.thousands if options.thousands and options.thousands not in _SPACES else "")
+    # translate(): the decimal separator becomes '.', the minus sign '-', separators go.
+    cleaned = f"translate(t, {_literal(options.decimal + _MINUS + drop)}, '.-')"
+    # Most cells are plain digits: a cheaper pattern and no clean-up first.
+    plain = rf"[+-]?\d+(?:[{options.decimal}]\d+)?"
+    plain_text = "t" if options.decimal == "." else "replace(t, ',', '.')"
+    macros = {
+        "needseg_number(t)": (
+            f"case when regexp_full_match(t, {_literal(plain)}) then try_cast({plain_text} as double) "
+            f"when regexp_full_match(t, {_literal(number_pattern(options))}) then try_cast({cleaned} as double) end"
+        ),
+        "needseg_native_number(t)": f"case when regexp_full_match(t, {_literal(_NATIVE_NUMBER)}) then try_cast(trim(t) as double) end",
+        "parse_number(x)": "needseg_number(cast(x as varchar))",
+        # An offset is subtracted to give UTC, as the HTTP source does with its watermarks.
+        "needseg_utc(p)": (
+            "try_cast(p.local as timestamp) - to_minutes(case when p.z = 'Z' then 0 else "
+            "(case when p.sign = '-' then -1 else 1 end) * (cast(p.hh as bigint) * 60 + coalesce(try_cast(nullif(p.mm, '') as bigint), 0)) end)"
+        ),
+        "needseg_plausible(ts)": f"case when year(ts) between {PLAUSIBLE_YEARS[0]} and {PLAUSIBLE_YEARS[1]} then ts end",
+        "needseg_date(t)": _date_sql(options, plausible=True),
+        # The same without the year check: only to tell a user which year a refused date had.
+        "needseg_unchecked_date(t)": _date_sql(options, plausible=False),
+        "parse_date(x)": "needseg_date(cast(x as varchar))",
+    }
+    for signature, body in macros.items():
+        con.execute(f"create or replace temp macro {signature} as {body}")
+
+
+def _date_sql(options: ReadOptions, plausible: bool) -> str:
+    """SQL reading the text `t` as a timestamp: the declared formats first, then ISO 8601
+    (an offset converted to UTC); NULL for anything else and, if `plausible`, for a year
+    outside PLAUSIBLE_YEARS. DuckDB evaluates a repeated expression inside CASE again, so
+    each cell is read once: the year of an ISO text is checked on the text."""
+    check = (lambda sql: f"needseg_plausible({sql})") if plausible else (lambda sql: sql)
+    naive = [f for f in options.date_formats if "%z" not in f and "%Z" not in f]
+    zoned = [f for f in options.date_formats if f not in naive]
+    readers = []
+    if naive:
+        readers.append(check(f"try_strptime(t, [{', '.join(map(_literal, naive))}])"))
+    if zoned:  # a declared format with a zone (%z, %Z): UTC, like an ISO offset
+        readers.append(check(f"timezone('UTC', try_strptime(t, [{', '.join(map(_literal, zoned))}]))"))
+    lo, hi = PLAUSIBLE_YEARS
+
+    def local(text: str) -> str:
+        cast = f"try_cast({text} as timestamp)"
+        return f"(case when left({text}, 4) between '{lo}' and '{hi}' then {cast} end)" if plausible else cast
+
+    zoned_pattern = _literal(f" *{ISO_ZONED} *")
+    zoned_iso = check(f"needseg_utc(regexp_extract(t, {zoned_pattern}, ['local', 'z', 'sign', 'hh', 'mm']))")
+    readers.append(
+        # The shapes almost every export writes are told by a cheaper GLOB first; the
+        # text is trimmed only where it has to be (parse_date() gets it untrimmed).
+        f"case when t glob {_literal(_ISO_DAY_GLOB)} or t glob {_literal(_ISO_SECOND_GLOB)} then {local('t')} "
+        f"when regexp_full_match(t, {_literal(f' *{ISO_LOCAL} *')}) then {local('trim(t)')} "
+        f"when regexp_full_match(t, {zoned_pattern}) then {zoned_iso} end"
+    )
+    return f"coalesce({', '.join(readers)})" if len(readers) > 1 else readers[0]
 
 
 def _describe_expected(kind: str, options: ReadOptions) -> str:
     if kind in ("number", "money"):
+        d, grouped = options.decimal, options.thousands or " "
         thousands = f", thousands separator {options.thousands!r}" if options.thousands else ""
-        return f"a number with decimal separator {options.decimal!r}{thousands}"
+        return f"a number with decimal separator {d!r}{thousands}, e.g. -1234{d}5 or -1{grouped}234{d}5 (thousands in groups of 3 digits)"
     if kind == "integer":
         return "a whole number"
     if kind in ("date", "timestamp"):
-        return "a date in one of the formats " + ", ".join(options.date_formats)
+        formats = [*options.date_formats, ISO_8601]
+        return f"a date in one of the formats {', '.join(formats)}, in the years {PLAUSIBLE_YEARS[0]}-{PLAUSIBLE_YEARS[1]}"
     return kind
 
 
@@ -198,6 +282,10 @@ def _normalise_missing(value: str) -> str:
 _WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
 _ROW = "__needseg_row"  # the frame's row order, kept through window functions and recoding
 _TEXT = "__needseg_text__"  # prefix of the as-read text copies of the contract columns
+_GIVEN = "__needseg_given__"  # prefix of a number or date column's text after recoding
+_VALUE = "__needseg_value__"  # prefix of the number (before scale and range checks) or date read from it
+_BAD = "__needseg_bad__"  # prefix of the flag: text given, but it does not read as its type
+_YEAR = "__needseg_year__"  # prefix of the year an unreadable date's text would have had
 
 
 def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBatch:
@@ -287,11 +375,13 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
         # 2. recoded (`values`), keeping the text as read for quarantine
         recoded_sql = [f"{_recode_sql(mapping, name)} as {_quote(name)}" for name in table.column_names]
         recoded_sql += [f"{_quote(name)} as {_quote(_TEXT + name)}" for name in table.column_names]
-        # 3. typed, with a flag per cell that does not read as its type
-        select, checks = [], []
+        # 3. read as numbers and dates (each cell once), keeping the text they were read from
+        # 4. typed, with a flag per cell that does not read as its type
+        parsed_sql, select, checks, flagged = [], [], [], []
         for col in table.columns:
             q = _quote(col.name)
             text = f"nullif(trim({q}), '')"
+            given, value = _quote(_GIVEN + col.name), _quote(_VALUE + col.name)
             if col.kind == "text":
                 if col.allowed:
                     typed = f"lower({text})"
@@ -299,9 +389,15 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
                     typed = f"upper({text})"
                 else:
                     typed = text
-                bad = "false"
-            elif col.kind in ("number", "money", "integer"):
-                num = _number(text, options, native=col.name in native)
+                parsed_sql.append(f"{typed} as {q}")
+                select.append(q)
+                continue
+            flagged.append(col)
+            parsed_sql.append(f"{text} as {given}")
+            if col.kind in ("number", "money", "integer"):
+                reader = "needseg_native_number" if col.name in native else "needseg_number"
+                parsed_sql.append(f"{reader}({given}) as {value}")
+                num = value
                 scale = next((s for s in mapping.scales if col.name in s.items), None)
                 if scale:
                     lo, hi = scale.minimum, scale.maximum
@@ -322,20 +418,21 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
                     typed = f"try_cast({num} as decimal(18, 4))"
                 else:
                     typed = num
-                bad = f"{text} is not null and {typed} is null"
             else:
-                ts = _timestamp(text, options)
-                typed = f"cast({ts} as date)" if col.kind == "date" else ts
-                bad = f"{text} is not null and {ts} is null"
+                parsed_sql.append(f"needseg_date({given}) as {value}")
+                typed = f"cast({value} as date)" if col.kind == "date" else value
+                # A value that reads as a date, but in an implausible year: say which year.
+                select.append(f"case when {given} is not null and {value} is null then year(needseg_unchecked_date({given})) end as {_quote(_YEAR + col.name)}")
             select.append(f"{typed} as {q}")
-            select.append(f"({bad}) as {_quote('_bad_' + col.name)}")
+            select.append(f"({given} is not null and {typed} is null) as {_quote(_BAD + col.name)}")
         for i, (_, cond, _, _) in enumerate(checks):
             select.append(f"({cond}) as {_quote(f'_scale_{i}')}")
-        select += [_quote(_TEXT + name) for name in table.column_names]
+        texts_sql = [_quote(_TEXT + name) for name in table.column_names]
         sql = (
             f"with mapped as (select {', '.join(text_sql)}, _line, {_ROW} from src), "
-            f"recoded as (select {', '.join(recoded_sql)}, _line, {_ROW} from mapped) "
-            f"select {', '.join(select)}, _line from recoded order by {_ROW}"
+            f"recoded as (select {', '.join(recoded_sql)}, _line, {_ROW} from mapped), "
+            f"parsed as (select {', '.join(parsed_sql + texts_sql)}, _line, {_ROW} from recoded) "
+            f"select {', '.join(select + texts_sql)}, _line from parsed order by {_ROW}"
         )
         try:
             result = _to_pandas(con.sql(sql).to_arrow_table())
@@ -348,12 +445,16 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
     texts.columns = table.column_names
     bad_any = np.zeros(len(result), dtype=bool)
     lines = result["_line"].to_numpy()
-    for col in table.columns:
-        flag = result["_bad_" + col.name].fillna(False).to_numpy(dtype=bool)
+    for col in flagged:
+        flag = result[_BAD + col.name].fillna(False).to_numpy(dtype=bool)
         if flag.any():
             expected = _describe_expected(col.kind, options)
-            for line, value in zip(lines[flag].tolist(), texts[col.name].to_numpy(dtype=object)[flag].tolist(), strict=True):
-                problems.append(Problem(int(line), col.name, value, f"wrong type: {value!r} is not {expected}", expected))
+            years = result[_YEAR + col.name].to_numpy(dtype=object)[flag].tolist() if col.kind in ("date", "timestamp") else None
+            for i, (line, value) in enumerate(zip(lines[flag].tolist(), texts[col.name].to_numpy(dtype=object)[flag].tolist(), strict=True)):
+                reason = f"wrong type: {value!r} is not {expected}"
+                if years is not None and not pd.isna(years[i]):
+                    reason += f" (it reads as the year {int(years[i])})"
+                problems.append(Problem(int(line), col.name, value, reason, expected))
             bad_any |= flag
     for i, (name, _, reason, expected) in enumerate(checks):
         flag = result[f"_scale_{i}"].fillna(False).to_numpy(dtype=bool)

@@ -23,8 +23,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
@@ -94,10 +96,12 @@ class RawFrame:
 def decode(path: Path, data: bytes, encoding: str) -> tuple[str, str]:
     """Text of a file and the encoding used.
 
-    `auto` is UTF-8 (with or without BOM), else CP1252. A byte-order mark wins over the
-    declared encoding: the file says what it is. A single-byte encoding (latin-1, cp1252)
-    declared for a file that is valid, non-ASCII UTF-8 is refused rather than read as
-    mojibake ("Ã…ngström").
+    `auto` is UTF-8 (with or without BOM), else CP1252 — but only for a file that is CP1252
+    throughout: a file with UTF-8 letters in some lines and other bytes elsewhere (two
+    exports pasted together) is in no single encoding, and is refused rather than read with
+    one of them garbling the other. A byte-order mark wins over the declared encoding: the
+    file says what it is. A single-byte encoding (latin-1, cp1252) declared for a file that
+    holds UTF-8 letters is refused too, rather than read as mojibake ("Ã…ngström").
     """
     encoding = encoding.lower()
     if data.startswith(UTF16_BOMS):
@@ -107,17 +111,31 @@ def decode(path: Path, data: bytes, encoding: str) -> tuple[str, str]:
     elif encoding == "auto":
         try:
             text, used = data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
+        except UnicodeDecodeError as exc:
+            utf8 = _UTF8_LETTER.search(data)
+            if utf8:
+                raise _mixed_encoding(path, data, exc, utf8.start()) from None
             text, used = _decode(path, data, "cp1252", "UTF-8 or CP1252"), "cp1252"
     else:
         text, used = _decode(path, data, encoding, encoding), encoding
-        if encoding in SINGLE_BYTE and not data.isascii() and _is_utf8(data):
-            raise BatchRejected(
-                path,
-                f"wrong encoding: the mapping declares {encoding}, but the file is UTF-8 (reading it as "
-                f"{encoding} would turn 'Å' into 'Ã…'). Declare 'encoding: utf-8' (or 'auto') in the source's mapping.",
-                expectation="file_encoding",
-            )
+        if encoding in SINGLE_BYTE and not data.isascii():
+            if _is_utf8(data):
+                raise BatchRejected(
+                    path,
+                    f"wrong encoding: the mapping declares {encoding}, but the file is UTF-8 (reading it as "
+                    f"{encoding} would turn 'Å' into 'Ã…'). Declare 'encoding: utf-8' (or 'auto') in the source's mapping.",
+                    expectation="file_encoding",
+                )
+            mojibake = _UTF8_AS_SINGLE_BYTE.search(data)
+            if mojibake:
+                line, _, shown = _line_at(data, mojibake.start())
+                raise BatchRejected(
+                    path,
+                    f"wrong encoding: the mapping declares {encoding}, but line {line} holds UTF-8 text ({shown!r}), which "
+                    f"{encoding} would turn into {_line_at(data, mojibake.start(), encoding)[2]!r}: the file mixes encodings. "
+                    "Re-save it in one encoding (UTF-8), then declare 'encoding: utf-8' (or 'auto') in the source's mapping.",
+                    expectation="file_encoding",
+                )
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
         raise BatchRejected(
@@ -127,6 +145,40 @@ def decode(path: Path, data: bytes, encoding: str) -> tuple[str, str]:
             expectation="file_encoding",
         )
     return text, used
+
+
+# A UTF-8 multi-byte character (a well-formed sequence): in a file that is not UTF-8
+# throughout, the sign that part of it is UTF-8 after all.
+_UTF8_LETTER = re.compile(
+    rb"[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
+    rb"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}"
+)
+# UTF-8 for Latin-1 letters (å, ö, é: "Ã¥", "Ã¶", "Ã©" in CP1252) and for typographic
+# punctuation (– ’ “ € ™: "â€“" ...): byte pairs a real CP1252/Latin-1 text never has.
+_UTF8_AS_SINGLE_BYTE = re.compile(rb"[\xc2\xc3][\x80-\xbf]|\xe2[\x80-\x84][\x80-\xbf]")
+
+
+def _line_at(data: bytes, offset: int, codec: str = "utf-8") -> tuple[int, int, str]:
+    """Line number, character position and text (decoded with `codec`) around a byte offset."""
+    line = data.count(b"\n", 0, offset) + 1
+    begin = data.rfind(b"\n", 0, offset) + 1
+    end = data.find(b"\n", offset)
+    text = data[begin : end if end >= 0 else len(data)].decode(codec, errors="replace").strip()
+    return line, offset - begin + 1, text if len(text) <= 80 else text[:77] + "..."
+
+
+def _mixed_encoding(path: Path, data: bytes, exc: UnicodeDecodeError, utf8_at: int) -> BatchRejected:
+    line, column, _ = _line_at(data, exc.start)
+    utf8_line, _, utf8_text = _line_at(data, utf8_at)
+    bad = data[exc.start : exc.start + 4]
+    return BatchRejected(
+        path,
+        f"mixed encodings: line {line}, character {column}: byte(s) {bad!r} are not valid UTF-8, yet line {utf8_line} is "
+        f"UTF-8 ({utf8_text!r}). The file is not in one encoding, so none of it is loaded: read as CP1252, its UTF-8 lines "
+        f"would turn 'Å' into 'Ã…'. Re-save the file in one encoding (UTF-8); if it is all CP1252 or Latin-1, declare "
+        "'encoding: cp1252' (or latin-1) in the source's mapping.",
+        expectation="file_encoding",
+    )
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -235,7 +287,7 @@ def read_csv(path: Path, options: ReadOptions) -> RawFrame:
 _SEP_LINE = re.compile(r'^"?sep=(.)"?\s*$')
 
 
-def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None) -> RawFrame:
+def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None, strict_header: bool = True) -> RawFrame:
     buffer = io.StringIO(text, newline="")
     skipped = 0  # physical lines before the header record
     for _ in range(options.header_row - 1):
@@ -252,52 +304,81 @@ def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None) ->
     else:
         delimiter = options.delimiter or _sniff_delimiter(first)
     buffer.seek(position)
-    reader = csv.reader(buffer, delimiter=delimiter, strict=False)
     header_line = skipped + 1
+    header_reader = csv.reader(buffer, delimiter=delimiter, strict=strict_header)
     try:
-        named = next(reader)
+        named = next(header_reader)
     except StopIteration:
         raise BatchRejected(path, "the file has no header line: expected a line with the column names", expectation=NO_ROWS) from None
+    except csv.Error as exc:
+        record = text[position : buffer.tell()]
+        if "expected after" in str(exc) and _only_blanks_after_quotes(record, delimiter):
+            named = next(csv.reader(io.StringIO(record, newline=""), delimiter=delimiter, strict=False))
+        else:
+            problem = _stray_quote(record, delimiter) if "expected after" in str(exc) else str(exc)
+            refused = BatchRejected(
+                path, f"line {header_line}: the header line cannot be split into column names: {problem}", expectation="header"
+            )
+            if not strict_header:
+                raise refused from None
+            # The rows may still be readable: account for them in quarantine.
+            raise _rejected_with_rows(refused, lambda: _split_csv(path, text, options, used, strict_header=False)) from None
     header, duplicates = _clean_header(named, path, header_line)
+    skipped += header_reader.line_num  # physical lines up to the first row
+    # Strict: text after a closing quote ("5" Screws AB) is an error, not silently joined.
+    reader = csv.reader(buffer, delimiter=delimiter, strict=True)
     width = len(header)
     rows: list[list[str | None]] = []
     lines: list[int] = []
     bad: list[BadRow] = []
     ends_cleanly = text.endswith(("\n", "\r"))
-    previous_end = reader.line_num  # physical lines the reader has consumed so far
+    expected = f"{width} fields separated by {delimiter!r}"
+    previous_end = 0  # physical lines the row reader has consumed so far
     previous_pos = buffer.tell()
-    try:
-        for fields in reader:
-            start = skipped + previous_end + 1
-            end = skipped + reader.line_num
-            pos = buffer.tell()
-            record_text = text[previous_pos:pos]
-            previous_end, previous_pos = reader.line_num, pos
-            if not fields or all(not f.strip() for f in fields):
-                continue  # a blank line, or a row of bare delimiters (Excel's ";;;;")
-            if len(fields) == width + 1 and not fields[-1].strip():
-                fields = fields[:-1]  # a trailing delimiter the header line does not have
-            at_end = pos >= len(text)
-            reason = None
-            if at_end and _open_quote(record_text, delimiter):
+    while True:
+        try:
+            fields = next(reader)
+            error = None
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            fields, error = None, str(exc)
+        start = skipped + previous_end + 1
+        end = skipped + reader.line_num
+        record_start, pos = previous_pos, buffer.tell()
+        record_text = text[record_start:pos]
+        previous_end, previous_pos = reader.line_num, pos
+        if error is not None and "expected after" in error and _only_blanks_after_quotes(record_text, delimiter):
+            # Only blanks after a closing quote ("Smith" ,): the value is plain, read it leniently.
+            fields, error = next(csv.reader(io.StringIO(record_text, newline=""), delimiter=delimiter, strict=False)), None
+        if error is not None:
+            if "unexpected end of data" in error:  # the file ends inside a quoted field
                 reason = (
                     "truncated last line: the file ends inside a quoted field"
                     if start == end and not ends_cleanly
                     else f"unterminated quote: the quoted field on line {start} runs to the end of the file (lines {start}-{end})"
                 )
-            elif len(fields) != width:
-                if at_end and not ends_cleanly and len(fields) < width:
-                    reason = f"truncated last line: {len(fields)} of {width} fields (the file ends mid-row)"
-                else:
-                    reason = f"expected {width} fields, found {len(fields)}"
-            if reason:
-                shown = record_text.rstrip("\r\n")
-                bad.append(BadRow(start, reason, shown, expected=f"{width} fields separated by {delimiter!r}"))
-                continue
-            rows.append([f if f.strip() != "" else None for f in fields])
-            lines.append(start)
-    except csv.Error as exc:
-        bad.append(BadRow(skipped + previous_end + 1, f"unreadable CSV from here on: {exc}", text[previous_pos : previous_pos + 500]))
+                bad.append(BadRow(start, reason, record_text.rstrip("\r\n"), expected=expected))
+            elif "expected after" in error:  # a quoted field followed by more text
+                column = _stray_quote_column(record_text, delimiter, header)
+                bad.append(BadRow(start, _stray_quote(record_text, delimiter), record_text.rstrip("\r\n"), column, _QUOTING))
+            else:
+                bad.append(BadRow(start, f"unreadable CSV from here on: {error}", text[record_start : record_start + 500]))
+                break
+            continue
+        if not fields or all(not f.strip() for f in fields):
+            continue  # a blank line, or a row of bare delimiters (Excel's ";;;;")
+        if len(fields) == width + 1 and not fields[-1].strip():
+            fields = fields[:-1]  # a trailing delimiter the header line does not have
+        if len(fields) != width:
+            if pos >= len(text) and not ends_cleanly and len(fields) < width:
+                reason = f"truncated last line: {len(fields)} of {width} fields (the file ends mid-row)"
+            else:
+                reason = f"expected {width} fields, found {len(fields)}"
+            bad.append(BadRow(start, reason, record_text.rstrip("\r\n"), expected=expected))
+            continue
+        rows.append([f if f.strip() != "" else None for f in fields])
+        lines.append(start)
     frame = pd.DataFrame(rows, columns=header, dtype=object)
     frame = _drop_empty_unnamed(frame, header, named)
     frame["_line"] = pd.Series(lines, dtype="int64")
@@ -305,13 +386,49 @@ def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None) ->
     return RawFrame(frame, bad, used, duplicates, delimiter)
 
 
-def _open_quote(record_text: str, delimiter: str) -> bool:
-    """Does this record end inside a quoted field? (Python's csv accepts it when not strict.)"""
+_QUOTING = 'a quoted field ending at the delimiter; quotes inside a value are doubled: """5"" Screws AB"'
+
+
+def _quoted_then_text(record_text: str, delimiter: str) -> list[re.Match]:
+    """Quoted fields followed by more text before the next delimiter (group 2: that text)."""
+    d = re.escape(delimiter)
+    return list(re.finditer(rf'(?:^|(?<={d}))"((?:[^"]|"")*)"([^{d}\r\n]+)', record_text))
+
+
+def _only_blanks_after_quotes(record_text: str, delimiter: str) -> bool:
+    found = _quoted_then_text(record_text, delimiter)
+    return bool(found) and all(not m.group(2).strip() for m in found)
+
+
+def _stray_quote_match(record_text: str, delimiter: str) -> re.Match | None:
+    """The first quoted field followed by more than blanks before the next delimiter."""
+    return next((m for m in _quoted_then_text(record_text, delimiter) if m.group(2).strip()), None)
+
+
+def _stray_quote(record_text: str, delimiter: str) -> str:
+    """Why a record with text after a closing quote is not read, and how it should look."""
+    match = _stray_quote_match(record_text, delimiter)
+    if match is None:
+        return f"stray quote: a quoted field is followed by more text before the next {delimiter!r}"
+    quoted, after = match.group(1).replace('""', '"'), match.group(2)
+    meant = '"' + ('"' + quoted + '"' + after).replace('"', '""') + '"'
+    return (
+        f'stray quote: "{quoted}" is closed, then {after!r} follows before the next {delimiter!r}; '
+        f"the value is not guessed at. A value with quotes in it is quoted whole, its quotes doubled: {meant}"
+    )
+
+
+def _stray_quote_column(record_text: str, delimiter: str, header: list[str]) -> str | None:
+    """The header name of the field with the stray quote."""
+    match = _stray_quote_match(record_text, delimiter)
+    if match is None:
+        return None
     try:
-        list(csv.reader(io.StringIO(record_text, newline=""), delimiter=delimiter, strict=True))
-    except csv.Error as exc:
-        return "unexpected end of data" in str(exc)
-    return False
+        before = next(csv.reader(io.StringIO(record_text[: match.start()], newline=""), delimiter=delimiter), [""])
+    except csv.Error:
+        return None
+    index = len(before) - 1 if record_text[: match.start()] else 0
+    return header[index] if 0 <= index < len(header) else None
 
 
 # --- JSON Lines ---------------------------------------------------------------------------
@@ -353,11 +470,23 @@ def _split_jsonl(text: str, options: ReadOptions, used: str | None) -> RawFrame:
     return RawFrame(frame, bad, used)
 
 
-def _number_text(value: float | int, options: ReadOptions) -> str:
+def _plain_number(value: float | int | Decimal) -> str:
+    """A native number as plain digits: 17850 (not 17850.0), 0.00001 (not 1e-05),
+    1234567890123 (not 1.234567890123e+12). NaN and infinity stay 'nan' and 'inf', which
+    `parse` refuses as not a number."""
     if isinstance(value, float):
-        text = repr(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
-    else:
-        text = str(value)
+        if not math.isfinite(value):
+            return repr(value)
+        if value.is_integer():
+            return str(int(value))
+        return format(Decimal(repr(value)), "f")
+    if isinstance(value, Decimal):
+        return format(value, "f") if value.is_finite() else str(value).lower()
+    return str(value)
+
+
+def _number_text(value: float | int, options: ReadOptions) -> str:
+    text = _plain_number(value)
     return text.replace(".", options.decimal) if options.decimal != "." else text
 
 
@@ -416,6 +545,12 @@ def _arrow_text(column, options: ReadOptions) -> pd.Series:
         text = pc.cast(column.cast(kind.value_type), pa.string())
     elif pa.types.is_floating(kind) or pa.types.is_decimal(kind):
         text = pc.cast(column, pa.string())
+        exponent = pc.match_substring(text, "e", ignore_case=True)
+        if pc.any(exponent).as_py():  # Arrow writes 1.234567890123e+12: write those digits out
+            text = pa.array(
+                [_plain_number(v) if e else t for v, t, e in zip(column.to_pylist(), text.to_pylist(), exponent.to_pylist(), strict=True)],
+                pa.string(),
+            )
         if options.decimal != ".":
             text = pc.replace_substring(text, ".", options.decimal)
     elif pa.types.is_nested(kind):
