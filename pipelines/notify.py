@@ -21,17 +21,25 @@ log = logging.getLogger("needseg.notify")
 
 
 def dag_failed(context: dict[str, Any]) -> str:
+    """The DAG-level failure callback: which DAG, run and task failed, and where its log is.
+
+    Airflow 3 hands a DAG callback the failed run's last task instance when it has one, and
+    otherwise only the DAG, the run id and the reason; both are handled.
+    """
     dag_run = context.get("dag_run")
     ti = context.get("task_instance") or context.get("ti")
     reason = context.get("reason") or context.get("exception") or "see the task log"
-    dag_id = getattr(dag_run, "dag_id", None) or getattr(ti, "dag_id", None) or "?"
-    run_id = getattr(dag_run, "run_id", None) or getattr(ti, "run_id", None) or "?"
-    task_id = getattr(ti, "task_id", None) or "?"
-    message = f"needseg: DAG {dag_id} run {run_id} failed (task {task_id}): {reason}"
+    dag_id = getattr(dag_run, "dag_id", None) or getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", None) or "?"
+    run_id = getattr(dag_run, "run_id", None) or getattr(ti, "run_id", None) or context.get("run_id") or "?"
+    task_id = getattr(ti, "task_id", None)
+    message = f"needseg: DAG {dag_id} run {run_id} failed" + (f" (task {task_id})" if task_id else "") + f": {reason}"
     log.error(message)
-    details = [message, "", f"DAG: {dag_id}", f"Run: {run_id}", f"Task: {task_id}"]
-    log_url = getattr(ti, "log_url", None)
-    if isinstance(log_url, str) and log_url:
+    details = [message, "", f"DAG: {dag_id}", f"Run: {run_id}", f"Task: {task_id or 'unknown (Airflow did not say)'}"]
+    try_number = getattr(ti, "try_number", None)
+    if try_number:
+        details.append(f"Try: {try_number}")
+    log_url = _log_url(ti, dag_id, run_id)
+    if log_url:
         details.append(f"Log: {log_url}")
     details += ["", "Sent by needseg's DAG failure callback."]
     tell_data_team(
@@ -40,6 +48,27 @@ def dag_failed(context: dict[str, Any]) -> str:
         key=f"dag-failed\x1f{dag_id}\x1f{run_id}",
     )
     return message
+
+
+def _log_url(ti: Any, dag_id: str, run_id: str) -> str | None:
+    """The failed task's log in the Airflow UI, or else the run's page."""
+    try:
+        url = getattr(ti, "log_url", None)
+    except Exception:  # noqa: BLE001 - a property that needs Airflow's configuration
+        url = None
+    if isinstance(url, str) and url:
+        return url
+    if dag_id == "?" or run_id == "?":
+        return None
+    try:
+        from urllib.parse import quote
+
+        from airflow.configuration import conf
+
+        base = conf.get("api", "base_url", fallback="http://localhost:8080/")
+    except Exception:  # noqa: BLE001 - outside Airflow there is no UI to point to
+        return None
+    return f"{base.rstrip('/')}/dags/{dag_id}/runs/{quote(run_id)}"
 
 
 def tell_data_team(
