@@ -133,7 +133,7 @@ def alerts_schedule(segments_asset: Any) -> Any:
         return [segments_asset]
     from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
 
-    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=[segments_asset])
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=segments_asset)
 
 
 AS_OF_XCOM = "{{ ti.xcom_pull(task_ids='resolve_as_of') }}"

@@ -325,6 +325,14 @@ def test_smtp_login_and_webhook_http_errors_name_the_server(con, webhook):
     assert "s3cr3t" not in error  # the webhook path is the secret
 
 
+def test_the_configuration_defaults_are_the_delivery_defaults():
+    from pipelines.config import DEFAULTS, load_config
+    from pipelines.settings import load_settings
+
+    assert AlertOptions.from_config(DEFAULTS) == AlertOptions()
+    assert AlertOptions.from_config(load_config(load_settings().config_path)) == AlertOptions()
+
+
 def test_channels_are_off_unless_configured(monkeypatch):
     assert set(configured_senders({}, use_airflow_connections=False)) == {"table"}
     senders = configured_senders(
@@ -365,6 +373,13 @@ def test_dag_failure_notice_reaches_the_data_team(monkeypatch, smtp, webhook):
     assert message in mail.get_content()
     (post,) = webhook.posts
     assert "needseg_segmentation" in post["json"]["text"] and post["headers"]["Idempotency-Key"].startswith("needseg-notice-")
+
+    # Without a task instance Airflow hands the callback only the DAG, the run id and the reason.
+    minimal = {"dag": SimpleNamespace(dag_id="needseg_alerts"), "run_id": "asset_triggered__2026-11-01", "reason": "timed_out"}
+    assert notify.dag_failed(minimal) == "needseg: DAG needseg_alerts run asset_triggered__2026-11-01 failed: timed_out"
+    (mail,) = smtp.to("data-team@example.com")[1:]
+    assert mail["Subject"] == "needseg: DAG needseg_alerts failed (run asset_triggered__2026-11-01)"
+    assert "/dags/needseg_alerts/runs/asset_triggered__2026-11-01" in mail.get_content()
 
     # Channels down: logged, never raised.
     smtp.stop()
