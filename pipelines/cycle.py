@@ -175,6 +175,7 @@ def alerts_step(
     (pipelines/alerts/outbox.py).
     """
     from pipelines.alerts.deliver import alerts_to_deliver, deliver_due, deliver_run
+    from pipelines.alerts.outbox import requeue_failed
     from pipelines.drift.run import ensure_tables as ensure_drift_tables
     from pipelines.segmentation.run import ensure_tables as ensure_segmentation_tables
     from pipelines.segmentation.run import run_id_for
@@ -193,11 +194,14 @@ def alerts_step(
         with open_warehouse(settings.warehouse_path) as con:
             ensure_segmentation_tables(con)
             ensure_drift_tables(con)
-            as_of = _segmentation_run_as_of(con, as_of)
-        run_id = run_id_for(as_of)
-        with _timed(settings, as_of, "alerts", detail):
+            run_as_of = _segmentation_run_as_of(con, as_of)
+        run_id = run_id_for(run_as_of)
+        with _timed(settings, run_as_of, "alerts", detail):
             with open_warehouse(settings.warehouse_path) as con:
-                report = deliver_run(con, alerts_to_deliver(con, run_id, as_of), run_id, config=config, retry_failed=retry_failed)
+                # A date given: that run's failed digests; none: every run's.
+                requeued = requeue_failed(con, run_id=run_id if as_of is not None else None) if retry_failed else []
+                report = deliver_run(con, alerts_to_deliver(con, run_id, run_as_of), run_id, config=config)
+                report.requeued = requeued
     detail.update(
         summary=report.summary(),
         run_id=report.run_id,

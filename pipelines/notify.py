@@ -38,9 +38,11 @@ def dag_failed(context: dict[str, Any]) -> str:
     try_number = getattr(ti, "try_number", None)
     if try_number:
         details.append(f"Try: {try_number}")
-    log_url = _log_url(ti, dag_id, run_id)
-    if log_url:
-        details.append(f"Log: {log_url}")
+    task_log = _task_log_url(ti)
+    if task_log:
+        details.append(f"Log: {task_log}")
+    elif dag_id != "?" and run_id != "?" and (run_page := _run_url(dag_id, run_id)):
+        details.append(f"Run and its task logs: {run_page}")
     details += ["", "Sent by needseg's DAG failure callback."]
     tell_data_team(
         subject=f"needseg: DAG {dag_id} failed (run {run_id})",
@@ -50,16 +52,16 @@ def dag_failed(context: dict[str, Any]) -> str:
     return message
 
 
-def _log_url(ti: Any, dag_id: str, run_id: str) -> str | None:
-    """The failed task's log in the Airflow UI, or else the run's page."""
+def _task_log_url(ti: Any) -> str | None:
     try:
         url = getattr(ti, "log_url", None)
     except Exception:  # noqa: BLE001 - a property that needs Airflow's configuration
-        url = None
-    if isinstance(url, str) and url:
-        return url
-    if dag_id == "?" or run_id == "?":
         return None
+    return url if isinstance(url, str) and url else None
+
+
+def _run_url(dag_id: str, run_id: str) -> str | None:
+    """The run's page in the Airflow UI (api.base_url), when Airflow is installed."""
     try:
         from urllib.parse import quote
 
