@@ -154,8 +154,11 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         args.as_of, _settings(args), raise_if_undelivered=args.strict, pending_only=args.pending_only, retry_failed=args.retry_failed
     )
     print(detail["summary"])
-    for line in detail.get("undelivered", []):
+    listed = detail.get("undelivered", [])
+    for line in listed:
         print(f"  not delivered yet: {line}")
+    if detail.get("undelivered_total", 0) > len(listed):
+        print(f"  ... and {detail['undelivered_total'] - len(listed)} more (needseg status, or the table alerts.outbox)")
     return 0
 
 

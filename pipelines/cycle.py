@@ -156,6 +156,9 @@ def publish_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, 
     return detail
 
 
+UNDELIVERED_LISTED = 10  # in the step's summary; `needseg status` and alerts.outbox have them all
+
+
 def alerts_step(
     as_of: dt.date | None,
     settings: Settings | None = None,
@@ -212,7 +215,8 @@ def alerts_step(
         messages_failed=len(report.failed),
         failures_reported=len(report.failures_reported),
         alerts_delivered=report.alerts_delivered,
-        undelivered=[m.describe() for m in (*report.failed, *report.pending)],
+        undelivered=[m.describe() for m in (*report.failed, *report.pending)][:UNDELIVERED_LISTED],
+        undelivered_total=len(report.failed) + len(report.pending),
     )
     log.info("alerts: %s", detail["summary"])
     if raise_if_undelivered:

@@ -72,7 +72,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from pipelines.alerts.channels import DeliveryError, OutgoingMessage, Sender
+from pipelines.alerts.channels import DeliveryError, OutgoingMessage, Sender, TableSender
 from pipelines.alerts.digest import Alert, alerts_from_frame, compose_digest
 from pipelines.errors import ConfigError, NeedsegError
 from pipelines.warehouse import ensure_table
@@ -341,6 +341,17 @@ class _ChannelHistory:
         return alert.flagged_this_run and options.reminder_due(self.last_told[alert.alert_id], alert.as_of)
 
 
+def _messages_so_far(con: duckdb.DuckDBPyConnection, channel: str, run_ids: set[str]) -> dict[tuple[str, str], int]:
+    """How many messages each (run, recipient) already has on `channel`: the next one's part is one more."""
+    if not run_ids:
+        return {}
+    rows = con.execute(
+        "select run_id, recipient, count(*) from alerts.outbox where channel = ? and list_contains(?, run_id) group by all",
+        [channel, sorted(run_ids)],
+    ).fetchall()
+    return {(run_id, recipient): n for run_id, recipient, n in rows}
+
+
 def _history(con: duckdb.DuckDBPyConnection, channel: str) -> _ChannelHistory:
     told = con.execute(
         """
@@ -385,7 +396,7 @@ def enqueue(
     alerts = alerts_from_frame(alerts_df)
     fallback = options.fallback(environ)
     routed = [(alert, *route(alert.account_owner, fallback)) for alert in alerts]
-    created: list[str] = []
+    messages: list[dict[str, Any]] = []
     con.begin()
     try:
         for channel in channels:
@@ -394,16 +405,9 @@ def enqueue(
             for alert, recipient, by_fallback in routed:
                 if history.due(alert, options):
                     groups.setdefault((alert.run_id, recipient), []).append((alert, by_fallback))
+            earlier = _messages_so_far(con, channel, {run_id for run_id, _ in groups})
             for (run_id, recipient), members in sorted(groups.items()):
-                earlier = con.execute(
-                    "select count(*) from alerts.outbox where run_id = ? and channel = ? and recipient = ?",
-                    [run_id, channel, recipient],
-                ).fetchone()[0]
-                part = earlier + 1
-                message_id = message_id_for(run_id, channel, recipient, part)
-                if con.execute("select 1 from alerts.outbox where message_id = ?", [message_id]).fetchone():
-                    raise NeedsegError(f"alerts.outbox: message {message_id} (run {run_id}, {channel}, {recipient}, part {part}) exists "
-                                       "out of sequence; the outbox was edited by hand?")
+                part = earlier.get((run_id, recipient), 0) + 1
                 digest = compose_digest(
                     recipient,
                     [alert for alert, _ in members],
@@ -412,29 +416,35 @@ def enqueue(
                     renotify_after_days=options.renotify_after_days,
                     part=part,
                 )
-                con.execute(
-                    """
-                    insert into alerts.outbox (message_id, run_id, as_of, channel, recipient, alert_ids, subject,
-                        body_text, body_html, payload, status, attempts, last_error, next_attempt_at, created_at,
-                        last_attempt_at, sent_at, part, failure_notified_at)
-                    values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, null, ?, ?, null, null, ?, null)
-                    """,
-                    [
-                        message_id, run_id, digest.as_of, channel, recipient, digest.alert_ids, digest.subject,
-                        digest.body_text,
-                        digest.body_html if channel != "webhook" else None,
-                        json.dumps(digest.payload, ensure_ascii=False) if channel == "webhook" else None,
-                        now, now, part,
-                    ],
-                )
+                messages.append({
+                    "message_id": message_id_for(run_id, channel, recipient, part), "run_id": run_id, "as_of": digest.as_of,
+                    "channel": channel, "recipient": recipient, "alert_ids": digest.alert_ids, "subject": digest.subject,
+                    "body_text": digest.body_text, "body_html": digest.body_html if channel != "webhook" else None,
+                    "payload": json.dumps(digest.payload, ensure_ascii=False) if channel == "webhook" else None,
+                    "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now, "part": part,
+                })
                 if part > 1:
                     log.info("alerts run %s: addendum %d for %s on %s with %d alert(s) the earlier digest lacks",
                              run_id, part - 1, recipient, channel, len(members))
-                created.append(message_id)
+        if messages:
+            # One statement for all messages: a row-by-row insert costs DuckDB milliseconds each.
+            con.register("_needseg_new_messages", pd.DataFrame(messages))
+            try:
+                con.execute(
+                    """
+                    insert into alerts.outbox by name
+                    select * replace (cast(alert_ids as varchar[]) as alert_ids, cast(payload as json) as payload,
+                                      cast(as_of as date) as as_of)
+                    from _needseg_new_messages
+                    """
+                )
+            finally:
+                con.unregister("_needseg_new_messages")
         con.commit()
     except BaseException:
         con.rollback()
         raise
+    created = [m["message_id"] for m in messages]
     return created
 
 
@@ -511,33 +521,36 @@ def _begin_attempt(con: duckdb.DuckDBPyConnection, row: dict[str, Any], now: dt.
     row["attempts"] = attempts
 
 
-def _mark_sent(con: duckdb.DuckDBPyConnection, row: Mapping[str, Any], now: dt.datetime) -> None:
-    """Sent and delivered are one fact: both or neither."""
+def _mark_sent(con: duckdb.DuckDBPyConnection, rows: list[Mapping[str, Any]], now: dt.datetime, *, count_attempt: bool) -> None:
+    """Sent and delivered are one fact: both or neither. `count_attempt`: the attempt was not
+    recorded before the send (the table channel, where nothing travels)."""
+    ids = [row["message_id"] for row in rows]
     con.begin()
     try:
         con.execute(
             """
             update alerts.outbox
-            set status = 'sent', sent_at = ?, last_error = null, next_attempt_at = null
-            where message_id = ?
+            set status = 'sent', sent_at = ?, last_attempt_at = ?, last_error = null, next_attempt_at = null,
+                attempts = attempts + ?
+            where list_contains(?, message_id)
             """,
-            [now, row["message_id"]],
+            [now, now, 1 if count_attempt else 0, ids],
         )
-        con.executemany(
+        con.execute(
             """
             insert into alerts.deliveries (alert_id, channel, run_id, message_id, recipient, delivered_at, as_of)
-            values (?, ?, ?, ?, ?, ?, ?) on conflict do nothing
+            select unnest(alert_ids), channel, run_id, message_id, recipient, ?, as_of
+            from alerts.outbox where list_contains(?, message_id)
+            on conflict do nothing
             """,
-            [[alert_id, row["channel"], row["run_id"], row["message_id"], row["recipient"], now, row["as_of"]]
-             for alert_id in row["alert_ids"]],
+            [now, ids],
         )
         con.commit()
     except BaseException:
         con.rollback()
         log.error(
-            "message %s (%s to %s) was accepted by the channel but could not be recorded as sent; "
-            "it will be sent again with the same id on the next pass",
-            row["message_id"], row["channel"], row["recipient"],
+            "%d message(s) (%s) were accepted but could not be recorded as sent; they will be sent again with the same id on the next pass",
+            len(ids), ", ".join(f"{row['channel']} to {row['recipient']}" for row in rows[:5]),
         )
         raise
 
@@ -598,10 +611,22 @@ def deliver_pending(
         """,
         [now],
     )
+    def sent(rows: list[dict[str, Any]], count_attempt: bool) -> None:
+        _mark_sent(con, rows, now, count_attempt=count_attempt)
+        for row in rows:
+            attempts = int(row["attempts"]) + (1 if count_attempt else 0)
+            report.sent.append(_state({**row, "status": "sent", "attempts": attempts, "next_attempt_at": None, "last_error": None}))
+            report.alerts_delivered[row["channel"]] = report.alerts_delivered.get(row["channel"], 0) + len(row["alert_ids"])
+
+    # The table channel: nothing travels, so the whole batch is recorded in one transaction.
+    table = [row for row in due if row["channel"] == "table" and isinstance(senders.get("table"), TableSender)]
+    if table:
+        sent(table, count_attempt=True)
     down: dict[str, DeliveryError] = {}
+    not_tried: list[tuple[dict[str, Any], DeliveryError]] = []
     for row in due:
         sender = senders.get(row["channel"])
-        if sender is None:
+        if sender is None or (table and row["channel"] == "table"):
             continue
         if row["last_error"] and INTERRUPTED in row["last_error"]:
             log.warning("message %s (%s to %s): its last attempt was interrupted and may have arrived; "
@@ -611,7 +636,10 @@ def deliver_pending(
             error = DeliveryError(row["last_error"] or "no attempts left")
         elif row["channel"] in down:
             row["attempts"] = int(row["attempts"]) + 1
-            error = DeliveryError(f"not tried: {sender.describe()} was unavailable earlier in this pass ({down[row['channel']]})")
+            not_tried.append((row, DeliveryError(
+                f"not tried: {sender.describe()} was unavailable earlier in this pass ({down[row['channel']]})"
+            )))
+            continue
         else:
             message = OutgoingMessage(
                 message_id=row["message_id"],
@@ -636,14 +664,25 @@ def deliver_pending(
                 log.exception("sender for %s raised unexpectedly", row["channel"])
                 error = DeliveryError(f"{sender.describe()}: unexpected {type(exc).__name__}: {exc}")
             else:
-                _mark_sent(con, row, now)
-                report.sent.append(_state({**row, "status": "sent", "next_attempt_at": None, "last_error": None}))
-                report.alerts_delivered[row["channel"]] = report.alerts_delivered.get(row["channel"], 0) + len(row["alert_ids"])
+                sent([row], count_attempt=False)
                 continue
         state = _mark_failed(con, row, error, now, max_attempts, options)
         log.warning("alert message %s: %s", "failed for good" if state.status == "failed" else "not delivered yet", state.describe())
         if state.status == "failed":
             report.failed.append(state)
+    if not_tried:
+        # Messages held back from a channel that is down: one transaction, one log line.
+        con.begin()
+        try:
+            states = [_mark_failed(con, row, error, now, max_attempts, options) for row, error in not_tried]
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        report.failed += [state for state in states if state.status == "failed"]
+        for channel, error in down.items():
+            held = sum(1 for row, _ in not_tried if row["channel"] == channel)
+            log.warning("%d more %s message(s) not tried in this pass: %s", held, channel, error)
     report.pending = [
         _state(r)
         for r in _rows(con, "select * from alerts.outbox where status = 'pending' order by next_attempt_at, created_at, message_id", [])
