@@ -16,7 +16,8 @@ sends nothing):
 
 A missing Airflow connection means "channel off". Every send carries the message's
 deterministic id (e-mail `Message-ID`, HTTP `Idempotency-Key`) so a receiver that
-deduplicates can drop a repeat after a crash between sending and recording.
+deduplicates can drop a repeat after a crash between sending and recording, or after the
+server's answer was lost (pipelines/alerts/outbox.py: at least once on the wire).
 
 Errors name the server and the recipient but never a password or the secret path of a
 webhook URL, because they are stored in `alerts.outbox.last_error` and logged.

@@ -306,11 +306,11 @@ class DeliveryReport:
             parts.append(f"data team told about {len(self.failures_reported)} failed message(s)")
         return f"{head}: " + "; ".join(parts)
 
-    def details(self) -> str:
-        lines = [self.summary()]
-        lines += [f"  failed: {m.describe()}" for m in self.failed]
-        lines += [f"  pending: {m.describe()}" for m in self.pending]
-        return "\n".join(lines)
+    def details(self, limit: int = 20) -> str:
+        """The summary and the undelivered messages, at most `limit` of them (alerts.outbox has all)."""
+        undelivered = [f"  failed: {m.describe()}" for m in self.failed] + [f"  pending: {m.describe()}" for m in self.pending]
+        more = [f"  ... and {len(undelivered) - limit} more (needseg status, or the table alerts.outbox)"] if len(undelivered) > limit else []
+        return "\n".join([self.summary(), *undelivered[:limit], *more])
 
     def raise_for_undelivered(self) -> None:
         """Raise AlertsUndelivered when anything is pending or failed (for an Airflow retry / alert)."""
