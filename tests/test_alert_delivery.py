@@ -295,6 +295,21 @@ def test_a_failed_alert_is_carried_by_the_next_run(con, smtp, senders):
     assert report.alerts_delivered == {"email": 1} and len(smtp.received) == 1
 
 
+def test_a_failed_digest_recomposed_by_a_rerun_is_not_requeued_as_well(con, smtp, senders):
+    """Failed for good, then a re-run of the run carries its alert in an addendum: requeueing
+    the failed part 1 too would send the alert twice."""
+    email_only = {"email": senders["email"]}
+    smtp.stop()
+    deliver_run(con, frame(alert("A-1", ANNA, 0.8)), RUN, now=T0, senders=email_only, config={"max_attempts": 1})
+    again = deliver_run(con, frame(alert("A-1", ANNA, 0.8)), RUN, now=T0 + dt.timedelta(minutes=5), senders=email_only)
+    assert again.created == [message_id_for(RUN, "email", ANNA, part=2)] and len(again.pending) == 1
+    smtp.start()
+    assert requeue_failed(con, now=T0 + dt.timedelta(minutes=10)) == []
+    deliver_pending(con, email_only, now=T0 + dt.timedelta(minutes=10))
+    (mail,) = smtp.received
+    assert "Account A-1 AB" in text_part(mail[1]) and "addendum 1" in mail[1]["Subject"]
+
+
 def test_smtp_login_and_webhook_http_errors_name_the_server(con, webhook):
     server = LoopbackSmtp()
     logins = []

@@ -453,7 +453,8 @@ def requeue_failed(con: duckdb.DuckDBPyConnection, now: dt.datetime | None = Non
     run's, or only `run_id`'s.
 
     A message is left failed if any of its alerts has reached the owner on that channel
-    since (a later digest carried it): sending it now would repeat that alert.
+    since, or is on its way in another pending message (a later digest or an addendum
+    carries it): sending it now would repeat that alert.
     """
     now = utc_naive(now)
     ensure_alert_tables(con)
@@ -462,7 +463,10 @@ def requeue_failed(con: duckdb.DuckDBPyConnection, now: dt.datetime | None = Non
         select o.message_id,
                exists (select 1 from alerts.deliveries d
                        where d.channel = o.channel and list_contains(o.alert_ids, d.alert_id)
-                         and d.delivered_at >= o.created_at) as overtaken
+                         and d.delivered_at >= o.created_at)
+               or exists (select 1 from alerts.outbox p
+                          where p.channel = o.channel and p.status = 'pending' and p.message_id <> o.message_id
+                            and len(list_intersect(p.alert_ids, o.alert_ids)) > 0) as overtaken
         from alerts.outbox o
         where o.status = 'failed' and (? is null or o.run_id = ?)
         order by o.created_at, o.message_id
@@ -472,7 +476,7 @@ def requeue_failed(con: duckdb.DuckDBPyConnection, now: dt.datetime | None = Non
     requeued = [message_id for message_id, overtaken in rows if not overtaken]
     for message_id, overtaken in rows:
         if overtaken:
-            log.warning("message %s stays failed: a later digest already delivered some of its alerts", message_id)
+            log.warning("message %s stays failed: another digest delivered or carries some of its alerts", message_id)
     if requeued:
         con.execute(
             """
