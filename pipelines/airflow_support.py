@@ -87,6 +87,20 @@ def resolve_as_of(context: dict[str, Any]) -> dt.date:
     monthly run on the 1st at 03:00 describes the day before (the month just completed),
     never the day it has barely begun.
     """
+    given = given_as_of(context)
+    if given is not None:
+        return given
+    end = context.get("data_interval_end")
+    start = context.get("data_interval_start")
+    if end is not None and start is not None and end > start:
+        return (end - dt.timedelta(microseconds=1)).date()
+    started = context.get("logical_date") or dt.datetime.now(dt.UTC)
+    return started.date() - dt.timedelta(days=1)
+
+
+def given_as_of(context: dict[str, Any]) -> dt.date | None:
+    """The date a run was handed: the `as_of` param or conf, else the latest `as_of` of the
+    asset events that triggered it; None for a run a timetable started on its own."""
     explicit = (context.get("params") or {}).get("as_of")
     dag_run = context.get("dag_run")
     conf = getattr(dag_run, "conf", None) or {}
@@ -103,14 +117,23 @@ def resolve_as_of(context: dict[str, Any]) -> dt.date:
                     dates.append(dt.date.fromisoformat(value))
     except (AttributeError, TypeError, ValueError):
         dates = []
-    if dates:
-        return max(dates)
-    end = context.get("data_interval_end")
-    start = context.get("data_interval_start")
-    if end is not None and start is not None and end > start:
-        return (end - dt.timedelta(microseconds=1)).date()
-    started = context.get("logical_date") or dt.datetime.now(dt.UTC)
-    return started.date() - dt.timedelta(days=1)
+    return max(dates) if dates else None
+
+
+ALERTS_RETRY_SCHEDULE = "*/15 * * * *"
+
+
+def alerts_schedule(segments_asset: Any) -> Any:
+    """The alerts DAG's schedule: every new `needseg_segments` event (compose that run's
+    digests and send them) OR a timer, NEEDSEG_ALERTS_RETRY_SCHEDULE (default every 15
+    minutes, UTC), whose runs only send digests that are pending and due. The timer is what
+    drives the outbox's retries between monthly runs; "none" leaves only the asset."""
+    cron = schedule("NEEDSEG_ALERTS_RETRY_SCHEDULE", ALERTS_RETRY_SCHEDULE)
+    if cron is None:
+        return [segments_asset]
+    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=segments_asset)
 
 
 AS_OF_XCOM = "{{ ti.xcom_pull(task_ids='resolve_as_of') }}"

@@ -148,8 +148,17 @@ def cmd_drift(args: argparse.Namespace) -> int:
 def cmd_alerts(args: argparse.Namespace) -> int:
     from pipelines import cycle
 
-    detail = cycle.alerts_step(args.as_of, _settings(args), raise_if_undelivered=args.strict)
+    if args.pending_only and args.as_of is not None:
+        raise NeedsegError("--pending-only composes no digest, so --as-of does not apply; use one or the other")
+    detail = cycle.alerts_step(
+        args.as_of, _settings(args), raise_if_undelivered=args.strict, pending_only=args.pending_only, retry_failed=args.retry_failed
+    )
     print(detail["summary"])
+    listed = detail.get("undelivered", [])
+    for line in listed:
+        print(f"  not delivered yet: {line}")
+    if detail.get("undelivered_total", 0) > len(listed):
+        print(f"  ... and {detail['undelivered_total'] - len(listed)} more (needseg status, or the table alerts.outbox)")
     return 0
 
 
@@ -279,6 +288,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             con.sql("select run_id, stage, round(seconds, 1) as seconds from meta.cycle_runs where as_of = (select max(as_of) from meta.cycle_runs) order by started_at").show()
         except Exception:  # noqa: BLE001 - no segmentation yet
             print("  none yet")
+        from pipelines.alerts.outbox import outbox_overview
+
+        print("\n".join(outbox_overview(con)))
     return 0
 
 
@@ -355,8 +367,24 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_drift)
 
-    p = sub.add_parser("alerts", help="deliver a run's churn-risk alerts to account owners (digest per owner)")
-    _common(p)
+    p = sub.add_parser(
+        "alerts",
+        help="deliver churn-risk alerts to account owners (digest per owner), or send what is pending",
+        description=(
+            "Compose the churn-risk digests of a segmentation run (one per account owner and channel) and send "
+            "everything that is due, including digests of earlier runs waiting for a retry. Re-running it sends "
+            "nothing twice. Channels: NEEDSEG_SMTP_* / NEEDSEG_ALERT_WEBHOOK_URL (or the Airflow connections); "
+            "the alerts.outbox table always. `needseg status` lists pending and failed digests."
+        ),
+    )
+    _common(p, as_of=False)
+    p.add_argument("--as-of", type=_date, default=None,
+                   help="the segmentation run whose alerts to compose (YYYY-MM-DD; default: the latest run)")
+    p.add_argument("--pending-only", action="store_true",
+                   help="compose nothing; only send digests that are pending and due (what the alerts DAG's timed runs do)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="first put digests that failed for good (all attempts used) back in the queue, "
+                        "of every run (with --as-of: of that run), and send them")
     p.add_argument("--strict", action="store_true", help="exit non-zero while any digest is pending or failed")
     p.set_defaults(func=cmd_alerts)
 

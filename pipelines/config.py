@@ -64,12 +64,13 @@ DEFAULTS: dict[str, Any] = {
         "survive_overlap": 0.5,
         "split_overlap": 0.25,
     },
-    "alerts": {
+    "alerts": {  # the same defaults as pipelines.alerts.outbox.AlertOptions
         "fallback_recipient": None,
-        "renotify_after_days": 30,
-        "max_attempts": 8,
+        "renotify_after_days": 60,
+        "renotify_tolerance_days": 3,
+        "max_attempts": 12,
         "retry_base_seconds": 60,
-        "retry_max_seconds": 3600,
+        "retry_max_seconds": 21600,
     },
     "publish": {},
 }

@@ -27,6 +27,7 @@ from typing import Any
 from pipelines import transform
 from pipelines.config import load_config
 from pipelines.drift.run import run_drift
+from pipelines.errors import NeedsegError
 from pipelines.ingest.http_source import HttpSourceError, fetch_http_sources
 from pipelines.ingest.loader import ingest
 from pipelines.publish import publish
@@ -158,39 +159,86 @@ def publish_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, 
     return detail
 
 
-def alerts_step(as_of: dt.date, settings: Settings | None = None, raise_if_undelivered: bool = False) -> dict[str, Any]:
-    """Deliver the churn-risk alerts of the run as of `as_of` (and anything still pending).
+UNDELIVERED_LISTED = 10  # in the step's summary; `needseg status` and alerts.outbox have them all
 
-    With `raise_if_undelivered` a channel outage fails the step after recording what was
-    sent, so Airflow retries it later; nothing is sent twice (pipelines/alerts/outbox.py).
+
+def alerts_step(
+    as_of: dt.date | None,
+    settings: Settings | None = None,
+    raise_if_undelivered: bool = False,
+    *,
+    pending_only: bool = False,
+    retry_failed: bool = False,
+) -> dict[str, Any]:
+    """Deliver the churn-risk alerts of the run as of `as_of` (None: the latest segmentation
+    run), and anything still pending and due from earlier.
+
+    `pending_only` composes nothing: it only sends what is pending and due (the alerts DAG's
+    timed runs, `needseg alerts --pending-only`), so the outbox's backoff has something
+    driving it between monthly runs. `retry_failed` first puts messages that failed for good
+    back in the queue. With `raise_if_undelivered` a channel outage fails the step after
+    recording what was sent, so Airflow retries it; nothing is sent twice
+    (pipelines/alerts/outbox.py).
     """
-    from pipelines.alerts.deliver import deliver_run
-    from pipelines.drift.episodes import deliverable
+    from pipelines.alerts.deliver import alerts_to_deliver, deliver_due, deliver_run
+    from pipelines.alerts.outbox import requeue_failed
+    from pipelines.drift.run import ensure_tables as ensure_drift_tables
+    from pipelines.segmentation.run import ensure_tables as ensure_segmentation_tables
     from pipelines.segmentation.run import run_id_for
 
     settings = settings or load_settings()
     config = load_config(settings.config_path)
     detail: dict[str, Any] = {}
-    run_id = run_id_for(as_of)
-    with _timed(settings, as_of, "alerts", detail):
+    if pending_only:
+        if not settings.warehouse_path.exists():
+            detail["summary"] = f"alert delivery: no warehouse at {settings.warehouse_path} yet, nothing pending"
+            log.info("alerts: %s", detail["summary"])
+            return detail
         with open_warehouse(settings.warehouse_path) as con:
-            from pipelines.drift.run import ensure_tables
-
-            ensure_tables(con)
-            alerts = con.execute("select * from alerts.churn_risk_alerts").df()
-            report = deliver_run(con, deliverable(alerts, run_id, as_of), run_id, config=config)
-        detail.update(
-            summary=report.summary(),
-            messages_created=len(report.created),
-            messages_sent=len(report.sent),
-            messages_pending=len(report.pending),
-            messages_failed=len(report.failed),
-            alerts_delivered=report.alerts_delivered,
-        )
+            report = deliver_due(con, config=config, retry_failed=retry_failed)
+    else:
+        with open_warehouse(settings.warehouse_path) as con:
+            ensure_segmentation_tables(con)
+            ensure_drift_tables(con)
+            run_as_of = _segmentation_run_as_of(con, as_of)
+        run_id = run_id_for(run_as_of)
+        with _timed(settings, run_as_of, "alerts", detail):
+            with open_warehouse(settings.warehouse_path) as con:
+                # A date given: that run's failed digests; none: every run's.
+                requeued = requeue_failed(con, run_id=run_id if as_of is not None else None) if retry_failed else []
+                report = deliver_run(con, alerts_to_deliver(con, run_id, run_as_of), run_id, config=config)
+                report.requeued = requeued
+    detail.update(
+        summary=report.summary(),
+        run_id=report.run_id,
+        messages_created=len(report.created),
+        messages_requeued=len(report.requeued),
+        messages_sent=len(report.sent),
+        messages_pending=len(report.pending),
+        messages_failed=len(report.failed),
+        failures_reported=len(report.failures_reported),
+        alerts_delivered=report.alerts_delivered,
+        undelivered=[m.describe() for m in (*report.failed, *report.pending)][:UNDELIVERED_LISTED],
+        undelivered_total=len(report.failed) + len(report.pending),
+    )
     log.info("alerts: %s", detail["summary"])
     if raise_if_undelivered:
         report.raise_for_undelivered()
     return detail
+
+
+def _segmentation_run_as_of(con: Any, as_of: dt.date | None) -> dt.date:
+    """`as_of` if a segmentation run exists for it; None: the latest run's date."""
+    dates = [r[0] for r in con.execute("select as_of from segments.segment_runs order by as_of").fetchall()]
+    if not dates:
+        raise NeedsegError("no segmentation run yet, so no alerts to compose: run a cycle first (needseg run); "
+                           "needseg alerts --pending-only still sends what is pending")
+    if as_of is None:
+        return dates[-1]
+    if as_of not in dates:
+        raise NeedsegError(f"no segmentation run as of {as_of}: the alerts of a run are composed after it "
+                           f"(needseg segment --as-of {as_of}); the latest run is as of {dates[-1]}")
+    return as_of
 
 
 STEP_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {

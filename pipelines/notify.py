@@ -21,18 +21,28 @@ log = logging.getLogger("needseg.notify")
 
 
 def dag_failed(context: dict[str, Any]) -> str:
+    """The DAG-level failure callback: which DAG, run and task failed, and where its log is.
+
+    Airflow 3 hands a DAG callback the failed run's last task instance when it has one, and
+    otherwise only the DAG, the run id and the reason; both are handled.
+    """
     dag_run = context.get("dag_run")
     ti = context.get("task_instance") or context.get("ti")
     reason = context.get("reason") or context.get("exception") or "see the task log"
-    dag_id = getattr(dag_run, "dag_id", None) or getattr(ti, "dag_id", None) or "?"
-    run_id = getattr(dag_run, "run_id", None) or getattr(ti, "run_id", None) or "?"
-    task_id = getattr(ti, "task_id", None) or "?"
-    message = f"needseg: DAG {dag_id} run {run_id} failed (task {task_id}): {reason}"
+    dag_id = getattr(dag_run, "dag_id", None) or getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", None) or "?"
+    run_id = getattr(dag_run, "run_id", None) or getattr(ti, "run_id", None) or context.get("run_id") or "?"
+    task_id = getattr(ti, "task_id", None)
+    message = f"needseg: DAG {dag_id} run {run_id} failed" + (f" (task {task_id})" if task_id else "") + f": {reason}"
     log.error(message)
-    details = [message, "", f"DAG: {dag_id}", f"Run: {run_id}", f"Task: {task_id}"]
-    log_url = getattr(ti, "log_url", None)
-    if isinstance(log_url, str) and log_url:
-        details.append(f"Log: {log_url}")
+    details = [message, "", f"DAG: {dag_id}", f"Run: {run_id}", f"Task: {task_id or 'unknown (Airflow did not say)'}"]
+    try_number = getattr(ti, "try_number", None)
+    if try_number:
+        details.append(f"Try: {try_number}")
+    task_log = _task_log_url(ti)
+    if task_log:
+        details.append(f"Log: {task_log}")
+    elif dag_id != "?" and run_id != "?" and (run_page := _run_url(dag_id, run_id)):
+        details.append(f"Run and its task logs: {run_page}")
     details += ["", "Sent by needseg's DAG failure callback."]
     tell_data_team(
         subject=f"needseg: DAG {dag_id} failed (run {run_id})",
@@ -40,6 +50,27 @@ def dag_failed(context: dict[str, Any]) -> str:
         key=f"dag-failed\x1f{dag_id}\x1f{run_id}",
     )
     return message
+
+
+def _task_log_url(ti: Any) -> str | None:
+    try:
+        url = getattr(ti, "log_url", None)
+    except Exception:  # noqa: BLE001 - a property that needs Airflow's configuration
+        return None
+    return url if isinstance(url, str) and url else None
+
+
+def _run_url(dag_id: str, run_id: str) -> str | None:
+    """The run's page in the Airflow UI (api.base_url), when Airflow is installed."""
+    try:
+        from urllib.parse import quote
+
+        from airflow.configuration import conf
+
+        base = conf.get("api", "base_url", fallback="http://localhost:8080/")
+    except Exception:  # noqa: BLE001 - outside Airflow there is no UI to point to
+        return None
+    return f"{base.rstrip('/')}/dags/{dag_id}/runs/{quote(run_id)}"
 
 
 def tell_data_team(

@@ -11,124 +11,25 @@ from __future__ import annotations
 
 import datetime as dt
 import email
-import email.policy
 import json
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from aiosmtpd.controller import Controller
 
 from pipelines import notify
 from pipelines.alerts import deliver_pending, deliver_run
-from pipelines.alerts.channels import (
-    SmtpSender,
-    TableSender,
-    WebhookSender,
-    configured_senders,
-    message_id_header,
-)
-from pipelines.alerts.outbox import AlertsUndelivered, requeue_failed
+from pipelines.alerts.channels import TableSender, configured_senders, message_id_header
+from pipelines.alerts.deliver import deliver_due
+from pipelines.alerts.outbox import AlertOptions, AlertsUndelivered, message_id_for, requeue_failed
 from pipelines.errors import ConfigError
 from pipelines.warehouse import open_warehouse
+from tests.loopback import LoopbackSmtp, LoopbackWebhook
 
 T0 = dt.datetime(2026, 11, 1, 6, 0)
 RUN = "seg-2026-10-31"
 ANNA = "anna.berg@example.com"
 BO = "bo.lind@example.com"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class LoopbackSmtp:
-    """A real SMTP server that keeps what it receives; can be stopped and started again."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.received: list[tuple[list[str], email.message.EmailMessage]] = []
-        self.controller: Controller | None = None
-
-    async def handle_DATA(self, server, session, envelope):
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self.received.append((list(envelope.rcpt_tos), message))
-        return "250 Message accepted for delivery"
-
-    def start(self, **smtp_parameters) -> None:
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port, **smtp_parameters)
-        self.controller.start()
-
-    def stop(self) -> None:
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
-
-    def to(self, address: str) -> list[email.message.EmailMessage]:
-        return [message for rcpts, message in self.received if address in rcpts]
-
-    def sender(self, **overrides) -> SmtpSender:
-        return SmtpSender(**{"host": "127.0.0.1", "port": self.port, "timeout": 2.0, "sender": "needseg <alerts@example.com>", **overrides})
-
-
-class LoopbackWebhook:
-    """A Slack-compatible webhook: records JSON posts; can fail the next N requests or stop."""
-
-    def __init__(self) -> None:
-        self.posts: list[dict] = []
-        self.refused: list[dict] = []
-        self.fail_remaining = 0
-        self.fail_status = 503
-        self._lock = threading.Lock()
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                record = {"path": self.path, "headers": dict(self.headers), "json": json.loads(body)}
-                with hook._lock:
-                    failing = hook.fail_remaining > 0
-                    if failing:
-                        hook.fail_remaining -= 1
-                        hook.refused.append(record)
-                    else:
-                        hook.posts.append(record)
-                status, text = (hook.fail_status, b"service unavailable") if failing else (200, b"ok")
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(text)))
-                self.end_headers()
-                self.wfile.write(text)
-
-            def log_message(self, format, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/services/T0001/B0001/s3cr3t-token"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def fail_next(self, count: int, status: int = 503) -> None:
-        with self._lock:
-            self.fail_remaining, self.fail_status = count, status
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.server.shutdown()
-            self.thread.join()
-            self.server.server_close()
-
-    def for_recipient(self, address: str) -> list[dict]:
-        return [p for p in self.posts if f"For {address}" in p["json"]["text"]]
-
-    def sender(self) -> WebhookSender:
-        return WebhookSender(url=self.url, timeout=2.0)
 
 
 @pytest.fixture
@@ -394,6 +295,21 @@ def test_a_failed_alert_is_carried_by_the_next_run(con, smtp, senders):
     assert report.alerts_delivered == {"email": 1} and len(smtp.received) == 1
 
 
+def test_a_failed_digest_recomposed_by_a_rerun_is_not_requeued_as_well(con, smtp, senders):
+    """Failed for good, then a re-run of the run carries its alert in an addendum: requeueing
+    the failed part 1 too would send the alert twice."""
+    email_only = {"email": senders["email"]}
+    smtp.stop()
+    deliver_run(con, frame(alert("A-1", ANNA, 0.8)), RUN, now=T0, senders=email_only, config={"max_attempts": 1})
+    again = deliver_run(con, frame(alert("A-1", ANNA, 0.8)), RUN, now=T0 + dt.timedelta(minutes=5), senders=email_only)
+    assert again.created == [message_id_for(RUN, "email", ANNA, part=2)] and len(again.pending) == 1
+    smtp.start()
+    assert requeue_failed(con, now=T0 + dt.timedelta(minutes=10)) == []
+    deliver_pending(con, email_only, now=T0 + dt.timedelta(minutes=10))
+    (mail,) = smtp.received
+    assert "Account A-1 AB" in text_part(mail[1]) and "addendum 1" in mail[1]["Subject"]
+
+
 def test_smtp_login_and_webhook_http_errors_name_the_server(con, webhook):
     server = LoopbackSmtp()
     logins = []
@@ -410,8 +326,8 @@ def test_smtp_login_and_webhook_http_errors_name_the_server(con, webhook):
         deliver_run(con, frame(alert("A-1", ANNA, 0.8)), RUN, now=T0, senders={"email": good})
         assert len(server.received) == 1 and logins[-1] == (b"needseg", b"right")
         bad = server.sender(username="needseg", password="wrong")
-        report = deliver_run(con, frame(alert("A-1", ANNA, 0.8, run_id="seg-2026-11-30")), "seg-2026-11-30",
-                             now=T0 + dt.timedelta(days=40), senders={"email": bad})
+        report = deliver_run(con, frame(alert("A-2", ANNA, 0.8, run_id="seg-2026-11-30")), "seg-2026-11-30",
+                             now=T0 + dt.timedelta(days=30), senders={"email": bad})
         assert "refused the login of user 'needseg'" in report.pending[0].last_error
         assert "wrong" not in report.pending[0].last_error
     finally:
@@ -422,6 +338,14 @@ def test_smtp_login_and_webhook_http_errors_name_the_server(con, webhook):
     error = report.pending[0].last_error
     assert "HTTP 404" in error and f"127.0.0.1:{webhook.port}" in error and BO in error
     assert "s3cr3t" not in error  # the webhook path is the secret
+
+
+def test_the_configuration_defaults_are_the_delivery_defaults():
+    from pipelines.config import DEFAULTS, load_config
+    from pipelines.settings import load_settings
+
+    assert AlertOptions.from_config(DEFAULTS) == AlertOptions()
+    assert AlertOptions.from_config(load_config(load_settings().config_path)) == AlertOptions()
 
 
 def test_channels_are_off_unless_configured(monkeypatch):
@@ -465,8 +389,231 @@ def test_dag_failure_notice_reaches_the_data_team(monkeypatch, smtp, webhook):
     (post,) = webhook.posts
     assert "needseg_segmentation" in post["json"]["text"] and post["headers"]["Idempotency-Key"].startswith("needseg-notice-")
 
+    # Without a task instance Airflow hands the callback only the DAG, the run id and the reason.
+    minimal = {"dag": SimpleNamespace(dag_id="needseg_alerts"), "run_id": "asset_triggered__2026-11-01", "reason": "timed_out"}
+    assert notify.dag_failed(minimal) == "needseg: DAG needseg_alerts run asset_triggered__2026-11-01 failed: timed_out"
+    (mail,) = smtp.to("data-team@example.com")[1:]
+    assert mail["Subject"] == "needseg: DAG needseg_alerts failed (run asset_triggered__2026-11-01)"
+    assert "/dags/needseg_alerts/runs/asset_triggered__2026-11-01" in mail.get_content()
+
     # Channels down: logged, never raised.
     smtp.stop()
     webhook.stop()
     assert notify.dag_failed(context) == message
     smtp.start()
+
+
+# ----------------------------------------------------------------------------- alerts that join a run late
+
+
+def episode(alert_id: str, owner: str, opened: dt.date, last_seen: dt.date, status: str = "open") -> dict:
+    """A row of alerts.churn_risk_alerts as the drift step writes it."""
+    return {
+        "alert_id": alert_id, "account_id": f"acc-{alert_id}", "reason": "drift_to_price_sensitive", "status": status,
+        "opened_run_id": f"seg-{opened}", "opened_as_of": opened, "last_seen_run_id": f"seg-{last_seen}",
+        "last_seen_as_of": last_seen, "resolved_as_of": None if status == "open" else last_seen, "runs_flagged": 1,
+        "score": 0.8, "peak_score": 0.8, "account_name": f"Account {alert_id} AB", "account_owner": owner,
+        "from_segment": "Loyalty & partnership", "to_segment": "Price-focused",
+        "evidence": json.dumps([f"discount depth up ({alert_id})"]), "action": f"Call about {alert_id}",
+    }
+
+
+def drift_wrote(con, *rows: dict) -> None:
+    """What a drift run leaves: the alert episodes, replaced whole."""
+    from pipelines.drift.run import ensure_tables
+    from pipelines.warehouse import insert_frame
+
+    ensure_tables(con)
+    con.execute("delete from alerts.churn_risk_alerts")
+    insert_frame(con, "alerts.churn_risk_alerts", pd.DataFrame(list(rows)))
+
+
+def deliver_as_of(con, as_of: dt.date, senders, now, **kwargs):
+    from pipelines.alerts.deliver import alerts_to_deliver
+
+    run_id = f"seg-{as_of}"
+    return deliver_run(con, alerts_to_deliver(con, run_id, as_of), run_id, now=now, senders=senders, **kwargs)
+
+
+SEP, OCT = dt.date(2026, 9, 30), dt.date(2026, 10, 31)
+
+
+def test_a_rerun_that_adds_an_alert_sends_one_addendum_with_only_that_alert(con, smtp, webhook, senders):
+    drift_wrote(con, episode("X", ANNA, SEP, SEP), episode("Z", BO, SEP, SEP))
+    deliver_as_of(con, SEP, senders, T0)
+    assert len(smtp.to(ANNA)) == 1 and len(webhook.for_recipient(ANNA)) == 1
+
+    # Upstream data changed; the drift step re-ran the same interval and Anna has a new alert.
+    drift_wrote(con, episode("X", ANNA, SEP, SEP), episode("Z", BO, SEP, SEP), episode("W", ANNA, SEP, SEP))
+    webhook.fail_next(1)  # the addendum's first post meets an outage
+    report = deliver_as_of(con, SEP, senders, T0 + dt.timedelta(minutes=10))
+    assert len(report.created) == 3  # Anna's addendum on table, e-mail and webhook; nothing for Bo
+    assert report.alerts_delivered == {"email": 1, "table": 1}
+
+    (_, addendum) = smtp.to(ANNA)
+    assert addendum["Subject"] == "needseg: 1 more account at churn risk (as of 2026-09-30, addendum 1)"
+    body = text_part(addendum)
+    assert "Account W AB" in body and "Call about W" in body and "Account X AB" not in body
+    assert "Addendum 1 to your needseg digest as of 2026-09-30" in body
+    assert addendum["Message-ID"] == message_id_header(message_id_for(f"seg-{SEP}", "email", ANNA, part=2))
+    assert smtp.to(BO) and len(smtp.to(BO)) == 1
+
+    # The webhook's retry of the addendum carries the addendum's own id.
+    retried = deliver_pending(con, senders, now=T0 + dt.timedelta(minutes=12))
+    assert retried.alerts_delivered == {"webhook": 1}
+    (_, posted) = webhook.for_recipient(ANNA)
+    assert posted["headers"]["Idempotency-Key"] == webhook.refused[0]["headers"]["Idempotency-Key"]
+    assert posted["headers"]["Idempotency-Key"] == message_id_for(f"seg-{SEP}", "webhook", ANNA, part=2)
+    assert "Account W AB" in posted["json"]["text"] and "Account X AB" not in posted["json"]["text"]
+
+    # Re-run again: nothing new.
+    again = deliver_as_of(con, SEP, senders, T0 + dt.timedelta(minutes=20))
+    assert not again.created and not again.sent
+    assert len(smtp.received) == 3 and len(webhook.posts) == 3
+    for channel in ("table", "email", "webhook"):
+        assert deliveries(con, channel) == [("W", f"seg-{SEP}"), ("X", f"seg-{SEP}"), ("Z", f"seg-{SEP}")]
+
+
+def test_an_alert_not_flagged_again_next_run_still_reaches_its_owner_once(con, smtp, webhook, senders):
+    drift_wrote(con, episode("X", ANNA, SEP, SEP))
+    deliver_as_of(con, SEP, senders, T0)
+    # The drift step for September re-ran with new data (Y for Bo), but no alerts pass ran
+    # before October, and in October Y is not flagged again (still open: it takes two quiet runs).
+    # A resolved alert that never reached anyone is not sent: the account recovered.
+    drift_wrote(con, episode("X", ANNA, SEP, OCT), episode("Y", BO, SEP, SEP),
+                episode("R", BO, dt.date(2026, 8, 31), dt.date(2026, 8, 31), status="resolved"))
+    report = deliver_as_of(con, OCT, senders, T0 + dt.timedelta(days=31))
+    assert report.alerts_delivered == {"email": 1, "table": 1, "webhook": 1}
+    (mail,) = smtp.to(BO)
+    body = text_part(mail)
+    assert "Account Y AB" in body and "open since 2026-09-30, last flagged 2026-09-30" in body and "Account R AB" not in body
+    assert len(smtp.to(ANNA)) == 1  # X was told in September; no reminder after one month
+    assert not deliver_as_of(con, OCT, senders, T0 + dt.timedelta(days=31, minutes=5)).created
+
+
+# ----------------------------------------------------------------------------- reminders in business time
+
+MONTH_ENDS = [dt.date(2025, 12, 31), dt.date(2026, 1, 31), dt.date(2026, 2, 28), dt.date(2026, 3, 31),
+              dt.date(2026, 4, 30), dt.date(2026, 5, 31)]
+
+
+@pytest.mark.parametrize(
+    ("renotify_after_days", "reminded"),
+    [
+        (30, MONTH_ENDS[1:]),  # every monthly run, February (28 days) and March (31) alike
+        (60, [dt.date(2026, 2, 28), dt.date(2026, 4, 30)]),  # every second run
+        (None, []),
+    ],
+)
+def test_reminders_count_the_runs_as_of_dates_not_the_wall_clock(con, smtp, renotify_after_days, reminded):
+    """Monthly runs replayed minutes apart (as the demo does): reminders depend only on the
+    runs' dates, so they come at the same runs whatever the month lengths or the clock."""
+    email_only = {"email": smtp.sender()}
+    config = {"alerts": {"renotify_after_days": renotify_after_days}}
+    mailed_at = []
+    for minute, as_of in enumerate(MONTH_ENDS):
+        drift_wrote(con, episode("X", ANNA, MONTH_ENDS[0], as_of))
+        before = len(smtp.received)
+        deliver_as_of(con, as_of, email_only, T0 + dt.timedelta(minutes=minute), config=config)
+        # A re-run of the same month minutes later never repeats anything.
+        deliver_as_of(con, as_of, email_only, T0 + dt.timedelta(minutes=minute, seconds=30), config=config)
+        if len(smtp.received) > before:
+            assert len(smtp.received) == before + 1
+            mailed_at.append(as_of)
+    assert mailed_at == [MONTH_ENDS[0], *reminded]
+    if reminded:
+        assert "open since 2025-12-31" in text_part(smtp.to(ANNA)[1])
+
+
+def test_the_reminder_rule_on_month_ends():
+    options = AlertOptions(renotify_after_days=60, renotify_tolerance_days=3)
+    assert not options.reminder_due(dt.date(2026, 1, 31), dt.date(2026, 2, 28))
+    assert options.reminder_due(dt.date(2026, 1, 31), dt.date(2026, 3, 31))  # 59 days
+    assert options.reminder_due(dt.date(2025, 12, 31), dt.date(2026, 2, 28))  # 59 days, across February
+    assert not options.reminder_due(dt.date(2026, 3, 31), dt.date(2026, 3, 31))  # same run, minutes apart
+    monthly = AlertOptions(renotify_after_days=30)
+    assert monthly.reminder_due(dt.date(2026, 1, 31), dt.date(2026, 2, 28))  # 28 days
+    assert not monthly.reminder_due(dt.date(2026, 1, 31), dt.date(2026, 2, 7))  # a weekly run
+    with pytest.raises(ConfigError, match="renotify_tolerance_days"):
+        AlertOptions.from_config({"alerts": {"renotify_tolerance_days": -1}})
+
+
+# ----------------------------------------------------------------------------- failed for good: the data team hears
+
+
+def test_a_digest_that_used_all_attempts_is_reported_to_the_data_team_once(con, smtp, webhook):
+    environ = {"NEEDSEG_DATA_TEAM_EMAIL": "data-team@example.com"}
+    senders = {"email": smtp.sender(), "webhook": webhook.sender()}
+    config = {"alerts": {"max_attempts": 2, "retry_base_seconds": 10}}
+    webhook.fail_next(100, status=404)
+    first = deliver_run(con, frame(alert("A-1", ANNA, 0.8)), RUN, now=T0, senders=senders, config=config, environ=environ)
+    assert not first.failures_reported and not smtp.to("data-team@example.com")
+    second = deliver_pending(con, senders, now=T0 + dt.timedelta(seconds=10), options=config)
+    assert len(second.failed) == 1
+    from pipelines.alerts.deliver import report_failures
+
+    reported = report_failures(con, senders, T0 + dt.timedelta(seconds=10), environ=environ)
+    assert reported == [message_id_for(RUN, "webhook", ANNA)]
+    (notice,) = smtp.to("data-team@example.com")
+    assert notice["Subject"] == "needseg: 1 alert digest could not be delivered"
+    body = notice.get_content()
+    assert f"webhook to {ANNA} (1 alert, run {RUN}), 2 attempts" in body and "HTTP 404" in body
+    assert "needseg alerts --retry-failed --pending-only" in body and "alerts.outbox" in body
+    assert "s3cr3t" not in body  # the webhook path is its secret
+
+    # Later passes do not repeat the notice.
+    deliver_due(con, T0 + dt.timedelta(hours=1), senders, config, environ=environ)
+    assert len(smtp.to("data-team@example.com")) == 1
+    assert con.execute("select status, failure_notified_at is not null from alerts.outbox where channel = 'webhook'").fetchall() == [("failed", True)]
+
+    # Fixed and requeued: delivered once; the outbox no longer lists it as failed.
+    webhook.fail_next(0)
+    fixed = deliver_due(con, T0 + dt.timedelta(hours=2), senders, config, retry_failed=True, environ=environ)
+    assert fixed.requeued and fixed.alerts_delivered == {"webhook": 1} and len(webhook.posts) == 1
+
+
+# ----------------------------------------------------------------------------- a crash between accept and record
+
+
+CRASHING_PASS = """
+import sys
+from pipelines.alerts.channels import SmtpSender
+from pipelines.alerts.outbox import deliver_pending
+from pipelines.warehouse import open_warehouse
+with open_warehouse(sys.argv[1]) as con:
+    deliver_pending(con, {"email": SmtpSender(host="127.0.0.1", port=int(sys.argv[2]), timeout=30)})
+"""
+
+
+def test_a_process_killed_while_sending_resends_with_the_same_id_and_records_one_delivery(tmp_path, smtp):
+    """The documented window: the server has the digest, the outbox could not record it. The
+    next pass sends it again with the same Message-ID; the tables record it once."""
+    import signal
+    import subprocess
+    import sys
+
+    warehouse = tmp_path / "crash.duckdb"
+    with open_warehouse(warehouse) as con:
+        smtp.stop()
+        deliver_run(con, frame(alert("A-1", ANNA, 0.8)), RUN, now=T0, senders={"email": smtp.sender()})
+        con.execute("update alerts.outbox set next_attempt_at = null")  # due now
+    smtp.start()
+    child = subprocess.Popen([sys.executable, "-c", CRASHING_PASS, str(warehouse), str(smtp.port)])
+    smtp.on_data = lambda: (child.send_signal(signal.SIGKILL), child.wait())  # dies before it hears "250"
+    try:
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        smtp.on_data = None
+        if child.poll() is None:
+            child.kill()
+    assert len(smtp.received) == 1
+
+    with open_warehouse(warehouse) as con:
+        ((status, attempts, last_error),) = con.execute("select status, attempts, last_error from alerts.outbox").fetchall()
+        assert status == "pending" and attempts == 2 and "attempt 2 started" in last_error and "did not finish" in last_error
+        report = deliver_pending(con, {"email": smtp.sender()})
+        assert report.alerts_delivered == {"email": 1}
+        assert deliveries(con, "email") == [("A-1:drift_to_price_sensitive", RUN)]
+        assert con.execute("select status, attempts, last_error from alerts.outbox").fetchall() == [("sent", 3, None)]
+    first, second = (message for _, message in smtp.received)
+    assert first["Message-ID"] == second["Message-ID"]

@@ -51,7 +51,9 @@ def test_schedules_and_assets_link_ingest_features_segmentation(dagbag):
     assert segmentation.get_task("segment_customers").inlets[0].name == "needseg_customer_features"
     assert segmentation.get_task("publish_serving_database").outlets[0].name == "needseg_segments"
     alerts = dagbag.dags["needseg_alerts"]
-    assert [a.name for a in alerts.schedule] == ["needseg_segments"]
+    # every new segments event, or the retry timer (its runs only send what is pending)
+    assert alerts.timetable.asset_condition.name == "needseg_segments"
+    assert alerts.timetable.timetable.expression == "*/15 * * * *"
     # drift runs between the segmentation and the serving models it feeds
     assert segmentation.get_task("detect_drift").upstream_task_ids == {"resolve_as_of", "segment_customers"}
 
@@ -78,6 +80,35 @@ def test_schedules_can_be_set_per_deployment(monkeypatch):
     monkeypatch.setenv("NEEDSEG_SEGMENTATION_SCHEDULE", "0 4 * * 1")
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "needseg_segmentation.py"))
     assert bag.dags["needseg_segmentation"].schedule == "0 4 * * 1"
+
+
+def test_the_alerts_retry_timer_can_be_set_or_turned_off_per_deployment(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import AssetOrTimeSchedule
+
+    path = str(PROJECT_ROOT / "dags" / "needseg_alerts.py")
+    monkeypatch.setenv("NEEDSEG_ALERTS_RETRY_SCHEDULE", "5 * * * *")
+    hourly = DagBag(dag_folder=path).dags["needseg_alerts"]
+    assert isinstance(hourly.timetable, AssetOrTimeSchedule) and hourly.timetable.timetable.expression == "5 * * * *"
+    monkeypatch.setenv("NEEDSEG_ALERTS_RETRY_SCHEDULE", "none")
+    asset_only = DagBag(dag_folder=path).dags["needseg_alerts"]
+    assert [a.name for a in asset_only.schedule] == ["needseg_segments"]
+
+
+def test_only_a_run_handed_a_date_composes_alerts():
+    """The alerts DAG composes a run's digests when the run names it (asset event or as_of);
+    a timed run has no date of its own and only sends what is pending."""
+    from types import SimpleNamespace
+
+    from pipelines.airflow_support import given_as_of
+
+    at = dt.datetime(2026, 12, 1, 3, 15, tzinfo=dt.UTC)
+    timed = {"logical_date": at, "data_interval_start": at, "data_interval_end": at, "params": {"as_of": None},
+             "dag_run": SimpleNamespace(conf={}, run_type="scheduled"), "triggering_asset_events": {}}
+    assert given_as_of(timed) is None
+    event = SimpleNamespace(extra={"as_of": "2026-11-30", "run_id": "seg-2026-11-30"})
+    assert given_as_of({**timed, "triggering_asset_events": {"needseg_segments": [event]}}) == dt.date(2026, 11, 30)
+    assert given_as_of({**timed, "params": {"as_of": "2026-10-31"}}) == dt.date(2026, 10, 31)
 
 
 def test_dag_files_hold_no_pipeline_logic():

@@ -16,7 +16,8 @@ sends nothing):
 
 A missing Airflow connection means "channel off". Every send carries the message's
 deterministic id (e-mail `Message-ID`, HTTP `Idempotency-Key`) so a receiver that
-deduplicates can drop a repeat after a crash between sending and recording.
+deduplicates can drop a repeat after a crash between sending and recording, or after the
+server's answer was lost (pipelines/alerts/outbox.py: at least once on the wire).
 
 Errors name the server and the recipient but never a password or the secret path of a
 webhook URL, because they are stored in `alerts.outbox.last_error` and logged.
@@ -202,15 +203,22 @@ class WebhookSender:
     url: str = field(repr=False)
     timeout: float = 10.0
     channel: str = field(default="webhook", init=False)
+    _client: httpx.Client | None = field(default=None, init=False, repr=False, compare=False)
 
     def describe(self) -> str:
         return f"webhook {redacted_url(self.url)}"
+
+    def client(self) -> httpx.Client:
+        """One HTTP client per sender: a new one per post loads the CA bundle again (~50 ms)."""
+        if self._client is None:
+            object.__setattr__(self, "_client", httpx.Client(timeout=self.timeout))
+        return self._client
 
     def send(self, message: OutgoingMessage) -> None:
         where = f"webhook {redacted_url(self.url)}"
         headers = {"Idempotency-Key": message.message_id, "User-Agent": "needseg-alerts", "X-Needseg-Run": message.run_id}
         try:
-            response = httpx.post(self.url, json=message.payload, headers=headers, timeout=self.timeout)
+            response = self.client().post(self.url, json=message.payload, headers=headers)
         except httpx.TimeoutException:
             raise DeliveryError(
                 f"{where} did not answer within {self.timeout:g} s (digest for {message.recipient})", channel_unavailable=True

@@ -43,6 +43,8 @@ ALERT_COLUMNS = (
     "is_new",
     "first_flagged_as_of",
 )
+# Optional: the as-of date of the latest run that flagged the alert (absent: this run).
+OPTIONAL_ALERT_COLUMNS = ("last_seen_as_of",)
 
 REASON_LABELS = {
     "drift_to_price_sensitive": "drifting towards price sensitivity",
@@ -80,6 +82,12 @@ class Alert:
     action: str
     is_new: bool
     first_flagged_as_of: dt.date | None
+    last_seen_as_of: dt.date | None = None
+
+    @property
+    def flagged_this_run(self) -> bool:
+        """False for an alert still open but not flagged again in this run."""
+        return self.last_seen_as_of is None or self.last_seen_as_of >= self.as_of
 
     @property
     def reason_label(self) -> str:
@@ -93,6 +101,9 @@ class Alert:
     def status_text(self) -> str:
         if self.is_new:
             return "new this run"
+        if not self.flagged_this_run:
+            since = f"open since {self.first_flagged_as_of.isoformat()}, " if self.first_flagged_as_of else "open, "
+            return since + f"last flagged {self.last_seen_as_of.isoformat()}"
         if self.first_flagged_as_of is not None:
             return f"open since {self.first_flagged_as_of.isoformat()}"
         return "still open"
@@ -168,7 +179,8 @@ def alerts_from_frame(frame: pd.DataFrame) -> list[Alert]:
             f"the alerts to deliver lack column(s) {', '.join(missing)}; expected {', '.join(ALERT_COLUMNS)}"
         )
     alerts: dict[str, Alert] = {}
-    for position, row in enumerate(frame[list(ALERT_COLUMNS)].to_dict("records"), start=1):
+    columns = list(ALERT_COLUMNS) + [c for c in OPTIONAL_ALERT_COLUMNS if c in frame.columns]
+    for position, row in enumerate(frame[columns].to_dict("records"), start=1):
         alert_id = _text(row["alert_id"])
         if not alert_id:
             raise AlertInputError(f"alert row {position} has no alert_id")
@@ -194,6 +206,7 @@ def alerts_from_frame(frame: pd.DataFrame) -> list[Alert]:
             action=_text(row["action"]),
             is_new=_flag(row["is_new"]),
             first_flagged_as_of=_date(row["first_flagged_as_of"], "first_flagged_as_of", alert_id),
+            last_seen_as_of=_date(row.get("last_seen_as_of"), "last_seen_as_of", alert_id),
         )
         kept = alerts.get(alert_id)
         if kept is None or (alert.score or 0.0) > (kept.score or 0.0):
@@ -218,7 +231,8 @@ class Digest:
     as_of: dt.date
     alerts: tuple[Alert, ...]
     fallback: bool = False
-    renotify_after_days: int | None = 30
+    renotify_after_days: int | None = 60
+    part: int = 1  # 2, 3, ...: an addendum to the recipient's digest of this run
     subject: str = field(init=False)
     body_text: str = field(init=False)
     body_html: str = field(init=False)
@@ -245,9 +259,11 @@ def compose_digest(
     *,
     run_id: str,
     fallback: bool = False,
-    renotify_after_days: int | None = 30,
+    renotify_after_days: int | None = 60,
+    part: int = 1,
 ) -> Digest:
-    """The digest for `recipient`; `fallback` marks alerts whose account has no usable owner."""
+    """The digest for `recipient`; `fallback` marks alerts whose account has no usable owner;
+    `part` > 1 makes it an addendum to the recipient's earlier digest of the same run."""
     if not alerts:
         raise ValueError(f"no alerts to compose a digest for {recipient}")
     ordered = tuple(by_risk(alerts))
@@ -258,16 +274,30 @@ def compose_digest(
         alerts=ordered,
         fallback=fallback,
         renotify_after_days=renotify_after_days,
+        part=part,
     )
 
 
-def _accounts_phrase(n: int) -> str:
-    return f"{n} account{'s' if n != 1 else ''} at churn risk"
+def _accounts_phrase(n: int, more: bool = False) -> str:
+    return f"{n}{' more' if more else ''} account{'s' if n != 1 else ''} at churn risk"
+
+
+def _phrase(d: Digest) -> str:
+    return _accounts_phrase(d.account_count, more=d.part > 1)
 
 
 def _subject(d: Digest) -> str:
-    subject = f"needseg: {_accounts_phrase(d.account_count)} (as of {d.as_of.isoformat()})"
+    addendum = f", addendum {d.part - 1}" if d.part > 1 else ""
+    subject = f"needseg: {_phrase(d)} (as of {d.as_of.isoformat()}{addendum})"
     return subject + (" - no account owner set" if d.fallback else "")
+
+
+def _addendum_note(d: Digest) -> str:
+    return (
+        f"Addendum {d.part - 1} to your needseg digest as of {d.as_of.isoformat()}: alerts that were not in "
+        "the earlier message of this run (the run was repeated with new data, or an earlier message could "
+        "not be delivered)."
+    )
 
 
 def _why_you(d: Digest) -> str:
@@ -277,7 +307,7 @@ def _why_you(d: Digest) -> str:
             "the fallback recipient. Set the account owner in the CRM to route them to the account team."
         )
     repeat = (
-        f" An alert you were already sent is repeated only if it is still open after {d.renotify_after_days} days."
+        f" An alert you were already sent is repeated about every {d.renotify_after_days} days while it stays open."
         if d.renotify_after_days is not None
         else " An alert you were already sent is not repeated while it stays open."
     )
@@ -299,10 +329,12 @@ def _wrapped(text: str, first: str, rest: str) -> list[str]:
 
 def _plain_text(d: Digest) -> str:
     lines = [
-        f"{_accounts_phrase(d.account_count)}, as of {d.as_of.isoformat()} (highest risk first).",
+        f"{_phrase(d)}, as of {d.as_of.isoformat()} (highest risk first).",
         f"For: {d.recipient}",
         "",
     ]
+    if d.part > 1:
+        lines += [*_wrapped(_addendum_note(d), "", ""), ""]
     if d.fallback:
         lines += [*_wrapped(_why_you(d), "", ""), ""]
     for number, alert in enumerate(d.alerts, start=1):
@@ -341,10 +373,12 @@ def _html(d: Digest) -> str:
         f"<title>{_e(d.subject)}</title></head>",
         '<body style="margin:0;padding:16px;font-family:Arial,Helvetica,sans-serif;font-size:14px;'
         'line-height:1.45;color:#1f2328;background:#ffffff;">',
-        f'<h1 style="font-size:18px;margin:0 0 4px;">{_e(_accounts_phrase(d.account_count))}</h1>',
+        f'<h1 style="font-size:18px;margin:0 0 4px;">{_e(_phrase(d))}</h1>',
         f'<p style="margin:0 0 16px;{_MUTED}">As of {_e(d.as_of.isoformat())}, highest risk first. '
         f"For {_e(d.recipient)}.</p>",
     ]
+    if d.part > 1:
+        parts.append(f'<p style="margin:0 0 16px;">{_e(_addendum_note(d))}</p>')
     if d.fallback:
         parts.append(
             '<p style="margin:0 0 16px;padding:8px;border:1px solid #d4a72c;background:#fff8c5;">'
@@ -417,6 +451,8 @@ def _alert_mrkdwn(number: int, alert: Alert, fallback: bool) -> str:
 
 def _webhook_payload(d: Digest) -> dict[str, Any]:
     heading = f"For {slack_escape(d.recipient)}, highest risk first."
+    if d.part > 1:
+        heading += f"\n{slack_escape(_addendum_note(d))}"
     if d.fallback:
         heading += f"\n_{slack_escape(_why_you(d))}_"
     sections = [_alert_mrkdwn(n, a, d.fallback) for n, a in enumerate(d.alerts, start=1)]
