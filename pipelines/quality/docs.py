@@ -422,7 +422,7 @@ TEMPLATES = {
 <nav><a href="../index.html">← all runs</a> · <a href="index.html">run {{ run.run_id }}</a></nav>
 <h1>{{ table.table }} <span class="muted">run {{ run.run_id }}</span></h1>
 <p>{% if table.success %}<span class="ok">All {{ table.evaluated }} expectations passed.</span>{% else %}<span class="fail">{{ table.failed }} of {{ table.evaluated }} expectations failed.</span>{% endif %}
-<span class="muted">Failing rows went to quarantine with the reason shown; validated with great_expectations from <code>{{ table.source }}</code>.</span></p>
+<span class="muted">Failing rows {% if run.dry_run %}would go{% else %}went{% endif %} to quarantine with the reason shown; validated with great_expectations from <code>{{ table.source }}</code>.</span></p>
 <table>
 <tr><th>status</th><th>expectation</th><th>column</th><th class="num">rows</th><th class="num">unexpected</th><th>observed / failing values</th></tr>
 {% for e in table.expectations %}
