@@ -23,7 +23,7 @@ EXIT_CODES = """exit codes:
   2    configuration error (a source mapping, config/needseg.yaml, a taxonomy)
   130  interrupted"""
 
-INGEST_EXIT_CODES = """exit codes (ingest, validate, run):
+INGEST_EXIT_CODES = """exit codes (3-6 come from ingest, validate and run only):
   0    done: every file in the landing folder is loaded, or was already
   1    failed; the message says why (e.g. the warehouse is locked by another process)
   2    configuration error (a source mapping, config/needseg.yaml, a taxonomy)
@@ -309,6 +309,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             "select table_name, status, count(*) as batches, sum(rows_read) as rows_read, sum(rows_loaded) as rows_loaded, "
             "sum(rows_quarantined) as rows_quarantined from meta.batches group by all order by all"
         ).show()
+        waiting = con.execute(
+            "select file, status, message from meta.batches where status in ('rejected', 'held') order by file"
+        ).fetchall()
+        if waiting:
+            print("files waiting for a fix (refused, or held back; each is tried again on the next run):")
+            for file, status, message in waiting:
+                print(f"  {'refused' if status == 'rejected' else status:>8}  {file}: {message}")
+            print()
         print("quarantine by reason (the rows themselves: needseg quarantine):")
         con.sql("select table_name, split_part(reason, ':', 1) as reason, count(*) as rows from meta.quarantine group by all order by rows desc limit 20").show()
         try:

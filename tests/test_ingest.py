@@ -144,6 +144,21 @@ def test_one_refused_file_does_not_hide_the_report_of_the_others(data_dir, capsy
     assert "crm/order_lines/empty.csv: the file is empty" in err and "crm/quotes/q.csv changed after it was loaded" in err
 
 
+def test_status_lists_the_files_waiting_for_a_fix(data_dir, capsys):
+    _write(data_dir, "crm/accounts/accounts.csv", ACCOUNTS)
+    _write(data_dir, "crm/accounts/broken.csv", "account_id,account_name\nA3,Gamma\n")
+    _write(data_dir, "crm/order_lines/june.csv", ORDERS + "O1,1,A3,2025-06-01,1,10,EUR\n")
+    assert _cli(capsys, data_dir, "ingest")[0] == 3
+
+    from pipelines.cli import main
+
+    assert main(["status", "--data-dir", str(data_dir.data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "files waiting for a fix" in out
+    assert "refused  crm/accounts/broken.csv: missing required column(s) status, updated_at" in out
+    assert "held  crm/order_lines/june.csv: held back, not loaded: rows name account(s) not loaded yet (A3)" in out
+
+
 def test_exit_codes_tell_a_changed_file_and_a_misplaced_file_apart(data_dir, capsys):
     _write(data_dir, "crm/accounts/accounts.csv", ACCOUNTS)
     assert _cli(capsys, data_dir, "ingest")[0] == 0

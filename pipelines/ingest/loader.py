@@ -5,7 +5,7 @@ Rules kept here (DESIGN.md, "Storage and concurrency"):
   (already loaded), refused, held back, changed after loading, or not loadable with the reason
   and what to do (wrong folder, unknown table, a name the mapping's `files` pattern does not
   match, a format needseg cannot read). Hidden and temporary files (`.DS_Store`, `~$book.xlsx`,
-  `*.part`, ...) are not data: they are listed as ignored;
+  `*.part`, ...) are not data: they are listed as ignored; hidden folders are not looked into;
 - table folders and `files` patterns match regardless of case (`Accounts/`, `Kunder_2026.CSV`):
   exports from Windows tools change case freely, and two folders differing only in case
   would be a mistake anyway;
@@ -321,7 +321,13 @@ def _discover(landing: Path, mappings: dict[str, SourceMapping], sources: list[s
     if not landing.exists():
         return found, outcomes
     tables = ", ".join(TABLES)
-    for folder, subfolders, names in os.walk(landing):
+    seen: set[Path] = set()
+    for folder, subfolders, names in os.walk(landing, followlinks=True):
+        real = Path(folder).resolve()
+        if real in seen:  # a symbolic link back to a folder already walked
+            subfolders[:] = []
+            continue
+        seen.add(real)
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))  # hidden folders: not data
         for name in sorted(names):
             path = Path(folder) / name
