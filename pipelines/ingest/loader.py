@@ -510,6 +510,8 @@ def ingest(
             )
             continue
         if item.nested:
+            if any(f.file == rel and f.status == "not_loadable" for f in report.files):
+                continue  # read for two tables (read_from): reported once
             folder = "/".join(Path(rel).parts[:2])
             report.files.append(FileOutcome(source, tm.table, rel, "not_loadable", message=(
                 f"in a subfolder of {folder}/: only files directly in {folder}/ are loaded; move it up into {folder}/ "
