@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from pipelines.settings import DBT_PROJECT_DIR, load_settings
@@ -39,9 +40,9 @@ def schedule(env_name: str, default: str) -> str | None:
     return None if value.strip().lower() in ("none", "manual", "") else value
 
 
-def dag_arguments(dag_id: str, schedule: Any, doc: str, tags: list[str]) -> dict[str, Any]:
+def dag_arguments(dag_id: str, schedule: Any, doc: str, tags: list[str], extra_params: dict[str, Any] | None = None) -> dict[str, Any]:
     """What every needseg DAG shares: start, no catch-up, one run at a time, retries,
-    the as-of param, docs, tags, and the failure notice to the data team."""
+    the as-of param (and `extra_params`), docs, tags, and the failure notice to the data team."""
     return {
         "dag_id": dag_id,
         "schedule": schedule,
@@ -49,7 +50,7 @@ def dag_arguments(dag_id: str, schedule: Any, doc: str, tags: list[str]) -> dict
         "catchup": False,
         "max_active_runs": 1,
         "default_args": default_args(),
-        "params": params(),
+        "params": {**params(), **(extra_params or {})},
         "doc_md": doc,
         "tags": ["needseg", *tags],
         "on_failure_callback": on_dag_failure,
@@ -134,6 +135,56 @@ def alerts_schedule(segments_asset: Any) -> Any:
     from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
 
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=segments_asset)
+
+
+def accept_changed_param() -> dict[str, Any]:
+    """The ingest DAG's switch to load files that changed after loading as new batches."""
+    from airflow.sdk import Param
+
+    return {
+        "accept_changed": Param(
+            False,
+            type="boolean",
+            description="Load landing files whose content changed after they were loaded as new batches "
+            "(`needseg ingest --accept-changed`). Off: such a file fails the run and is not appended.",
+        )
+    }
+
+
+def flag(context: dict[str, Any], name: str) -> bool:
+    """A boolean DAG param, or the same key in the run's conf."""
+    value = (context.get("params") or {}).get(name)
+    if value is None:
+        value = (getattr(context.get("dag_run"), "conf", None) or {}).get(name)
+    return str(value).strip().lower() in ("true", "1", "yes") if isinstance(value, str) else bool(value)
+
+
+def fails_for_good(exc: BaseException) -> bool:
+    """Whether an error fails the same way on every retry: bad input or configuration (a
+    refused, held, unloadable or changed file; a wrong mapping) needs a person, not a retry.
+    Anything else (an API down, a locked warehouse, a crash) may pass on a retry. An error
+    can say so itself with a `retryable` attribute (an HTTP source that failed is retryable
+    even though it is reported as part of the ingest run)."""
+    from pipelines.errors import ConfigError, InputError
+
+    retryable = getattr(exc, "retryable", None)
+    if retryable is not None:
+        return not retryable
+    return isinstance(exc, (InputError, ConfigError))
+
+
+def run_step(step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a pipeline step inside a task: an error that fails for good fails the task at
+    once (AirflowFailException: no retries, the message naming file and expectation);
+    anything else is raised as it is, for the task's retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        return step(*args, **kwargs)
+    except Exception as exc:
+        if fails_for_good(exc):
+            raise AirflowFailException(f"{type(exc).__name__} (not retried: it fails the same way until fixed): {exc}") from exc
+        raise
 
 
 AS_OF_XCOM = "{{ ti.xcom_pull(task_ids='resolve_as_of') }}"

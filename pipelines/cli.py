@@ -1,7 +1,6 @@
 """The `needseg` command line: every pipeline step without Airflow, plus demo, query, status.
 
-Exit codes: 0 done; 1 failed (a message says why); 2 configuration error; 3 input refused
-by the quality gate (the message names file, line or expectation).
+Exit codes: see EXIT_CODES (shown by `needseg --help` and every command's --help).
 """
 
 from __future__ import annotations
@@ -16,6 +15,31 @@ from pathlib import Path
 
 from pipelines.errors import NeedsegError
 from pipelines.settings import Settings, load_settings
+
+
+EXIT_CODES = """exit codes:
+  0    done
+  1    failed; the message says why (e.g. the warehouse is locked by another process)
+  2    configuration error (a source mapping, config/needseg.yaml, a taxonomy)
+  130  interrupted"""
+
+INGEST_EXIT_CODES = """exit codes (3-6 come from ingest, validate and run only):
+  0    done: every file in the landing folder is loaded, or was already
+  1    failed; the message says why (e.g. the warehouse is locked by another process)
+  2    configuration error (a source mapping, config/needseg.yaml, a taxonomy)
+  3    the quality gate refused a file, or held one back while the accounts it names could
+       not be loaded; the report names each file and expectation (rows: needseg quarantine)
+  4    a file in the landing folder cannot be loaded: wrong folder, unknown table, a name
+       the mapping's `files` pattern does not match, or a format needseg cannot read; the
+       report says where it should go
+  5    a file changed after it was loaded; the new content was not appended (deliver
+       changes as a new file, or load it as a new batch with ingest --accept-changed)
+  6    an HTTP source could not be fetched; the landing files that did arrive were loaded
+  130  interrupted
+Files that load are loaded either way. With several of 3-6 the lowest is returned; the
+report lists every file."""
+
+INGEST_COMMANDS = ("ingest", "validate", "run")
 
 
 def _date(text: str) -> dt.date:
@@ -70,45 +94,77 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config
-    from pipelines.ingest.loader import ingest
-    from pipelines.warehouse import open_warehouse
-
-    from pipelines.ingest.http_source import fetch_http_sources
+    from pipelines.ingest.loader import IngestIncomplete, ingest
+    from pipelines.warehouse import open_scratch_copy, open_warehouse
 
     settings = _settings(args)
-    config = load_config(settings.config_path)
     dry_run = getattr(args, "dry_run", False)
-    with open_warehouse(settings.warehouse_path) as con:
-        if not dry_run and not args.no_fetch:
-            for fetched in fetch_http_sources(settings, con, sources=args.source or None):
-                print(fetched.summary())
-        report = ingest(
-            settings, con, args.as_of, f"{'validate' if dry_run else 'ingest'}-{args.as_of}",
-            sources=args.source or None,
-            accept_changed=args.accept_changed,
-            max_quarantine_share=float(config["ingest"]["max_quarantine_share"]),
-            known_currencies=list(config["fx_rates"]),
-            dry_run=dry_run,
-        )
-    _print_report(report, verbose=args.list_all)
+    # A dry run checks against a scratch copy: the working warehouse is only read.
+    opened = open_scratch_copy(settings.warehouse_path) if dry_run else open_warehouse(settings.warehouse_path)
+    with opened as con:
+        try:
+            report = ingest(
+                settings, con, args.as_of, f"{'validate' if dry_run else 'ingest'}-{args.as_of}",
+                sources=args.source or None,
+                accept_changed=args.accept_changed,
+                dry_run=dry_run,
+                fetch=not dry_run and not args.no_fetch,
+            )
+        except IngestIncomplete as incomplete:
+            # Every file's outcome first, then the error (stderr) and its exit code.
+            _print_report(incomplete.report, verbose=args.list_all, quality_dir=settings.quality_dir)
+            raise
+    _print_report(report, verbose=args.list_all, quality_dir=settings.quality_dir)
     return 0
 
 
-def _print_report(report, verbose: bool = False) -> None:
+STATUS_LABELS = {"rejected": "refused", "valid": "would load", "not_loadable": "not loadable", "already_loaded": "already loaded", "conflict": "changed"}
+PROBLEM_LINES_SHOWN = 5  # lines shown per file x column x reason (all of them up to twice that)
+
+
+def _print_report(report, verbose: bool = False, quality_dir: Path | None = None) -> None:
+    """What the run did to every file, then its row-level problems by file, column and reason."""
+    for fetched in report.fetched:
+        print(f"{'fetched':>14}  {fetched}")
     for f in report.files:
-        if f.status in ("already_loaded",) and not verbose:
+        if f.status in ("already_loaded", "ignored") and not verbose:
             continue
-        detail = f"{f.rows_read} read, {f.rows_loaded} to raw, {f.rows_quarantined} quarantined" if f.status in ("loaded", "rejected", "valid") else ""
-        print(f"{f.status:>14}  {f.file}  {detail}")
+        if f.status in ("loaded", "rejected", "valid"):
+            detail = f"{f.rows_read} read, {f.rows_loaded} to raw, {f.rows_quarantined} quarantined"
+        elif f.status == "held":
+            detail = f"{f.rows_read} read, nothing written"
+        else:
+            detail = ""
+        print(f"{STATUS_LABELS.get(f.status, f.status):>14}  {f.file}  {detail}".rstrip())
         if f.quarantine_reasons:
             for reason, n in sorted(f.quarantine_reasons.items(), key=lambda x: -x[1]):
                 print(f"{'':>16}{n:>6} x {reason}")
         if f.message:
             print(f"{'':>16}{f.message}")
+    with_problems = [f for f in report.files if f.problems]
+    if with_problems:
+        print("\nrow-level problems, by file, column and reason:")
+        for f in with_problems:
+            print(f"  {f.file}" + ("  (refused: no row loaded)" if f.status == "rejected" else "  (held back: no row written)" if f.status == "held" else ""))
+            for group in f.problems:
+                expected = f"; expected {group['expected']}" if group.get("expected") else ""
+                print(f"    {group['column'] or '(whole line)'}: {group['reason']}, {group['count']} row(s){expected}")
+                shown = group["lines"] if group["count"] <= 2 * PROBLEM_LINES_SHOWN else group["lines"][:PROBLEM_LINES_SHOWN]
+                for example in shown:
+                    value = "(empty)" if example["value"] is None else repr(example["value"])
+                    print(f"      line {example['line']}: {value}")
+                if group["count"] > len(shown):
+                    print(f"      ... and {group['count'] - len(shown)} more")
+        if report.problems_file:
+            print(f"every row-level problem of this dry run: {report.problems_file}")
+        elif any(f.rows_quarantined for f in with_problems):
+            print("every quarantined row, with the row as read: needseg quarantine --file <file> [--csv]")
+    if report.fetch_error:
+        print(f"HTTP sources: {report.fetch_error}")
     print(report.summary())
-    if report.validation_files:
-        print("validation results: " + ", ".join(report.validation_files))
+    if report.run_id:
+        where = f" in {quality_dir / report.run_id}" if quality_dir else ""
+        print(f"run {report.run_id}: report and validation results kept{where} (needseg docs renders them)")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -227,7 +283,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         text = detail.get("summary") or (f"dbt build {detail.get('select')}, {detail.get('nodes')} nodes" if "select" in detail else "")
         print(f"  {stage:<9} {detail['seconds']:6.1f} s  {text}")
 
-    report = cycle.run_cycle(args.as_of, settings, on_stage=show)
+    from pipelines.ingest.loader import IngestIncomplete
+
+    try:
+        report = cycle.run_cycle(args.as_of, settings, on_stage=show)
+    except IngestIncomplete as incomplete:
+        _print_report(incomplete.report, quality_dir=settings.quality_dir)
+        raise
     print(f"done in {report.seconds:.1f} s; serving database: {settings.serving_path}")
     return 0
 
@@ -279,7 +341,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             "select table_name, status, count(*) as batches, sum(rows_read) as rows_read, sum(rows_loaded) as rows_loaded, "
             "sum(rows_quarantined) as rows_quarantined from meta.batches group by all order by all"
         ).show()
-        print("quarantine by reason:")
+        waiting = con.execute(
+            "select file, status, message from meta.batches where status in ('rejected', 'held') order by file"
+        ).fetchall()
+        if waiting:
+            print("files waiting for a fix (refused, or held back; each is tried again on the next run):")
+            for file, status, message in waiting:
+                print(f"  {'refused' if status == 'rejected' else status:>8}  {file}: {message}")
+            print()
+        print("quarantine by reason (the rows themselves: needseg quarantine):")
         con.sql("select table_name, split_part(reason, ':', 1) as reason, count(*) as rows from meta.quarantine group by all order by rows desc limit 20").show()
         try:
             print("segmentation runs:")
@@ -291,6 +361,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         from pipelines.alerts.outbox import outbox_overview
 
         print("\n".join(outbox_overview(con)))
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from pipelines.ingest.quarantine import quarantined_rows
+    from pipelines.warehouse import open_warehouse
+
+    settings = _settings(args)
+    if not settings.warehouse_path.exists():
+        raise NeedsegError(f"no warehouse at {settings.warehouse_path} yet: run needseg ingest or needseg run")
+    limit = args.limit if args.limit is not None else (None if args.csv else 50)
+    with open_warehouse(settings.warehouse_path, read_only=True) as con:
+        total, frame = quarantined_rows(
+            con, batch=args.batch, file=args.file, table=args.table, reason=args.reason, source=args.source,
+            limit=limit or None, full=args.csv,
+        )
+    if args.csv:
+        frame.to_csv(sys.stdout, index=False)
+        return 0
+    if not frame.empty:
+        import pandas as pd
+
+        with pd.option_context("display.max_colwidth", args.width, "display.width", 250):
+            print(frame.fillna("").to_string(index=False))
+    more = "; --limit 0 or --csv for all of them" if len(frame) < total else ""
+    print(f"{len(frame)} of {total} quarantined row(s){more}")
     return 0
 
 
@@ -320,7 +416,12 @@ def cmd_airflow(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="needseg", description="B2B needs-based customer segmentation as a scheduled batch pipeline.")
+    parser = argparse.ArgumentParser(
+        prog="needseg",
+        description="B2B needs-based customer segmentation as a scheduled batch pipeline.",
+        epilog=INGEST_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
@@ -438,6 +539,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, as_of=False)
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("quarantine", help="list quarantined rows (file, line, column, value, reason) from the warehouse")
+    _common(p, as_of=False)
+    p.add_argument("--batch", help="only this batch (its id, or the beginning of it)")
+    p.add_argument("--file", help="only this landing file: its path below the landing folder, its name, or a glob")
+    p.add_argument("--table", choices=["accounts", "order_lines", "support_tickets", "quotes", "survey_responses"])
+    p.add_argument("--source", help="only this landing source")
+    p.add_argument("--reason", help="only rows whose reason contains this text (any case), e.g. 'wrong type'")
+    p.add_argument("--limit", type=int, help="rows to list (default 50; 0 or --csv: all)")
+    p.add_argument("--csv", action="store_true", help="CSV with every column, including the row as read (record)")
+    p.add_argument("--width", type=int, default=60, help="widest column in the table output")
+    p.set_defaults(func=cmd_quarantine)
+
     p = sub.add_parser("expectations", help="create or refresh the quality-gate suites from the input contract")
     p.add_argument("--write", action="store_true")
     p.set_defaults(func=cmd_expectations)
@@ -448,6 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("airflow", help="start Airflow locally with needseg's DAGs (UI on localhost; Ctrl-C stops it)")
     p.add_argument("--port", type=int, default=int(os.environ.get("NEEDSEG_AIRFLOW_PORT", "8080")))
     p.set_defaults(func=cmd_airflow)
+
+    for name, command in sub.choices.items():
+        if command.epilog is None:
+            command.epilog = INGEST_EXIT_CODES if name in INGEST_COMMANDS else EXIT_CODES
+            command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 

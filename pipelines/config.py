@@ -17,7 +17,7 @@ from pipelines.errors import ConfigError
 DEFAULTS: dict[str, Any] = {
     "reporting_currency": "EUR",
     "fx_rates": {"EUR": 1.0},
-    "ingest": {"max_quarantine_share": 0.5},
+    "ingest": {"max_quarantine_share": 0.5, "min_rows_for_quarantine_share": 20},
     "features": {
         "trailing_months": 12,
         "recent_months": 3,

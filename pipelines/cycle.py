@@ -28,8 +28,7 @@ from pipelines import transform
 from pipelines.config import load_config
 from pipelines.drift.run import run_drift
 from pipelines.errors import NeedsegError
-from pipelines.ingest.http_source import HttpSourceError, fetch_http_sources
-from pipelines.ingest.loader import ingest
+from pipelines.ingest.loader import IngestIncomplete, ingest
 from pipelines.publish import publish
 from pipelines.report import write_report
 from pipelines.segmentation.run import segment
@@ -65,34 +64,29 @@ def _timed(settings: Settings, as_of: dt.date, stage: str, detail: dict[str, Any
 
 
 def ingest_step(as_of: dt.date, settings: Settings | None = None, accept_changed: bool = False) -> dict[str, Any]:
+    """Pull the HTTP sources into the landing folder, then load every new landing file.
+
+    A failing HTTP source does not keep the landing files from loading; the step still ends
+    in an error then, as it does when a file is refused, held back, not loadable or changed
+    after loading (`IngestIncomplete`, with the full report).
+    """
     settings = settings or load_settings()
-    config = load_config(settings.config_path)
     detail: dict[str, Any] = {}
     with _timed(settings, as_of, "ingest", detail):
         with open_warehouse(settings.warehouse_path) as con:
-            # Pull API sources into landing files first; whatever landed loads even if
-            # another API source failed, and the run still ends in that source's error.
-            fetch_error = None
             try:
-                fetches = fetch_http_sources(settings, con)
-            except HttpSourceError as exc:
-                fetch_error, fetches = exc, exc.reports
-            report = ingest(
-                settings, con, as_of, cycle_id(as_of),
-                accept_changed=accept_changed,
-                max_quarantine_share=float(config["ingest"]["max_quarantine_share"]),
-                known_currencies=list(config["fx_rates"]),
-            )
-        if fetch_error:
-            raise fetch_error
+                report = ingest(settings, con, as_of, cycle_id(as_of), accept_changed=accept_changed, fetch=True)
+            except IngestIncomplete as incomplete:
+                log.error("ingest: %s", incomplete.report.summary())
+                raise
         detail.update(
-            fetched=[f.as_dict() for f in fetches],
+            run_id=report.run_id,
+            fetched=report.fetched,
             summary=report.summary(),
             files_loaded=report.count("loaded"),
             rows_read=report.rows_read,
             rows_loaded=report.rows_loaded,
             rows_quarantined=report.rows_quarantined,
-            conflicts=[f.message for f in report.conflicts],
         )
     log.info("ingest: %s", detail["summary"])
     return detail

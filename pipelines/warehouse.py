@@ -196,3 +196,35 @@ def open_warehouse(path: Path | str, read_only: bool = False) -> Iterator[duckdb
         yield con
     finally:
         con.close()
+
+
+@contextmanager
+def open_scratch_copy(path: Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory warehouse with needseg's schema and what a dry run reads from the working
+    one (the batches loaded, the accounts known), for checks that must behave exactly as a
+    load but write nothing: the working warehouse is read (if it exists) and never created,
+    changed or locked for longer than that read."""
+    con = duckdb.connect()
+    try:
+        ensure_schema(con)
+        if Path(path).exists():
+            source = connect(path, read_only=True)
+            try:
+                batches = _frame_or_none(source, "select * from meta.batches")
+                accounts = _frame_or_none(source, "select distinct account_id from raw.accounts")
+            finally:
+                source.close()
+            if batches is not None:
+                insert_frame(con, "meta.batches", batches)
+            if accounts is not None:
+                insert_frame(con, "raw.accounts", accounts)
+        yield con
+    finally:
+        con.close()
+
+
+def _frame_or_none(con: duckdb.DuckDBPyConnection, sql: str):
+    try:
+        return con.execute(sql).df()
+    except duckdb.CatalogException:  # a warehouse created before that table existed
+        return None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.ingest.loader import GateFailed, ingest
+from pipelines.ingest.loader import FilesNotLoadable, GateFailed, IngestIncomplete, ingest
 from pipelines.ingest.mapping import ReadOptions
 from pipelines.ingest.readers import read_csv
 from pipelines.settings import CONFIG_DIR, load_settings
@@ -61,12 +61,12 @@ class Landing:
             target.write_text(text)
 
     def ingest(self, **kwargs):
-        """The report, or the GateFailed the run ended with."""
+        """The report, or the IngestIncomplete (GateFailed ...) the run ended with."""
         kwargs.setdefault("known_currencies", ["EUR", "SEK"])
         with open_warehouse(self.settings.warehouse_path) as con:
             try:
                 return ingest(self.settings, con, kwargs.pop("as_of", AS_OF), "test-run", **kwargs)
-            except GateFailed as failure:
+            except IngestIncomplete as failure:
                 return failure
 
     def query(self, sql: str, params=None) -> list[tuple]:
@@ -678,6 +678,206 @@ def test_wide_survey_export_loads_through_the_mapping_only(landing):
     outcome = next(f for f in report.files if f.file == file)
     assert outcome.extra_columns == ["Anything else you would like to tell us?"]
     landing.assert_nothing_lost()
+
+
+# --- every file accounted for; what stops a run and what does not ---------------------------
+
+
+def test_every_file_in_the_landing_folder_is_loaded_skipped_or_reported_with_what_to_do(landing):
+    landing.mapping("nordic_crm.yaml")  # accounts: files "kunder*"
+    kunder = "K-1;Kund Ett AB;Aktiv;;SE;;;;;01.12.2025\r\n"
+    header = "Kundnr;Kundnamn;Status;Bransch;Land;Anställda;Omsättning (SEK);Kund sedan;Säljare;Uppdaterad\r\n"
+    landing.write("nordic_crm/accounts/Kunder_2026.CSV", (header + kunder).encode("cp1252"))  # pattern: any case
+    landing.write("nordic_crm/accounts/export_2026.csv", (header + kunder.replace("K-1", "K-2")).encode("cp1252"))
+    landing.write("crm/Accounts/more.csv", ACCOUNTS.replace("A1", "A3").replace("A2", "A4"))  # table folder: any case
+    landing.write("crm/customers/a.csv", ACCOUNTS)
+    landing.write("crm/top.csv", ACCOUNTS)
+    landing.write("crm/customers_2026.csv", ACCOUNTS)
+    landing.write("loose.csv", ACCOUNTS)
+    landing.write("crm/order_lines/notes.docx", b"PK\x03\x04")
+    landing.write("crm/order_lines/2025/old.csv", ORDER_HEADER + good_orders("O9"))
+    for litter in ("crm/accounts/.DS_Store", "crm/accounts/~$accounts.xlsx", "crm/order_lines/orders.csv.part"):
+        landing.write(litter, b"\x00")
+
+    failure = landing.ingest()
+
+    assert isinstance(failure, FilesNotLoadable) and failure.exit_code == 4
+    statuses = {f.file: f.status for f in failure.report.files}
+    assert statuses == {
+        "crm/accounts/accounts.csv": "loaded",
+        "crm/Accounts/more.csv": "loaded",
+        "nordic_crm/accounts/Kunder_2026.CSV": "loaded",
+        "nordic_crm/accounts/export_2026.csv": "not_loadable",
+        "crm/customers/a.csv": "not_loadable",
+        "crm/top.csv": "not_loadable",
+        "crm/customers_2026.csv": "not_loadable",
+        "loose.csv": "not_loadable",
+        "crm/order_lines/notes.docx": "not_loadable",
+        "crm/order_lines/2025/old.csv": "not_loadable",
+        "crm/accounts/.DS_Store": "ignored",
+        "crm/accounts/~$accounts.xlsx": "ignored",
+        "crm/order_lines/orders.csv.part": "ignored",
+    }
+    message = str(failure)
+    for file, *needles in (
+        ("nordic_crm/accounts/export_2026.csv", "does not match the files pattern 'kunder*'", "nordic_crm.yaml", "rename the file"),
+        ("crm/customers/a.csv", "unknown table folder 'customers'", "did you mean crm/accounts/?"),
+        ("crm/top.csv", "no table folder", "crm/<table>/", "move it into the folder of its table"),
+        ("crm/customers_2026.csv", "no table folder", "did you mean crm/accounts/customers_2026.csv?"),
+        ("loose.csv", "not in a source folder", "<source>/<table>/loose.csv"),
+        ("crm/order_lines/notes.docx", "cannot tell the format", "'notes.docx'", ".xlsx"),
+        ("crm/order_lines/2025/old.csv", "in a subfolder of crm/order_lines/", "move it up"),
+    ):
+        line = next(x for x in message.splitlines() if x.startswith(f"- {file}:"))
+        assert all(n in line for n in needles), (needles, line)
+    assert sorted(landing.raw("accounts", "account_id", source="crm")) == [("A1",), ("A2",), ("A3",), ("A4",)]
+    assert landing.raw("accounts", "account_id", source="nordic_crm") == [("K-1",)]
+    landing.assert_nothing_lost()
+
+    # An archived copy of a file already loaded is known by its checksum: nothing to report.
+    (landing.settings.landing_dir / "crm/order_lines/2025/old.csv").unlink()
+    for stray in ("nordic_crm/accounts/export_2026.csv", "crm/customers/a.csv", "crm/top.csv", "crm/customers_2026.csv", "loose.csv", "crm/order_lines/notes.docx"):
+        (landing.settings.landing_dir / stray).unlink()
+    landing.write("crm/order_lines/orders.csv", ORDER_HEADER + good_orders("O1"))
+    assert not isinstance(landing.ingest(), IngestIncomplete)
+    landing.write("crm/order_lines/archive/orders.csv", ORDER_HEADER + good_orders("O1"))
+    again = landing.ingest()
+    assert not isinstance(again, IngestIncomplete)
+    assert {f.file: f.status for f in again.files}["crm/order_lines/archive/orders.csv"] == "already_loaded"
+
+
+def test_a_refused_accounts_file_holds_back_the_orders_that_need_it_until_it_is_fixed(landing):
+    """b.csv (accounts) comes in the wrong encoding; o.csv names its account A7. o.csv must
+    not lose A7's rows to quarantine for good: it waits, and loads whole once b.csv is fixed."""
+    landing.mapping("c.yaml", "source: c\ndefaults:\n  encoding: utf-8\n")
+    header = "account_id,account_name,status,updated_at\n"
+    landing.write("c/accounts/a.csv", header + "A1,Alpha,customer,2026-01-01\n")
+    fixed = header + "A7,Ångström Verktyg AB,customer,2026-01-01\n"
+    landing.write("c/accounts/b.csv", fixed.encode("latin-1"))
+    orders = "c/order_lines/o.csv"
+    landing.write(orders, ORDER_HEADER + good_orders(*(f"O{i}" for i in range(1, 8))) + "".join(f"O{i},1,A7,2025-06-01,1,10.00,EUR\n" for i in (8, 9, 10)))
+    independent = "c/order_lines/only_a1.csv"
+    landing.write(independent, ORDER_HEADER + good_orders("P1", "P2"))
+
+    failure = landing.ingest()
+    assert_refused(failure, "c/accounts/b.csv", "wrong encoding", "[file_encoding]")
+    assert_refused(failure, orders, "held back", "(A7)", "c/accounts/b.csv (refused)")
+    held = next(f for f in failure.report.files if f.file == orders)
+    assert (held.status, held.rows_read, held.rows_loaded, held.rows_quarantined) == ("held", 10, 0, 0)
+    assert landing.raw("order_lines", "order_id", orders) == [] and landing.quarantine(orders) == []
+    assert landing.batch(orders)["status"] == "held"
+    assert landing.batch(independent)["rows_loaded"] == 2  # names only known accounts: loads now
+    landing.assert_nothing_lost()
+    # Still broken on the next run: still held, still nothing of it written.
+    assert isinstance(landing.ingest(), GateFailed) and landing.batch(orders)["status"] == "held"
+
+    landing.write("c/accounts/b.csv", fixed)  # re-delivered as UTF-8
+    report = landing.ingest()
+    assert not isinstance(report, IngestIncomplete), report
+    assert {f.file: f.status for f in report.files if f.status != "already_loaded"} == {"c/accounts/b.csv": "loaded", orders: "loaded"}
+    landing.assert_counts(orders, read=10, loaded=10, quarantined=0)
+    assert len(landing.raw("order_lines", "order_id", orders)) == 10
+    assert landing.query("select count(*) from meta.quarantine where reason like 'unknown account%'")[0][0] == 0
+    # the refused delivery stays on record (its row in quarantine), marked as replaced
+    assert landing.query("select status from meta.batches where file = 'c/accounts/b.csv' order by loaded_at") == [("superseded",), ("loaded",)]
+    landing.assert_nothing_lost()
+
+
+def test_a_batch_expectation_judges_each_file_on_its_own(landing, tmp_path):
+    """An aggregate added to a suite (the mean quantity of an order file) refuses the file
+    whose own mean breaks it, not every file of the run."""
+    import json
+
+    from pipelines.quality.gate import QualityGate
+    from pipelines.settings import EXPECTATIONS_DIR
+
+    suites = tmp_path / "suites"
+    shutil.copytree(EXPECTATIONS_DIR, suites)
+    suite = json.loads((suites / "order_lines.json").read_text())
+    suite["expectations"].append({"type": "expect_column_mean_to_be_between", "kwargs": {"column": "quantity", "max_value": 1000}})
+    (suites / "order_lines.json").write_text(json.dumps(suite))
+    landing.write("crm/order_lines/good.csv", ORDER_HEADER + good_orders("O1", "O2"))
+    landing.write("crm/order_lines/huge.csv", ORDER_HEADER + "O3,1,A1,2025-06-01,100000,10.00,EUR\n")
+
+    failure = landing.ingest(gate=QualityGate(suites))
+
+    assert_refused(failure, "crm/order_lines/huge.csv", "expect_column_mean_to_be_between(quantity)", "observed 100000", "at most 1000")
+    assert "good.csv" not in str(failure)
+    assert landing.batch("crm/order_lines/good.csv")["rows_loaded"] == 2
+    document = json.loads((landing.settings.quality_dir / failure.report.run_id / "order_lines.json").read_text())
+    means = {e["result"]["needseg_file"]: (e["success"], e["result"]["observed_value"]) for e in document["results"]
+             if e["expectation_config"]["type"] == "expect_column_mean_to_be_between"}
+    assert means == {"crm/order_lines/good.csv": (True, 1.0), "crm/order_lines/huge.csv": (False, 100000.0)}
+    landing.assert_nothing_lost()
+
+
+def test_a_small_file_is_not_refused_for_its_share_of_bad_rows(landing):
+    """A daily increment of one record that happens to be bad is quarantined, not a stopped run."""
+    tiny = "crm/order_lines/2026-01-30.csv"
+    landing.write(tiny, ORDER_HEADER + "O1,1,A1,2025-06-01,one,10.00,EUR\n")
+    large = "crm/order_lines/full.csv"
+    landing.write(large, ORDER_HEADER + good_orders(*(f"P{i}" for i in range(9))) + "".join(f"Q{i},1,A1,2025-06-01,x,10.00,EUR\n" for i in range(11)))
+
+    failure = landing.ingest()
+
+    assert landing.batch(tiny) | {"message": None, "encoding": None, "extra_columns": None} == {
+        "status": "loaded", "rows_read": 1, "rows_loaded": 0, "rows_quarantined": 1, "message": None, "encoding": None, "extra_columns": None
+    }
+    assert "2026-01-30.csv" not in str(failure)
+    assert_refused(failure, large, "11 of 20 rows (55%) failed the checks", "50% max_quarantine_share", "files of 20 rows or more", "line 11", "[max_quarantine_share]")
+    landing.assert_nothing_lost()
+
+
+def test_the_minimum_rows_for_the_share_rule_comes_from_the_configuration(landing, tmp_path):
+    config = tmp_path / "needseg.yaml"
+    config.write_text("fx_rates: {EUR: 1.0}\ningest:\n  max_quarantine_share: 0.5\n  min_rows_for_quarantine_share: 1\n")
+    landing.settings = landing.settings.with_overrides(config_path=config)
+    landing.write("crm/order_lines/2026-01-30.csv", ORDER_HEADER + "O1,1,A1,2025-06-01,one,10.00,EUR\n")
+    assert_refused(landing.ingest(), "crm/order_lines/2026-01-30.csv", "1 of 1 rows (100%)", "files of 1 rows or more")
+
+
+def test_a_dry_run_keeps_every_row_level_problem_with_file_line_column_and_value(landing):
+    import json
+
+    landing.mapping(
+        "survey.yaml", "source: survey\ntables:\n  survey_responses:\n    scale: {min: 1, max: 7, items: [price, quality]}\n"
+    )
+    survey = "survey/survey_responses/wave.csv"
+    landing.write(survey, SURVEY_HEADER + "R1,A1,2025-06-01,7,1,4,9\nR2,A1,2025-06-01,9,4,4,9\nR3,A1,31.12.2025,4,4,4,9\nR4,A1,2025-06-01,4,4\nR5,A1,2025-06-0")
+    many = "crm/order_lines/many.csv"
+    landing.write(many, ORDER_HEADER + good_orders(*(f"O{i}" for i in range(3000))) + "".join(f"X{i},1,A1,2025-06-01,n/a,10.00,EUR\n" for i in range(2500)))
+
+    report = landing.ingest(dry_run=True)
+
+    assert not isinstance(report, IngestIncomplete), report
+    groups = {f.file: {(g["column"], g["reason"]): g for g in f.problems} for f in report.files}
+    found = groups[survey]
+    assert [(x["line"], x["value"]) for x in found[("price", "out of range")]["lines"]] == [(3, "9")]
+    assert found[("price", "out of range")]["expected"] == "a value from 1 to 7"
+    assert [(x["line"], x["value"]) for x in found[("submitted_at", "wrong type")]["lines"]] == [(4, "31.12.2025")]
+    assert found[(None, "expected 7 fields, found 5")]["lines"][0]["line"] == 5
+    assert found[(None, "truncated last line")]["lines"][0]["line"] == 6
+    summarised = groups[many][("quantity", "wrong type")]
+    assert summarised["count"] == 2500 and [x["line"] for x in summarised["lines"][:3]] == [3002, 3003, 3004] and len(summarised["lines"]) == 20
+    # every one of them kept with the run (a dry run has nothing in quarantine)
+    with open(report.problems_file, encoding="utf-8") as f:
+        kept = list(csv.DictReader(f))
+    assert len(kept) == 2500 + 4
+    assert {"file": survey, "table": "survey_responses", "line": "4", "column": "submitted_at", "value": "31.12.2025"}.items() <= kept[-2].items() or any(
+        k["file"] == survey and k["line"] == "4" and k["column"] == "submitted_at" for k in kept
+    )
+    # and counted under the expectation each one breaks in the kept validation result
+    document = json.loads((landing.settings.quality_dir / report.run_id / "survey_responses.json").read_text())
+    entries = {(e["expectation_config"]["type"], e["expectation_config"]["kwargs"].get("column"), e["expectation_config"]["kwargs"].get("max_value")): e
+               for e in document["results"]}
+    submitted = entries[("expect_column_values_to_be_of_type", "submitted_at", None)]
+    assert not submitted["success"] and submitted["result"]["needseg_unexpected_rows"] == [{"file": survey, "line": 4, "value": "31.12.2025"}]
+    declared = entries[("expect_column_values_to_be_between", "price", 7)]
+    assert not declared["success"] and declared["result"]["needseg_unexpected_rows"] == [{"file": survey, "line": 3, "value": "9"}]
+    assert entries[("expect_column_values_to_be_between", "quality", 7)]["success"]  # declared, and kept
+    readable = entries[("needseg_rows_are_readable", None, None)]
+    assert [r["line"] for r in readable["result"]["needseg_unexpected_rows"]] == [5, 6]
+    assert landing.query("select count(*) from meta.quarantine")[0][0] == 0
 
 
 # --- real exports -------------------------------------------------------------------------------

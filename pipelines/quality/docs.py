@@ -1,12 +1,16 @@
 """Data docs: the validation results kept per run, rendered as static HTML that works offline.
 
-Every ingest keeps, under `<quality>/<run_id>/`, great_expectations' validation result per
-table (`<table>.json`) and what happened to each file (`ingest.json`). `build_data_docs`
-turns all of them into plain HTML files:
+Every ingest (and every dry run, `needseg validate`) keeps, under `<quality>/<run_id>/` (a run
+id unique per run), great_expectations' validation result per table (`<table>.json`, with the
+parser's type, scale and readability checks counted in it) and what happened to each file
+(`ingest.json`, with its row-level problems by column and reason). `build_data_docs` turns
+all of them into plain HTML files:
 
-    <out>/index.html                    every run, newest first, with its tables' outcome
-    <out>/<run_id>/index.html           the run's files (read / loaded / quarantined / refused)
-    <out>/<run_id>/<table>.html         each expectation: success, counts, failing values
+    <out>/index.html                    every run, newest first, with its outcome and tables
+    <out>/<run_id>/index.html           the run's files (loaded / quarantined / refused / held /
+                                        not loadable / changed) and their row-level problems
+    <out>/<run_id>/<table>.html         each expectation: success, counts, failing values with
+                                        file and line; batch-level ones once per file
 
 Each expectation is described with great_expectations' own prescriptive renderer (the
 sentence its data docs would show, e.g. "price values must be greater than or equal to 1
@@ -31,6 +35,8 @@ from urllib.parse import quote
 
 from jinja2 import DictLoader, Environment
 
+from pipelines.quality.gate import READABLE_ROWS
+
 log = logging.getLogger(__name__)
 
 DOCS_DIRNAME = "docs"  # default output folder inside the quality folder
@@ -53,6 +59,9 @@ class ExpectationView:
     samples: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)  # file, line, value
     error: str | None = None
+    file: str | None = None  # a batch-level expectation judges one file: which
+    stage: str = ""  # "parse": checked by the parser on the values as read
+    notes: str = ""
 
 
 @dataclass
@@ -76,10 +85,27 @@ class RunView:
     files: list[dict[str, Any]]
     tables: list[TableView]
     modified: float
+    started_at: str = ""
+    outcome: str = ""  # "complete", or the error the run ended with (GateFailed, FilesChanged ...)
+    exit_code: int | None = None
+    fetch_error: str | None = None
+    problems_file: str | None = None
 
     @property
     def success(self) -> bool:
+        if self.outcome:
+            return self.outcome == "complete"
         return all(t.success for t in self.tables) and not any(f.get("status") == "rejected" for f in self.files)
+
+    @property
+    def shown_files(self) -> list[dict[str, Any]]:
+        """Files the run did something with or has something to say about (not the ones
+        skipped as loaded before, nor hidden files)."""
+        return [f for f in self.files if f.get("status") not in ("already_loaded", "ignored")]
+
+    @property
+    def skipped(self) -> int:
+        return sum(1 for f in self.files if f.get("status") in ("already_loaded", "ignored"))
 
 
 def build_data_docs(quality_dir: Path | str, out_dir: Path | str | None = None) -> Path:
@@ -92,7 +118,7 @@ def build_data_docs(quality_dir: Path | str, out_dir: Path | str | None = None) 
     quality_dir = Path(quality_dir)
     out = Path(out_dir) if out_dir is not None else quality_dir / DOCS_DIRNAME
     runs = [run for run in (_load_run(folder) for folder in _run_folders(quality_dir, out)) if run is not None]
-    runs.sort(key=lambda r: (r.as_of or "", r.modified, r.run_id), reverse=True)
+    runs.sort(key=lambda r: (r.as_of or "", r.started_at or "", r.modified, r.run_id), reverse=True)
     env = _environment()
     out.mkdir(parents=True, exist_ok=True)
     for run in runs:
@@ -148,6 +174,11 @@ def _load_run(folder: Path) -> RunView | None:
         files=list((report or {}).get("files", [])),
         tables=tables,
         modified=max(p.stat().st_mtime for p in folder.glob("*.json")),
+        started_at=str((report or {}).get("started_at") or ""),
+        outcome=str((report or {}).get("outcome") or ""),
+        exit_code=(report or {}).get("exit_code"),
+        fetch_error=(report or {}).get("fetch_error"),
+        problems_file=(report or {}).get("problems_file"),
     )
 
 
@@ -181,6 +212,11 @@ def _expectation_view(entry: dict[str, Any]) -> ExpectationView:
     column = kwargs.get("column") or kwargs.get("column_A") or ", ".join(kwargs.get("column_list") or [])
     if kwargs.get("column_B"):
         column = f"{kwargs['column_A']}, {kwargs['column_B']}"
+    notes = []
+    if meta.get("declared_in"):
+        notes.append(f"declared in {meta['declared_in']}")
+    if meta.get("notes"):
+        notes.append(str(meta["notes"]))
     return ExpectationView(
         type=config.get("type", "?"),
         column=column or "(table)",
@@ -194,6 +230,9 @@ def _expectation_view(entry: dict[str, Any]) -> ExpectationView:
         samples=[_short(v) for v in samples[:SAMPLE_VALUES]],
         rows=list(result.get("needseg_unexpected_rows") or [])[:SAMPLE_VALUES],
         error=exception.get("exception_message") if exception.get("raised_exception") else None,
+        file=result.get("needseg_file"),
+        stage=str((entry.get("meta") or {}).get("needseg_stage") or ""),
+        notes="; ".join(notes),
     )
 
 
@@ -282,6 +321,8 @@ def _plain_sentence(kind: str, kwargs: dict[str, Any]) -> str:
         return f"{column} values must never be null."
     if kind == "expect_column_values_to_be_in_set":
         return f"{column} values must belong to this set: {_param_text(kwargs.get('value_set'))}."
+    if kind == READABLE_ROWS:
+        return "Every line must read as a row: as many fields as the header, no truncated last line, no broken record."
     args = ", ".join(f"{k}={_short(v, 60)}" for k, v in kwargs.items())
     return f"{kind}({args})"
 
@@ -318,12 +359,13 @@ TEMPLATES = {
 <p class="muted">Validation results kept per run in <code>{{ quality_dir }}</code>; newest run first.</p>
 {% if not runs %}<p>No validation results yet: run <code>needseg ingest</code> or <code>needseg validate</code>.</p>{% endif %}
 <table>
-<tr><th>run</th><th>as of</th><th>outcome</th><th>tables</th><th>summary</th></tr>
+<tr><th>run</th><th>as of</th><th>started (UTC)</th><th>outcome</th><th>tables</th><th>summary</th></tr>
 {% for run in runs %}
 <tr>
   <td><a href="{{ run.run_id | url }}/index.html">{{ run.run_id }}</a>{% if run.dry_run %} <span class="muted">(dry run)</span>{% endif %}</td>
   <td>{{ run.as_of or "" }}</td>
-  <td>{% if run.success %}<span class="ok">passed</span>{% else %}<span class="fail">failures</span>{% endif %}</td>
+  <td>{{ run.started_at }}</td>
+  <td>{% if run.success %}<span class="ok">passed</span>{% else %}<span class="fail">{{ run.outcome if run.outcome and run.outcome != "complete" else "failures" }}</span>{% if run.exit_code %} <span class="muted">(exit {{ run.exit_code }})</span>{% endif %}{% endif %}</td>
   <td><ul class="compact">{% for t in run.tables %}<li><a href="{{ run.run_id | url }}/{{ t.table | url }}.html">{{ t.table }}</a>
       {% if t.success %}<span class="ok">✓</span>{% else %}<span class="fail">{{ t.failed }} of {{ t.evaluated }} failed</span>{% endif %}</li>{% endfor %}</ul></td>
   <td class="muted">{{ run.summary }}</td>
@@ -335,7 +377,9 @@ TEMPLATES = {
     "run": _HEAD.replace("{{ title }}", "needseg run {{ run.run_id }}") + """
 <nav><a href="../index.html">← all runs</a></nav>
 <h1>Run {{ run.run_id }}{% if run.dry_run %} <span class="muted">(dry run: nothing was written)</span>{% endif %}</h1>
-<p class="muted">as of {{ run.as_of or "?" }}. {{ run.summary }}</p>
+<p class="muted">as of {{ run.as_of or "?" }}{% if run.started_at %}, started {{ run.started_at }}{% endif %}. {{ run.summary }}</p>
+{% if not run.success %}<p class="fail">{{ run.outcome }}{% if run.exit_code %} (exit code {{ run.exit_code }}){% endif %}: see the files below.</p>{% endif %}
+{% if run.fetch_error %}<p class="fail">HTTP sources: {{ run.fetch_error }}</p>{% endif %}
 <h2>Quality suites</h2>
 <table>
 <tr><th>table</th><th>outcome</th><th class="num">expectations</th><th class="num">failed</th></tr>
@@ -347,16 +391,29 @@ TEMPLATES = {
 </table>
 {% if run.files %}
 <h2>Files</h2>
-<p class="muted">Every row read is in raw or in quarantine (<code>meta.quarantine</code>, with file, line, column, value and reason).</p>
+<p class="muted">Every row read is in raw or in quarantine (<code>meta.quarantine</code>, with file, line, column, value and reason; <code>needseg quarantine</code> lists them).
+{% if run.skipped %}{{ run.skipped }} file(s) loaded before or hidden/temporary are not listed.{% endif %}</p>
 <table>
 <tr><th>file</th><th>table</th><th>status</th><th class="num">read</th><th class="num">to raw</th><th class="num">quarantined</th><th>reasons / message</th></tr>
-{% for f in run.files %}
+{% for f in run.shown_files %}
 <tr><td><code>{{ f.file }}</code></td><td>{{ f.table }}</td>
-<td>{% if f.status == "rejected" %}<span class="fail">refused</span>{% elif f.status == "conflict" %}<span class="warn">changed</span>{% elif f.status in ("loaded", "valid") %}<span class="ok">{{ f.status }}</span>{% else %}<span class="muted">{{ f.status }}</span>{% endif %}</td>
+<td>{% if f.status == "rejected" %}<span class="fail">refused</span>{% elif f.status == "not_loadable" %}<span class="fail">not loadable</span>{% elif f.status == "held" %}<span class="warn">held back</span>{% elif f.status == "conflict" %}<span class="warn">changed</span>{% elif f.status in ("loaded", "valid") %}<span class="ok">{{ f.status }}</span>{% else %}<span class="muted">{{ f.status }}</span>{% endif %}</td>
 <td class="num">{{ f.rows_read }}</td><td class="num">{{ f.rows_loaded }}</td><td class="num">{{ f.rows_quarantined }}</td>
 <td>{% if f.quarantine_reasons %}<ul class="compact">{% for reason, n in f.quarantine_reasons.items() %}<li>{{ n }} × {{ reason }}</li>{% endfor %}</ul>{% endif %}
 {% if f.message %}<div>{{ f.message }}</div>{% endif %}</td></tr>
 {% endfor %}
+</table>
+{% endif %}
+{% set with_problems = run.files | selectattr("problems") | list %}
+{% if with_problems %}
+<h2>Row-level problems</h2>
+<p class="muted">By file, column and reason, with the first lines of each{% if run.problems_file %}; every one of this dry run: <code>{{ run.problems_file }}</code>{% else %}; every one: <code>needseg quarantine --file FILE</code>{% endif %}.</p>
+<table>
+<tr><th>file</th><th>column</th><th>reason</th><th class="num">rows</th><th>expected</th><th>lines (value as read)</th></tr>
+{% for f in with_problems %}{% for g in f.problems %}
+<tr><td><code>{{ f.file }}</code></td><td>{{ g.column or "(whole line)" }}</td><td>{{ g.reason }}</td><td class="num">{{ g.count }}</td><td>{{ g.expected or "" }}</td>
+<td><ul class="compact">{% for l in g.lines %}<li>line {{ l.line }}: <span class="value">{{ l.value if l.value is not none else "(empty)" }}</span></li>{% endfor %}{% if g.count > g.lines | length %}<li class="muted">… and {{ g.count - g.lines | length }} more</li>{% endif %}</ul></td></tr>
+{% endfor %}{% endfor %}
 </table>
 {% endif %}
 </body></html>
@@ -365,15 +422,15 @@ TEMPLATES = {
 <nav><a href="../index.html">← all runs</a> · <a href="index.html">run {{ run.run_id }}</a></nav>
 <h1>{{ table.table }} <span class="muted">run {{ run.run_id }}</span></h1>
 <p>{% if table.success %}<span class="ok">All {{ table.evaluated }} expectations passed.</span>{% else %}<span class="fail">{{ table.failed }} of {{ table.evaluated }} expectations failed.</span>{% endif %}
-<span class="muted">Failing rows went to quarantine with the reason shown; validated with great_expectations from <code>{{ table.source }}</code>.</span></p>
+<span class="muted">Failing rows {% if run.dry_run %}would go{% else %}went{% endif %} to quarantine with the reason shown; validated with great_expectations from <code>{{ table.source }}</code>.</span></p>
 <table>
 <tr><th>status</th><th>expectation</th><th>column</th><th class="num">rows</th><th class="num">unexpected</th><th>observed / failing values</th></tr>
 {% for e in table.expectations %}
 <tr>
   <td>{% if e.success %}<span class="ok">✓ passed</span>{% else %}<span class="fail">✗ failed</span>{% endif %}</td>
-  <td>{{ e.description }}<br><span class="muted"><code>{{ e.type }}</code>{% if e.reason %} — quarantine reason: {{ e.reason }}{% endif %}</span>
+  <td>{{ e.description }}<br><span class="muted"><code>{{ e.type }}</code>{% if e.reason %} — quarantine reason: {{ e.reason }}{% endif %}{% if e.stage %} — checked by: {{ e.stage }}{% endif %}{% if e.notes %} — {{ e.notes }}{% endif %}</span>
       {% if e.error %}<div class="fail">could not be checked: {{ e.error }}</div>{% endif %}</td>
-  <td>{{ e.column }}</td>
+  <td>{{ e.column }}{% if e.file %}<br><span class="muted">file <code>{{ e.file }}</code></span>{% endif %}</td>
   <td class="num">{{ e.element_count if e.element_count is not none else "" }}</td>
   <td class="num">{% if e.unexpected_count is not none %}{{ e.unexpected_count }}<br><span class="muted">{{ e.unexpected_percent | pct }}</span>{% endif %}</td>
   <td>{% if e.rows %}<ul class="compact">{% for r in e.rows %}<li><span class="value">{{ r.value }}</span> <span class="muted">{{ r.file }} line {{ r.line }}</span></li>{% endfor %}</ul>

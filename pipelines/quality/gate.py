@@ -7,16 +7,26 @@ warehouse or in this run's account batches), `known_currencies` (currencies with
 configured exchange rate) and `latest_allowed` (end of the run's as-of day: nothing may be
 dated after it).
 
-Expectations about rows (nulls, sets, ranges, patterns, keys, references) send the failing
-rows to quarantine with the expectation as the reason. Expectations about the batch as a
-whole (a column missing, no rows) reject the batch.
+Expectations about rows (types, nulls, sets, ranges, patterns, keys, references: great_expectations'
+column, column-pair and multicolumn *map* expectations) send the failing rows to quarantine
+with the expectation as the reason. They run once over the rows of all of a table's new files
+together (fast), and every failing row is traced back to its file and line. Expectations about
+a batch as a whole (row counts, a column missing, a column's mean or other aggregates) judge
+each file on its own - a file is a batch - and refuse only the file that fails them.
 
-The loader validates the rows of all new files of a table together, and only files that
-have rows: a header-only file (an empty extract, e.g. a day without new tickets) has no
-rows to check, its columns were checked against the mapping when it was read, and it loads
-as a batch of 0 rows. So `expect_table_row_count_to_be_between` (min 1) keeps its meaning,
-"the rows validated are not nothing", and a suite can still raise that minimum; an empty
-0-byte file is refused before validation, by the reader, under that expectation's name.
+Every contract column has a type expectation (`expect_column_values_to_be_of_type`, on the
+typed frame the gate validates: text `str`, integers `int64`, numbers and money `float64`,
+dates and timestamps `datetime64`). Cells that do not even read as their type never reach
+that frame: the parser quarantines them ("wrong type"), and the kept validation result
+counts them under the column's type expectation (see `add_parse_results`), together with a
+mapping's declared survey scale (`scale:`) as a range expectation on the values as read.
+
+Only files that have rows are validated: a header-only file (an empty extract, e.g. a day
+without new tickets) has no rows to check, its columns were checked against the mapping when
+it was read, and it loads as a batch of 0 rows. So `expect_table_row_count_to_be_between`
+(min 1) keeps its meaning, "the file's rows are not nothing", and a suite can still raise that
+minimum; an empty 0-byte file is refused before validation, by the reader, under that
+expectation's name.
 
 GE validates pandas frames here: its SQL path on DuckDB returns wrong results (see
 DEVELOPERS notes in the README).
@@ -40,12 +50,20 @@ from pipelines.ingest.parse import Problem
 
 log = logging.getLogger(__name__)
 
-BATCH_LEVEL = {
-    "expect_column_to_exist",
-    "expect_table_row_count_to_be_between",
-    "expect_table_columns_to_match_set",
-    "expect_table_columns_to_match_ordered_list",
+# The type of each contract kind in the frame the gate validates (`validated_frame`), as
+# great_expectations names pandas dtypes.
+PANDAS_TYPES = {
+    "text": "str",
+    "integer": "int64",
+    "number": "float64",
+    "money": "float64",
+    "date": "datetime64",
+    "timestamp": "datetime64",
 }
+TYPE_EXPECTATION = "expect_column_values_to_be_of_type"
+# Not a great_expectations expectation: the parser's own check that every line of a file
+# could be split into the header's fields (no truncated last line, no broken JSON record).
+READABLE_ROWS = "needseg_rows_are_readable"
 
 # Failing rows named (file, line, value) per expectation in the kept validation result.
 ROWS_KEPT_PER_EXPECTATION = 200
@@ -58,6 +76,7 @@ REASONS = {
     "expect_compound_columns_to_be_unique": "duplicate key",
     "expect_column_values_to_be_unique": "duplicate key",
     "expect_column_pair_values_a_to_be_greater_than_b": "inconsistent values",
+    TYPE_EXPECTATION: "wrong type",
 }
 
 
@@ -70,6 +89,7 @@ def contract_suite(table: Table) -> dict[str, Any]:
         if c.required:
             exps.append({"type": "expect_column_to_exist", "kwargs": {"column": c.name}})
             exps.append({"type": "expect_column_values_to_not_be_null", "kwargs": {"column": c.name}})
+        exps.append({"type": TYPE_EXPECTATION, "kwargs": {"column": c.name, "type_": PANDAS_TYPES[c.kind]}})
         if c.allowed:
             exps.append({"type": "expect_column_values_to_be_in_set", "kwargs": {"column": c.name, "value_set": list(c.allowed)}})
         if c.pattern:
@@ -143,9 +163,51 @@ def write_suites(folder: Path) -> list[Path]:
 class GateResult:
     table: str
     success: bool
-    row_problems: list[Problem] = field(default_factory=list)
-    batch_failures: list[str] = field(default_factory=list)
-    document: dict[str, Any] = field(default_factory=dict)  # GE's validation result
+    row_problems: list[Problem] = field(default_factory=list)  # `index`: row position in the validated frame
+    # Why each file (the frame's `_file_index`) is refused: batch-level expectations that
+    # failed on it, or a row-level one that failed without naming rows.
+    failures_by_file: dict[int, list[str]] = field(default_factory=dict)
+    # Row positions whose account is not (yet) known: the loader may hold their file back.
+    unknown_account_rows: set[int] = field(default_factory=set)
+    document: dict[str, Any] = field(default_factory=dict)  # GE's validation result, merged
+
+
+def is_row_level(kind: str) -> bool:
+    """Whether an expectation judges rows one by one (GE's map expectations), rather than
+    the batch as a whole (row counts, column sets, aggregates such as a column's mean)."""
+    from great_expectations.exceptions import ExpectationNotFoundError
+    from great_expectations.expectations.expectation import (
+        ColumnMapExpectation,
+        ColumnPairMapExpectation,
+        MulticolumnMapExpectation,
+    )
+    from great_expectations.expectations.registry import get_expectation_impl
+
+    try:
+        impl = get_expectation_impl(kind)
+    except ExpectationNotFoundError:
+        raise ConfigError(f"unknown expectation type {kind!r}") from None
+    return issubclass(impl, (ColumnMapExpectation, ColumnPairMapExpectation, MulticolumnMapExpectation))
+
+
+def validated_frame(frame: pd.DataFrame, table: Table) -> pd.DataFrame:
+    """The frame with each contract column in the dtype its type expectation names
+    (PANDAS_TYPES): integers with gaps stay integers (nullable Int64), not floats."""
+    out = frame.copy(deep=False)
+    for c in table.columns:
+        if c.name not in out.columns:
+            continue
+        column = out[c.name]
+        try:
+            if c.kind == "integer" and str(column.dtype) != "Int64":
+                out[c.name] = column.astype("Int64")
+            elif c.kind in ("number", "money") and column.dtype != np.float64:
+                out[c.name] = column.astype("float64")
+            elif c.kind in ("date", "timestamp") and not pd.api.types.is_datetime64_any_dtype(column):
+                out[c.name] = pd.to_datetime(column)
+        except (TypeError, ValueError):
+            pass  # left as it is: the column's type expectation reports it
+    return out
 
 
 class QualityGate:
@@ -154,7 +216,8 @@ class QualityGate:
     def __init__(self, suites_dir: Path):
         self.suites_dir = suites_dir
         self._context = None
-        self._suites: dict[str, Any] = {}
+        self._row_suites: dict[str, Any] = {}
+        self._batch_suites: dict[str, Any] = {}
         self._batch_definitions: dict[str, Any] = {}
 
     def _ctx(self):
@@ -170,7 +233,9 @@ class QualityGate:
         return self._context
 
     def suite(self, table: str):
-        if table not in self._suites:
+        """Load a table's suite (once per process), split into its row-level and its
+        batch-level expectations; returns the row-level part."""
+        if table not in self._row_suites:
             import great_expectations as gx
 
             path = self.suites_dir / f"{table}.json"
@@ -178,83 +243,236 @@ class QualityGate:
                 raise ConfigError(f"no quality suite for {table}: expected {path} (create it with `needseg expectations --write`)")
             try:
                 doc = json.loads(path.read_text())
-                suite = gx.ExpectationSuite(name=doc.get("name", table))
+                name = doc.get("name", table)
+                rows, batches = gx.ExpectationSuite(name=name), gx.ExpectationSuite(name=f"{name} (per file)")
                 for exp in doc["expectations"]:
                     if exp["type"] == "expect_compound_columns_to_be_unique":
                         # Keys are unique within a file; several files are validated together.
                         exp = {**exp, "kwargs": {**exp["kwargs"], "column_list": [*exp["kwargs"]["column_list"], "_file_index"]}}
-                    suite.add_expectation_configuration(_configuration(exp))
-            except (ValueError, KeyError, TypeError) as exc:
+                    parameters = {k: v["$PARAMETER"] for k, v in exp["kwargs"].items() if isinstance(v, dict) and "$PARAMETER" in v}
+                    if parameters:
+                        # GE hands back the kwargs with the values filled in: keep which were parameters.
+                        exp = {**exp, "meta": {**(exp.get("meta") or {}), "needseg_parameters": parameters}}
+                    (rows if is_row_level(exp["type"]) else batches).add_expectation_configuration(_configuration(exp))
+            except (ValueError, KeyError, TypeError, ConfigError) as exc:
                 raise ConfigError(f"{path}: not a valid expectation suite: {exc}") from None
-            self._suites[table] = self._ctx().suites.add(suite)
+            self._row_suites[table] = self._ctx().suites.add(rows)
+            self._batch_suites[table] = self._ctx().suites.add(batches)
             asset = self._source.add_dataframe_asset(table)
             self._batch_definitions[table] = asset.add_batch_definition_whole_dataframe(f"{table}_batch")
-        return self._suites[table]
+        return self._row_suites[table]
 
     def validate(self, table: str, frame: pd.DataFrame, parameters: dict[str, Any], texts: pd.DataFrame | None = None) -> GateResult:
         """Validate `frame`: typed contract columns plus `_line` and `_file_index` (which file).
 
+        Row-level expectations run once over all rows; batch-level ones once per file.
         `texts`, aligned row by row with `frame`, holds the values as the file wrote them
         ("1 234,50", "31.12.2025"); problems quote those, so a user can find them.
         """
-        suite = self.suite(table)
-        frame = frame.reset_index(drop=True)
+        self.suite(table)
+        frame = validated_frame(frame.reset_index(drop=True), TABLES[table])
         if texts is not None:
             texts = texts.reset_index(drop=True)
             if len(texts) != len(frame):
                 texts = None
         if "_file_index" not in frame.columns:
             frame = frame.assign(_file_index=0)
-        batch = self._batch_definitions[table].get_batch(batch_parameters={"dataframe": frame})
-        result = batch.validate(suite, expectation_parameters=parameters, result_format={"result_format": "COMPLETE"})
-        problems: list[Problem] = []
-        failures: list[str] = []
-        rows_of: dict[int, list[dict[str, Any]]] = {}  # result number -> its failing rows, for data docs
         lines = frame["_line"].to_numpy()
         file_index = frame["_file_index"].to_numpy()
-        for number, r in enumerate(result.results):
-            cfg = r.expectation_config
-            if r.success:
-                continue
-            kind = cfg.type
-            kwargs = cfg.kwargs
-            column = kwargs.get("column") or kwargs.get("column_A") or ",".join(c for c in kwargs.get("column_list") or [] if c != "_file_index") or None
-            if r.exception_info and r.exception_info.get("raised_exception"):
-                failures.append(f"{kind}({column}): could not be checked: {r.exception_info.get('exception_message')}")
-                continue
-            if kind in BATCH_LEVEL or "unexpected_index_list" not in r.result:
-                failures.append(f"{kind}({column or ''}) failed: {_describe(kind, kwargs, r.result)}")
-                continue
-            reason = (cfg.meta or {}).get("reason") or REASONS.get(kind, kind)
-            expected = _expected(kind, kwargs)
-            # One pass per expectation over its failing rows (a real export can have 100,000s).
-            index = np.asarray(
-                [i if isinstance(i, (int, np.integer)) else i.get("index", i) for i in r.result["unexpected_index_list"]], dtype="int64"
-            )
-            values = _values(frame, texts, kind, kwargs, index)
-            for i, line, value in zip(index.tolist(), lines[index].tolist(), values, strict=True):
-                problems.append(
-                    Problem(
-                        line=int(line),
-                        column=column,
-                        value=value,
-                        reason=f"{reason}: {column} {value!r}" if value is not None else f"{reason}: {column}",
-                        expected=expected,
-                        check=kind,
-                        index=i,
-                    )
+        files = sorted({int(i) for i in file_index.tolist()})
+        problems: list[Problem] = []
+        failures: dict[int, list[str]] = {}
+        unknown_accounts: set[int] = set()
+        entries: list[dict[str, Any]] = []
+
+        row_suite = self._row_suites[table]
+        if row_suite.expectations:
+            batch = self._batch_definitions[table].get_batch(batch_parameters={"dataframe": frame})
+            result = batch.validate(row_suite, expectation_parameters=parameters, result_format={"result_format": "COMPLETE"})
+            rows_of: dict[int, list[dict[str, Any]]] = {}  # result number -> its failing rows, for data docs
+            for number, r in enumerate(result.results):
+                if r.success:
+                    continue
+                cfg = r.expectation_config
+                kind, kwargs = cfg.type, cfg.kwargs
+                column = _column_of(kwargs)
+                if r.exception_info and r.exception_info.get("raised_exception"):
+                    for f in files:
+                        failures.setdefault(f, []).append(f"{kind}({column}): could not be checked: {r.exception_info.get('exception_message')}")
+                    continue
+                if "unexpected_index_list" not in r.result:
+                    # Judged on the column as a whole (a dtype): it holds for every file alike.
+                    for f in files:
+                        failures.setdefault(f, []).append(f"{kind}({column or ''}) failed: {_describe(kind, kwargs, r.result)}")
+                    continue
+                reason = (cfg.meta or {}).get("reason") or REASONS.get(kind, kind)
+                parameters = (cfg.meta or {}).get("needseg_parameters") or {}
+                expected = _expected(kind, {**kwargs, **{k: {"$PARAMETER": v} for k, v in parameters.items()}})
+                # One pass per expectation over its failing rows (a real export can have 100,000s).
+                index = np.asarray(
+                    [i if isinstance(i, (int, np.integer)) else i.get("index", i) for i in r.result["unexpected_index_list"]], dtype="int64"
                 )
-            kept = index[:ROWS_KEPT_PER_EXPECTATION]
-            rows_of[number] = [
-                {"file_index": int(f), "line": int(line), "value": value}
-                for f, line, value in zip(file_index[kept].tolist(), lines[kept].tolist(), values[:ROWS_KEPT_PER_EXPECTATION], strict=True)
-            ]
-            _trim_lists(r.result)
-        document = result.to_json_dict()
-        for number, rows in rows_of.items():
-            # Which file and line each failing value came from: GE only knows frame positions.
-            document["results"][number]["result"]["needseg_unexpected_rows"] = rows
-        return GateResult(table, not failures and not problems, problems, failures, document)
+                values = _values(frame, texts, kind, kwargs, index)
+                for i, line, value in zip(index.tolist(), lines[index].tolist(), values, strict=True):
+                    problems.append(
+                        Problem(
+                            line=int(line),
+                            column=column,
+                            value=value,
+                            reason=f"{reason}: {column} {value!r}" if value is not None else f"{reason}: {column}",
+                            expected=expected,
+                            check=kind,
+                            index=i,
+                        )
+                    )
+                if parameters.get("value_set") == "known_account_ids":
+                    unknown_accounts.update(index.tolist())
+                kept = index[:ROWS_KEPT_PER_EXPECTATION]
+                rows_of[number] = [
+                    {"file_index": int(f), "line": int(line), "value": value}
+                    for f, line, value in zip(file_index[kept].tolist(), lines[kept].tolist(), values[:ROWS_KEPT_PER_EXPECTATION], strict=True)
+                ]
+                _trim_lists(r.result)
+            document = result.to_json_dict()
+            for number, rows in rows_of.items():
+                # Which file and line each failing value came from: GE only knows frame positions.
+                document["results"][number]["result"]["needseg_unexpected_rows"] = rows
+            entries.extend(document["results"])
+
+        batch_suite = self._batch_suites[table]
+        if batch_suite.expectations:
+            for f in files:
+                # A file is a batch: its row count, columns and aggregates are its own.
+                rows = frame[file_index == f].reset_index(drop=True)
+                batch = self._batch_definitions[table].get_batch(batch_parameters={"dataframe": rows})
+                result = batch.validate(batch_suite, expectation_parameters=parameters, result_format={"result_format": "SUMMARY"})
+                for r in result.results:
+                    if r.success:
+                        continue
+                    cfg = r.expectation_config
+                    column = _column_of(cfg.kwargs)
+                    if r.exception_info and r.exception_info.get("raised_exception"):
+                        failures.setdefault(f, []).append(f"{cfg.type}({column or ''}): could not be checked: {r.exception_info.get('exception_message')}")
+                    else:
+                        failures.setdefault(f, []).append(f"{cfg.type}({column or ''}) failed: {_describe(cfg.type, cfg.kwargs, r.result)}")
+                for entry in result.to_json_dict()["results"]:
+                    entry["result"] = {**(entry.get("result") or {}), "needseg_file_index": f}
+                    entries.append(entry)
+        document = {"suite_name": table, "results": entries, "meta": {}}
+        restate(document)
+        return GateResult(table, not failures and not problems, problems, failures, unknown_accounts, document)
+
+
+def restate(document: dict[str, Any]) -> None:
+    """Set a validation result's success and statistics from its entries."""
+    results = document.get("results") or []
+    successful = sum(1 for e in results if e.get("success"))
+    document["success"] = successful == len(results)
+    document["statistics"] = {
+        "evaluated_expectations": len(results),
+        "successful_expectations": successful,
+        "unsuccessful_expectations": len(results) - successful,
+        "success_percent": 100.0 * successful / len(results) if results else None,
+    }
+
+
+def add_parse_results(
+    document: dict[str, Any],
+    table: Table,
+    problems: list[tuple[int, Problem]],
+    rows_checked: int,
+    scales: dict[tuple[str, float, float, str], tuple[list[int], int]],
+) -> None:
+    """Count the parser's findings in a table's validation result, under the expectation each
+    one breaks, so the kept result (and the data docs) show every row-level problem:
+
+    - a cell that does not read as its column's type -> the column's type expectation;
+    - a survey answer outside the scale a mapping declares -> a range expectation on the values
+      as read, one per declared scale (`scales`: (column, min, max, mapping) -> (file
+      indices, rows read)), listed even when every answer is on the scale;
+    - a line that cannot be split into fields -> `needseg_rows_are_readable`.
+
+    `problems` are (file index, parse problem); `rows_checked` the rows the gate validated.
+    """
+    results = document.setdefault("results", [])
+    scale_columns = {column for column, *_ in scales}
+    by_entry: dict[tuple, list[tuple[int, Problem]]] = {}
+    for f, p in problems:
+        if p.column is None:
+            key: tuple = (READABLE_ROWS,)
+        elif p.column in scale_columns and p.reason.startswith("out of range"):
+            key = ("scale", p.column)
+        else:
+            key = (TYPE_EXPECTATION, p.column)
+        by_entry.setdefault(key, []).append((f, p))
+
+    def failing(entry: dict[str, Any], found: list[tuple[int, Problem]], checked: int) -> None:
+        result = entry.setdefault("result", {})
+        base = result.get("element_count")
+        total = (base if base is not None else checked) + len(found)
+        unexpected = (result.get("unexpected_count") or 0) + len(found)
+        values = [p.value for _, p in found]
+        result.update(
+            element_count=total,
+            unexpected_count=unexpected,
+            unexpected_percent=100.0 * unexpected / total if total else None,
+            partial_unexpected_list=(result.get("partial_unexpected_list") or []) + values[:20],
+            needseg_unexpected_rows=(result.get("needseg_unexpected_rows") or [])
+            + [{"file_index": f, "line": p.line, "value": p.value} for f, p in found[:ROWS_KEPT_PER_EXPECTATION]],
+        )
+        result.pop("observed_value", None)
+        entry["success"] = entry.get("success", True) and not found
+        entry.setdefault("meta", {})["needseg_stage"] = "parse and gate"
+
+    for (kind, *rest), found in by_entry.items():
+        if kind != TYPE_EXPECTATION:
+            continue
+        column = rest[0]
+        entry = next(
+            (e for e in results if (e.get("expectation_config") or {}).get("type") == TYPE_EXPECTATION
+             and ((e.get("expectation_config") or {}).get("kwargs") or {}).get("column") == column),
+            None,
+        )
+        if entry is None:
+            kind_of = table.column(column).kind if column in table.column_names else "text"
+            entry = _entry(TYPE_EXPECTATION, {"column": column, "type_": PANDAS_TYPES[kind_of]}, {"reason": "wrong type"})
+            results.append(entry)
+        failing(entry, found, rows_checked)
+
+    for (column, lo, hi, origin), (file_indices, rows) in scales.items():
+        found = [(f, p) for f, p in by_entry.get(("scale", column), []) if f in file_indices]
+        entry = _entry(
+            "expect_column_values_to_be_between",
+            {"column": column, "min_value": lo, "max_value": hi},
+            {"reason": "outside the declared scale", "declared_in": origin,
+             "notes": "the answers as read, on the scale the mapping declares (then rescaled to the contract's range)"},
+        )
+        entry["result"] = {"element_count": rows - len(found), "unexpected_count": 0}
+        failing(entry, found, rows)
+        entry["meta"]["needseg_stage"] = "parse"
+        results.append(entry)
+
+    if (READABLE_ROWS,) in by_entry:
+        entry = _entry(READABLE_ROWS, {}, {"reason": "the line could not be read as a row"})
+        failing(entry, by_entry[(READABLE_ROWS,)], rows_checked)
+        entry["meta"]["needseg_stage"] = "parse"
+        results.append(entry)
+    restate(document)
+
+
+def _entry(kind: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """A validation result entry in great_expectations' JSON shape, for a check the parser made."""
+    return {
+        "success": True,
+        "expectation_config": {"type": kind, "kwargs": kwargs, "meta": meta},
+        "result": {},
+        "meta": {"needseg_stage": "parse"},
+        "exception_info": {"raised_exception": False, "exception_traceback": None, "exception_message": None},
+    }
+
+
+def _column_of(kwargs: dict[str, Any]) -> str | None:
+    return kwargs.get("column") or kwargs.get("column_A") or ",".join(c for c in kwargs.get("column_list") or [] if c != "_file_index") or None
 
 
 def _configuration(exp: dict[str, Any]):
@@ -351,12 +569,26 @@ def _expected(kind: str, kwargs: dict[str, Any]) -> str:
         return "one row per " + ", ".join(c for c in kwargs["column_list"] if c != "_file_index")
     if kind == "expect_column_pair_values_a_to_be_greater_than_b":
         return f"{kwargs['column_A']} at or after {kwargs['column_B']}"
+    if kind == TYPE_EXPECTATION:
+        return f"a value of type {kwargs.get('type_')}"
     return kind
 
 
 def _describe(kind: str, kwargs: dict[str, Any], result: dict[str, Any]) -> str:
+    """What a batch-level expectation found, against what it expects."""
+    observed = result.get("observed_value")
+    lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
     if kind == "expect_table_row_count_to_be_between":
-        return f"{result.get('observed_value')} rows, expected at least {kwargs.get('min_value')}"
+        wanted = f"at least {lo}" if hi is None else f"{lo} to {hi}" if lo is not None else f"at most {hi}"
+        return f"{observed} rows, expected {wanted}"
     if kind == "expect_column_to_exist":
         return f"column {kwargs.get('column')!r} is missing"
+    if kind == TYPE_EXPECTATION:
+        return f"the column is {observed}, expected {kwargs.get('type_')}"
+    if "observed_value" in result:
+        shown = f"{observed:g}" if isinstance(observed, float) else str(observed)
+        if lo is not None or hi is not None:
+            bounds = " and ".join(x for x in (f"at least {lo}" if lo is not None else "", f"at most {hi}" if hi is not None else "") if x)
+            return f"observed {shown}, expected {bounds}"
+        return f"observed {shown}"
     return json.dumps(result, default=str)[:300]
