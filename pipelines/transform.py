@@ -27,6 +27,10 @@ SERVING = "tag:serving"
 # a third of an Airflow model task. needseg reads results from the runner and renders the
 # DAGs from the manifest `ensure_manifest` writes, so pipeline runs skip those files.
 RUN_FLAGS = ["--no-write-json"]
+# dbt unit tests check the SQL against fixed rows, not the data, so a pipeline run gains
+# nothing from them; they cost it about a fifth of the features build. The test suite runs
+# them (tests/test_dbt.py). An environment variable, so cosmos's tasks leave them out too.
+PIPELINE_ENV = {"DBT_EXCLUDE_RESOURCE_TYPES": "unit_test"}
 
 
 class DbtFailed(NeedsegError):
@@ -60,8 +64,9 @@ def dbt_vars(config: dict[str, Any], as_of: dt.date) -> dict[str, Any]:
 
 
 def profile_env(settings: Settings) -> dict[str, str]:
-    """Environment the dbt profile reads (dbt_project/profiles.yml)."""
-    return {"NEEDSEG_WAREHOUSE": str(settings.warehouse_path)}
+    """Environment of the pipeline's dbt runs: the warehouse the profile reads
+    (dbt_project/profiles.yml), and unit tests left out."""
+    return {"NEEDSEG_WAREHOUSE": str(settings.warehouse_path), **PIPELINE_ENV}
 
 
 def target_dir(settings: Settings) -> Path:
@@ -69,10 +74,12 @@ def target_dir(settings: Settings) -> Path:
     return settings.data_dir / "dbt"
 
 
-def _invoke(args: list[str], settings: Settings | None) -> Any:
+def _invoke(args: list[str], settings: Settings | None, unit_tests: bool = False) -> Any:
     from dbt.cli.main import dbtRunner
 
     env = profile_env(settings) if settings else {}
+    if unit_tests:
+        env = {k: v for k, v in env.items() if k not in PIPELINE_ENV}
     previous = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
@@ -86,11 +93,20 @@ def _invoke(args: list[str], settings: Settings | None) -> Any:
                 os.environ[key] = value
 
 
-def build(settings: Settings, config: dict[str, Any], as_of: dt.date, select: str, command: str = "build") -> DbtResult:
+def build(
+    settings: Settings,
+    config: dict[str, Any],
+    as_of: dt.date,
+    select: str,
+    command: str = "build",
+    flags: tuple[str, ...] = (),
+    unit_tests: bool = False,
+) -> DbtResult:
     """`dbt build --select <select>` on the working warehouse; raises DbtFailed on any error.
 
     `command="run"` builds the models without their tests: for backtests that replay many
-    dates of data the test suite has already checked.
+    dates of data the test suite has already checked. `flags` go after the command (e.g.
+    `--empty`); `unit_tests=True` runs dbt's unit tests too, which pipeline runs leave out.
     """
     started = time.monotonic()
     target = target_dir(settings)
@@ -104,9 +120,10 @@ def build(settings: Settings, config: dict[str, Any], as_of: dt.date, select: st
         "--log-path", str(target / "logs"),
         "--quiet",
         "--no-use-colors",
+        *flags,
         *RUN_FLAGS,
     ]
-    result = _invoke(args, settings)
+    result = _invoke(args, settings, unit_tests)
     failures, warnings, nodes = [], [], 0
     if result.result is not None:
         for r in result.result:

@@ -39,3 +39,14 @@
     {{ months_ago }} >= {{ var('recent_months') }}
         and {{ months_ago }} < {{ var('recent_months') + var('trailing_months') }} as in_prior
 {%- endmacro %}
+
+{#- One aggregate per comparison window of `window_flags`, named `<name>_12m` (trailing),
+    `<name>_recent` and `<name>_prior`: a proxy is written once, in a call block whose
+    argument is the window's flag to filter on, e.g.
+        {% call(window) per_window('orders') %}count(distinct order_id) filter (where {{ window }}){% endcall %}
+-#}
+{% macro per_window(name) -%}
+    {%- for flag, suffix in [('in_trailing', '12m'), ('in_recent', 'recent'), ('in_prior', 'prior')] %}
+        {{ caller(flag) | trim }} as {{ name }}_{{ suffix }}{{ "," if not loop.last }}
+    {%- endfor %}
+{%- endmacro %}

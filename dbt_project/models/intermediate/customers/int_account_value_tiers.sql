@@ -1,6 +1,8 @@
 -- The 80/20 rule: key accounts are the smallest set of customers whose trailing-12-month
 -- revenue together reaches the configured share (default 80 %) of all customers' revenue.
--- The next accounts up to the mid-tier share are `mid`; the rest `tail`.
+-- The next accounts up to the mid-tier share are `mid`; the rest `tail`. Each customer's
+-- share of all customers' revenue is also taken in the recent and prior windows: its
+-- trend says whether the account gains or loses weight whatever the market does.
 with
 
 customers as (
@@ -8,7 +10,9 @@ customers as (
     select
         a.account_id,
         -- net returns can exceed purchases; such an account holds no share of revenue
-        greatest(coalesce(o.revenue_12m, 0), 0) as revenue_12m
+        greatest(coalesce(o.revenue_12m, 0), 0) as revenue_12m,
+        greatest(coalesce(o.revenue_recent, 0), 0) as revenue_recent,
+        greatest(coalesce(o.revenue_prior, 0), 0) as revenue_prior
     from {{ ref('int_accounts') }} as a
     left join {{ ref('int_account_order_behaviour') }} as o on o.account_id = a.account_id
     where a.status = 'customer'
@@ -21,6 +25,8 @@ ranked as (
         account_id,
         revenue_12m,
         revenue_12m / nullif(sum(revenue_12m) over (), 0) as revenue_share,
+        revenue_recent / nullif(sum(revenue_recent) over (), 0) as revenue_share_recent,
+        revenue_prior / nullif(sum(revenue_prior) over (), 0) as revenue_share_prior,
         -- share held by the accounts ranked above this one (ties broken by id, stably)
         coalesce(
             sum(revenue_12m) over (
@@ -44,5 +50,8 @@ select
         when share_before < {{ var('key_account_revenue_share') }} then 'key'
         when share_before < {{ var('mid_tier_revenue_share') }} then 'mid'
         else 'tail'
-    end as value_tier
+    end as value_tier,
+    coalesce(revenue_share_recent, 0) as revenue_share_recent,
+    coalesce(revenue_share_prior, 0) as revenue_share_prior,
+    coalesce(revenue_share_recent, 0) - coalesce(revenue_share_prior, 0) as revenue_share_trend
 from ranked

@@ -33,8 +33,9 @@ flags as (
 
     select
         *,
-        category_key in {{ category_list('premium_categories') }} as configured_premium,
-        category_key in {{ category_list('service_categories') }} as configured_service,
+        -- `in (null)` is null, not false: an empty list must leave inference on
+        coalesce(category_key in {{ category_list('premium_categories') }}, false) as configured_premium,
+        coalesce(category_key in {{ category_list('service_categories') }}, false) as configured_service,
         regexp_matches(category_key, 'servic|support|install|training|maintenan|consult|repair') as named_service,
         percent_rank() over (order by median_list_unit_price) as price_rank
     from categories

@@ -1,4 +1,4 @@
--- Survey needs per account, from the latest wave answered within the validity window.
+-- Survey needs per account, from the latest usable wave within the validity window.
 -- People use rating scales differently (some rate everything high, some never use the
 -- ends), so each respondent's answers are centred on their own mean and divided by their
 -- own spread over the core items; what remains is what matters to them *relative to the
@@ -31,7 +31,8 @@ respondent_scale as (
         response_id,
         avg(score) as mean_score,
         stddev_pop(score) as score_spread,
-        count(*) as answered
+        -- usable: enough core items answered, and not all the same (a straight-liner)
+        count(*) >= 4 and stddev_pop(score) > 0 as is_usable
     from long
     where item in ('{{ core | join("', '") }}')
     group by response_id
@@ -46,7 +47,7 @@ normalised as (
         (long.score - s.mean_score) / greatest(s.score_spread, 0.5) as relative_importance
     from long
     inner join respondent_scale as s on s.response_id = long.response_id
-    where s.answered >= 4 and s.score_spread > 0
+    where s.is_usable
 
 ),
 
@@ -59,7 +60,7 @@ usable_responses as (
         r.submitted_at,
         r.satisfaction,
         r.nps,
-        s.score_spread > 0 and s.answered >= 4 as is_usable
+        coalesce(s.is_usable, false) as is_usable
     from responses as r
     left join respondent_scale as s on s.response_id = r.response_id
 
@@ -72,12 +73,33 @@ waves as (
         wave,
         max(submitted_at) as submitted_at,
         count(*) filter (where is_usable) as usable_respondents,
-        count(*) filter (where not coalesce(is_usable, false)) as unusable_respondents,
+        count(*) filter (where not is_usable) as unusable_respondents,
         avg(satisfaction) as satisfaction,
-        avg(nps) as nps,
-        dense_rank() over (partition by account_id order by max(submitted_at) desc) as wave_recency
+        avg(nps) as nps
     from usable_responses
     group by account_id, wave
+
+),
+
+-- Needs come from the latest wave with a usable respondent: a wave of straight-liners
+-- says nothing about needs, so it does not hide the wave before it. Satisfaction and NPS
+-- are single answers that straight-lining does not spoil: they come from the latest wave.
+answered_waves as (
+
+    select
+        *,
+        row_number() over (partition by account_id order by submitted_at desc, wave desc) as answered_recency
+    from waves
+
+),
+
+usable_waves as (
+
+    select
+        *,
+        row_number() over (partition by account_id order by submitted_at desc, wave desc) as usable_recency
+    from waves
+    where usable_respondents > 0
 
 ),
 
@@ -87,7 +109,7 @@ wave_needs as (
         u.account_id,
         u.wave,
         {% for item in core + extra -%}
-        avg(n.relative_importance) filter (where n.item = '{{ item }}') as need_{{ item }}{{ "," if not loop.last }}
+        round(avg(n.relative_importance) filter (where n.item = '{{ item }}'), 6) as need_{{ item }}{{ "," if not loop.last }}
         {% endfor %}
     from usable_responses as u
     inner join normalised as n on n.response_id = u.response_id
@@ -95,40 +117,49 @@ wave_needs as (
 
 ),
 
-latest as (
+needs as (
 
     select
         w.account_id,
-        w.wave as survey_wave,
-        w.submitted_at as survey_submitted_at,
-        w.usable_respondents as survey_respondents,
-        w.unusable_respondents as survey_unusable_respondents,
-        w.satisfaction,
-        w.nps,
-        {% for item in core + extra -%}
-        round(n.need_{{ item }}, 6) as need_{{ item }}{{ "," if not loop.last }}
-        {% endfor %}
-    from waves as w
-    left join wave_needs as n on n.account_id = w.account_id and n.wave = w.wave
-    where w.wave_recency = 1
+        w.usable_recency,
+        w.wave,
+        w.submitted_at,
+        w.usable_respondents,
+        w.unusable_respondents,
+        n.* exclude (account_id, wave)
+    from usable_waves as w
+    inner join wave_needs as n on n.account_id = w.account_id and n.wave = w.wave
+    where w.usable_recency <= 2
 
 ),
 
-previous as (
+answers as (
 
-    select
-        w.account_id,
-        w.satisfaction as previous_satisfaction,
-        round(n.need_price, 6) as previous_need_price
-    from waves as w
-    left join wave_needs as n on n.account_id = w.account_id and n.wave = w.wave
-    where w.wave_recency = 2
+    select account_id, answered_recency, wave, satisfaction, nps
+    from answered_waves
+    where answered_recency <= 2
 
 )
 
 select
-    latest.*,
-    latest.need_price - previous.previous_need_price as need_price_change,
-    latest.satisfaction - previous.previous_satisfaction as satisfaction_change
-from latest
-left join previous on previous.account_id = latest.account_id
+    latest_answers.account_id,
+    latest_needs.wave as survey_wave,
+    latest_needs.submitted_at as survey_submitted_at,
+    coalesce(latest_needs.usable_respondents, 0) as survey_respondents,
+    latest_needs.unusable_respondents as survey_unusable_respondents,
+    {% for item in core + extra -%}
+    latest_needs.need_{{ item }},
+    {% endfor -%}
+    latest_needs.need_price - previous_needs.need_price as need_price_change,
+    latest_answers.wave as satisfaction_wave,
+    latest_answers.satisfaction,
+    latest_answers.nps,
+    latest_answers.satisfaction - previous_answers.satisfaction as satisfaction_change
+from answers as latest_answers
+left join answers as previous_answers
+    on previous_answers.account_id = latest_answers.account_id and previous_answers.answered_recency = 2
+left join needs as latest_needs
+    on latest_needs.account_id = latest_answers.account_id and latest_needs.usable_recency = 1
+left join needs as previous_needs
+    on previous_needs.account_id = latest_answers.account_id and previous_needs.usable_recency = 2
+where latest_answers.answered_recency = 1

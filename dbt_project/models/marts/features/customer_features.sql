@@ -59,6 +59,7 @@ select
     cast(coalesce(orders.revenue_prior, 0) as double) as revenue_prior,
     cast(orders.revenue_trend as double) as revenue_trend,
     cast(coalesce(tiers.revenue_share, 0) as double) as revenue_share_12m,
+    cast(coalesce(tiers.revenue_share_trend, 0) as double) as revenue_share_trend,
     cast(tiers.revenue_rank as bigint) as revenue_rank,
     case
         when accounts.status = 'customer' then tiers.value_tier
@@ -67,12 +68,15 @@ select
 
     -- ordering behaviour (loyalty & partnership)
     cast(coalesce(orders.orders_12m, 0) as bigint) as orders_12m,
+    cast(coalesce(orders.orders_recent, 0) as bigint) as orders_recent,
+    cast(coalesce(orders.orders_prior, 0) as bigint) as orders_prior,
     cast(orders.average_order_value_12m as double) as average_order_value_12m,
     orders.first_order_date,
     orders.last_order_date,
     cast(orders.days_since_last_order as bigint) as days_since_last_order,
     cast(coalesce(orders.active_months_12m, 0) as bigint) as active_months_12m,
     cast(orders.order_regularity_12m as double) as order_regularity_12m,
+    cast(orders.order_regularity_trend as double) as order_regularity_trend,
     cast(coalesce(orders.categories_12m, 0) as bigint) as categories_12m,
     cast(orders.category_breadth_12m as double) as category_breadth_12m,
     cast(orders.category_breadth_trend as double) as category_breadth_trend,
@@ -84,6 +88,7 @@ select
     cast(orders.discount_depth_prior as double) as discount_depth_prior,
     cast(orders.discount_depth_trend as double) as discount_depth_trend,
     cast(orders.list_price_share_12m as double) as list_price_share_12m,
+    cast(orders.list_price_share_trend as double) as list_price_share_trend,
     cast(coalesce(quotes.quotes_12m, 0) as bigint) as quotes_12m,
     cast(quotes.quote_win_rate_12m as double) as quote_win_rate_12m,
     cast(coalesce(quotes.quotes_lost_on_price_12m, 0) as bigint) as quotes_lost_on_price_12m,
@@ -96,11 +101,19 @@ select
     -- service
     cast(coalesce(tickets.tickets_12m, 0) as bigint) as tickets_12m,
     cast(coalesce(tickets.tickets_12m, 0) / nullif(orders.orders_12m, 0) as double) as tickets_per_order_12m,
+    -- tickets per order in the recent window minus the prior one; null unless both had orders
+    cast(
+        coalesce(tickets.tickets_recent, 0) / nullif(orders.orders_recent, 0)
+        - coalesce(tickets.tickets_prior, 0) / nullif(orders.orders_prior, 0)
+        as double
+    ) as tickets_per_order_trend,
     cast(coalesce(tickets.critical_tickets_12m, 0) as bigint) as critical_tickets_12m,
     cast(tickets.critical_ticket_share_12m as double) as critical_ticket_share_12m,
+    cast(tickets.critical_tickets_trend as double) as critical_tickets_trend,
     cast(tickets.service_ticket_share_12m as double) as service_ticket_share_12m,
     cast(tickets.tickets_trend as double) as tickets_trend,
     cast(orders.service_revenue_share_12m as double) as service_revenue_share_12m,
+    cast(orders.service_revenue_share_trend as double) as service_revenue_share_trend,
     cast(tickets.median_hours_to_close_12m as double) as median_hours_to_close_12m,
 
     -- quality & brand
@@ -125,6 +138,7 @@ select
     cast(survey.need_digital_maturity as double) as need_digital_maturity,
     cast(survey.need_willingness_to_invest as double) as need_willingness_to_invest,
     cast(survey.need_price_change as double) as need_price_change,
+    survey.satisfaction_wave,
     cast(survey.satisfaction as double) as satisfaction,
     cast(survey.satisfaction_change as double) as satisfaction_change,
     cast(survey.nps as double) as nps

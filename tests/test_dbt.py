@@ -1,0 +1,113 @@
+"""The dbt project on its own: its unit tests (the tricky SQL against fixed rows) and its
+documentation (every column of every staging, intermediate and features model described).
+
+Pipeline runs leave dbt's unit tests out (pipelines/transform.py); they run here. dbt reads
+the column types of a unit test's inputs from the warehouse, so the models are first built
+empty (`dbt run --empty`) on a fresh warehouse with needseg's raw and step tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from pipelines import transform
+from pipelines.config import load_config
+from pipelines.drift.run import ensure_tables as ensure_drift_tables
+from pipelines.segmentation.run import ensure_tables as ensure_segmentation_tables
+from pipelines.settings import load_settings
+from pipelines.warehouse import connect, open_warehouse
+
+# Everything below the published serving marts (those carry contracts of their own).
+DOCUMENTED = ("models/staging/", "models/intermediate/", "models/marts/features/")
+SELECT = " ".join(f"path:{folder.rstrip('/')}" for folder in DOCUMENTED)
+AS_OF = dt.date(2026, 10, 31)
+
+# The SQL whose logic a reader could get wrong; each has at least one dbt unit test.
+UNIT_TESTED_MODELS = {
+    "int_account_ticket_behaviour",  # the comparison windows and their edges
+    "int_account_order_behaviour",  # run-rate revenue trend, regularity, weighted discount depth
+    "int_product_categories",  # premium / service inference
+    "int_survey_needs",  # normalisation, straight-liners, the latest usable wave
+    "int_account_value_tiers",  # 80/20 tiers, revenue shares per window
+    "customer_features",  # tickets per order across windows
+}
+
+
+@pytest.fixture(scope="module")
+def empty_project(tmp_path_factory):
+    settings = load_settings(tmp_path_factory.mktemp("dbt") / "data")
+    config = load_config(settings.config_path)
+    with open_warehouse(settings.warehouse_path) as con:
+        ensure_segmentation_tables(con)
+        ensure_drift_tables(con)
+    transform.build(settings, config, AS_OF, SELECT, command="run", flags=("--empty",))
+    manifest = json.loads(transform.ensure_manifest().read_text())
+    return settings, config, manifest
+
+
+def test_dbt_unit_tests_pass(empty_project):
+    settings, config, manifest = empty_project
+    defined = [n for n in manifest["unit_tests"].values() if n["package_name"] == "needseg"]
+    assert {n["model"] for n in defined} >= UNIT_TESTED_MODELS
+    try:
+        result = transform.build(settings, config, AS_OF, "test_type:unit", command="test", unit_tests=True)
+    except transform.DbtFailed as exc:
+        failed = str(exc)  # dbt's diff of actual against expected rows, per failing unit test
+    else:
+        failed = ""
+    assert not failed, failed
+    assert result.nodes == len(defined)
+
+
+def test_pipeline_runs_leave_unit_tests_out(empty_project):
+    settings, config, _ = empty_project
+    result = transform.build(settings, config, AS_OF, "int_product_categories", command="test")
+    assert result.nodes > 0  # its data tests ran
+    with_units = transform.build(settings, config, AS_OF, "int_product_categories", command="test", unit_tests=True)
+    assert with_units.nodes > result.nodes
+
+
+def test_every_column_of_every_model_below_the_serving_marts_is_documented(empty_project):
+    settings, _, manifest = empty_project
+    models = [
+        n for n in manifest["nodes"].values()
+        if n["resource_type"] == "model" and n["original_file_path"].startswith(DOCUMENTED)
+    ]
+    assert len(models) >= 20
+    with connect(settings.warehouse_path, read_only=True) as con:
+        built = con.execute("select schema_name, table_name, column_name from duckdb_columns()").fetchall()
+    columns: dict[tuple[str, str], list[str]] = {}
+    for schema, table, column in built:
+        columns.setdefault((schema, table), []).append(column)
+    problems = []
+    for model in models:
+        actual = columns.get((model["schema"], model["alias"]))
+        if actual is None:
+            problems.append(f"{model['name']}: not built")
+            continue
+        documented = {name for name, c in model["columns"].items() if c["description"].strip()}
+        where = model["patch_path"].split("://")[-1] if model["patch_path"] else "no YAML"
+        if not model["description"].strip():
+            problems.append(f"{model['name']}: no description ({where})")
+        if missing := [c for c in actual if c not in documented]:
+            problems.append(f"{model['name']}: undocumented in {where}: {', '.join(missing)}")
+        if stale := sorted(set(model["columns"]) - set(actual)):
+            problems.append(f"{model['name']}: documented in {where} but not produced: {', '.join(stale)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_feature_marts_enforce_contracts_and_test_every_column(empty_project):
+    _, _, manifest = empty_project
+    tested: dict[str, set[str]] = {}
+    for node in manifest["nodes"].values():
+        if node["resource_type"] == "test" and node.get("attached_node") and node.get("column_name"):
+            tested.setdefault(node["attached_node"], set()).add(node["column_name"])
+    marts = [n for n in manifest["nodes"].values() if n["resource_type"] == "model" and n["original_file_path"].startswith("models/marts/features/")]
+    assert {m["name"] for m in marts} >= {"customer_features", "customer_category_mix", "customer_monthly_behaviour"}
+    for mart in marts:
+        assert mart["contract"]["enforced"], mart["name"]
+        untested = [c for c, spec in mart["columns"].items() if c not in tested.get(mart["unique_id"], set()) or not spec.get("data_type")]
+        assert not untested, f"{mart['name']}: columns without a data type or a data test: {', '.join(untested)}"
