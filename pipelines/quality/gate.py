@@ -223,10 +223,15 @@ class QualityGate:
     def _ctx(self):
         if self._context is None:
             os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+            logging.getLogger("great_expectations").setLevel(logging.WARNING)
             import great_expectations as gx
             from great_expectations.data_context.types.base import ProgressBarsConfig
 
-            logging.getLogger("great_expectations").setLevel(logging.WARNING)
+            # Some of its modules set their own loggers to INFO, which would print a line
+            # about a temporary docs folder into every run's output.
+            for name, logger in list(logging.root.manager.loggerDict.items()):
+                if name.startswith("great_expectations.") and isinstance(logger, logging.Logger) and logger.level < logging.WARNING:
+                    logger.setLevel(logging.NOTSET)
             self._context = gx.get_context(mode="ephemeral")
             self._context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
             self._source = self._context.data_sources.add_pandas("needseg_batches")
