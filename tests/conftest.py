@@ -40,12 +40,15 @@ SLOWEST_FIRST = (
     "test_e2e_airflow.py",
     "test_cycle.py",
     "test_taxonomy.py",
+    "test_taxonomy_change.py",
+    "test_key_accounts.py",
+    "test_explain.py",
     "test_backtest.py",
     "test_wholesale.py",
     "test_online_retail.py",
 )
 # Files that share a session fixture (cycled_small_world) run on one worker, so it is built once.
-SAME_WORKER_AS = {"test_taxonomy.py": "test_cycle.py"}
+SAME_WORKER_AS = {name: "test_cycle.py" for name in ("test_taxonomy.py", "test_taxonomy_change.py", "test_key_accounts.py", "test_explain.py")}
 
 
 @pytest.hookimpl(tryfirst=True)
