@@ -11,7 +11,7 @@ import pandas as pd
 
 from pipelines.segmentation.explain import tree_contributions
 from pipelines.segmentation.inference import fit_and_score
-from tests.conftest import rows
+from pipelines.warehouse import connect
 
 
 def test_the_attributions_add_up_to_the_forests_probability():
@@ -43,10 +43,8 @@ def test_the_attributions_add_up_to_the_forests_probability():
 
 def test_inferred_accounts_are_explained_by_what_the_model_used(cycled_small_world):
     settings, _ = cycled_small_world
-    found = rows(
-        settings.warehouse_path,
-        "select segment_source, drivers, drivers_text, probability from segments.assignments where run_id = 'seg-2026-10-31'",
-    )
+    with connect(settings.warehouse_path, read_only=True) as con:
+        found = con.execute("select segment_source, drivers, drivers_text, probability from segments.assignments where run_id = 'seg-2026-10-31'").fetchall()
     inferred = [(json.loads(d), t) for s, d, t, _ in found if s == "inferred"]
     surveyed = [json.loads(d) for s, d, _, _ in found if s == "surveyed"]
     assert inferred and surveyed

@@ -34,9 +34,10 @@ KEY_GROUPS = {
 }
 
 
-def _plant_key_tier(con) -> pd.Series:
+def _plant_key_tier(con, like_the_tail: bool = False) -> pd.Series:
     """Make the KEY_TIER largest customers the key tier, about two thirds of them surveyed with
-    needs drawn around KEY_GROUPS (normalised per respondent, as the survey model does)."""
+    needs drawn around KEY_GROUPS (normalised per respondent, as the survey model does) -
+    or, `like_the_tail`, with needs of surveyed customers outside it, drawn at random."""
     customers = con.execute(
         "select account_id from marts.customer_features where status = 'customer' order by revenue_12m desc, account_id"
     ).df()["account_id"]
@@ -45,6 +46,15 @@ def _plant_key_tier(con) -> pd.Series:
     groups = pd.Series([list(KEY_GROUPS)[i % 3] for i in range(len(key))], index=key)
     answers = np.array([KEY_GROUPS[g] for g in groups]) + rng.normal(0, 0.35, (len(key), len(NEEDS_ITEMS)))
     needs = (answers - answers.mean(axis=1, keepdims=True)) / np.maximum(answers.std(axis=1, keepdims=True), 0.5)
+    if like_the_tail:
+        columns = ", ".join(f"need_{i}" for i in NEEDS_ITEMS)
+        tail = con.execute(
+            f"select {columns} from marts.customer_features where status = 'customer' and is_surveyed and account_id not in "
+            f"(select unnest(?::varchar[])) order by account_id",
+            [list(key)],
+        ).fetchnumpy()
+        tail = np.column_stack([tail[f"need_{i}"] for i in NEEDS_ITEMS])
+        needs = tail[rng.integers(0, len(tail), len(key))]
     planted = pd.DataFrame(needs, columns=[f"need_{i}" for i in NEEDS_ITEMS])
     planted.insert(0, "account_id", key.to_numpy())
     planted["surveyed"] = (np.arange(len(key)) // 3) % 3 != 2  # two of three in every group
@@ -88,7 +98,9 @@ def test_a_large_key_tier_is_segmented_on_its_own_with_evidence(key_tier_run):
     # its own k, within the taxonomy's bounds, chosen with the same evidence as the main run
     assert evidence["k"] == 3 and [c["k"] for c in evidence["k_evidence"]] == [3, 4, 5]
     assert min(evidence["jaccard"]) >= 0.75 and sum(evidence["sizes"]) == 102
-    assert "segmented on their own" in evidence["why"]
+    # its profile differs from the other customers': its own segments describe it far better
+    assert evidence["held_out_distance"]["gain_by_k"]["3"] >= 0.5
+    assert "their profile differs from the other customers'" in evidence["why"] and "segmented on their own" in evidence["why"]
     key = definitions[definitions["population"] == "key"]
     assert sorted(key["fitted"]) == sorted(evidence["sizes"]) and (key["jaccard"] >= 0.75).all()
 
@@ -123,6 +135,23 @@ def test_every_key_account_has_a_needs_segment_of_the_key_tier_and_sizes_add_up(
     # one id, one name: a segment id shared by both populations is the same needs segment
     names = definitions.groupby("segment_id")["segment_name"].nunique()
     assert (names == 1).all(), names
+
+
+def test_a_large_key_tier_like_the_others_is_segmented_with_everyone(cycled_small_world, tmp_path):
+    settings, _ = cycled_small_world
+    target = tmp_path / "warehouse.duckdb"
+    shutil.copy(settings.warehouse_path, target)
+    with connect(target) as con:
+        _plant_key_tier(con, like_the_tail=True)
+        result = segment(con, AS_OF, load_taxonomy(CONFIG_DIR / "taxonomy.yaml"), load_config(CONFIG_DIR / "needseg.yaml"))
+        mode, evidence = con.execute("select key_account_mode, key_account_evidence from segments.segment_runs where run_id = ?", [result.run_id]).fetchone()
+        populations = {r[0] for r in con.execute("select distinct population from segments.segment_definitions where run_id = ?", [result.run_id]).fetchall()}
+    evidence = json.loads(evidence)
+    assert mode == "nearest" and populations == {"all"}
+    assert evidence["key_accounts_profiled"] == 102 and "does not differ enough from the other customers'" in evidence["why"]
+    # at the k its own segments would have, they describe key accounts no better than the others' do
+    gain = evidence["held_out_distance"]["gain_by_k"]
+    assert gain[str(evidence["k"])] < 0.1 if "k" in evidence else max(gain.values()) < 0.1
 
 
 def test_a_small_key_tier_is_segmented_with_everyone_and_the_run_says_why(cycled_small_world):

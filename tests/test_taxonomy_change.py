@@ -57,7 +57,7 @@ def swapped(cycled_small_world, tmp_path_factory):
 
 def _working(settings, sql: str, params=None) -> list[tuple]:
     # dbt, run in this process, keeps the warehouse open: read it with the same configuration
-    with connect(settings.warehouse_path) as con:
+    with connect(settings.warehouse_path, read_only=True) as con:
         return con.execute(sql, params or []).fetchall()
 
 

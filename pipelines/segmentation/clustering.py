@@ -125,8 +125,7 @@ def soft_assign(X: np.ndarray, centres: np.ndarray, labels: np.ndarray) -> np.nd
 
 def choose_k(X: np.ndarray, k_min: int, k_max: int, settings: ClusterSettings) -> Clustering:
     n = len(X)
-    k_max = min(k_max, max(2, n // 10))
-    k_min = min(k_min, k_max)
+    k_min, k_max = k_bounds(n, k_min, k_max)
     fits: dict[int, tuple[KMeans, np.ndarray]] = {}
     candidates: list[Candidate] = []
     for k in range(k_min, k_max + 1):
@@ -169,21 +168,28 @@ def choose_k(X: np.ndarray, k_min: int, k_max: int, settings: ClusterSettings) -
     )
 
 
-def held_out_distance(X: np.ndarray, k: int, other_centres: np.ndarray, settings: ClusterSettings, folds: int = 5) -> tuple[float, float]:
-    """How well do a group's own k segments describe it, against segments found without it?
+def k_bounds(n: int, k_min: int, k_max: int) -> tuple[int, int]:
+    """The candidate k for n accounts: the taxonomy's bounds, with at least 10 accounts per segment."""
+    k_max = min(k_max, max(2, n // 10))
+    return min(k_min, k_max), k_max
 
-    Returns the mean squared distance of each account to its nearest centre: (1) of its
-    own group's k-means refitted without it (k-fold cross-validation), (2) of
-    `other_centres`, fitted on other accounts. Both are distances to centres that never
+
+def held_out_distance(X: np.ndarray, ks: range, other_centres: np.ndarray, settings: ClusterSettings, folds: int = 5) -> tuple[dict[int, float], float]:
+    """How well do a group's own segments describe it, against segments found without it?
+
+    Returns mean squared distances of the accounts to their nearest centre: per k in `ks`,
+    of the group's own k-means refitted without them (k-fold cross-validation); and of
+    `other_centres`, fitted on other accounts. Every distance is to centres that never
     saw the account, so the comparison is fair."""
     from sklearn.model_selection import KFold
 
-    own = np.zeros(len(X))
+    own = {k: np.zeros(len(X)) for k in ks}
     for train, test in KFold(folds, shuffle=True, random_state=settings.seed).split(X):
-        centres = _kmeans(X[train], k, settings.seed, settings.n_init).cluster_centers_
-        own[test] = ((X[test][:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+        for k in ks:
+            centres = _kmeans(X[train], k, settings.seed, settings.n_init).cluster_centers_
+            own[k][test] = ((X[test][:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).min(axis=1)
     other = ((X[:, None, :] - other_centres[None, :, :]) ** 2).sum(axis=2).min(axis=1)
-    return float(own.mean()), float(other.mean())
+    return {k: float(d.mean()) for k, d in own.items()}, float(other.mean())
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

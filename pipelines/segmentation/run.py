@@ -50,6 +50,7 @@ from pipelines.segmentation.clustering import (
     PreviousSegment,
     choose_k,
     held_out_distance,
+    k_bounds,
     resolve_identities,
 )
 from pipelines.segmentation.inference import BEHAVIOUR_COLUMNS, fit_and_score
@@ -290,12 +291,12 @@ def _segment_key_tier(
     """Segment the key tier on its own when it is large enough and its profile differs from
     the other customers' (DESIGN.md, the 80/20 rule).
 
-    Its own k is chosen within the taxonomy's bounds with the same evidence and stability
-    rule as the main run. It differs when its own segments describe key accounts at least
-    `min_gain` better than the other customers' segments do (held-out mean squared distance
-    to the nearest centre, see clustering.held_out_distance); when they do not, key
-    accounts are better served by the main segments, fitted on more accounts. Each key
-    cluster is then named after the prototype it resembles, or emerging."""
+    It differs when its own segments describe key accounts at least `min_gain` better than
+    the other customers' segments do (held-out mean squared distance to the nearest centre,
+    see clustering.held_out_distance); when they do not, key accounts are better served by
+    the main segments, fitted on more accounts. Its own k is chosen within the taxonomy's
+    bounds with the same evidence and stability rule as the main run, and must differ too.
+    Each key cluster is then named after the prototype it resembles, or emerging."""
     n = len(key_dims)
     profile = "a survey response" if taxonomy.basis == "survey" else "a behaviour profile"
     evidence: dict[str, Any] = {"key_accounts": key_accounts, "key_accounts_profiled": n, "profiled_needed": min_profiles}
@@ -304,6 +305,28 @@ def _segment_key_tier(
         evidence["why"] = f"{n} of {key_accounts} key accounts have {profile}; at least {min_profiles} are needed to segment the key tier on its own{nearest}"
         return KeyTier("nearest", evidence, key_dims.index)
     X = key_dims.to_numpy()
+    # Does the tier differ at all? Its own segments (any k in bounds) against the other
+    # customers' segments, by held-out distance; cheap, so it comes before the bootstrap.
+    other_centres = KMeans(n_clusters=other_k, n_init=settings.n_init, random_state=settings.seed).fit(other_dims.to_numpy()).cluster_centers_
+    k_lo, k_hi = k_bounds(n, taxonomy.k_min, taxonomy.k_max)
+    own, other = held_out_distance(X, range(k_lo, k_hi + 1), other_centres, settings)
+    gain = {k: 1.0 - d / other if other > 0 else 0.0 for k, d in own.items()}
+    evidence["held_out_distance"] = {
+        "own_by_k": {str(k): round(d, 4) for k, d in own.items()}, "other": round(other, 4), "other_k": other_k,
+        "gain_by_k": {str(k): round(g, 4) for k, g in gain.items()}, "gain_needed": min_gain,
+    }
+
+    def fit_words(k: int) -> str:
+        return (
+            f"held-out mean squared distance to the nearest centre {own[k]:.2f} with their own k={k} segments, "
+            f"{other:.2f} with the other customers' k={other_k}: {gain[k]:.1%} better, needed {min_gain:.0%}"
+        )
+
+    not_different = "the key tier's profile does not differ enough from the other customers'"
+    best = max(gain, key=gain.get)
+    if gain[best] < min_gain:
+        evidence["why"] = f"{not_different} (at best {fit_words(best)}){nearest}"
+        return KeyTier("nearest", evidence, key_dims.index)
     clustering = choose_k(X, taxonomy.k_min, taxonomy.k_max, settings)
     chosen = next(c for c in clustering.candidates if c.k == clustering.k)
     sizes = np.bincount(clustering.labels, minlength=clustering.k)
@@ -312,29 +335,21 @@ def _segment_key_tier(
         silhouette=clustering.silhouette, jaccard=[round(float(j), 4) for j in clustering.jaccard], sizes=sizes.tolist(),
     )
     problems = []
+    own_segments = f"the key tier's own segments ({n} key accounts with {profile}, k={clustering.k})"
     if clustering.jaccard.min() < settings.min_stability:
-        problems.append(f"not stable enough (min bootstrap Jaccard {clustering.jaccard.min():.2f}, needed {settings.min_stability})")
+        problems.append(f"{own_segments} are not stable enough (min bootstrap Jaccard {clustering.jaccard.min():.2f}, needed {settings.min_stability})")
     if chosen.smallest_share < settings.min_cluster_share:
-        problems.append(f"one is too small ({chosen.smallest_share:.0%} of them, needed {settings.min_cluster_share:.0%})")
+        problems.append(f"{own_segments} include one too small ({chosen.smallest_share:.0%} of them, needed {settings.min_cluster_share:.0%})")
+    if gain[clustering.k] < min_gain:
+        problems.append(f"{not_different} at the k chosen for its own segments ({fit_words(clustering.k)})")
     if problems:
-        evidence["why"] = f"the key tier's own segments ({n} key accounts with {profile}, k={clustering.k}) are " + " and ".join(problems) + nearest
-        return KeyTier("nearest", evidence, key_dims.index)
-    other_centres = KMeans(n_clusters=other_k, n_init=settings.n_init, random_state=settings.seed).fit(other_dims.to_numpy()).cluster_centers_
-    own, other = held_out_distance(X, clustering.k, other_centres, settings)
-    gain = 1.0 - own / other if other > 0 else 0.0
-    evidence.update(held_out_distance_own=round(own, 4), held_out_distance_other=round(other, 4), gain=round(gain, 4), gain_needed=min_gain)
-    fit_words = (
-        f"held-out mean squared distance to the nearest centre {own:.2f} with their own k={clustering.k} segments, "
-        f"{other:.2f} with the other customers' k={other_k}"
-    )
-    if gain < min_gain:
-        evidence["why"] = f"the key tier's profile does not differ enough from the other customers' ({fit_words}: {gain:.0%} better, needed {min_gain:.0%}){nearest}"
+        evidence["why"] = "; ".join(problems) + nearest
         return KeyTier("nearest", evidence, key_dims.index)
     identities = resolve_identities(clustering.centres, taxonomy, previous, KEY_EMERGING)
     evidence["segments"] = {i.segment_id: int(size) for i, size in zip(identities, sizes, strict=True)}
     evidence["why"] = (
         f"{n} of {key_accounts} key accounts have {profile}, and their profile differs from the other customers' "
-        f"({fit_words}: {gain:.0%} better): segmented on their own into k={clustering.k} stable segments "
+        f"({fit_words(clustering.k)}): segmented on their own into k={clustering.k} stable segments "
         f"(min bootstrap Jaccard {clustering.jaccard.min():.2f})"
     )
     return KeyTier("separate", evidence, key_dims.index, clustering, identities)
