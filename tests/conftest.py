@@ -122,6 +122,17 @@ def cycled_small_world(session_dir: Path, small_world: Path):
     return settings, reports
 
 
+def warehouse_copy(source: Path, target: Path) -> Path:
+    """A copy of a warehouse file with everything committed to it: dbt, run in this process,
+    keeps its connection open, so recent changes may still sit in the write-ahead log."""
+    from pipelines.warehouse import connect
+
+    with connect(source) as con:
+        con.execute("checkpoint")
+    shutil.copy(source, target)
+    return target
+
+
 def shared_data(*parts: str) -> Path:
     """A file in ../shared/data, or skip the test saying why."""
     from pipelines.settings import public_data_dir

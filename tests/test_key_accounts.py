@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -23,6 +22,7 @@ from pipelines.segmentation.run import segment
 from pipelines.segmentation.taxonomy import load_taxonomy
 from pipelines.settings import CONFIG_DIR
 from pipelines.warehouse import connect
+from tests.conftest import warehouse_copy
 
 AS_OF = dt.date(2026, 10, 31)
 KEY_TIER = 150
@@ -74,7 +74,7 @@ def _plant_key_tier(con, like_the_tail: bool = False) -> pd.Series:
 def key_tier_run(cycled_small_world, tmp_path_factory):
     settings, _ = cycled_small_world
     target = tmp_path_factory.mktemp("key-tier") / "warehouse.duckdb"
-    shutil.copy(settings.warehouse_path, target)
+    warehouse_copy(settings.warehouse_path, target)
     with connect(target) as con:
         groups = _plant_key_tier(con)
         result = segment(con, AS_OF, load_taxonomy(CONFIG_DIR / "taxonomy.yaml"), load_config(CONFIG_DIR / "needseg.yaml"))
@@ -140,7 +140,7 @@ def test_every_key_account_has_a_needs_segment_of_the_key_tier_and_sizes_add_up(
 def test_a_large_key_tier_like_the_others_is_segmented_with_everyone(cycled_small_world, tmp_path):
     settings, _ = cycled_small_world
     target = tmp_path / "warehouse.duckdb"
-    shutil.copy(settings.warehouse_path, target)
+    warehouse_copy(settings.warehouse_path, target)
     with connect(target) as con:
         _plant_key_tier(con, like_the_tail=True)
         result = segment(con, AS_OF, load_taxonomy(CONFIG_DIR / "taxonomy.yaml"), load_config(CONFIG_DIR / "needseg.yaml"))

@@ -16,7 +16,7 @@ from pipelines.segmentation.run import segment
 from pipelines.segmentation.taxonomy import load_taxonomy
 from pipelines.settings import CONFIG_DIR, load_settings
 from pipelines.warehouse import connect
-from tests.conftest import rows
+from tests.conftest import rows, warehouse_copy
 from tests.test_taxonomy import THREE_SEGMENTS
 
 AS_OF = dt.date(2026, 10, 31)
@@ -29,6 +29,8 @@ SAME_WIDTH = (CONFIG_DIR / "taxonomy.yaml").read_text().replace("name: default-n
 
 
 def _copy(settings, target):
+    with connect(settings.warehouse_path) as con:
+        con.execute("checkpoint")  # see tests.conftest.warehouse_copy
     shutil.copytree(settings.data_dir, target)
     return load_settings(target)
 
@@ -104,7 +106,7 @@ def test_transitions_name_each_side_from_its_own_run(swapped):
 def test_same_width_taxonomy_under_other_ids_is_not_aligned_to_the_old_segments(cycled_small_world, tmp_path):
     settings, _ = cycled_small_world
     target = tmp_path / "warehouse.duckdb"
-    shutil.copy(settings.warehouse_path, target)
+    warehouse_copy(settings.warehouse_path, target)
     path = tmp_path / "renamed.yaml"
     path.write_text(SAME_WIDTH)
     with connect(target) as con:
@@ -119,7 +121,7 @@ def test_same_width_taxonomy_under_other_ids_is_not_aligned_to_the_old_segments(
 def test_an_edit_that_keeps_ids_and_dimensions_continues_the_lineage(cycled_small_world, tmp_path):
     settings, _ = cycled_small_world
     target = tmp_path / "warehouse.duckdb"
-    shutil.copy(settings.warehouse_path, target)
+    warehouse_copy(settings.warehouse_path, target)
     path = tmp_path / "edited.yaml"
     path.write_text((CONFIG_DIR / "taxonomy.yaml").read_text().replace("name: Price-focused", "name: Price buyers")
                     .replace("Volume tiers and framework prices", "Framework prices and volume tiers"))
@@ -142,7 +144,7 @@ def test_an_edit_that_keeps_ids_and_dimensions_continues_the_lineage(cycled_smal
 def test_runs_written_before_lineages_get_theirs_and_continue(cycled_small_world, tmp_path):
     settings, _ = cycled_small_world
     target = tmp_path / "warehouse.duckdb"
-    shutil.copy(settings.warehouse_path, target)
+    warehouse_copy(settings.warehouse_path, target)
     with connect(target) as con:
         # as an older needseg left them: no lineage columns filled in
         con.execute("update segments.segment_runs set lineage_id = null, previous_run_id = null, lineage_digest = null")
