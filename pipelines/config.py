@@ -35,8 +35,10 @@ DEFAULTS: dict[str, Any] = {
         "min_stability": 0.75,
         "choose_stability": 0.85,
         "min_cluster_share": 0.04,
-        # Key accounts get their own segmentation from this many surveyed key accounts on.
-        "key_accounts_min": 100,
+        # The key tier gets its own segmentation from this many key accounts with a profile on.
+        "key_accounts_min": 50,
+        # ... and when its own segments describe key accounts this much better than the others' do.
+        "key_accounts_min_gain": 0.1,
         "lookalikes_per_segment": 25,
     },
     "drift": {

@@ -14,7 +14,8 @@ Segments (as of the last month, separately for surveyed and inferred accounts):
   Printed beside it for transparency: the strongest of three classifier families
   (forest, gradient boosting, a soft-voting ensemble with logistic regression) on the
   true labels, and the optimistic variant (5-fold CV over all customers);
-- a naive baseline: k-means on standardised raw per-account aggregates;
+- a naive baseline: k-means on standardised raw per-account aggregates, its k chosen by
+  silhouette within the taxonomy's bounds (it is not told the true number of segments);
 - bootstrap Jaccard per published segment, and whether a re-run on unchanged data
   changes any assignment.
 
@@ -34,7 +35,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.preprocessing import StandardScaler
 
@@ -45,7 +46,7 @@ from pipelines.errors import NeedsegError
 from pipelines.segmentation.inference import BEHAVIOUR_COLUMNS, CATEGORICAL_COLUMNS, LOG_COLUMNS, design_matrix
 from pipelines.segmentation.inference import model as needseg_model
 from pipelines.segmentation.run import run_id_for
-from pipelines.segmentation.taxonomy import load_taxonomy
+from pipelines.segmentation.taxonomy import Taxonomy, load_taxonomy
 from pipelines.settings import Settings
 from pipelines.warehouse import open_warehouse
 
@@ -80,6 +81,33 @@ class GroupScore:
 
 
 @dataclass
+class RunFigures:
+    """What segment_runs records for a run: the evidence for k and the quality figures."""
+
+    k_reason: str
+    candidates: list[dict[str, Any]]
+    silhouette: float | None
+    min_jaccard: float
+    classifier_cv_accuracy: float | None
+    key_account_mode: str
+    key_account_why: str
+
+    def lines(self) -> list[str]:
+        out = [f"  {self.k_reason}", f"  {'candidate k':>13}{'silhouette':>12}{'BIC':>11}{'mean Jaccard':>14}{'min Jaccard':>13}{'smallest':>10}  chosen if eligible"]
+        out.extend(
+            f"  {c['k']:>13}{c['silhouette']:>12.3f}{c['bic']:>11.0f}{c['mean_jaccard']:>14.2f}{c['min_jaccard']:>13.2f}"
+            f"{c['smallest_share']:>10.0%}  {'eligible' if c['eligible'] else '-'}"
+            for c in self.candidates
+        )
+        cv = f"{self.classifier_cv_accuracy:.3f}" if self.classifier_cv_accuracy is not None else "n/a (behaviour taxonomy)"
+        sil = f"{self.silhouette:.3f}" if self.silhouette is not None else "n/a"
+        out.append(f"  silhouette {sil}; stability (min bootstrap Jaccard) {self.min_jaccard:.2f}; "
+                   f"classifier CV accuracy on surveyed accounts' segments {cv}")
+        out.append(f"  key accounts: {self.key_account_mode} - {self.key_account_why}")
+        return out
+
+
+@dataclass
 class SegmentQuality:
     as_of: str
     run_id: str
@@ -87,6 +115,9 @@ class SegmentQuality:
     surveyed: GroupScore
     inferred: GroupScore
     jaccard: dict[str, float]
+    run: RunFigures | None = None
+    naive_k: int | None = None
+    naive_k_bounds: tuple[int, int] | None = None
     rerun_changed: int | None = None
     seconds_per_resegmentation: float | None = None
 
@@ -118,10 +149,15 @@ class EvaluationReport:
                     f"  {name:<10}{g.accounts:>9}{g.needseg_ari:>9.3f}{g.ceiling_ari:>9.3f}{g.ratio:>16.0%}{g.naive_ari:>16.3f}"
                     f"{g.strongest_ceiling_ari:>11.3f}{g.strongest_ratio:>18.0%}{opt:>8}"
                 )
+            if s.naive_k is not None:
+                out.append(f"  naive baseline: k-means on standardised raw aggregates ({', '.join(NAIVE_COLUMNS)}), "
+                           f"k={s.naive_k} chosen by silhouette in {s.naive_k_bounds[0]}-{s.naive_k_bounds[1]} (not told the true k);")
             out.append("  ceiling: needseg's classifier (random forest) trained on the true labels, same inputs, cross-validated;")
             out.append(f"  strongest: the best of forest, boosting and an ensemble on the true labels ({s.surveyed.strongest_ceiling_model} "
                        f"for surveyed, {s.inferred.strongest_ceiling_model} for inferred); all-CV: 5-fold CV over every customer")
             out.append("  bootstrap Jaccard per segment: " + ", ".join(f"{k} {v:.2f}" for k, v in s.jaccard.items()))
+            if s.run:
+                out += ["", f"How run {s.run_id} chose k={s.k} (segment_runs: k_reason, k_evidence, silhouette, min_jaccard, classifier_cv_accuracy):", *s.run.lines()]
             if s.rerun_changed is not None:
                 out.append(f"  re-running the segmentation on unchanged data changed {s.rerun_changed} assignment(s)"
                            + (f"; one re-segmentation took {s.seconds_per_resegmentation:.1f} s" if s.seconds_per_resegmentation else ""))
@@ -178,16 +214,16 @@ def best_of(truth: pd.Series, predictions: dict[str, Any]) -> tuple[float, str]:
     return scores[name], name
 
 
-def segment_quality(con, world: Path, as_of: dt.date, seed: int = 42) -> SegmentQuality:
+def segment_quality(con, world: Path, as_of: dt.date, taxonomy: Taxonomy, seed: int = 42) -> SegmentQuality:
     """Score the run as of `as_of` against the world's true segments of that month."""
     from threadpoolctl import threadpool_limits
 
     # Gradient boosting's OpenMP threads thrash on a busy 2-core machine; one is faster.
     with threadpool_limits(limits=1):
-        return _segment_quality(con, world, as_of, seed)
+        return _segment_quality(con, world, as_of, taxonomy, seed)
 
 
-def _segment_quality(con, world: Path, as_of: dt.date, seed: int) -> SegmentQuality:
+def _segment_quality(con, world: Path, as_of: dt.date, taxonomy: Taxonomy, seed: int) -> SegmentQuality:
     run_id = run_id_for(as_of)
     month = str(pd.Period(as_of, "M"))
     truth = truth_segments(world, month)
@@ -214,7 +250,8 @@ def _segment_quality(con, world: Path, as_of: dt.date, seed: int) -> SegmentQual
     optimistic = {name: pd.Series(cross_val_predict(m, xb.loc[everyone], assigned["truth"], cv=cv), index=everyone) for name, m in ceiling_models(seed).items()}
 
     naive_x = StandardScaler().fit_transform(features.loc[everyone, NAIVE_COLUMNS].apply(pd.to_numeric, errors="coerce").fillna(0.0))
-    naive = pd.Series(KMeans(truth.nunique(), n_init=10, random_state=seed).fit_predict(naive_x), index=everyone)
+    naive_k, naive_labels = naive_baseline(naive_x, taxonomy.k_min, taxonomy.k_max, seed)
+    naive = pd.Series(naive_labels, index=everyone)
 
     def score(group: pd.DataFrame, ceilings: dict[str, Any]) -> GroupScore:
         strongest, family = best_of(group["truth"], ceilings)
@@ -242,6 +279,34 @@ def _segment_quality(con, world: Path, as_of: dt.date, seed: int) -> SegmentQual
         surveyed=score(surveyed, ceiling_s),
         inferred=score(inferred, ceiling_i),
         jaccard=jaccard,
+        run=run_figures(con, run_id),
+        naive_k=naive_k,
+        naive_k_bounds=(taxonomy.k_min, taxonomy.k_max),
+    )
+
+
+def naive_baseline(X: np.ndarray, k_min: int, k_max: int, seed: int) -> tuple[int, np.ndarray]:
+    """k-means with the k (within the taxonomy's bounds) of the best silhouette: what a
+    first attempt without the ground truth would choose."""
+    best = None
+    for k in range(k_min, k_max + 1):
+        labels = KMeans(k, n_init=10, random_state=seed).fit_predict(X)
+        sil = silhouette_score(X, labels, random_state=seed)
+        if best is None or sil > best[0]:
+            best = (sil, k, labels)
+    return best[1], best[2]
+
+
+def run_figures(con, run_id: str) -> RunFigures:
+    row = con.execute(
+        "select k_reason, k_evidence, silhouette, min_jaccard, classifier_cv_accuracy, key_account_mode, key_account_evidence "
+        "from segments.segment_runs where run_id = ?",
+        [run_id],
+    ).fetchone()
+    evidence = json.loads(row[6]) if row[6] else {}
+    return RunFigures(
+        k_reason=row[0], candidates=json.loads(row[1]), silhouette=row[2], min_jaccard=row[3],
+        classifier_cv_accuracy=row[4], key_account_mode=row[5], key_account_why=evidence.get("why") or evidence.get("why_not") or "",
     )
 
 
@@ -305,8 +370,9 @@ def evaluate(settings: Settings, world: Path | None = None, first_month: str | N
     report = EvaluationReport(world=str(world), months=months, cycle_seconds={k: float(np.mean(v)) for k, v in timings.items()})
     last = month_end(months[-1])
     config = load_config(settings.config_path)
+    taxonomy = load_taxonomy(settings.taxonomy_path)
     with open_warehouse(settings.warehouse_path) as con:
-        report.segments = segment_quality(con, world, last, int(config["segmentation"]["seed"]))
+        report.segments = segment_quality(con, world, last, taxonomy, int(config["segmentation"]["seed"]))
     report.segments.rerun_changed, report.segments.seconds_per_resegmentation = rerun_changes(settings, last)
     try:
         from pipelines.drift import evaluation as drift_evaluation
@@ -315,6 +381,5 @@ def evaluate(settings: Settings, world: Path | None = None, first_month: str | N
     if drift_evaluation is not None:
         with open_warehouse(settings.warehouse_path) as con:
             report.drift = drift_evaluation.drift_quality(con, world, months)
-    _ = load_taxonomy(settings.taxonomy_path)
     report.seconds = time.monotonic() - started
     return report

@@ -40,6 +40,9 @@ SLOWEST_FIRST = (
     "test_e2e_airflow.py",
     "test_cycle.py",
     "test_taxonomy.py",
+    "test_taxonomy_change.py",
+    "test_key_accounts.py",
+    "test_explain.py",
     "test_backtest.py",
     "test_dag_ingest_gate.py",
     "test_dbt.py",
@@ -48,7 +51,7 @@ SLOWEST_FIRST = (
     "test_deployment.py",
 )
 # Files that share a session fixture (cycled_small_world) run on one worker, so it is built once.
-SAME_WORKER_AS = {"test_taxonomy.py": "test_cycle.py"}
+SAME_WORKER_AS = {name: "test_cycle.py" for name in ("test_taxonomy.py", "test_taxonomy_change.py", "test_key_accounts.py", "test_explain.py")}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -120,6 +123,17 @@ def cycled_small_world(session_dir: Path, small_world: Path):
         deliver(small_world, settings.landing_dir, month)
         reports.append(run_cycle(month_end(month), settings))
     return settings, reports
+
+
+def warehouse_copy(source: Path, target: Path) -> Path:
+    """A copy of a warehouse file with everything committed to it: dbt, run in this process,
+    keeps its connection open, so recent changes may still sit in the write-ahead log."""
+    from pipelines.warehouse import connect
+
+    with connect(source) as con:
+        con.execute("checkpoint")
+    shutil.copy(source, target)
+    return target
 
 
 def shared_data(*parts: str) -> Path:

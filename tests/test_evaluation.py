@@ -49,3 +49,18 @@ def test_report_prints_every_figure(report):
     text = "\n".join(report.lines())
     for needle in ("needseg/ceiling", "naive baseline", "bootstrap Jaccard", "re-running the segmentation", "precision", "lead time"):
         assert needle in text
+    # segment_runs' own quality figures, next to the ground truth: the evidence for k, silhouette,
+    # stability, the classifier's CV accuracy and the key-account mode
+    run = report.segments.run
+    assert f"How run {report.segments.run_id} chose k=4" in text and run.k_reason in text
+    assert [c["k"] for c in run.candidates] == [3, 4, 5]
+    for c in run.candidates:
+        assert f"{c['silhouette']:.3f}" in text and f"{c['bic']:.0f}" in text
+    assert f"classifier CV accuracy on surveyed accounts' segments {run.classifier_cv_accuracy:.3f}" in text
+    assert f"key accounts: {run.key_account_mode} - " in text and run.key_account_why
+
+
+def test_the_naive_baseline_is_not_told_the_true_number_of_segments(report):
+    s = report.segments
+    assert s.naive_k_bounds == (3, 5) and 3 <= s.naive_k <= 5
+    assert f"k={s.naive_k} chosen by silhouette in 3-5 (not told the true k)" in "\n".join(report.lines())

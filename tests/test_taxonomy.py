@@ -5,7 +5,6 @@ identities survive reordering and re-runs."""
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from pipelines.segmentation.run import segment
 from pipelines.segmentation.taxonomy import load_taxonomy
 from pipelines.settings import CONFIG_DIR
 from pipelines.warehouse import connect
+from tests.conftest import warehouse_copy
 
 AS_OF = dt.date(2026, 10, 31)
 
@@ -47,7 +47,7 @@ segments:
 def _warehouse_copy(cycled_small_world, tmp_path: Path) -> Path:
     settings, _ = cycled_small_world
     target = tmp_path / "warehouse.duckdb"
-    shutil.copy(settings.warehouse_path, target)
+    warehouse_copy(settings.warehouse_path, target)
     with connect(target) as con:
         for table in ("segment_runs", "segment_definitions", "assignments", "assignment_probabilities", "profiles", "prospect_predictions", "lookalikes"):
             con.execute(f"delete from segments.{table}")

@@ -13,7 +13,10 @@ Pure functions on arrays, no I/O: `run.py` feeds them the features and stores th
 - Clusters are aligned to the previous run's segments (Hungarian matching on centres,
   accepted only for mutual nearest centres) so ids and names stay put; clusters not
   carried over are named after the taxonomy prototype they resemble (Hungarian matching on
-  cosine similarity), or published as "emerging" when they resemble none.
+  cosine similarity), or published as "emerging" when they resemble none. Only segments of
+  the same taxonomy lineage are comparable (run.py decides which previous run that is).
+- Whether a group (the key tier) needs segments of its own: its own clusters against
+  centres fitted without it, by held-out distance (`held_out_distance`).
 """
 
 from __future__ import annotations
@@ -122,8 +125,7 @@ def soft_assign(X: np.ndarray, centres: np.ndarray, labels: np.ndarray) -> np.nd
 
 def choose_k(X: np.ndarray, k_min: int, k_max: int, settings: ClusterSettings) -> Clustering:
     n = len(X)
-    k_max = min(k_max, max(2, n // 10))
-    k_min = min(k_min, k_max)
+    k_min, k_max = k_bounds(n, k_min, k_max)
     fits: dict[int, tuple[KMeans, np.ndarray]] = {}
     candidates: list[Candidate] = []
     for k in range(k_min, k_max + 1):
@@ -166,24 +168,66 @@ def choose_k(X: np.ndarray, k_min: int, k_max: int, settings: ClusterSettings) -
     )
 
 
+def k_bounds(n: int, k_min: int, k_max: int) -> tuple[int, int]:
+    """The candidate k for n accounts: the taxonomy's bounds, with at least 10 accounts per segment."""
+    k_max = min(k_max, max(2, n // 10))
+    return min(k_min, k_max), k_max
+
+
+def held_out_distance(X: np.ndarray, ks: range, other_centres: np.ndarray, settings: ClusterSettings, folds: int = 5) -> tuple[dict[int, float], float]:
+    """How well do a group's own segments describe it, against segments found without it?
+
+    Returns mean squared distances of the accounts to their nearest centre: per k in `ks`,
+    of the group's own k-means refitted without them (k-fold cross-validation); and of
+    `other_centres`, fitted on other accounts. Every distance is to centres that never
+    saw the account, so the comparison is fair."""
+    from sklearn.model_selection import KFold
+
+    own = {k: np.zeros(len(X)) for k in ks}
+    for train, test in KFold(folds, shuffle=True, random_state=settings.seed).split(X):
+        for k in ks:
+            centres = _kmeans(X[train], k, settings.seed, settings.n_init).cluster_centers_
+            own[k][test] = ((X[test][:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+    other = ((X[:, None, :] - other_centres[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+    return {k: float(d.mean()) for k, d in own.items()}, float(other.mean())
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     na = np.linalg.norm(a, axis=1, keepdims=True)
     nb = np.linalg.norm(b, axis=1, keepdims=True)
     return (a @ b.T) / np.maximum(na * nb.T, 1e-9)
 
 
-def _emerging_name(centre: np.ndarray, dimensions: list[str]) -> str:
+def _emerging_name(centre: np.ndarray, dimensions: list[str], label: str) -> str:
     top = np.argsort(-centre)[:2]
-    return "Emerging: " + " & ".join(dimensions[i].replace("_", " ") for i in top)
+    return f"{label}: " + " & ".join(dimensions[i].replace("_", " ") for i in top)
+
+
+@dataclass(frozen=True)
+class EmergingStyle:
+    """How a population's emerging segments are called: ids `<prefix>_<n>`, names `<label>: ...`.
+
+    The key tier's own segmentation uses its own prefix, so an emerging group among key
+    accounts never shares an id (or a name) with an emerging group of the main run."""
+
+    prefix: str = "emerging"
+    label: str = "Emerging"
+
+
+MAIN_EMERGING = EmergingStyle()
+KEY_EMERGING = EmergingStyle("key_emerging", "Emerging among key accounts")
 
 
 def resolve_identities(
     centres: np.ndarray,
     taxonomy: Taxonomy,
     previous: list[PreviousSegment],
-    taken_emerging: set[str] | None = None,
+    emerging: EmergingStyle = MAIN_EMERGING,
 ) -> list[Identity]:
-    """Give each cluster a segment id and name, keeping the previous run's where it continues."""
+    """Give each cluster a segment id and name, keeping the previous run's where it continues.
+
+    `previous` must come from a run of the same identity lineage (same dimensions; see
+    Taxonomy.lineage_digest): centres of another taxonomy are not comparable."""
     k = len(centres)
     protos = taxonomy.prototype_matrix()
     similarity = _cosine(centres, protos)
@@ -192,6 +236,11 @@ def resolve_identities(
     aligned: dict[int, PreviousSegment] = {}
     if previous:
         prev_centres = np.array([p.centre for p in previous])
+        if prev_centres.shape[1] != centres.shape[1]:
+            raise ValueError(
+                f"previous centres have {prev_centres.shape[1]} dimensions, these {centres.shape[1]}: "
+                "pass only segments of the same taxonomy lineage"
+            )
         dist = np.sqrt(((centres[:, None, :] - prev_centres[None, :, :]) ** 2).sum(axis=2))
         rows, cols = linear_sum_assignment(dist)
         for r, c in zip(rows, cols, strict=False):
@@ -200,7 +249,9 @@ def resolve_identities(
     tax_index = {s.id: i for i, s in enumerate(taxonomy.segments)}
     for r, prev in aligned.items():
         if prev.taxonomy_id in tax_index and similarity[r, tax_index[prev.taxonomy_id]] >= taxonomy.min_similarity:
-            ids[r] = Identity(prev.segment_id, prev.name, prev.taxonomy_id, float(similarity[r, tax_index[prev.taxonomy_id]]), prev.segment_id)
+            # the taxonomy's current name: a segment renamed in the YAML shows its new name
+            name = taxonomy.segments[tax_index[prev.taxonomy_id]].name
+            ids[r] = Identity(prev.segment_id, name, prev.taxonomy_id, float(similarity[r, tax_index[prev.taxonomy_id]]), prev.segment_id)
             used.add(prev.taxonomy_id)
     rest = [r for r in range(k) if ids[r] is None]
     free = [j for j, s in enumerate(taxonomy.segments) if s.id not in used]
@@ -217,22 +268,23 @@ def resolve_identities(
                     renamed_from=prev.segment_id if prev and prev.segment_id != seg.id else None,
                 )
                 used.add(seg.id)
-    taken = set(taken_emerging or set()) | {p.segment_id for p in previous if p.taxonomy_id is None}
+    taken = {p.segment_id for p in previous if p.taxonomy_id is None}
     dims = taxonomy.dimension_names
     for r in range(k):
         if ids[r] is not None:
             continue
         prev = aligned.get(r)
         best = float(similarity[r].max())
+        name = _emerging_name(centres[r], dims, emerging.label)
         if prev is not None and prev.taxonomy_id is None:
-            ids[r] = Identity(prev.segment_id, _emerging_name(centres[r], dims), None, best, prev.segment_id)
+            ids[r] = Identity(prev.segment_id, name, None, best, prev.segment_id)
             continue
         n = 1
-        while f"emerging_{n}" in taken:
+        while f"{emerging.prefix}_{n}" in taken:
             n += 1
-        taken.add(f"emerging_{n}")
+        taken.add(f"{emerging.prefix}_{n}")
         ids[r] = Identity(
-            f"emerging_{n}", _emerging_name(centres[r], dims), None, best,
+            f"{emerging.prefix}_{n}", name, None, best,
             aligned_from=prev.segment_id if prev else None,
             renamed_from=prev.segment_id if prev else None,
         )

@@ -1,18 +1,40 @@
 """Why an account is in its segment, in words an account team can use.
 
-An account's drivers are the dimensions where it differs from the population in the same
-direction as its segment does: for a surveyed account its stated needs, for an inferred
-one the behaviour the classifier learnt from. Each driver carries the account's value,
-the segment's typical value and everyone's, so the text can say "discount depth 18 %
-(segment 12 %, all 7 %)".
+Two kinds of account, two kinds of driver, each true to how the segment was decided:
+
+- A clustered account (surveyed, or every account of a behaviour taxonomy) is in its
+  segment because of the dimensions it was clustered on. Its drivers are the dimensions
+  where it differs from everyone in the same direction as its segment does (account's
+  deviation in standard deviations times the segment's), e.g. "price importance +1.4
+  (segment +1.1, all +0.0)".
+- An inferred account is in its segment because the classifier said so. Its drivers are
+  the classifier's own local attribution: for each of the forest's trees, the account's
+  path from the root to its leaf changes the probability of the segment at every split;
+  each change is credited to the feature split on (Saabas' decomposition, as in
+  `treeinterpreter`). The base rate plus every feature's credit is exactly the forest's
+  probability, so a driver's weight says how many probability points that feature added.
+  A model input derived from a column (its log, its missing-value flag, a category
+  indicator) is credited to the column. Only features that raised the probability are
+  shown, largest first, with the account's value, the segment's typical value and
+  everyone's among the surveyed accounts the model learnt from.
+
+  Why this and not a profile comparison or importance x deviation: those describe how the
+  account resembles its segment, not what the model used; the forest's splits can rely on
+  a feature an account is unremarkable on. Why not SHAP: it needs a new dependency; on
+  trees Saabas' attribution is the exact path decomposition, deterministic and cheap
+  (its known bias towards features split near the root is acceptable for a top-3 list).
 """
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from pipelines.segmentation.inference import Inference
 
 # column: (label, format) for behaviour drivers; needs are labelled from the dimension name.
 LABELS = {
@@ -23,18 +45,31 @@ LABELS = {
     "lost_on_price_share_trend": ("quotes lost on price, trend", "pp"),
     "quote_win_rate_12m": ("quote win rate", "pct"),
     "price_ticket_share_12m": ("price-related tickets", "pct"),
+    "price_tickets_trend": ("price-related tickets, trend", "num"),
     "tickets_per_order_12m": ("tickets per order", "num"),
     "critical_ticket_share_12m": ("critical tickets", "pct"),
     "service_ticket_share_12m": ("technical & delivery tickets", "pct"),
     "service_revenue_share_12m": ("service revenue share", "pct"),
     "premium_share_12m": ("premium-category share", "pct"),
+    "premium_share_trend": ("premium-category share, trend", "pp"),
     "return_share_12m": ("returns", "pct"),
     "order_regularity_12m": ("order regularity", "num"),
     "category_breadth_12m": ("category breadth", "pct"),
+    "category_breadth_trend": ("category breadth, trend", "pp"),
     "active_months_12m": ("months with orders (of 12)", "int"),
     "web_order_share_12m": ("web orders", "pct"),
     "tenure_months": ("tenure (months)", "int"),
     "revenue_trend": ("revenue trend", "pct"),
+    "revenue_12m": ("revenue, last 12 months", "amount"),
+    "orders_12m": ("orders, last 12 months", "int"),
+    "employees": ("employees", "int"),
+    "annual_revenue": ("annual revenue", "amount"),
+    "tickets_12m": ("tickets, last 12 months", "int"),
+    "quotes_12m": ("quotes, last 12 months", "int"),
+    "price_tickets_12m": ("price-related tickets, last 12 months", "int"),
+    "critical_tickets_12m": ("critical tickets, last 12 months", "int"),
+    "quotes_lost_on_price_12m": ("quotes lost on price, last 12 months", "int"),
+    "average_order_value_12m": ("average order value", "amount"),
 }
 
 
@@ -47,55 +82,150 @@ def _fmt(value: float, kind: str) -> str:
         return f"{value * 100:+.0f} pp"
     if kind == "int":
         return f"{value:.0f}"
-    if kind == "need":
-        return f"{value:+.1f}"
+    if kind == "amount":
+        return f"{value:,.0f}"
+    if kind in ("need", "sd"):
+        value = round(value, 1) + 0.0  # no "-0.0"
+        return f"{value:+.1f}" + (" sd" if kind == "sd" else "")
     return f"{value:.2f}"
 
 
-def drivers(
-    values: pd.DataFrame,
-    segments: pd.Series,
-    kind: str,
-    top: int = 3,
-    reference: pd.DataFrame | None = None,
-    reference_segments: pd.Series | None = None,
-) -> tuple[pd.Series, pd.Series]:
-    """Per account, its top drivers as JSON and as one line of text.
+def drivers(values: pd.DataFrame, segments: pd.Series, kind: str, top: int = 3) -> tuple[pd.Series, pd.Series]:
+    """Clustered accounts: top dimensions as JSON and as one line of text.
 
-    `values`: the accounts' dimensions (needs or behaviour columns); `segments`: their
-    segment ids. Segment and population profiles come from `reference` (default: the same
-    accounts), e.g. the surveyed accounts the classifier learnt from.
-    """
-    ref = values if reference is None else reference
-    ref_seg = segments if reference_segments is None else reference_segments
-    cols = [c for c in values.columns if ref[c].notna().any()]
-    mean = ref[cols].mean()
-    sd = ref[cols].std().replace(0, np.nan)
-    seg_mean = ref[cols].groupby(ref_seg).mean()
+    `values`: the accounts' clustering dimensions (kind "need": per-respondent normalised
+    survey items; kind "dimension": a behaviour taxonomy's standardised dimensions);
+    `segments`: their segment ids. Profiles come from the same accounts."""
+    cols = [c for c in values.columns if values[c].notna().any()]
+    mean = values[cols].mean()
+    sd = values[cols].std().replace(0, np.nan)
+    seg_mean = values[cols].groupby(segments).mean()
     profile = (seg_mean - mean) / sd  # segment's direction per dimension, in sd
     z = ((values[cols] - mean) / sd).to_numpy()
-    known = segments.isin(profile.index).to_numpy()
-    rows = profile.reindex(segments.where(known, profile.index[0])).to_numpy()
+    rows = profile.reindex(segments).to_numpy()
     score = np.nan_to_num(z * rows, nan=-np.inf)
     order = np.argsort(-score, axis=1)[:, :top]
     raw = values[cols].to_numpy()
-    seg_values = seg_mean.reindex(segments.where(known, profile.index[0])).to_numpy()
+    seg_values = seg_mean.reindex(segments).to_numpy()
     overall = mean.to_numpy()
-    labels = [
-        (c.removeprefix("need_").replace("_", " ") + " importance", "need") if kind == "need" else LABELS.get(c, (c.replace("_", " "), "num"))
-        for c in cols
-    ]
+    labels = [(f"{c.replace('_', ' ')} importance", "need") if kind == "need" else (c.replace("_", " "), "sd") for c in cols]
     as_json, as_text = [], []
     for r in range(len(values)):
         items, words = [], []
-        if known[r]:
-            for j in order[r]:
-                if not score[r, j] > 0:
-                    break
-                label, fmt = labels[j]
-                v, s_, a = float(raw[r, j]), float(seg_values[r, j]), float(overall[j])
-                items.append({"dimension": cols[j], "label": label, "value": round(v, 4), "segment_typical": round(s_, 4), "overall": round(a, 4), "weight": round(float(score[r, j]), 3)})
-                words.append(f"{label} {_fmt(v, fmt)} (segment {_fmt(s_, fmt)}, all {_fmt(a, fmt)})")
+        for j in order[r]:
+            if not score[r, j] > 0:
+                break
+            label, fmt = labels[j]
+            v, s_, a = float(raw[r, j]), float(seg_values[r, j]), float(overall[j])
+            items.append({"dimension": cols[j], "label": label, "value": round(v, 4), "segment_typical": round(s_, 4),
+                          "overall": round(a, 4), "weight": round(float(score[r, j]), 3), "kind": kind})
+            words.append(f"{label} {_fmt(v, fmt)} (segment {_fmt(s_, fmt)}, all {_fmt(a, fmt)})")
         as_json.append(json.dumps(items))
         as_text.append("; ".join(words))
     return pd.Series(as_json, index=values.index), pd.Series(as_text, index=values.index)
+
+
+def tree_contributions(forest, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Saabas' decomposition of a fitted forest classifier's probabilities.
+
+    Returns `bias` (n x classes: the trees' root class shares, averaged) and
+    `contributions` (n x features x classes) with
+    bias + contributions.sum(axis=1) == forest.predict_proba(X)."""
+    X = np.asarray(X, dtype=np.float32)
+    n, n_features = X.shape
+    n_classes = len(forest.classes_)
+    bias = np.zeros(n_classes)
+    total = np.zeros((n, n_features * n_classes))
+    for tree_model in forest.estimators_:
+        tree = tree_model.tree_
+        value = tree.value[:, 0, :]
+        value = value / value.sum(axis=1, keepdims=True)
+        parent = np.full(tree.node_count, -1)
+        for children in (tree.children_left, tree.children_right):
+            has = children >= 0
+            parent[children[has]] = np.nonzero(has)[0]
+        nodes = np.nonzero(parent >= 0)[0]
+        # entering a node changes the class shares by (node - parent), credited to the parent's split feature
+        delta = np.zeros((tree.node_count, n_features, n_classes))
+        delta[nodes, tree.feature[parent[nodes]], :] = value[nodes] - value[parent[nodes]]
+        total += tree_model.decision_path(X) @ delta.reshape(tree.node_count, -1)
+        bias += value[0]
+    trees = len(forest.estimators_)
+    return np.tile(bias / trees, (n, 1)), (total / trees).reshape(n, n_features, n_classes)
+
+
+def _source_column(feature: str, categorical: list[str]) -> str:
+    """The customer_features column a model input comes from."""
+    name = feature.removeprefix("missingindicator_")
+    for c in categorical:
+        if name.startswith(f"{c}="):
+            return c
+    return name.removeprefix("log_")
+
+
+def model_drivers(
+    inference: Inference,
+    frame: pd.DataFrame,
+    segments: pd.Series,
+    reference: pd.DataFrame,
+    reference_segments: pd.Series,
+    top: int = 3,
+) -> tuple[pd.Series, pd.Series]:
+    """Inferred accounts: the features that raised the classifier's probability of each
+    account's segment most, as JSON and as one line of text (see the module docstring).
+
+    `frame`: the accounts' customer_features rows; `segments`: their assigned segment
+    ids; `reference`/`reference_segments`: the surveyed accounts the model learnt from,
+    for the segment's typical value and everyone's."""
+    from pipelines.segmentation.inference import CATEGORICAL_COLUMNS
+
+    prep, forest = inference.model[:-1], inference.model[-1]
+    X = inference.design(frame)
+    inputs = prep.transform(X)
+    names = list(prep.get_feature_names_out())
+    _, contrib = tree_contributions(forest, inputs)
+    class_index = {c: i for i, c in enumerate(forest.classes_)}
+    sources = [_source_column(f, CATEGORICAL_COLUMNS) for f in names]
+    columns = list(dict.fromkeys(sources))
+    to_column = np.zeros((len(names), len(columns)))
+    to_column[np.arange(len(names)), [columns.index(s) for s in sources]] = 1.0
+
+    numeric = [c for c in columns if c not in CATEGORICAL_COLUMNS]
+    ref_values = reference[numeric].apply(pd.to_numeric, errors="coerce")
+    seg_typical = ref_values.groupby(reference_segments).mean()
+    overall = ref_values.mean()
+    values = frame[numeric].apply(pd.to_numeric, errors="coerce")
+
+    as_json, as_text = [], []
+    for r, (account, seg) in enumerate(segments.items()):
+        if seg not in class_index:
+            as_json.append("[]")
+            as_text.append("")
+            continue
+        per_column = contrib[r, :, class_index[seg]] @ to_column
+        items, words = [], []
+        for j in np.argsort(-per_column)[:top]:
+            weight = float(per_column[j])
+            if not weight > 0.0005:
+                break
+            column = columns[j]
+            if column in CATEGORICAL_COLUMNS:
+                value = str(frame.at[account, column]) if pd.notna(frame.at[account, column]) else "unknown"
+                in_segment = reference.loc[reference_segments == seg, column].astype(str)
+                seg_share = float((in_segment == value).mean()) if len(in_segment) else float("nan")
+                all_share = float((reference[column].astype(str) == value).mean())
+                items.append({"dimension": column, "label": column, "value": value, "segment_typical": round(seg_share, 4),
+                              "overall": round(all_share, 4), "weight": round(weight, 4), "kind": "model"})
+                words.append(f"{column} {value} ({_fmt(seg_share, 'pct')} of the segment, {_fmt(all_share, 'pct')} of all)")
+                continue
+            label, fmt = LABELS.get(column, (column.replace("_", " "), "num"))
+            v = float(values.at[account, column])
+            s_ = float(seg_typical.at[seg, column]) if seg in seg_typical.index else float("nan")
+            a = float(overall[column])
+            items.append({"dimension": column, "label": label, "value": None if np.isnan(v) else round(v, 4),
+                          "segment_typical": None if np.isnan(s_) else round(s_, 4), "overall": None if np.isnan(a) else round(a, 4),
+                          "weight": round(weight, 4), "kind": "model"})
+            words.append(f"{label} {_fmt(v, fmt)} (segment {_fmt(s_, fmt)}, all {_fmt(a, fmt)})")
+        as_json.append(json.dumps(items))
+        as_text.append("; ".join(words))
+    return pd.Series(as_json, index=frame.index), pd.Series(as_text, index=frame.index)

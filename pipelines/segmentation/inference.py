@@ -16,7 +16,7 @@ behavioural probability per segment each run: drift detection watches those move
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ from sklearn.ensemble import (
 )
 from sklearn.impute import SimpleImputer
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 
 # Behavioural proxies (DESIGN.md) used as they are: shares, rates and trends.
 BEHAVIOUR_COLUMNS = [
@@ -47,6 +47,7 @@ LOG_COLUMNS = [
 PROSPECT_COLUMNS = ["quote_win_rate_12m", "lost_on_price_share_12m"]
 PROSPECT_LOG_COLUMNS = ["employees", "annual_revenue", "quotes_12m", "quotes_lost_on_price_12m"]
 CATEGORICAL_COLUMNS = ["industry", "country"]
+INPUTS = {"behaviour": (BEHAVIOUR_COLUMNS, LOG_COLUMNS), "prospect": (PROSPECT_COLUMNS, PROSPECT_LOG_COLUMNS)}
 
 
 def design_matrix(frame: pd.DataFrame, numeric: list[str], logged: list[str], categorical: list[str], levels: dict[str, list[str]] | None = None) -> tuple[pd.DataFrame, dict[str, list[str]]]:
@@ -85,6 +86,15 @@ class Inference:
     cv_accuracy: float | None
     training_accounts: int
     features: list[str]
+    model: Pipeline | None = None  # fitted on every training account; None with a single class
+    kind: str = "behaviour"
+    levels: dict[str, list[str]] = field(default_factory=dict)
+
+    def design(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The model's inputs for `frame`, with the training columns."""
+        numeric, logged = INPUTS[self.kind]
+        X, _ = design_matrix(frame, numeric, logged, CATEGORICAL_COLUMNS, self.levels)
+        return X.reindex(columns=self.features)
 
 
 def fit_and_score(train: pd.DataFrame, labels: pd.Series, score: pd.DataFrame, seed: int, kind: str = "behaviour") -> Inference:
@@ -94,23 +104,24 @@ def fit_and_score(train: pd.DataFrame, labels: pd.Series, score: pd.DataFrame, s
     also gives the cross-validated accuracy; prospects (kind="prospect") are never in the
     training set, so that model is fitted once.
     """
-    numeric, logged = (BEHAVIOUR_COLUMNS, LOG_COLUMNS) if kind == "behaviour" else (PROSPECT_COLUMNS, PROSPECT_LOG_COLUMNS)
+    numeric, logged = INPUTS[kind]
     X_train, levels = design_matrix(train, numeric, logged, CATEGORICAL_COLUMNS)
     X_score, _ = design_matrix(score, numeric, logged, CATEGORICAL_COLUMNS, levels)
     X_score = X_score.reindex(columns=X_train.columns)
     y = labels.to_numpy()
     classes = sorted(set(y))
+    features = list(X_train.columns)
     if len(classes) == 1:
         probs = pd.DataFrame(1.0, index=score.index.append(train.index).unique(), columns=classes)
-        return Inference(classes, probs, 1.0, len(train), list(X_train.columns))
+        return Inference(classes, probs, 1.0, len(train), features, None, kind, levels)
     fitted = model(seed).fit(X_train, y)
     classes = list(fitted.classes_)
     scored = pd.DataFrame(fitted.predict_proba(X_score), index=score.index, columns=classes)
     if kind != "behaviour":
-        return Inference(classes, scored, None, len(train), list(X_train.columns))
+        return Inference(classes, scored, None, len(train), features, fitted, kind, levels)
     folds = max(2, min(5, int(pd.Series(y).value_counts().min())))
     oof = cross_val_predict(model(seed), X_train, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), method="predict_proba")
     cv_accuracy = float((np.array(classes)[oof.argmax(axis=1)] == y).mean())
     in_fold = pd.DataFrame(oof, index=train.index, columns=classes)
     probs = pd.concat([scored.drop(index=in_fold.index, errors="ignore"), in_fold])
-    return Inference(classes, probs, round(cv_accuracy, 4), len(train), list(X_train.columns))
+    return Inference(classes, probs, round(cv_accuracy, 4), len(train), features, fitted, kind, levels)

@@ -13,6 +13,17 @@ taxonomies) from the working warehouse and writes the run into the `segments` sc
 
 The run id comes from the as-of date, so re-running a date replaces that run and nothing
 else; with unchanged inputs the assignments are identical (every random step is seeded).
+
+Identity lineage: a run continues the previous run (segment ids aligned to its segments;
+drift compares with it, `previous_run_id`) only when both used a taxonomy with the same
+basis, dimensions and segment ids (`Taxonomy.lineage_digest`). Another taxonomy starts a
+new lineage: `previous_run_id` is null, `lineage_id` is the run itself, and
+`taxonomy_change` says what replaced what. Nothing downstream compares across lineages.
+
+Key accounts (the 80/20 tier): segmented on their own when the tier is large enough, its
+own segments are stable and its profile differs from the other customers' (see
+`_segment_key_tier`); the other customers are then segmented without them. Otherwise key
+accounts are segmented with everyone. segment_runs records the mode and why.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -32,13 +43,15 @@ from sklearn.preprocessing import StandardScaler
 from pipelines.errors import NeedsegError
 from pipelines.segmentation import explain
 from pipelines.segmentation.clustering import (
+    KEY_EMERGING,
     Clustering,
     ClusterSettings,
+    Identity,
     PreviousSegment,
-    bootstrap_jaccard,
     choose_k,
+    held_out_distance,
+    k_bounds,
     resolve_identities,
-    soft_assign,
 )
 from pipelines.segmentation.inference import BEHAVIOUR_COLUMNS, fit_and_score
 from pipelines.segmentation.taxonomy import Taxonomy
@@ -50,6 +63,7 @@ DDL = [
     """create table if not exists segments.segment_runs (
         run_id varchar primary key, as_of date not null, created_at timestamp not null,
         model_version varchar not null, taxonomy varchar not null, taxonomy_digest varchar not null,
+        lineage_digest varchar, lineage_id varchar, previous_run_id varchar, taxonomy_change varchar,
         basis varchar not null, k integer not null, k_reason varchar not null, k_evidence json not null,
         silhouette double, min_jaccard double, classifier_cv_accuracy double,
         key_account_mode varchar not null, key_account_evidence json,
@@ -58,7 +72,7 @@ DDL = [
     """create table if not exists segments.segment_definitions (
         run_id varchar not null, segment_id varchar not null, segment_name varchar not null,
         taxonomy_id varchar, is_emerging boolean not null, population varchar not null,
-        centre json not null, size integer not null, jaccard double, similarity double,
+        centre json not null, size integer not null, fitted integer, jaccard double, similarity double,
         aligned_from varchar, renamed_from varchar, description varchar,
         offer varchar, serve varchar, action varchar)""",
     """create table if not exists segments.assignments (
@@ -106,6 +120,7 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("create schema if not exists segments")
     for ddl in DDL:
         ensure_table(con, ddl)
+    _backfill_lineage(con)
 
 
 def run_id_for(as_of: dt.date) -> str:
@@ -126,14 +141,15 @@ class SegmentRunResult:
     classifier_cv_accuracy: float | None
     min_jaccard: float
     seconds: float
+    taxonomy_change: str | None = None
 
     def summary(self) -> str:
         sizes = ", ".join(f"{name} {n}" for name, n in sorted(self.segments.items(), key=lambda x: -x[1]))
         return (
             f"{self.run_id}: k={self.k} ({sizes}); {self.surveyed} surveyed, {self.inferred} inferred, "
-            f"{self.prospects} prospects; min bootstrap Jaccard {self.min_jaccard:.2f}; "
+            f"{self.prospects} prospects; key accounts: {self.key_account_mode}; min bootstrap Jaccard {self.min_jaccard:.2f}; "
             f"classifier CV accuracy {self.classifier_cv_accuracy if self.classifier_cv_accuracy is not None else 'n/a'}; "
-            f"{self.seconds:.1f} s"
+            f"{self.seconds:.1f} s" + (f"; {self.taxonomy_change}" if self.taxonomy_change else "")
         )
 
 
@@ -175,15 +191,168 @@ def _dimension_matrix(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, taxon
     return pd.DataFrame(scaled, index=out.index, columns=out.columns)
 
 
-def _previous_segments(con: duckdb.DuckDBPyConnection, as_of: dt.date, population: str) -> tuple[str | None, list[PreviousSegment]]:
-    row = con.execute("select run_id from segments.segment_runs where as_of < ? order by as_of desc limit 1", [as_of]).fetchone()
+@dataclass
+class Lineage:
+    """Which earlier run this one continues (ids aligned to it, drift compared with it)."""
+
+    previous_run_id: str | None  # None for the first run and after a taxonomy change
+    lineage_id: str  # the run that started the lineage
+    taxonomy_change: str | None  # what changed in the taxonomy since the previous run, if anything
+
+
+def _lineage(con: duckdb.DuckDBPyConnection, as_of: dt.date, run_id: str, taxonomy: Taxonomy) -> Lineage:
+    row = con.execute(
+        "select run_id, taxonomy, taxonomy_digest, lineage_digest, lineage_id, basis from segments.segment_runs where as_of < ? order by as_of desc limit 1",
+        [as_of],
+    ).fetchone()
     if not row:
-        return None, []
+        return Lineage(None, run_id, None)
+    prev_id, prev_taxonomy, prev_digest, prev_lineage_digest, prev_lineage_id, prev_basis = row
+    here = f"{taxonomy_label(taxonomy)} (file digest {taxonomy.digest})"
+    there = f"{prev_taxonomy} (file digest {prev_digest})"
+    if prev_lineage_digest:
+        same_space = prev_lineage_digest == taxonomy.lineage_digest
+    else:
+        # a run written before lineage digests: the same file, or its segments on the same
+        # dimensions with ids this taxonomy still has
+        defs = con.execute("select taxonomy_id, centre from segments.segment_definitions where run_id = ?", [prev_id]).fetchall()
+        same_space = prev_digest == taxonomy.digest or (
+            prev_basis == taxonomy.basis and bool(defs)
+            and all(json.loads(centre)["dimensions"] == taxonomy.dimension_names for _, centre in defs)
+            and all(t is None or taxonomy.segment(t) is not None for t, _ in defs)
+        )
+    if same_space:
+        change = None
+        if prev_digest != taxonomy.digest:
+            change = f"taxonomy edited since {prev_id}: {there} -> {here}; same basis, dimensions and segment ids, so segments continue"
+        return Lineage(prev_id, prev_lineage_id or prev_id, change)
+    return Lineage(
+        None, run_id,
+        f"taxonomy changed since {prev_id}: {there} -> {here}; its basis, dimensions or segment ids differ, so segment "
+        "identities start afresh and nothing is compared with earlier runs",
+    )
+
+
+def taxonomy_label(taxonomy: Taxonomy) -> str:
+    return f"{taxonomy.name} v{taxonomy.version}"
+
+
+def _backfill_lineage(con: duckdb.DuckDBPyConnection) -> None:
+    """Runs written before lineages existed: consecutive runs with the same taxonomy file form one."""
+    if not con.execute("select count(*) from segments.segment_runs where lineage_id is null").fetchone()[0]:
+        return
+    con.execute(
+        """
+        update segments.segment_runs as r
+        set previous_run_id = l.previous_run_id, lineage_id = l.lineage_id
+        from (
+            select run_id, case when starts then null else prev_id end as previous_run_id,
+                   first_value(run_id) over (partition by lineage order by as_of) as lineage_id
+            from (
+                select *, sum(starts::int) over (order by as_of) as lineage
+                from (
+                    select run_id, as_of,
+                           lag(run_id) over (order by as_of) as prev_id,
+                           coalesce(lag(taxonomy_digest) over (order by as_of) != taxonomy_digest, true) as starts
+                    from segments.segment_runs
+                )
+            )
+        ) as l
+        where r.run_id = l.run_id and r.lineage_id is null
+        """
+    )
+
+
+def _previous_segments(con: duckdb.DuckDBPyConnection, previous_run_id: str | None, population: str) -> list[PreviousSegment]:
+    if previous_run_id is None:
+        return []
     defs = con.execute(
         "select segment_id, segment_name, taxonomy_id, centre from segments.segment_definitions where run_id = ? and population = ? order by segment_id",
-        [row[0], population],
+        [previous_run_id, population],
     ).fetchall()
-    return row[0], [PreviousSegment(r[0], r[1], r[2], np.array(json.loads(r[3])["values"])) for r in defs]
+    return [PreviousSegment(r[0], r[1], r[2], np.array(json.loads(r[3])["values"])) for r in defs]
+
+
+@dataclass
+class KeyTier:
+    """The key (80/20) tier's own segmentation, or why key accounts took the main segments."""
+
+    mode: str  # separate | nearest
+    evidence: dict[str, Any]
+    index: pd.Index  # key accounts clustered (with a profile)
+    clustering: Clustering | None = None
+    identities: list[Identity] = field(default_factory=list)
+
+
+def _segment_key_tier(
+    key_dims: pd.DataFrame, other_dims: pd.DataFrame, other_k: int, key_accounts: int, taxonomy: Taxonomy,
+    settings: ClusterSettings, min_profiles: int, min_gain: float, previous: list[PreviousSegment],
+) -> KeyTier:
+    """Segment the key tier on its own when it is large enough and its profile differs from
+    the other customers' (DESIGN.md, the 80/20 rule).
+
+    It differs when its own segments describe key accounts at least `min_gain` better than
+    the other customers' segments do (held-out mean squared distance to the nearest centre,
+    see clustering.held_out_distance); when they do not, key accounts are better served by
+    the main segments, fitted on more accounts. Its own k is chosen within the taxonomy's
+    bounds with the same evidence and stability rule as the main run, and must differ too.
+    Each key cluster is then named after the prototype it resembles, or emerging."""
+    n = len(key_dims)
+    profile = "a survey response" if taxonomy.basis == "survey" else "a behaviour profile"
+    evidence: dict[str, Any] = {"key_accounts": key_accounts, "key_accounts_profiled": n, "profiled_needed": min_profiles}
+    nearest = "; key accounts are segmented with everyone else"
+    if n < min_profiles:
+        evidence["why"] = f"{n} of {key_accounts} key accounts have {profile}; at least {min_profiles} are needed to segment the key tier on its own{nearest}"
+        return KeyTier("nearest", evidence, key_dims.index)
+    X = key_dims.to_numpy()
+    # Does the tier differ at all? Its own segments (any k in bounds) against the other
+    # customers' segments, by held-out distance; cheap, so it comes before the bootstrap.
+    other_centres = KMeans(n_clusters=other_k, n_init=settings.n_init, random_state=settings.seed).fit(other_dims.to_numpy()).cluster_centers_
+    k_lo, k_hi = k_bounds(n, taxonomy.k_min, taxonomy.k_max)
+    own, other = held_out_distance(X, range(k_lo, k_hi + 1), other_centres, settings)
+    gain = {k: 1.0 - d / other if other > 0 else 0.0 for k, d in own.items()}
+    evidence["held_out_distance"] = {
+        "own_by_k": {str(k): round(d, 4) for k, d in own.items()}, "other": round(other, 4), "other_k": other_k,
+        "gain_by_k": {str(k): round(g, 4) for k, g in gain.items()}, "gain_needed": min_gain,
+    }
+
+    def fit_words(k: int) -> str:
+        return (
+            f"held-out mean squared distance to the nearest centre {own[k]:.2f} with their own k={k} segments, "
+            f"{other:.2f} with the other customers' k={other_k}: {gain[k]:.1%} better, needed {min_gain:.0%}"
+        )
+
+    not_different = "the key tier's profile does not differ enough from the other customers'"
+    best = max(gain, key=gain.get)
+    if gain[best] < min_gain:
+        evidence["why"] = f"{not_different} (at best {fit_words(best)}){nearest}"
+        return KeyTier("nearest", evidence, key_dims.index)
+    clustering = choose_k(X, taxonomy.k_min, taxonomy.k_max, settings)
+    chosen = next(c for c in clustering.candidates if c.k == clustering.k)
+    sizes = np.bincount(clustering.labels, minlength=clustering.k)
+    evidence.update(
+        k=clustering.k, k_reason=clustering.reason, k_evidence=[c.__dict__ for c in clustering.candidates],
+        silhouette=clustering.silhouette, jaccard=[round(float(j), 4) for j in clustering.jaccard], sizes=sizes.tolist(),
+    )
+    problems = []
+    own_segments = f"the key tier's own segments ({n} key accounts with {profile}, k={clustering.k})"
+    if clustering.jaccard.min() < settings.min_stability:
+        problems.append(f"{own_segments} are not stable enough (min bootstrap Jaccard {clustering.jaccard.min():.2f}, needed {settings.min_stability})")
+    if chosen.smallest_share < settings.min_cluster_share:
+        problems.append(f"{own_segments} include one too small ({chosen.smallest_share:.0%} of them, needed {settings.min_cluster_share:.0%})")
+    if gain[clustering.k] < min_gain:
+        problems.append(f"{not_different} at the k chosen for its own segments ({fit_words(clustering.k)})")
+    if problems:
+        evidence["why"] = "; ".join(problems) + nearest
+        return KeyTier("nearest", evidence, key_dims.index)
+    identities = resolve_identities(clustering.centres, taxonomy, previous, KEY_EMERGING)
+    evidence["segments"] = {i.segment_id: int(size) for i, size in zip(identities, sizes, strict=True)}
+    evidence["why"] = (
+        f"{n} of {key_accounts} key accounts have {profile}, and their profile differs from the other customers' "
+        f"({fit_words(clustering.k)}): segmented on their own into k={clustering.k} stable segments "
+        f"(min bootstrap Jaccard {clustering.jaccard.min():.2f})"
+    )
+    return KeyTier("separate", evidence, key_dims.index, clustering, identities)
 
 
 def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, config: dict[str, Any]) -> SegmentRunResult:
@@ -218,82 +387,66 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
     else:
         fit_mask = pd.Series(True, index=customers.index)
     is_key = customers["value_tier"].eq("key")
+    lineage = _lineage(con, as_of, run_id, taxonomy)
 
-    # 1. Cluster on the needs dimensions (key accounts join the main fit, see below).
+    # 1. Cluster on the needs dimensions; the key tier on its own when it is large enough
+    #    and differs from the other customers, and then the others without it.
     fit_index = customers.index[fit_mask.to_numpy()]
+    key_fit = fit_index[is_key.loc[fit_index].to_numpy()]
+    other_fit = fit_index[~is_key.loc[fit_index].to_numpy()]
     main = choose_k(dims.loc[fit_index].to_numpy(), taxonomy.k_min, taxonomy.k_max, settings)
-    _, previous = _previous_segments(con, as_of, "all")
-    identities = resolve_identities(main.centres, taxonomy, previous)
+    key = _segment_key_tier(
+        dims.loc[key_fit], dims.loc[other_fit], main.k, int(is_key.sum()), taxonomy, settings,
+        max(int(cfg["key_accounts_min"]), 10 * taxonomy.k_min), float(cfg["key_accounts_min_gain"]),
+        _previous_segments(con, lineage.previous_run_id, "key"),
+    )
+    separate = key.mode == "separate"
+    main_index = other_fit if separate else fit_index
+    if separate:
+        main = choose_k(dims.loc[main_index].to_numpy(), taxonomy.k_min, taxonomy.k_max, settings)
+    identities = resolve_identities(main.centres, taxonomy, _previous_segments(con, lineage.previous_run_id, "all"))
     id_of = np.array([i.segment_id for i in identities])
-    segment_of = pd.Series(id_of[main.labels], index=fit_index)
-    cluster_probs = pd.DataFrame(main.probabilities, index=fit_index, columns=id_of)
+    segment_of = pd.Series(id_of[main.labels], index=main_index)
+    cluster_probs = pd.DataFrame(main.probabilities, index=main_index, columns=id_of)
+    if separate:
+        key_id_of = np.array([i.segment_id for i in key.identities])
+        segment_of = pd.concat([segment_of, pd.Series(key_id_of[key.clustering.labels], index=key.index)]).reindex(fit_index)
+        key_probs = pd.DataFrame(key.clustering.probabilities, index=key.index, columns=key_id_of)
+        cluster_probs = pd.concat([cluster_probs, key_probs]).reindex(fit_index)
+    # each account's candidate segments: its own population's
+    population = pd.Series("all", index=customers.index)
+    if separate:
+        population.loc[is_key] = "key"
+    population_ids = {"all": list(id_of), "key": list(key_id_of) if separate else list(id_of)}
 
-    # 2. Key accounts on their own, when there are enough of them to support it: the main
-    #    segments refitted on key accounts only, so each keeps its identity but gets the
-    #    key accounts' own centre. Otherwise key accounts keep the main fit (nearest centre).
-    key_fit = [a for a in fit_index if is_key.loc[a]]
-    key_mode, key_evidence, key_defs = "nearest", {"surveyed_key_accounts": len(key_fit)}, []
-    min_key = int(cfg["key_accounts_min"])
-    if len(key_fit) >= min_key:
-        Xk = dims.loc[key_fit].to_numpy()
-        refit = KMeans(main.k, init=main.centres, n_init=1, random_state=settings.seed).fit(Xk)
-        jac = bootstrap_jaccard(Xk, refit.labels_, main.k, settings)
-        sizes = np.bincount(refit.labels_, minlength=main.k)
-        key_evidence.update({"jaccard": [round(float(j), 4) for j in jac], "sizes": sizes.tolist()})
-        if jac.min() >= settings.min_stability and sizes.min() >= 5:
-            key_mode = "separate"
-            _, previous_key = _previous_segments(con, as_of, "key")
-            key_ids = resolve_identities(refit.cluster_centers_, taxonomy, previous_key or previous)
-            # a key cluster keeps the identity of the main segment it was seeded from unless
-            # it moved so far that it now matches another prototype
-            key_id_of = np.array([k.segment_id for k in key_ids])
-            segment_of.loc[key_fit] = key_id_of[refit.labels_]
-            kp = soft_assign(Xk, refit.cluster_centers_, refit.labels_)
-            cluster_probs = cluster_probs.drop(index=key_fit)
-            key_probs = pd.DataFrame(kp, index=key_fit, columns=key_id_of)
-            cluster_probs = pd.concat([cluster_probs, key_probs]).fillna(0.0)
-            key_defs = [(ident, refit.cluster_centers_[i], int(sizes[i]), float(jac[i])) for i, ident in enumerate(key_ids)]
-        else:
-            key_evidence["why_not"] = f"a refitted key cluster was unstable (min Jaccard {jac.min():.2f}) or too small"
-    else:
-        key_evidence["why_not"] = f"{len(key_fit)} surveyed key accounts; at least {min_key} are needed to segment them on their own"
-
-    # 3. Everyone not in the fit is inferred from behaviour; everyone gets behavioural probabilities.
+    # 2. Everyone not in the fit is inferred from behaviour; everyone gets behavioural probabilities.
     inference = fit_and_score(customers.loc[fit_index], segment_of.loc[fit_index], customers, settings.seed)
-    behaviour = inference.probabilities.reindex(customers.index).fillna(0.0)
-    all_ids = sorted(set(segment_of) | set(behaviour.columns))
-    behaviour = behaviour.reindex(columns=all_ids, fill_value=0.0)
-    cluster_probs = cluster_probs.reindex(columns=all_ids, fill_value=0.0)
-    assigned = pd.Series(behaviour.idxmax(axis=1), index=customers.index)
+    all_ids = sorted(set(segment_of) | set(inference.probabilities.columns))
+    behaviour = inference.probabilities.reindex(index=customers.index, columns=all_ids).fillna(0.0)
+    cluster_probs = cluster_probs.reindex(columns=all_ids).fillna(0.0)
+    # An inferred account is assigned among its own population's segments (a non-key account
+    # never to a segment only the key tier has); its behavioural probabilities stay the
+    # model's own, over every segment, for drift to watch.
+    probs = behaviour.copy()
+    for name, ids in population_ids.items():
+        members = population.index[population.eq(name).to_numpy()]
+        outside = [c for c in all_ids if c not in ids]
+        if len(members) and outside:
+            restricted = probs.loc[members].copy()
+            restricted[outside] = 0.0
+            total = restricted.sum(axis=1)
+            probs.loc[members] = restricted.div(total.where(total > 0, 1.0), axis=0)
+    probs.loc[fit_index] = cluster_probs.loc[fit_index]
+    assigned = probs.idxmax(axis=1)
     assigned.loc[fit_index] = segment_of.loc[fit_index]
     source = pd.Series("inferred", index=customers.index)
     if taxonomy.basis == "survey":
         source.loc[fit_index] = "surveyed"
-    probs = behaviour.copy()
-    if taxonomy.basis == "survey":
-        probs.loc[fit_index] = cluster_probs.loc[fit_index]
-    else:
-        probs.loc[fit_index] = cluster_probs.loc[fit_index]
 
-    # 4. Names, playbooks, explanations.
-    definitions = _definitions(run_id, main, identities, taxonomy, segment_of, key_defs)
+    # 3. Names, playbooks, explanations.
+    definitions = _definitions(run_id, main, identities, key, taxonomy, assigned, population)
     name_of = {d["segment_id"]: d["segment_name"] for d in definitions}
-    need_cols = list(dims.columns)
-    drivers_json = pd.Series("[]", index=customers.index)
-    drivers_text = pd.Series("", index=customers.index)
-    surveyed_ids = fit_index if taxonomy.basis == "survey" else pd.Index([])
-    if len(surveyed_ids):
-        j, t = explain.drivers(dims.loc[surveyed_ids, need_cols].rename(columns=lambda c: f"need_{c}"), assigned.loc[surveyed_ids], "need")
-        drivers_json.loc[surveyed_ids], drivers_text.loc[surveyed_ids] = j, t
-    behaviour_ids = customers.index.difference(surveyed_ids)
-    if len(behaviour_ids):
-        cols = [c for c in [*BEHAVIOUR_COLUMNS, "tenure_months"] if c in customers.columns]
-        values = customers[cols].apply(pd.to_numeric, errors="coerce")
-        j, t = explain.drivers(
-            values.loc[behaviour_ids], assigned.loc[behaviour_ids], "behaviour",
-            reference=values.loc[fit_index], reference_segments=segment_of.loc[fit_index],
-        )
-        drivers_json.loc[behaviour_ids], drivers_text.loc[behaviour_ids] = j, t
+    drivers_json, drivers_text = _drivers(customers, dims, taxonomy, assigned, fit_index, segment_of, inference)
 
     assignments = pd.DataFrame(
         {
@@ -318,9 +471,9 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
     long["behaviour_probability"] = behaviour.stack().values
     long.insert(0, "run_id", run_id)
 
-    prospect_rows = _prospects(run_id, as_of, customers, fit_index, assigned, prospects, taxonomy, name_of, definitions, settings.seed)
+    prospect_rows = _prospects(run_id, as_of, customers, fit_index, assigned, prospects, taxonomy, name_of, definitions, settings.seed, population_ids["all"])
     lookalike_rows = _lookalikes(run_id, as_of, customers, assigned, is_key, int(cfg["lookalikes_per_segment"]))
-    profile_rows = _profiles(run_id, customers, dims, assigned, fit_index, is_key, key_mode, taxonomy)
+    profile_rows = _profiles(run_id, customers, dims, assigned, fit_index, is_key, key.mode, taxonomy)
 
     seconds = time.monotonic() - started
     run_row = {
@@ -328,8 +481,12 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
         "as_of": as_of,
         "created_at": dt.datetime.now(),
         "model_version": MODEL_VERSION,
-        "taxonomy": f"{taxonomy.name} v{taxonomy.version}",
+        "taxonomy": taxonomy_label(taxonomy),
         "taxonomy_digest": taxonomy.digest,
+        "lineage_digest": taxonomy.lineage_digest,
+        "lineage_id": lineage.lineage_id,
+        "previous_run_id": lineage.previous_run_id,
+        "taxonomy_change": lineage.taxonomy_change,
         "basis": taxonomy.basis,
         "k": main.k,
         "k_reason": main.reason,
@@ -337,8 +494,8 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
         "silhouette": main.silhouette,
         "min_jaccard": float(main.jaccard.min()),
         "classifier_cv_accuracy": inference.cv_accuracy if taxonomy.basis == "survey" else None,
-        "key_account_mode": key_mode,
-        "key_account_evidence": json.dumps(key_evidence),
+        "key_account_mode": key.mode,
+        "key_account_evidence": json.dumps(key.evidence),
         "customers": len(customers),
         "surveyed": int((source == "surveyed").sum()),
         "inferred": int((source == "inferred").sum()),
@@ -350,14 +507,32 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
     sizes = assignments.groupby("segment_name").size().to_dict()
     return SegmentRunResult(
         run_id, as_of.isoformat(), main.k, main.reason, sizes, run_row["surveyed"], run_row["inferred"],
-        len(prospect_rows), key_mode, run_row["classifier_cv_accuracy"], run_row["min_jaccard"], round(seconds, 2),
+        len(prospect_rows), key.mode, run_row["classifier_cv_accuracy"], run_row["min_jaccard"], round(seconds, 2),
+        lineage.taxonomy_change,
     )
 
 
-def _definitions(run_id: str, main: Clustering, identities, taxonomy: Taxonomy, segment_of: pd.Series, key_defs) -> list[dict[str, Any]]:
+def _drivers(customers, dims, taxonomy, assigned, fit_index, segment_of, inference) -> tuple[pd.Series, pd.Series]:
+    """Why each account is in its segment: a clustered account by the dimensions it was
+    clustered on, an inferred one by what moved the classifier's probability for its segment."""
+    drivers_json = pd.Series("[]", index=customers.index)
+    drivers_text = pd.Series("", index=customers.index)
+    clustered = fit_index
+    if len(clustered):
+        kind = "need" if taxonomy.basis == "survey" else "dimension"
+        j, t = explain.drivers(dims.loc[clustered], assigned.loc[clustered], kind)
+        drivers_json.loc[clustered], drivers_text.loc[clustered] = j, t
+    inferred = customers.index.difference(clustered, sort=False)
+    if len(inferred) and inference.model is not None:
+        j, t = explain.model_drivers(inference, customers.loc[inferred], assigned.loc[inferred], customers.loc[fit_index], segment_of.loc[fit_index])
+        drivers_json.loc[inferred], drivers_text.loc[inferred] = j, t
+    return drivers_json, drivers_text
+
+
+def _definitions(run_id: str, main: Clustering, identities: list[Identity], key: KeyTier, taxonomy: Taxonomy, assigned: pd.Series, population: pd.Series) -> list[dict[str, Any]]:
     rows = []
 
-    def row(ident, centre, size, jaccard, population):
+    def row(ident, centre, fitted, jaccard, name):
         seg = taxonomy.segment(ident.taxonomy_id) if ident.taxonomy_id else None
         playbook = seg.playbook if seg else {}
         return {
@@ -366,9 +541,10 @@ def _definitions(run_id: str, main: Clustering, identities, taxonomy: Taxonomy, 
             "segment_name": ident.name,
             "taxonomy_id": ident.taxonomy_id,
             "is_emerging": ident.taxonomy_id is None,
-            "population": population,
+            "population": name,
             "centre": json.dumps({"dimensions": taxonomy.dimension_names, "values": [round(float(v), 6) for v in centre]}),
-            "size": size,
+            "size": int((assigned.eq(ident.segment_id) & population.eq(name)).sum()),
+            "fitted": fitted,
             "jaccard": round(jaccard, 4),
             "similarity": round(ident.similarity, 4),
             "aligned_from": ident.aligned_from,
@@ -381,17 +557,20 @@ def _definitions(run_id: str, main: Clustering, identities, taxonomy: Taxonomy, 
 
     for i, ident in enumerate(identities):
         rows.append(row(ident, main.centres[i], int((main.labels == i).sum()), float(main.jaccard[i]), "all"))
-    for ident, centre, size, jac in key_defs:
-        rows.append(row(ident, centre, size, jac, "key"))
+    if key.clustering is not None and key.mode == "separate":
+        for i, ident in enumerate(key.identities):
+            rows.append(row(ident, key.clustering.centres[i], int((key.clustering.labels == i).sum()), float(key.clustering.jaccard[i]), "key"))
     return rows
 
 
-def _prospects(run_id, as_of, customers, fit_index, assigned, prospects, taxonomy, name_of, definitions, seed) -> pd.DataFrame:
+def _prospects(run_id, as_of, customers, fit_index, assigned, prospects, taxonomy, name_of, definitions, seed, segment_ids) -> pd.DataFrame:
     columns = ["run_id", "as_of", "account_id", *ACCOUNT_DETAILS, "segment_id", "segment_name", "probability", "probabilities", "offer", "serve"]
     if prospects.empty:
         return pd.DataFrame(columns=columns)
     result = fit_and_score(customers.loc[fit_index], assigned.loc[fit_index], prospects, seed, kind="prospect")
-    p = result.probabilities.reindex(prospects.index).fillna(0.0)
+    # a prospect is no key account: it gets one of the main segments
+    p = result.probabilities.reindex(index=prospects.index, columns=segment_ids).fillna(0.0)
+    p = p.div(p.sum(axis=1).where(lambda t: t > 0, 1.0), axis=0)
     best = p.idxmax(axis=1)
     playbook = {d["segment_id"]: d for d in definitions if d["population"] == "all"}
     return pd.DataFrame(

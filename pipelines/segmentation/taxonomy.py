@@ -11,11 +11,19 @@ Two bases:
 
 A cluster's name comes from the prototype it resembles most (cosine similarity of the
 centred profiles, one prototype per cluster); below `min_similarity` it is "emerging".
+
+Two digests tell taxonomies apart. `digest` hashes the file, so any edit shows in
+segment_runs. `lineage_digest` hashes only what a segment id means - the basis, the
+dimensions (name, column, transform) and the segment ids: while it stays the same, runs
+continue one identity lineage (ids aligned run to run, drift compared); a reworded
+playbook, a renamed segment or tuned prototypes keep it, another company's taxonomy
+starts a new one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +66,8 @@ class Taxonomy:
     min_similarity: float = 0.5
     description: str = ""
     path: str = ""
-    digest: str = ""
+    digest: str = ""  # of the file: any edit changes it
+    lineage_digest: str = ""  # of what segment identities mean: basis, dimensions, segment ids
 
     @property
     def dimension_names(self) -> list[str]:
@@ -160,6 +169,7 @@ def load_taxonomy(path: Path) -> Taxonomy:
     for role, seg in roles.items():
         if seg not in ids:
             raise _fail(path, f"role {role!r} names unknown segment {seg!r}")
+    identity = {"basis": basis, "dimensions": [[d.name, d.column, d.transform] for d in dims], "segments": sorted(ids)}
     return Taxonomy(
         name=str(raw.get("name", path.stem)),
         version=str(raw.get("version", "1")),
@@ -173,4 +183,5 @@ def load_taxonomy(path: Path) -> Taxonomy:
         description=" ".join(str(raw.get("description", "")).split()),
         path=str(path),
         digest=hashlib.sha256(text.encode()).hexdigest()[:12],
+        lineage_digest=hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12],
     )

@@ -1,5 +1,8 @@
 -- The transition matrix between consecutive runs: how many accounts went from each
--- segment of the previous run to each segment of the next (accounts in both runs).
+-- segment of the previous run to each segment of the next (accounts in both runs). Each
+-- side is named from its own run (an emerging segment's name follows its centre), and
+-- only runs of one identity lineage are compared: across a taxonomy change a segment id
+-- means something else.
 with
 
 transitions as (
@@ -8,11 +11,17 @@ transitions as (
 
 ),
 
+runs as (
+
+    select run_id, previous_run_id from {{ ref('stg_segmentation__runs') }}
+
+),
+
 names as (
 
-    select segment_id, any_value(segment_name) as segment_name
+    select run_id, segment_id, segment_name
     from {{ ref('stg_segmentation__segment_definitions') }}
-    group by segment_id
+    qualify row_number() over (partition by run_id, segment_id order by population) = 1
 
 )
 
@@ -28,5 +37,9 @@ select
     transitions.share_of_from,
     transitions.from_segment_id = transitions.to_segment_id as stayed
 from transitions
-left join names as from_names on from_names.segment_id = transitions.from_segment_id
-left join names as to_names on to_names.segment_id = transitions.to_segment_id
+inner join runs
+    on runs.run_id = transitions.run_id and runs.previous_run_id = transitions.previous_run_id
+left join names as from_names
+    on from_names.run_id = transitions.previous_run_id and from_names.segment_id = transitions.from_segment_id
+left join names as to_names
+    on to_names.run_id = transitions.run_id and to_names.segment_id = transitions.to_segment_id

@@ -21,6 +21,7 @@ select
     definitions.is_emerging,
     definitions.description,
     definitions.size,
+    definitions.fitted,
     definitions.jaccard as stability_jaccard,
     definitions.similarity as taxonomy_similarity,
     definitions.aligned_from,
