@@ -190,20 +190,31 @@ def render(con: duckdb.DuckDBPyConnection) -> tuple[str, dict]:
     segments = _read(
         con,
         """
-        select s.segment_id, s.segment, s.is_emerging, s.stability_jaccard, s.offer, s.action,
+        -- A segment can be fitted among everyone and among key accounts (when the key tier
+        -- is segmented on its own); it is listed once, with everyone's figures first.
+        with one_per_segment as (
+            select * from segments
+            qualify row_number() over (partition by segment_id order by population = 'all' desc) = 1
+        )
+        select s.segment_id, s.segment, s.population, s.is_emerging, s.stability_jaccard, s.offer, s.action,
                count(c.account_id) as customers,
                count(c.account_id) filter (where c.segment_source = 'surveyed') as surveyed,
                count(c.account_id) filter (where c.segment_source = 'inferred') as inferred,
                count(c.account_id) filter (where c.is_key_account) as key_accounts
-        from segments s left join customer_segments c using (segment_id)
-        where s.population = 'all'
+        from one_per_segment s left join customer_segments c using (segment_id)
         group by all order by customers desc, s.segment
         """,
     )
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(segments["segment"])}
     order = list(segments["segment"])
 
-    profiles = _read(con, "select segment, dimension, kind, segment_value, index_vs_overall from segment_profiles where population = 'all'")
+    profiles = _read(
+        con,
+        """
+        select segment, dimension, kind, segment_value, index_vs_overall from segment_profiles
+        qualify row_number() over (partition by segment_id, dimension, kind order by population = 'all' desc) = 1
+        """,
+    )
     needs = profiles[profiles["kind"] == "need"]
     need_dims = list(dict.fromkeys(needs["dimension"]))
     needs_map = {(r.segment, r.dimension): r.segment_value for r in needs.itertuples()}
