@@ -77,11 +77,17 @@ def target_dir(settings: Settings) -> Path:
 def _invoke(args: list[str], settings: Settings | None, unit_tests: bool = False) -> Any:
     from dbt.cli.main import dbtRunner
 
-    env = profile_env(settings) if settings else {}
+    env: dict[str, str | None] = dict(profile_env(settings)) if settings else {}
     if unit_tests:
-        env = {k: v for k, v in env.items() if k not in PIPELINE_ENV}
+        # Removed, not just left unset: an earlier in-process run (cosmos under
+        # `dag.test()`) may have left the exclusion in this process's environment.
+        env.update(dict.fromkeys(PIPELINE_ENV))
     previous = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
     try:
         return dbtRunner().invoke(args)
