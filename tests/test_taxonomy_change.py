@@ -38,11 +38,10 @@ def _copy(settings, target):
 @pytest.fixture(scope="module")
 def swapped(cycled_small_world, tmp_path_factory):
     """The small world's three monthly runs under the default taxonomy; then the last month
-    re-segmented with another company's taxonomy (four dimensions, three segments) and the
-    serving tables rebuilt. The drift rows the copy holds for that month were computed
-    against the old taxonomy: they stand for a drift step that compared across the change,
-    and the serving tables must not show them. Before the month is re-run, one segment of
-    the two runs before it is renamed, as an emerging segment's name changes with its centre."""
+    re-segmented with another company's taxonomy (four dimensions, three segments), its
+    drift step re-run and the serving tables rebuilt. Before the month is re-run, one
+    segment of the two runs before it is renamed, as an emerging segment's name changes
+    with its centre."""
     settings, _ = cycled_small_world
     base = tmp_path_factory.mktemp("swapped")
     taxonomy = base / "acme.yaml"
@@ -52,6 +51,7 @@ def swapped(cycled_small_world, tmp_path_factory):
         con.execute("update segments.segment_definitions set segment_name = 'Name in August' where run_id = 'seg-2026-08-31' and segment_id = 'price_focused'")
         con.execute("update segments.segment_definitions set segment_name = 'Name in September' where run_id = 'seg-2026-09-30' and segment_id = 'price_focused'")
     segmented = cycle.segment_step(AS_OF, copy)
+    cycle.drift_step(AS_OF, copy)
     cycle.serving_step(AS_OF, copy)
     cycle.publish_step(AS_OF, copy)
     return copy, segmented
@@ -91,6 +91,27 @@ def test_history_and_transitions_do_not_compare_across_the_change(swapped):
     assert new[0][1:] == (AS_OF, 1, 1)
     assert rows(settings.serving_path, f"select count(*) from segment_transitions where run_id = '{RUN}'") == [(0,)]
     assert rows(settings.serving_path, "select count(*) from segment_transitions where run_id = 'seg-2026-09-30'")[0][0] > 0
+
+
+def test_drift_after_the_change_sees_no_migration_and_no_population_change(swapped):
+    settings, _ = swapped
+    drift = rows(
+        settings.serving_path,
+        "select count(*), count(previous_segment_id), count(*) filter (where migrated), "
+        "count(distinct run_id), count(segment) from customer_drift",
+    )
+    customers = rows(settings.serving_path, "select count(*) from customer_segments")[0][0]
+    # every customer still gets its drift row, and none is said to have moved: there is no
+    # earlier run of this lineage to have moved from
+    assert drift == [(customers, 0, 0, 1, customers)]
+    # a drift in what an account buys is read against the new taxonomy's segments alone
+    named = rows(settings.serving_path, "select distinct segment, toward_segment from customer_drift")
+    assert {name for pair in named for name in pair if name is not None} <= {"Cost cutters", "Uptime buyers", "Partners"}
+    assert rows(settings.serving_path, f"select count(*) from segment_population_changes where run_id = '{RUN}'") == [(0,)]
+    assert rows(settings.serving_path, "select count(*) from segment_population_changes where run_id = 'seg-2026-09-30'")[0][0] > 0
+    # nor does an alert opened in this run claim a move between the two taxonomies
+    opened = rows(settings.serving_path, f"select from_segment, to_segment from churn_risk_alerts where opened_run_id = '{RUN}'")
+    assert all(f in {"Cost cutters", "Uptime buyers", "Partners", None} and t in {"Cost cutters", "Uptime buyers", "Partners", None} for f, t in opened)
 
 
 def test_transitions_name_each_side_from_its_own_run(swapped):

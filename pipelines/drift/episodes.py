@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from dataclasses import dataclass
 
 import pandas as pd
@@ -93,25 +92,3 @@ def episodes(snapshots: pd.DataFrame, runs: list[tuple[str, dt.date]], rules: Ep
     frame = pd.DataFrame(out, columns=columns)
     return frame.sort_values(["opened_as_of", "account_id", "reason"]).reset_index(drop=True)
 
-
-def deliverable(alerts: pd.DataFrame, run_id: str, as_of: dt.date) -> pd.DataFrame:
-    """The open alerts flagged in this run, shaped for pipelines.alerts.deliver_run."""
-    live = alerts[(alerts["status"] == "open") & (alerts["last_seen_run_id"] == run_id)].copy()
-    return pd.DataFrame(
-        {
-            "alert_id": live["alert_id"],
-            "run_id": run_id,
-            "as_of": as_of,
-            "account_id": live["account_id"],
-            "account_name": live["account_name"],
-            "account_owner": live["account_owner"],
-            "reason": live["reason"],
-            "score": live["score"],
-            "from_segment": live["from_segment"],
-            "to_segment": live["to_segment"],
-            "evidence": live["evidence"].map(lambda e: json.loads(e) if isinstance(e, str) else e),
-            "action": live["action"],
-            "is_new": live["opened_run_id"] == run_id,
-            "first_flagged_as_of": live["opened_as_of"],
-        }
-    ).reset_index(drop=True)

@@ -123,21 +123,43 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
         raise NeedsegError(f"customer_features does not describe {as_of}: build the features for that date first")
     monthly = con.execute("select * from marts.customer_monthly_behaviour order by account_id, months_ago").df()
     current = con.execute("select account_id, segment_id, segment_name from segments.assignments where run_id = ? order by account_id", [run_id]).df().set_index("account_id")
-    prev = con.execute("select run_id, as_of from segments.segment_runs where as_of < ? order by as_of desc limit 1", [as_of]).fetchone()
+    # The run this one was aligned to, not merely the one before it: after a taxonomy change
+    # segment ids mean something else, so there is nothing to migrate from or compare with.
+    prev = con.execute(
+        """
+        select p.run_id, p.as_of from segments.segment_runs as r
+        join segments.segment_runs as p on p.run_id = r.previous_run_id
+        where r.run_id = ?
+        """,
+        [run_id],
+    ).fetchone()
     previous = None
     if prev:
         previous = con.execute("select account_id, segment_id from segments.assignments where run_id = ? order by account_id", [prev[0]]).df().set_index("account_id")
     history = con.execute(
         """
+        with lineage_runs as (
+            select run_id, as_of from segments.segment_runs
+            where as_of <= ? and lineage_id = (select lineage_id from segments.segment_runs where run_id = ?)
+            order by as_of desc limit 4
+        )
         select p.account_id, p.segment_id, r.as_of, p.behaviour_probability
         from segments.assignment_probabilities as p
-        join segments.segment_runs as r using (run_id)
-        where r.as_of <= ? and r.as_of in (select as_of from segments.segment_runs where as_of <= ? order by as_of desc limit 4)
+        join lineage_runs as r using (run_id)
         order by r.as_of, p.account_id, p.segment_id
         """,
-        [as_of, as_of],
+        [as_of, run_id],
     ).df()
-    defs = con.execute("select run_id, segment_id, segment_name, centre, action from segments.segment_definitions where population = 'all' and run_id in (?, ?)", [run_id, prev[0] if prev else run_id]).df()
+    # Every population's segments (key accounts may sit in a segment of their own fit);
+    # where both name the same id, the main segmentation's entry wins.
+    defs = con.execute(
+        """
+        select run_id, segment_id, segment_name, centre, action from segments.segment_definitions
+        where run_id in (?, ?)
+        order by run_id, segment_id, population = 'all'
+        """,
+        [run_id, prev[0] if prev else run_id],
+    ).df()
     names = dict(zip(defs["segment_id"], defs["segment_name"], strict=True))
     actions = {r.segment_id: r.action for r in defs[defs["run_id"] == run_id].itertuples()}
 
