@@ -65,8 +65,9 @@ def dbt_vars(config: dict[str, Any], as_of: dt.date) -> dict[str, Any]:
 
 def profile_env(settings: Settings) -> dict[str, str]:
     """Environment of the pipeline's dbt runs: the warehouse the profile reads
-    (dbt_project/profiles.yml), and unit tests left out."""
-    return {"NEEDSEG_WAREHOUSE": str(settings.warehouse_path), **PIPELINE_ENV}
+    (dbt_project/profiles.yml says why its variable is not NEEDSEG_WAREHOUSE), and unit
+    tests left out."""
+    return {"NEEDSEG_DBT_WAREHOUSE": str(settings.warehouse_path), **PIPELINE_ENV}
 
 
 def target_dir(settings: Settings) -> Path:

@@ -99,3 +99,10 @@ def test_features_dag_announced_its_asset_with_the_date(airflow_runs):
             .all()
         )
         assert [e.extra.get("as_of") for e in events] == ["2026-09-30"]
+
+
+def test_later_tasks_in_the_same_process_use_their_own_data_dir(airflow_runs, tmp_path, monkeypatch):
+    # cosmos copies its tasks' environment into the process for good (its lineage step):
+    # what it is handed must not redirect a later needseg task to this world's warehouse
+    monkeypatch.setenv("NEEDSEG_DATA_DIR", str(tmp_path))
+    assert load_settings().warehouse_path == tmp_path / "warehouse.duckdb"
