@@ -145,6 +145,16 @@ def publish(settings: Settings, con: duckdb.DuckDBPyConnection, as_of: dt.date, 
     return result
 
 
+def write_file_atomically(target: Path, data: bytes) -> Path:
+    """Write `target` next to itself and swap it in with one rename: readers see the old
+    file or the new one, never half of one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = target.with_name(f".{target.name}.{os.getpid()}.building")
+    building.write_bytes(data)
+    os.replace(building, target)
+    return target
+
+
 def _export_parquet(con: duckdb.DuckDBPyConnection, folder: Path, tables: dict[str, str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, rel in tables.items():

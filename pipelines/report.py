@@ -16,7 +16,6 @@ import datetime as dt
 import html
 import itertools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,9 @@ import duckdb
 import pandas as pd
 
 from pipelines.errors import NeedsegError
+from pipelines.publish import write_file_atomically
 from pipelines.settings import Settings
+from pipelines.warehouse import connect
 
 REPORT_NAME = "segment_report.html"
 # Colours per segment, in the order segments are listed (size, descending).
@@ -341,14 +342,7 @@ def write_report(settings: Settings, out: Path | None = None) -> ReportResult:
     """Render the report from the serving database and swap it in with one rename."""
     if not settings.serving_path.exists():
         raise NeedsegError(f"no serving database at {settings.serving_path}: publish a run first (needseg run or needseg publish)")
-    con = duckdb.connect(str(settings.serving_path), read_only=True)
-    try:
+    with connect(settings.serving_path, read_only=True) as con:
         page, figures = render(con)
-    finally:
-        con.close()
-    target = out or report_path(settings)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    building = target.with_name(f".{target.name}.{os.getpid()}.building")
-    building.write_text(page, encoding="utf-8")
-    os.replace(building, target)
+    target = write_file_atomically(out or report_path(settings), page.encode("utf-8"))
     return ReportResult(path=str(target), **figures)

@@ -75,6 +75,21 @@ def target_dir(settings: Settings) -> Path:
     return settings.data_dir / "dbt"
 
 
+def _project_args(settings: Settings, config: dict[str, Any], as_of: dt.date, target_subdir: str) -> list[str]:
+    """What every needseg dbt invocation passes: vars, project, profile, this data dir's
+    target and log folders, quiet output."""
+    target = target_dir(settings)
+    return [
+        "--vars", json.dumps(dbt_vars(config, as_of)),
+        "--project-dir", str(DBT_PROJECT_DIR),
+        "--profiles-dir", str(DBT_PROJECT_DIR),
+        "--target-path", str(target / target_subdir),
+        "--log-path", str(target / "logs"),
+        "--quiet",
+        "--no-use-colors",
+    ]
+
+
 def _invoke(args: list[str], settings: Settings | None, unit_tests: bool = False) -> Any:
     from dbt.cli.main import dbtRunner
 
@@ -117,19 +132,7 @@ def build(
     """
     started = time.monotonic()
     target = target_dir(settings)
-    args = [
-        command,
-        "--select", select,
-        "--vars", json.dumps(dbt_vars(config, as_of)),
-        "--project-dir", str(DBT_PROJECT_DIR),
-        "--profiles-dir", str(DBT_PROJECT_DIR),
-        "--target-path", str(target / "target"),
-        "--log-path", str(target / "logs"),
-        "--quiet",
-        "--no-use-colors",
-        *flags,
-        *RUN_FLAGS,
-    ]
+    args = [command, "--select", select, *_project_args(settings, config, as_of, "target"), *flags, *RUN_FLAGS]
     result = _invoke(args, settings, unit_tests)
     failures, warnings, nodes = [], [], 0
     if result.result is not None:
@@ -168,25 +171,13 @@ def build_docs(settings: Settings, config: dict[str, Any], as_of: dt.date, out: 
     """dbt's documentation site as one self-contained HTML file (`dbt docs generate
     --static`: manifest and catalog inlined, nothing fetched from the network), swapped in
     with one rename. The catalog reads the working warehouse, so run it between cycles."""
+    from pipelines.publish import write_file_atomically
+
     target = target_dir(settings)
-    args = [
-        "docs", "generate", "--static",
-        "--vars", json.dumps(dbt_vars(config, as_of)),
-        "--project-dir", str(DBT_PROJECT_DIR),
-        "--profiles-dir", str(DBT_PROJECT_DIR),
-        "--target-path", str(target / "docs"),
-        "--log-path", str(target / "logs"),
-        "--quiet",
-        "--no-use-colors",
-    ]
-    result = _invoke(args, settings)
+    result = _invoke(["docs", "generate", "--static", *_project_args(settings, config, as_of, "docs")], settings)
     if not result.success:
         raise DbtFailed(f"dbt docs generate failed: {result.exception or 'see the dbt log in ' + str(target / 'logs')}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    building = out.with_name(f".{out.name}.{os.getpid()}.building")
-    building.write_bytes((target / "docs" / "static_index.html").read_bytes())
-    os.replace(building, out)
-    return out
+    return write_file_atomically(out, (target / "docs" / "static_index.html").read_bytes())
 
 
 def ensure_manifest() -> Path:
