@@ -120,14 +120,17 @@ def test_dag_files_hold_no_pipeline_logic():
 
 
 def _next_scheduled_run(dag, after: dt.datetime):
-    """The logical date and data interval Airflow's scheduler gives the next run."""
+    """The logical date and data interval Airflow's scheduler gives the run that follows a run
+    at `after`. It never reads the clock: with catch-up off the scheduler would skip to the
+    latest run before *now*, so the answer would depend on the day the test runs. The DAGs
+    keep catch-up off; the run that follows a given one is the same either way."""
     from airflow.timetables.base import DataInterval, TimeRestriction
     from airflow.timetables.trigger import CronTriggerTimetable
 
     # The scheduler's own timetable for the DAG's cron schedule (the DAG holds the SDK's definition).
     timetable = CronTriggerTimetable(dag.timetable.expression, timezone=dag.timetable.timezone)
     last = DataInterval(after, after)
-    info = timetable.next_dagrun_info(last_automated_data_interval=last, restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
+    info = timetable.next_dagrun_info(last_automated_data_interval=last, restriction=TimeRestriction(earliest=None, latest=None, catchup=True))
     return {"logical_date": info.logical_date, "data_interval_start": info.data_interval.start, "data_interval_end": info.data_interval.end}
 
 
@@ -137,7 +140,8 @@ def test_a_scheduled_monthly_run_describes_the_month_just_completed(dagbag):
     run = _next_scheduled_run(dagbag.dags["needseg_segmentation"], dt.datetime(2026, 11, 15, tzinfo=dt.UTC))
     assert run["logical_date"] == dt.datetime(2026, 12, 1, 3, tzinfo=dt.UTC)
     assert resolve_as_of(run) == dt.date(2026, 11, 30)
-    daily = _next_scheduled_run(dagbag.dags["needseg_ingest"], dt.datetime(2026, 12, 2, 12, tzinfo=dt.UTC))
+    daily = _next_scheduled_run(dagbag.dags["needseg_ingest"], dt.datetime(2026, 12, 2, tzinfo=dt.UTC))
+    assert daily["logical_date"] == dt.datetime(2026, 12, 3, tzinfo=dt.UTC)
     assert resolve_as_of(daily) == dt.date(2026, 12, 2)
 
 
