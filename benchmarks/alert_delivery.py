@@ -74,13 +74,27 @@ def webhook_server() -> tuple[ThreadingHTTPServer, list[int]]:
 
 
 def alerts(count: int, owners: int) -> pd.DataFrame:
-    return pd.DataFrame([{
-        "alert_id": f"alert-{i}", "run_id": RUN, "as_of": AS_OF, "account_id": f"acc-{i}", "account_name": f"Account {i} AB",
-        "account_owner": f"owner{i % owners}@example.com", "reason": "drift_to_price_sensitive", "score": (i % 97) / 97,
-        "from_segment": "Loyalty & partnership", "to_segment": "Price-focused",
-        "evidence": ["discount depth 9 % → 17 % over 3 months", "2 of 3 quotes lost on price"],
-        "action": "Offer a fixed-price volume agreement", "is_new": True, "first_flagged_as_of": AS_OF,
-    } for i in range(count)])
+    return pd.DataFrame(
+        [
+            {
+                "alert_id": f"alert-{i}",
+                "run_id": RUN,
+                "as_of": AS_OF,
+                "account_id": f"acc-{i}",
+                "account_name": f"Account {i} AB",
+                "account_owner": f"owner{i % owners}@example.com",
+                "reason": "drift_to_price_sensitive",
+                "score": (i % 97) / 97,
+                "from_segment": "Loyalty & partnership",
+                "to_segment": "Price-focused",
+                "evidence": ["discount depth 9 % → 17 % over 3 months", "2 of 3 quotes lost on price"],
+                "action": "Offer a fixed-price volume agreement",
+                "is_new": True,
+                "first_flagged_as_of": AS_OF,
+            }
+            for i in range(count)
+        ]
+    )
 
 
 def free_port() -> int:
@@ -97,8 +111,11 @@ def main() -> int:
     logging.disable(logging.WARNING)
     inbox = Inbox()
     hook, posts = webhook_server()
-    senders = {"table": TableSender(), "email": SmtpSender(host="127.0.0.1", port=inbox.port, timeout=5),
-               "webhook": WebhookSender(url=f"http://127.0.0.1:{hook.server_address[1]}/hook", timeout=5)}
+    senders = {
+        "table": TableSender(),
+        "email": SmtpSender(host="127.0.0.1", port=inbox.port, timeout=5),
+        "webhook": WebhookSender(url=f"http://127.0.0.1:{hook.server_address[1]}/hook", timeout=5),
+    }
     frame = alerts(args.alerts, args.owners)
     lines = [f"{args.alerts} alerts for {args.owners} owners, channels table + e-mail + webhook (loopback):"]
     with tempfile.TemporaryDirectory(prefix="needseg-alerts-bench-") as tmp:
@@ -107,11 +124,15 @@ def main() -> int:
             with open_warehouse(Path(tmp) / "up.duckdb") as con:
                 started = time.monotonic()
                 report = deliver_run(con, frame, RUN, now=NOW, senders=senders)
-                lines.append(f"  compose + send: {time.monotonic() - started:.2f} s, {len(report.sent)} messages, "
-                             f"{inbox.count} e-mails, {len(posts)} posts")
+                lines.append(
+                    f"  compose + send: {time.monotonic() - started:.2f} s, {len(report.sent)} messages, "
+                    f"{inbox.count} e-mails, {len(posts)} posts"
+                )
                 started = time.monotonic()
                 again = deliver_run(con, frame, RUN, now=NOW + dt.timedelta(minutes=5), senders=senders)
-                lines.append(f"  re-run of the same run: {time.monotonic() - started:.2f} s, {len(again.created)} created, {len(again.sent)} sent")
+                lines.append(
+                    f"  re-run of the same run: {time.monotonic() - started:.2f} s, {len(again.created)} created, {len(again.sent)} sent"
+                )
                 started = time.monotonic()
                 deliver_due(con, NOW + dt.timedelta(minutes=15), senders)
                 lines.append(f"  idle pending-only pass: {time.monotonic() - started:.2f} s")
@@ -124,8 +145,10 @@ def main() -> int:
                 inbox.start()
                 started = time.monotonic()
                 up = deliver_pending(con, senders, now=NOW + dt.timedelta(minutes=2))
-                lines.append(f"  recovery pass: {time.monotonic() - started:.2f} s, {len(up.sent)} sent, {inbox.count} e-mails "
-                             f"(each owner once: {inbox.count == args.owners})")
+                lines.append(
+                    f"  recovery pass: {time.monotonic() - started:.2f} s, {len(up.sent)} sent, {inbox.count} e-mails "
+                    f"(each owner once: {inbox.count == args.owners})"
+                )
         finally:
             inbox.stop()
             hook.shutdown()

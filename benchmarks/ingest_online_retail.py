@@ -38,11 +38,16 @@ STAGES = ("discover", "read", "parse", "gate setup", "validate", "write")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="the Online Retail Parquet file")
-    parser.add_argument("--as-of", type=dt.date.fromisoformat, default=dt.date(2011, 12, 9), help="the run's as-of day (default: the last invoice day)")
+    parser.add_argument(
+        "--as-of", type=dt.date.fromisoformat, default=dt.date(2011, 12, 9), help="the run's as-of day (default: the last invoice day)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary data folder and print where it is")
     args = parser.parse_args(argv)
     if not args.source.exists():
-        print(f"needs the public dataset {args.source} (../shared/data is not present on this machine; NEEDSEG_SHARED_DATA or --source can point to it)", file=sys.stderr)
+        print(
+            f"needs the public dataset {args.source} (../shared/data is not present on this machine; NEEDSEG_SHARED_DATA or --source can point to it)",
+            file=sys.stderr,
+        )
         return 2
 
     started = time.monotonic()

@@ -52,7 +52,9 @@ def serve(port: int = 8080, ready_timeout: float = 180.0) -> int:
     log_path = home / "standalone.log"
     print(f"starting Airflow standalone on http://localhost:{port} (log: {log_path}) ...", flush=True)
     with open(log_path, "a") as log:
-        process = subprocess.Popen([str(exe), "standalone"], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True)
+        process = subprocess.Popen(
+            [str(exe), "standalone"], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True
+        )
 
     def stop(*_):
         try:
@@ -82,7 +84,10 @@ def serve(port: int = 8080, ready_timeout: float = 180.0) -> int:
                 stop()
                 return 1
             time.sleep(1)
-        print(f"Airflow UI: http://localhost:{port}  login: admin / {_password(home) or '(see ' + str(home) + '/simple_auth_manager_passwords.json.generated)'}", flush=True)
+        print(
+            f"Airflow UI: http://localhost:{port}  login: admin / {_password(home) or '(see ' + str(home) + '/simple_auth_manager_passwords.json.generated)'}",
+            flush=True,
+        )
         print(
             "DAGs: needseg_ingest, needseg_features, needseg_segmentation, needseg_alerts (paused until you switch them on; "
             "the demo's runs are listed). Ctrl-C stops Airflow.",

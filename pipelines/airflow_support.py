@@ -272,8 +272,11 @@ def on_task_failure(context: dict[str, Any]) -> None:
     exc = context.get("exception")
     log.error(
         "needseg task failed: dag=%s task=%s run=%s try=%s: %s",
-        getattr(ti, "dag_id", "?"), getattr(ti, "task_id", "?"), getattr(ti, "run_id", "?"),
-        getattr(ti, "try_number", "?"), exc,
+        getattr(ti, "dag_id", "?"),
+        getattr(ti, "task_id", "?"),
+        getattr(ti, "run_id", "?"),
+        getattr(ti, "try_number", "?"),
+        exc,
     )
 
 

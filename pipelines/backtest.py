@@ -95,7 +95,9 @@ def prepare(parquet: Path, data_dir: Path) -> Settings:
     return settings.with_overrides(mappings_dir=mappings, taxonomy_path=TAXONOMY, config_path=config_path)
 
 
-def backtest(parquet: Path, data_dir: Path, months: list[str] | None = None, top_n: int = 100, say: Callable[[str], None] = print) -> BacktestResult:
+def backtest(
+    parquet: Path, data_dir: Path, months: list[str] | None = None, top_n: int = 100, say: Callable[[str], None] = print
+) -> BacktestResult:
     started = time.monotonic()
     settings = prepare(parquet, data_dir)
     load_started = time.monotonic()
@@ -116,7 +118,9 @@ def backtest(parquet: Path, data_dir: Path, months: list[str] | None = None, top
         horizon = pd.Timestamp(as_of) + pd.DateOffset(months=3)
         if pd.Timestamp(horizon) > pd.Timestamp(data_end):
             continue  # the following 3 months are not in the data: nothing to score
-        before = orders[(orders["order_date"] > pd.Timestamp(as_of) - pd.DateOffset(months=3)) & (orders["order_date"] <= pd.Timestamp(as_of))]
+        before = orders[
+            (orders["order_date"] > pd.Timestamp(as_of) - pd.DateOffset(months=3)) & (orders["order_date"] <= pd.Timestamp(as_of))
+        ]
         after = orders[(orders["order_date"] > pd.Timestamp(as_of)) & (orders["order_date"] <= horizon)]
         eligible = set(before["account_id"])
         stopped = eligible - set(after["account_id"])

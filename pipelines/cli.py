@@ -59,7 +59,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _common(parser: argparse.ArgumentParser, as_of: bool = True, landing: bool = False) -> None:
-    parser.add_argument("--data-dir", type=Path, help="folder for the warehouse, serving database and exports (default: $NEEDSEG_DATA_DIR or ./data)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="folder for the warehouse, serving database and exports (default: $NEEDSEG_DATA_DIR or ./data)"
+    )
     if landing:
         parser.add_argument("--landing", type=Path, help="landing folder (default: <data-dir>/landing or $NEEDSEG_LANDING_DIR)")
         parser.add_argument("--mappings", type=Path, help="folder of source mappings (default: config/sources or $NEEDSEG_MAPPINGS_DIR)")
@@ -70,7 +72,9 @@ def _common(parser: argparse.ArgumentParser, as_of: bool = True, landing: bool =
 def cmd_generate(args: argparse.Namespace) -> int:
     from pipelines.demo.world import WorldSpec, generate
 
-    spec = WorldSpec(seed=args.seed, customers=args.customers, prospects=args.prospects, start_month=args.start_month, end_month=args.end_month)
+    spec = WorldSpec(
+        seed=args.seed, customers=args.customers, prospects=args.prospects, start_month=args.start_month, end_month=args.end_month
+    )
     out = args.out or (_settings(args).data_dir / "world")
     summary = generate(out, spec)
     print(
@@ -104,7 +108,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     with opened as con:
         try:
             report = ingest(
-                settings, con, args.as_of, f"{'validate' if dry_run else 'ingest'}-{args.as_of}",
+                settings,
+                con,
+                args.as_of,
+                f"{'validate' if dry_run else 'ingest'}-{args.as_of}",
                 sources=args.source or None,
                 accept_changed=args.accept_changed,
                 dry_run=dry_run,
@@ -118,7 +125,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-STATUS_LABELS = {"rejected": "refused", "valid": "would load", "not_loadable": "not loadable", "already_loaded": "already loaded", "conflict": "changed"}
+STATUS_LABELS = {
+    "rejected": "refused",
+    "valid": "would load",
+    "not_loadable": "not loadable",
+    "already_loaded": "already loaded",
+    "conflict": "changed",
+}
 PROBLEM_LINES_SHOWN = 5  # lines shown per file x column x reason (all of them up to twice that)
 
 
@@ -145,7 +158,16 @@ def _print_report(report, verbose: bool = False, quality_dir: Path | None = None
     if with_problems:
         print("\nrow-level problems, by file, column and reason:")
         for f in with_problems:
-            print(f"  {f.file}" + ("  (refused: no row loaded)" if f.status == "rejected" else "  (held back: no row written)" if f.status == "held" else ""))
+            print(
+                f"  {f.file}"
+                + (
+                    "  (refused: no row loaded)"
+                    if f.status == "rejected"
+                    else "  (held back: no row written)"
+                    if f.status == "held"
+                    else ""
+                )
+            )
             for group in f.problems:
                 expected = f"; expected {group['expected']}" if group.get("expected") else ""
                 print(f"    {group['column'] or '(whole line)'}: {group['reason']}, {group['count']} row(s){expected}")
@@ -350,12 +372,18 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"  {'refused' if status == 'rejected' else status:>8}  {file}: {message}")
             print()
         print("quarantine by reason (the rows themselves: needseg quarantine):")
-        con.sql("select table_name, split_part(reason, ':', 1) as reason, count(*) as rows from meta.quarantine group by all order by rows desc limit 20").show()
+        con.sql(
+            "select table_name, split_part(reason, ':', 1) as reason, count(*) as rows from meta.quarantine group by all order by rows desc limit 20"
+        ).show()
         try:
             print("segmentation runs:")
-            con.sql("select run_id, as_of, k, customers, surveyed, inferred, round(min_jaccard, 3) as min_jaccard, classifier_cv_accuracy, seconds from segments.segment_runs order by as_of").show()
+            con.sql(
+                "select run_id, as_of, k, customers, surveyed, inferred, round(min_jaccard, 3) as min_jaccard, classifier_cv_accuracy, seconds from segments.segment_runs order by as_of"
+            ).show()
             print("latest cycle stage timings (seconds):")
-            con.sql("select run_id, stage, round(seconds, 1) as seconds from meta.cycle_runs where as_of = (select max(as_of) from meta.cycle_runs) order by started_at").show()
+            con.sql(
+                "select run_id, stage, round(seconds, 1) as seconds from meta.cycle_runs where as_of = (select max(as_of) from meta.cycle_runs) order by started_at"
+            ).show()
         except Exception:  # noqa: BLE001 - no segmentation yet
             print("  none yet")
         from pipelines.alerts.outbox import outbox_overview
@@ -374,8 +402,14 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     limit = args.limit if args.limit is not None else (None if args.csv else 50)
     with open_warehouse(settings.warehouse_path, read_only=True) as con:
         total, frame = quarantined_rows(
-            con, batch=args.batch, file=args.file, table=args.table, reason=args.reason, source=args.source,
-            limit=limit or None, full=args.csv,
+            con,
+            batch=args.batch,
+            file=args.file,
+            table=args.table,
+            reason=args.reason,
+            source=args.source,
+            limit=limit or None,
+            full=args.csv,
         )
     if args.csv:
         frame.to_csv(sys.stdout, index=False)
@@ -479,13 +513,20 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _common(p, as_of=False)
-    p.add_argument("--as-of", type=_date, default=None,
-                   help="the segmentation run whose alerts to compose (YYYY-MM-DD; default: the latest run)")
-    p.add_argument("--pending-only", action="store_true",
-                   help="compose nothing; only send digests that are pending and due (what the alerts DAG's timed runs do)")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="first put digests that failed for good (all attempts used) back in the queue, "
-                        "of every run (with --as-of: of that run), and send them")
+    p.add_argument(
+        "--as-of", type=_date, default=None, help="the segmentation run whose alerts to compose (YYYY-MM-DD; default: the latest run)"
+    )
+    p.add_argument(
+        "--pending-only",
+        action="store_true",
+        help="compose nothing; only send digests that are pending and due (what the alerts DAG's timed runs do)",
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="first put digests that failed for good (all attempts used) back in the queue, "
+        "of every run (with --as-of: of that run), and send them",
+    )
     p.add_argument("--strict", action="store_true", help="exit non-zero while any digest is pending or failed")
     p.set_defaults(func=cmd_alerts)
 
@@ -529,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("query", help="run SQL on the published serving database (read-only)")
     _common(p, as_of=False)
-    p.add_argument("sql", help="a SQL query, e.g. \"select * from customer_segments limit 5\"")
+    p.add_argument("sql", help='a SQL query, e.g. "select * from customer_segments limit 5"')
     p.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     p.add_argument("--limit", type=int, default=40, help="rows to show (table output)")
     p.add_argument("--width", type=int, default=200, help="table width")

@@ -119,8 +119,15 @@ def segment_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, 
     with _timed(settings, as_of, "segment", detail):
         with open_warehouse(settings.warehouse_path) as con:
             result = segment(con, as_of, taxonomy, config)
-        detail.update(summary=result.summary(), run_id=result.run_id, k=result.k, segments=result.segments,
-                      surveyed=result.surveyed, inferred=result.inferred, prospects=result.prospects)
+        detail.update(
+            summary=result.summary(),
+            run_id=result.run_id,
+            k=result.k,
+            segments=result.segments,
+            surveyed=result.surveyed,
+            inferred=result.inferred,
+            prospects=result.prospects,
+        )
     log.info("segment: %s", detail["summary"])
     return detail
 
@@ -133,9 +140,15 @@ def drift_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, An
     with _timed(settings, as_of, "drift", detail):
         with open_warehouse(settings.warehouse_path) as con:
             result = run_drift(con, as_of, taxonomy, config)
-        detail.update(summary=result.summary(), run_id=result.run_id, early_warnings=result.early_warnings,
-                      migrations=result.migrations, churn_risks=result.churn_risks, new_alerts=result.new_alerts,
-                      open_alerts=result.open_alerts)
+        detail.update(
+            summary=result.summary(),
+            run_id=result.run_id,
+            early_warnings=result.early_warnings,
+            migrations=result.migrations,
+            churn_risks=result.churn_risks,
+            new_alerts=result.new_alerts,
+            open_alerts=result.open_alerts,
+        )
     log.info("drift: %s", detail["summary"])
     return detail
 
@@ -225,13 +238,17 @@ def _segmentation_run_as_of(con: Any, as_of: dt.date | None) -> dt.date:
     """`as_of` if a segmentation run exists for it; None: the latest run's date."""
     dates = [r[0] for r in con.execute("select as_of from segments.segment_runs order by as_of").fetchall()]
     if not dates:
-        raise NeedsegError("no segmentation run yet, so no alerts to compose: run a cycle first (needseg run); "
-                           "needseg alerts --pending-only still sends what is pending")
+        raise NeedsegError(
+            "no segmentation run yet, so no alerts to compose: run a cycle first (needseg run); "
+            "needseg alerts --pending-only still sends what is pending"
+        )
     if as_of is None:
         return dates[-1]
     if as_of not in dates:
-        raise NeedsegError(f"no segmentation run as of {as_of}: the alerts of a run are composed after it "
-                           f"(needseg segment --as-of {as_of}); the latest run is as of {dates[-1]}")
+        raise NeedsegError(
+            f"no segmentation run as of {as_of}: the alerts of a run are composed after it "
+            f"(needseg segment --as-of {as_of}); the latest run is as of {dates[-1]}"
+        )
     return as_of
 
 
@@ -256,7 +273,12 @@ class CycleReport:
         return round(sum(s.get("seconds", 0.0) for s in self.stages.values()), 2)
 
 
-def run_cycle(as_of: dt.date, settings: Settings | None = None, stages: tuple[str, ...] = STAGES, on_stage: Callable[[str, dict[str, Any]], None] | None = None) -> CycleReport:
+def run_cycle(
+    as_of: dt.date,
+    settings: Settings | None = None,
+    stages: tuple[str, ...] = STAGES,
+    on_stage: Callable[[str, dict[str, Any]], None] | None = None,
+) -> CycleReport:
     """One full cycle as of a date, stage by stage; a failing stage stops the rest."""
     settings = settings or load_settings()
     report = CycleReport(as_of.isoformat())

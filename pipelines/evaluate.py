@@ -52,8 +52,16 @@ from pipelines.warehouse import open_warehouse
 
 # Raw per-account aggregates a first attempt would cluster on, as they come.
 NAIVE_COLUMNS = [
-    "revenue_12m", "orders_12m", "tickets_12m", "quotes_12m", "discount_depth_12m", "critical_tickets_12m",
-    "price_tickets_12m", "quotes_lost_on_price_12m", "tenure_months", "employees",
+    "revenue_12m",
+    "orders_12m",
+    "tickets_12m",
+    "quotes_12m",
+    "discount_depth_12m",
+    "critical_tickets_12m",
+    "price_tickets_12m",
+    "quotes_lost_on_price_12m",
+    "tenure_months",
+    "employees",
 ]
 
 
@@ -93,7 +101,10 @@ class RunFigures:
     key_account_why: str
 
     def lines(self) -> list[str]:
-        out = [f"  {self.k_reason}", f"  {'candidate k':>13}{'silhouette':>12}{'BIC':>11}{'mean Jaccard':>14}{'min Jaccard':>13}{'smallest':>10}  chosen if eligible"]
+        out = [
+            f"  {self.k_reason}",
+            f"  {'candidate k':>13}{'silhouette':>12}{'BIC':>11}{'mean Jaccard':>14}{'min Jaccard':>13}{'smallest':>10}  chosen if eligible",
+        ]
         out.extend(
             f"  {c['k']:>13}{c['silhouette']:>12.3f}{c['bic']:>11.0f}{c['mean_jaccard']:>14.2f}{c['min_jaccard']:>13.2f}"
             f"{c['smallest_share']:>10.0%}  {'eligible' if c['eligible'] else '-'}"
@@ -101,8 +112,10 @@ class RunFigures:
         )
         cv = f"{self.classifier_cv_accuracy:.3f}" if self.classifier_cv_accuracy is not None else "n/a (behaviour taxonomy)"
         sil = f"{self.silhouette:.3f}" if self.silhouette is not None else "n/a"
-        out.append(f"  silhouette {sil}; stability (min bootstrap Jaccard) {self.min_jaccard:.2f}; "
-                   f"classifier CV accuracy on surveyed accounts' segments {cv}")
+        out.append(
+            f"  silhouette {sil}; stability (min bootstrap Jaccard) {self.min_jaccard:.2f}; "
+            f"classifier CV accuracy on surveyed accounts' segments {cv}"
+        )
         out.append(f"  key accounts: {self.key_account_mode} - {self.key_account_why}")
         return out
 
@@ -132,7 +145,9 @@ class EvaluationReport:
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
-        out = [f"needseg evaluation on {self.world} ({len(self.months)} monthly runs, {self.months[0]} .. {self.months[-1]}); {self.seconds:.0f} s"]
+        out = [
+            f"needseg evaluation on {self.world} ({len(self.months)} monthly runs, {self.months[0]} .. {self.months[-1]}); {self.seconds:.0f} s"
+        ]
         if self.cycle_seconds:
             out.append("  mean seconds per cycle stage: " + ", ".join(f"{k} {v:.1f}" for k, v in self.cycle_seconds.items()))
         s = self.segments
@@ -150,17 +165,27 @@ class EvaluationReport:
                     f"{g.strongest_ceiling_ari:>11.3f}{g.strongest_ratio:>18.0%}{opt:>8}"
                 )
             if s.naive_k is not None:
-                out.append(f"  naive baseline: k-means on standardised raw aggregates ({', '.join(NAIVE_COLUMNS)}), "
-                           f"k={s.naive_k} chosen by silhouette in {s.naive_k_bounds[0]}-{s.naive_k_bounds[1]} (not told the true k);")
+                out.append(
+                    f"  naive baseline: k-means on standardised raw aggregates ({', '.join(NAIVE_COLUMNS)}), "
+                    f"k={s.naive_k} chosen by silhouette in {s.naive_k_bounds[0]}-{s.naive_k_bounds[1]} (not told the true k);"
+                )
             out.append("  ceiling: needseg's classifier (random forest) trained on the true labels, same inputs, cross-validated;")
-            out.append(f"  strongest: the best of forest, boosting and an ensemble on the true labels ({s.surveyed.strongest_ceiling_model} "
-                       f"for surveyed, {s.inferred.strongest_ceiling_model} for inferred); all-CV: 5-fold CV over every customer")
+            out.append(
+                f"  strongest: the best of forest, boosting and an ensemble on the true labels ({s.surveyed.strongest_ceiling_model} "
+                f"for surveyed, {s.inferred.strongest_ceiling_model} for inferred); all-CV: 5-fold CV over every customer"
+            )
             out.append("  bootstrap Jaccard per segment: " + ", ".join(f"{k} {v:.2f}" for k, v in s.jaccard.items()))
             if s.run:
-                out += ["", f"How run {s.run_id} chose k={s.k} (segment_runs: k_reason, k_evidence, silhouette, min_jaccard, classifier_cv_accuracy):", *s.run.lines()]
+                out += [
+                    "",
+                    f"How run {s.run_id} chose k={s.k} (segment_runs: k_reason, k_evidence, silhouette, min_jaccard, classifier_cv_accuracy):",
+                    *s.run.lines(),
+                ]
             if s.rerun_changed is not None:
-                out.append(f"  re-running the segmentation on unchanged data changed {s.rerun_changed} assignment(s)"
-                           + (f"; one re-segmentation took {s.seconds_per_resegmentation:.1f} s" if s.seconds_per_resegmentation else ""))
+                out.append(
+                    f"  re-running the segmentation on unchanged data changed {s.rerun_changed} assignment(s)"
+                    + (f"; one re-segmentation took {s.seconds_per_resegmentation:.1f} s" if s.seconds_per_resegmentation else "")
+                )
         if self.drift:
             out += ["", *self.drift.get("lines", [])]
         return out
@@ -200,7 +225,11 @@ def ceiling_models(seed: int) -> dict[str, Any]:
     def boosting():
         return HistGradientBoostingClassifier(max_iter=150, learning_rate=0.04, max_leaf_nodes=8, l2_regularization=1.0, random_state=seed)
 
-    logistic = make_pipeline(SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True), StandardScaler(), LogisticRegression(C=0.3, max_iter=3000))
+    logistic = make_pipeline(
+        SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+        StandardScaler(),
+        LogisticRegression(C=0.3, max_iter=3000),
+    )
     return {
         "random forest": needseg_model(seed),
         "gradient boosting": boosting(),
@@ -230,7 +259,11 @@ def _segment_quality(con, world: Path, as_of: dt.date, taxonomy: Taxonomy, seed:
     assigned = con.execute("select account_id, segment_id, segment_source from segments.assignments where run_id = ?", [run_id]).df()
     if assigned.empty:
         raise NeedsegError(f"no segmentation run {run_id} to evaluate")
-    features = con.execute("select * from marts.customer_features where status = 'customer' order by account_id").df().set_index("account_id", drop=False)
+    features = (
+        con.execute("select * from marts.customer_features where status = 'customer' order by account_id")
+        .df()
+        .set_index("account_id", drop=False)
+    )
     if pd.Timestamp(features["as_of"].iloc[0]).date() != as_of:
         raise NeedsegError(f"customer_features is not as of {as_of}; run the features for that date first")
     assigned = assigned.set_index("account_id").join(truth.rename("truth"), how="inner")
@@ -245,9 +278,14 @@ def _segment_quality(con, world: Path, as_of: dt.date, taxonomy: Taxonomy, seed:
     ceiling_s = {name: cross_val_predict(m, xs, surveyed["truth"], cv=cv) for name, m in ceiling_models(seed).items()}
     # Inferred: the same behaviour inputs, true labels of the surveyed accounts.
     xb, _ = design_matrix(features, BEHAVIOUR_COLUMNS, LOG_COLUMNS, CATEGORICAL_COLUMNS)
-    ceiling_i = {name: m.fit(xb.loc[surveyed.index], surveyed["truth"]).predict(xb.loc[inferred.index]) for name, m in ceiling_models(seed).items()}
+    ceiling_i = {
+        name: m.fit(xb.loc[surveyed.index], surveyed["truth"]).predict(xb.loc[inferred.index]) for name, m in ceiling_models(seed).items()
+    }
     everyone = assigned.index
-    optimistic = {name: pd.Series(cross_val_predict(m, xb.loc[everyone], assigned["truth"], cv=cv), index=everyone) for name, m in ceiling_models(seed).items()}
+    optimistic = {
+        name: pd.Series(cross_val_predict(m, xb.loc[everyone], assigned["truth"], cv=cv), index=everyone)
+        for name, m in ceiling_models(seed).items()
+    }
 
     naive_x = StandardScaler().fit_transform(features.loc[everyone, NAIVE_COLUMNS].apply(pd.to_numeric, errors="coerce").fillna(0.0))
     naive_k, naive_labels = naive_baseline(naive_x, taxonomy.k_min, taxonomy.k_max, seed)
@@ -305,8 +343,13 @@ def run_figures(con, run_id: str) -> RunFigures:
     ).fetchone()
     evidence = json.loads(row[6]) if row[6] else {}
     return RunFigures(
-        k_reason=row[0], candidates=json.loads(row[1]), silhouette=row[2], min_jaccard=row[3],
-        classifier_cv_accuracy=row[4], key_account_mode=row[5], key_account_why=evidence.get("why") or evidence.get("why_not") or "",
+        k_reason=row[0],
+        candidates=json.loads(row[1]),
+        silhouette=row[2],
+        min_jaccard=row[3],
+        classifier_cv_accuracy=row[4],
+        key_account_mode=row[5],
+        key_account_why=evidence.get("why") or evidence.get("why_not") or "",
     )
 
 
@@ -326,7 +369,9 @@ def rerun_changes(settings: Settings, as_of: dt.date) -> tuple[int, float]:
 BACKTEST_STAGES = ("ingest", "features", "segment", "drift")
 
 
-def backtest(world: Path, settings: Settings, months: list[str], on_cycle: Callable[[str, dict], None] | None = None) -> dict[str, list[float]]:
+def backtest(
+    world: Path, settings: Settings, months: list[str], on_cycle: Callable[[str, dict], None] | None = None
+) -> dict[str, list[float]]:
     """Replay `months` of a world: deliver each month's extracts, then run a cycle as of its end."""
     timings: dict[str, list[float]] = {}
     for month in months:
@@ -347,7 +392,9 @@ def backtest(world: Path, settings: Settings, months: list[str], on_cycle: Calla
     return timings
 
 
-def evaluate(settings: Settings, world: Path | None = None, first_month: str | None = None, say: Callable[[str], None] = print) -> EvaluationReport:
+def evaluate(
+    settings: Settings, world: Path | None = None, first_month: str | None = None, say: Callable[[str], None] = print
+) -> EvaluationReport:
     """Generate the default world (unless given), replay it, score segments and drift."""
     started = time.monotonic()
     if world is None:

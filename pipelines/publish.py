@@ -61,16 +61,18 @@ class PublishResult:
 
 def _relation_exists(con: duckdb.DuckDBPyConnection, relation: str) -> bool:
     schema, name = relation.split(".")
-    return bool(con.execute("select count(*) from duckdb_tables() where schema_name = ? and table_name = ?", [schema, name]).fetchone()[0]) or bool(
-        con.execute("select count(*) from duckdb_views() where schema_name = ? and view_name = ?", [schema, name]).fetchone()[0]
-    )
+    return bool(
+        con.execute("select count(*) from duckdb_tables() where schema_name = ? and table_name = ?", [schema, name]).fetchone()[0]
+    ) or bool(con.execute("select count(*) from duckdb_views() where schema_name = ? and view_name = ?", [schema, name]).fetchone()[0])
 
 
 def check_serving(con: duckdb.DuckDBPyConnection, as_of: dt.date, tables: dict[str, str]) -> str:
     """Refuse to publish without this date's segmentation run, or with customers missing."""
     missing = [rel for rel in tables.values() if not _relation_exists(con, rel)]
     if missing:
-        raise PublishRefused(f"nothing published: {', '.join(missing)} missing; build the serving models first (needseg build --select serving)")
+        raise PublishRefused(
+            f"nothing published: {', '.join(missing)} missing; build the serving models first (needseg build --select serving)"
+        )
     if not con.execute("select count(*) from marts.segment_runs where as_of = ?", [as_of]).fetchone()[0]:
         raise PublishRefused(f"nothing published: there is no segmentation run as of {as_of}; run the segmentation for {as_of} first")
     customers = con.execute("select count(*) from marts.customer_features where status = 'customer'").fetchone()[0]
@@ -108,7 +110,13 @@ def publish(settings: Settings, con: duckdb.DuckDBPyConnection, as_of: dt.date, 
     if latest is not None and as_of < latest:
         # A re-run of an earlier date (retry, backfill) recomputed its own run; the
         # serving database keeps showing the newest run, published when that ran.
-        return PublishResult(str(settings.serving_path), str(settings.exports_dir), as_of.isoformat(), "", skipped=f"the serving database already shows the newer run as of {latest}")
+        return PublishResult(
+            str(settings.serving_path),
+            str(settings.exports_dir),
+            as_of.isoformat(),
+            "",
+            skipped=f"the serving database already shows the newer run as of {latest}",
+        )
     run_id = check_serving(con, as_of, tables)
     target = settings.serving_path
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +139,9 @@ def publish(settings: Settings, con: duckdb.DuckDBPyConnection, as_of: dt.date, 
             "current_timestamp as published_at, ? as tables",
             [run_id, as_of, json.dumps(result.tables)],
         )
-        con.execute("comment on table serving_build.main.publication is 'Which segmentation run this database holds, and when it was published.'")
+        con.execute(
+            "comment on table serving_build.main.publication is 'Which segmentation run this database holds, and when it was published.'"
+        )
     except BaseException:
         con.execute("detach serving_build")
         staging.unlink(missing_ok=True)

@@ -85,7 +85,9 @@ def _heatmap(rows: list[str], columns: list[str], values: dict[tuple[str, str], 
             x = left + j * cell_w
             fill = "#eee" if value is None or pd.isna(value) else _diverging(float(value), limit)
             label = "" if value is None or pd.isna(value) else format(float(value), fmt)
-            parts.append(f'<rect x="{x}" y="{y}" width="{cell_w - 2}" height="{cell_h - 2}" fill="{fill}"><title>{_e(row)} · {_e(column)}: {_e(label)}</title></rect>')
+            parts.append(
+                f'<rect x="{x}" y="{y}" width="{cell_w - 2}" height="{cell_h - 2}" fill="{fill}"><title>{_e(row)} · {_e(column)}: {_e(label)}</title></rect>'
+            )
             parts.append(f'<text x="{x + cell_w / 2 - 1}" y="{y + 17}" text-anchor="middle" font-size="11">{_e(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -102,15 +104,21 @@ def _size_bars(segments: pd.DataFrame, colours: dict[str, str]) -> str:
         inferred_w = width * row.inferred / biggest
         colour = colours[row.segment]
         parts.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end" font-size="12">{_e(row.segment)}</text>')
-        parts.append(f'<rect x="{left}" y="{y}" width="{surveyed_w:.1f}" height="{bar_h - 6}" fill="{colour}"><title>{row.surveyed} surveyed</title></rect>')
+        parts.append(
+            f'<rect x="{left}" y="{y}" width="{surveyed_w:.1f}" height="{bar_h - 6}" fill="{colour}"><title>{row.surveyed} surveyed</title></rect>'
+        )
         parts.append(
             f'<rect x="{left + surveyed_w:.1f}" y="{y}" width="{inferred_w:.1f}" height="{bar_h - 6}" fill="{colour}" fill-opacity="0.45">'
             f"<title>{row.inferred} inferred</title></rect>"
         )
         parts.append(f'<text x="{left + surveyed_w + inferred_w + 6:.1f}" y="{y + 15}" font-size="12">{row.customers}</text>')
     y = height - 8
-    parts.append(f'<rect x="{left}" y="{y - 10}" width="12" height="10" fill="#555"/><text x="{left + 16}" y="{y}" font-size="11">surveyed</text>')
-    parts.append(f'<rect x="{left + 90}" y="{y - 10}" width="12" height="10" fill="#555" fill-opacity="0.45"/><text x="{left + 106}" y="{y}" font-size="11">inferred</text>')
+    parts.append(
+        f'<rect x="{left}" y="{y - 10}" width="12" height="10" fill="#555"/><text x="{left + 16}" y="{y}" font-size="11">surveyed</text>'
+    )
+    parts.append(
+        f'<rect x="{left + 90}" y="{y - 10}" width="12" height="10" fill="#555" fill-opacity="0.45"/><text x="{left + 106}" y="{y}" font-size="11">inferred</text>'
+    )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -236,11 +244,15 @@ def render(con: duckdb.DuckDBPyConnection) -> tuple[str, dict]:
         group by all order by r.as_of
         """,
     )
-    history["segment"] = pd.Categorical(history["segment"], categories=list(dict.fromkeys(order + list(history["segment"].unique()))), ordered=True)
+    history["segment"] = pd.Categorical(
+        history["segment"], categories=list(dict.fromkeys(order + list(history["segment"].unique()))), ordered=True
+    )
     history = history.sort_values(["segment", "as_of"])
     history["segment"] = history["segment"].astype(str)
 
-    transitions = _read(con, "select from_segment, to_segment, accounts, previous_run_id from segment_transitions where run_id = ?", [run_id])
+    transitions = _read(
+        con, "select from_segment, to_segment, accounts, previous_run_id from segment_transitions where run_id = ?", [run_id]
+    )
     events = _read(
         con,
         "select event, from_segments, to_segments, size_before, size_after, detail from segment_population_changes where run_id = ? order by event",
@@ -282,7 +294,16 @@ def render(con: duckdb.DuckDBPyConnection) -> tuple[str, dict]:
         + _size_bars(segments, colours)
         + _table(
             segment_table,
-            {"segment": "segment", "customers": "customers", "surveyed": "surveyed", "inferred": "inferred", "key_accounts": "key accounts", "stability": "stability (Jaccard)", "offer": "offer", "action": "next action"},
+            {
+                "segment": "segment",
+                "customers": "customers",
+                "surveyed": "surveyed",
+                "inferred": "inferred",
+                "key_accounts": "key accounts",
+                "stability": "stability (Jaccard)",
+                "offer": "offer",
+                "action": "next action",
+            },
         )
     )
     if need_dims:
@@ -305,7 +326,8 @@ def render(con: duckdb.DuckDBPyConnection) -> tuple[str, dict]:
         moved = int(transitions.loc[transitions["from_segment"] != transitions["to_segment"], "accounts"].sum())
         sections.append(
             f"<h2>Who moved since the previous run</h2><p>{moved} customers changed segment since run "
-            f"{_e(transitions['previous_run_id'].iloc[0])} (rows: previous segment, columns: now).</p>" + _heatmap(rows, cols, moves, ".0f", "transitions")
+            f"{_e(transitions['previous_run_id'].iloc[0])} (rows: previous segment, columns: now).</p>"
+            + _heatmap(rows, cols, moves, ".0f", "transitions")
         )
     if not events.empty:
         sections.append("<h2>Population changes</h2>" + _table(events, {c: c.replace("_", " ") for c in events.columns}))
@@ -315,7 +337,19 @@ def render(con: duckdb.DuckDBPyConnection) -> tuple[str, dict]:
 ({int(drift["early_warnings"])} early warnings before any segment change), {int(drift["migrated"])} segment changes,
 {int(drift["churn_risk"])} at churn risk; {open_alerts} open churn-risk alerts{f" (the {TOP_ALERTS} highest below)" if open_alerts > TOP_ALERTS else ""}.</p>"""
         + (
-            _table(alerts, {"account_name": "account", "account_owner": "owner", "move": "moving", "score": "score", "opened_as_of": "open since", "runs_flagged": "runs", "evidence": "evidence", "action": "action"})
+            _table(
+                alerts,
+                {
+                    "account_name": "account",
+                    "account_owner": "owner",
+                    "move": "moving",
+                    "score": "score",
+                    "opened_as_of": "open since",
+                    "runs_flagged": "runs",
+                    "evidence": "evidence",
+                    "action": "action",
+                },
+            )
             if not alerts.empty
             else "<p>No open churn-risk alerts.</p>"
         )

@@ -56,11 +56,7 @@ def _env_path(name: str, default: Path) -> Path:
 
 def load_settings(data_dir: Path | str | None = None) -> Settings:
     """Settings from the environment; `data_dir` (if given) beats NEEDSEG_DATA_DIR."""
-    base = (
-        Path(data_dir).expanduser().resolve()
-        if data_dir is not None
-        else _env_path("NEEDSEG_DATA_DIR", PROJECT_ROOT / "data")
-    )
+    base = Path(data_dir).expanduser().resolve() if data_dir is not None else _env_path("NEEDSEG_DATA_DIR", PROJECT_ROOT / "data")
     explicit = data_dir is not None
     # With an explicit data dir, files below it win over environment overrides of them,
     # so tests and `--data-dir` runs never touch the default warehouse by accident.

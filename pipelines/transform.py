@@ -80,11 +80,16 @@ def _project_args(settings: Settings, config: dict[str, Any], as_of: dt.date, ta
     target and log folders, quiet output."""
     target = target_dir(settings)
     return [
-        "--vars", json.dumps(dbt_vars(config, as_of)),
-        "--project-dir", str(DBT_PROJECT_DIR),
-        "--profiles-dir", str(DBT_PROJECT_DIR),
-        "--target-path", str(target / target_subdir),
-        "--log-path", str(target / "logs"),
+        "--vars",
+        json.dumps(dbt_vars(config, as_of)),
+        "--project-dir",
+        str(DBT_PROJECT_DIR),
+        "--profiles-dir",
+        str(DBT_PROJECT_DIR),
+        "--target-path",
+        str(target / target_subdir),
+        "--log-path",
+        str(target / "logs"),
         "--quiet",
         "--no-use-colors",
     ]
@@ -186,8 +191,10 @@ def ensure_manifest() -> Path:
         result = _invoke(
             [
                 "parse",
-                "--project-dir", str(DBT_PROJECT_DIR),
-                "--profiles-dir", str(DBT_PROJECT_DIR),
+                "--project-dir",
+                str(DBT_PROJECT_DIR),
+                "--profiles-dir",
+                str(DBT_PROJECT_DIR),
                 "--quiet",
             ],
             None,

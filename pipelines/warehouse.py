@@ -107,8 +107,7 @@ def _add_missing_columns(con: duckdb.DuckDBPyConnection, name: str) -> None:
     have = {
         r[0]
         for r in con.execute(
-            "select column_name from information_schema.columns "
-            "where table_schema = 'raw' and table_name = ?",
+            "select column_name from information_schema.columns where table_schema = 'raw' and table_name = ?",
             [name],
         ).fetchall()
     }
@@ -130,7 +129,12 @@ def ensure_table(con: duckdb.DuckDBPyConnection, ddl: str) -> None:
     try:
         wanted = con.execute(f"select column_name, data_type from duckdb_columns() where table_name = '{probe}'").fetchall()
         schema, table = name.split(".")
-        have = {r[0] for r in con.execute("select column_name from duckdb_columns() where schema_name = ? and table_name = ?", [schema, table]).fetchall()}
+        have = {
+            r[0]
+            for r in con.execute(
+                "select column_name from duckdb_columns() where schema_name = ? and table_name = ?", [schema, table]
+            ).fetchall()
+        }
         for column, data_type in wanted:
             if column not in have:
                 con.execute(f'alter table {name} add column "{column}" {data_type}')

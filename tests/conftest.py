@@ -51,7 +51,9 @@ SLOWEST_FIRST = (
     "test_deployment.py",
 )
 # Files that share a session fixture (cycled_small_world) run on one worker, so it is built once.
-SAME_WORKER_AS = {name: "test_cycle.py" for name in ("test_taxonomy.py", "test_taxonomy_change.py", "test_key_accounts.py", "test_explain.py")}
+SAME_WORKER_AS = {
+    name: "test_cycle.py" for name in ("test_taxonomy.py", "test_taxonomy_change.py", "test_key_accounts.py", "test_explain.py")
+}
 
 
 @pytest.hookimpl(tryfirst=True)

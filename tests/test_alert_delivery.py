@@ -204,8 +204,12 @@ def test_rerun_and_next_run_send_only_what_is_new(con, smtp, webhook, senders):
 
     # Next month: the same alerts are still open (not new any more) plus one new one for Anna.
     next_run = "seg-2026-11-30"
-    still_open = [alert(r["account_id"], r["account_owner"], r["score"], run_id=next_run, is_new=False,
-                        reason=r["reason"], to_segment=r["to_segment"]) for r in FIVE_ALERTS]
+    still_open = [
+        alert(
+            r["account_id"], r["account_owner"], r["score"], run_id=next_run, is_new=False, reason=r["reason"], to_segment=r["to_segment"]
+        )
+        for r in FIVE_ALERTS
+    ]
     new = alert("A-9", ANNA, 0.70, run_id=next_run)
     report = deliver_run(con, frame(*still_open, new), next_run, now=T0 + dt.timedelta(days=29), senders=senders)
     assert report.alerts_delivered == {"email": 1, "table": 1, "webhook": 1}
@@ -290,8 +294,9 @@ def test_a_failed_alert_is_carried_by_the_next_run(con, smtp, senders):
     assert con.execute("select status from alerts.outbox").fetchall() == [("failed",)]
     smtp.start()
     next_run = "seg-2026-11-30"
-    report = deliver_run(con, frame(alert("A-1", ANNA, 0.8, run_id=next_run, is_new=False)), next_run,
-                         now=T0 + dt.timedelta(days=30), senders=email_only)
+    report = deliver_run(
+        con, frame(alert("A-1", ANNA, 0.8, run_id=next_run, is_new=False)), next_run, now=T0 + dt.timedelta(days=30), senders=email_only
+    )
     assert report.alerts_delivered == {"email": 1} and len(smtp.received) == 1
 
 
@@ -326,8 +331,13 @@ def test_smtp_login_and_webhook_http_errors_name_the_server(con, webhook):
         deliver_run(con, frame(alert("A-1", ANNA, 0.8)), RUN, now=T0, senders={"email": good})
         assert len(server.received) == 1 and logins[-1] == (b"needseg", b"right")
         bad = server.sender(username="needseg", password="wrong")
-        report = deliver_run(con, frame(alert("A-2", ANNA, 0.8, run_id="seg-2026-11-30")), "seg-2026-11-30",
-                             now=T0 + dt.timedelta(days=30), senders={"email": bad})
+        report = deliver_run(
+            con,
+            frame(alert("A-2", ANNA, 0.8, run_id="seg-2026-11-30")),
+            "seg-2026-11-30",
+            now=T0 + dt.timedelta(days=30),
+            senders={"email": bad},
+        )
         assert "refused the login of user 'needseg'" in report.pending[0].last_error
         assert "wrong" not in report.pending[0].last_error
     finally:
@@ -351,7 +361,11 @@ def test_the_configuration_defaults_are_the_delivery_defaults():
 def test_channels_are_off_unless_configured(monkeypatch):
     assert set(configured_senders({}, use_airflow_connections=False)) == {"table"}
     senders = configured_senders(
-        {"NEEDSEG_SMTP_HOST": "mail.example.com", "NEEDSEG_SMTP_STARTTLS": "true", "NEEDSEG_ALERT_WEBHOOK_URL": "https://hooks.example.com/x"},
+        {
+            "NEEDSEG_SMTP_HOST": "mail.example.com",
+            "NEEDSEG_SMTP_STARTTLS": "true",
+            "NEEDSEG_ALERT_WEBHOOK_URL": "https://hooks.example.com/x",
+        },
         use_airflow_connections=False,
     )
     email_sender = senders["email"]
@@ -361,13 +375,24 @@ def test_channels_are_off_unless_configured(monkeypatch):
         configured_senders({"NEEDSEG_SMTP_HOST": "x", "NEEDSEG_SMTP_PORT": "twenty-five"}, use_airflow_connections=False)
 
     # Inside Airflow, the connections stand in for absent variables; a missing one is "off".
-    smtp_conn = {"conn_type": "smtp", "host": "smtp.example.com", "port": 587, "login": "bot", "password": "pw-123456",
-                 "extra": {"from_email": "needseg@example.com", "disable_tls": False}}
+    smtp_conn = {
+        "conn_type": "smtp",
+        "host": "smtp.example.com",
+        "port": 587,
+        "login": "bot",
+        "password": "pw-123456",
+        "extra": {"from_email": "needseg@example.com", "disable_tls": False},
+    }
     monkeypatch.setenv("AIRFLOW_CONN_NEEDSEG_SMTP", json.dumps(smtp_conn))
     monkeypatch.delenv("AIRFLOW_CONN_NEEDSEG_ALERT_WEBHOOK", raising=False)
     senders = configured_senders({}, use_airflow_connections=True)
     assert set(senders) == {"table", "email"}
-    assert (senders["email"].host, senders["email"].port, senders["email"].username, senders["email"].starttls) == ("smtp.example.com", 587, "bot", True)
+    assert (senders["email"].host, senders["email"].port, senders["email"].username, senders["email"].starttls) == (
+        "smtp.example.com",
+        587,
+        "bot",
+        True,
+    )
     assert senders["email"].sender == "needseg@example.com"
 
 
@@ -409,12 +434,24 @@ def test_dag_failure_notice_reaches_the_data_team(monkeypatch, smtp, webhook):
 def episode(alert_id: str, owner: str, opened: dt.date, last_seen: dt.date, status: str = "open") -> dict:
     """A row of alerts.churn_risk_alerts as the drift step writes it."""
     return {
-        "alert_id": alert_id, "account_id": f"acc-{alert_id}", "reason": "drift_to_price_sensitive", "status": status,
-        "opened_run_id": f"seg-{opened}", "opened_as_of": opened, "last_seen_run_id": f"seg-{last_seen}",
-        "last_seen_as_of": last_seen, "resolved_as_of": None if status == "open" else last_seen, "runs_flagged": 1,
-        "score": 0.8, "peak_score": 0.8, "account_name": f"Account {alert_id} AB", "account_owner": owner,
-        "from_segment": "Loyalty & partnership", "to_segment": "Price-focused",
-        "evidence": json.dumps([f"discount depth up ({alert_id})"]), "action": f"Call about {alert_id}",
+        "alert_id": alert_id,
+        "account_id": f"acc-{alert_id}",
+        "reason": "drift_to_price_sensitive",
+        "status": status,
+        "opened_run_id": f"seg-{opened}",
+        "opened_as_of": opened,
+        "last_seen_run_id": f"seg-{last_seen}",
+        "last_seen_as_of": last_seen,
+        "resolved_as_of": None if status == "open" else last_seen,
+        "runs_flagged": 1,
+        "score": 0.8,
+        "peak_score": 0.8,
+        "account_name": f"Account {alert_id} AB",
+        "account_owner": owner,
+        "from_segment": "Loyalty & partnership",
+        "to_segment": "Price-focused",
+        "evidence": json.dumps([f"discount depth up ({alert_id})"]),
+        "action": f"Call about {alert_id}",
     }
 
 
@@ -480,8 +517,12 @@ def test_an_alert_not_flagged_again_next_run_still_reaches_its_owner_once(con, s
     # The drift step for September re-ran with new data (Y for Bo), but no alerts pass ran
     # before October, and in October Y is not flagged again (still open: it takes two quiet runs).
     # A resolved alert that never reached anyone is not sent: the account recovered.
-    drift_wrote(con, episode("X", ANNA, SEP, OCT), episode("Y", BO, SEP, SEP),
-                episode("R", BO, dt.date(2026, 8, 31), dt.date(2026, 8, 31), status="resolved"))
+    drift_wrote(
+        con,
+        episode("X", ANNA, SEP, OCT),
+        episode("Y", BO, SEP, SEP),
+        episode("R", BO, dt.date(2026, 8, 31), dt.date(2026, 8, 31), status="resolved"),
+    )
     report = deliver_as_of(con, OCT, senders, T0 + dt.timedelta(days=31))
     assert report.alerts_delivered == {"email": 1, "table": 1, "webhook": 1}
     (mail,) = smtp.to(BO)
@@ -493,8 +534,14 @@ def test_an_alert_not_flagged_again_next_run_still_reaches_its_owner_once(con, s
 
 # ----------------------------------------------------------------------------- reminders in business time
 
-MONTH_ENDS = [dt.date(2025, 12, 31), dt.date(2026, 1, 31), dt.date(2026, 2, 28), dt.date(2026, 3, 31),
-              dt.date(2026, 4, 30), dt.date(2026, 5, 31)]
+MONTH_ENDS = [
+    dt.date(2025, 12, 31),
+    dt.date(2026, 1, 31),
+    dt.date(2026, 2, 28),
+    dt.date(2026, 3, 31),
+    dt.date(2026, 4, 30),
+    dt.date(2026, 5, 31),
+]
 
 
 @pytest.mark.parametrize(
@@ -564,7 +611,9 @@ def test_a_digest_that_used_all_attempts_is_reported_to_the_data_team_once(con, 
     # Later passes do not repeat the notice.
     deliver_due(con, T0 + dt.timedelta(hours=1), senders, config, environ=environ)
     assert len(smtp.to("data-team@example.com")) == 1
-    assert con.execute("select status, failure_notified_at is not null from alerts.outbox where channel = 'webhook'").fetchall() == [("failed", True)]
+    assert con.execute("select status, failure_notified_at is not null from alerts.outbox where channel = 'webhook'").fetchall() == [
+        ("failed", True)
+    ]
 
     # Fixed and requeued: delivered once; the outbox no longer lists it as failed.
     webhook.fail_next(0)

@@ -64,21 +64,40 @@ def alerts_dag(airflow_db, settings):
 
 
 def one_alert(alert_id: str = "A-1", owner: str = ANNA) -> pd.DataFrame:
-    return pd.DataFrame([{
-        "alert_id": alert_id, "run_id": RUN, "as_of": AS_OF, "account_id": f"acc-{alert_id}",
-        "account_name": f"Account {alert_id} AB", "account_owner": owner, "reason": "drift_to_price_sensitive",
-        "score": 0.8, "from_segment": "Loyalty & partnership", "to_segment": "Price-focused",
-        "evidence": ["discount depth 9 % → 17 %"], "action": "Offer a fixed-price volume agreement",
-        "is_new": True, "first_flagged_as_of": AS_OF,
-    }])
+    return pd.DataFrame(
+        [
+            {
+                "alert_id": alert_id,
+                "run_id": RUN,
+                "as_of": AS_OF,
+                "account_id": f"acc-{alert_id}",
+                "account_name": f"Account {alert_id} AB",
+                "account_owner": owner,
+                "reason": "drift_to_price_sensitive",
+                "score": 0.8,
+                "from_segment": "Loyalty & partnership",
+                "to_segment": "Price-focused",
+                "evidence": ["discount depth 9 % → 17 %"],
+                "action": "Offer a fixed-price volume agreement",
+                "is_new": True,
+                "first_flagged_as_of": AS_OF,
+            }
+        ]
+    )
 
 
 def an_outage_left_a_digest_behind(settings, smtp, **config) -> None:
     """The run's delivery met a mail server that was down (and stayed down past every retry)."""
     smtp.stop()
     with open_warehouse(settings.warehouse_path) as con:
-        deliver_run(con, one_alert(), RUN, now=dt.datetime(2026, 11, 1, 3, 30),
-                    senders={"email": SmtpSender(host="127.0.0.1", port=smtp.port, timeout=2)}, config=config or None)
+        deliver_run(
+            con,
+            one_alert(),
+            RUN,
+            now=dt.datetime(2026, 11, 1, 3, 30),
+            senders={"email": SmtpSender(host="127.0.0.1", port=smtp.port, timeout=2)},
+            config=config or None,
+        )
     smtp.start()
 
 
@@ -121,11 +140,24 @@ def segmentation_ran(con, as_of: dt.date) -> None:
 
 def open_episode(alert_id: str, owner: str, as_of: dt.date) -> dict:
     return {
-        "alert_id": alert_id, "account_id": f"acc-{alert_id}", "reason": "drift_to_price_sensitive", "status": "open",
-        "opened_run_id": f"seg-{as_of}", "opened_as_of": as_of, "last_seen_run_id": f"seg-{as_of}", "last_seen_as_of": as_of,
-        "resolved_as_of": None, "runs_flagged": 1, "score": 0.7, "peak_score": 0.7, "account_name": f"Account {alert_id} AB",
-        "account_owner": owner, "from_segment": "Service-focused", "to_segment": "Price-focused",
-        "evidence": json.dumps(["3 of 4 quotes lost on price"]), "action": "Review the price agreement",
+        "alert_id": alert_id,
+        "account_id": f"acc-{alert_id}",
+        "reason": "drift_to_price_sensitive",
+        "status": "open",
+        "opened_run_id": f"seg-{as_of}",
+        "opened_as_of": as_of,
+        "last_seen_run_id": f"seg-{as_of}",
+        "last_seen_as_of": as_of,
+        "resolved_as_of": None,
+        "runs_flagged": 1,
+        "score": 0.7,
+        "peak_score": 0.7,
+        "account_name": f"Account {alert_id} AB",
+        "account_owner": owner,
+        "from_segment": "Service-focused",
+        "to_segment": "Price-focused",
+        "evidence": json.dumps(["3 of 4 quotes lost on price"]),
+        "action": "Review the price agreement",
     }
 
 

@@ -73,9 +73,7 @@ class Landing:
         return rows(self.settings.warehouse_path, sql, params)
 
     def quarantine(self, file: str) -> list[tuple]:
-        return self.query(
-            "select file, line, column_name, value, reason from meta.quarantine where file = ? order by line", [file]
-        )
+        return self.query("select file, line, column_name, value, reason from meta.quarantine where file = ? order by line", [file])
 
     def raw(self, table: str, columns: str, file: str | None = None, source: str | None = None) -> list[tuple]:
         """Rows of one file (or of one source's files) in file and line order."""
@@ -136,10 +134,18 @@ def test_unparseable_date_is_quarantined_with_line_column_and_value(landing):
 
 def test_wrong_type_is_quarantined(landing):
     file = "crm/order_lines/types.csv"
-    landing.write(file, ORDER_HEADER + good_orders("O1", "O2", "O3") + "O4,1,A1,2025-06-01,two,10.00,EUR\nO5,1.5,A1,2025-06-01,1,10.00,EUR\n")
+    landing.write(
+        file, ORDER_HEADER + good_orders("O1", "O2", "O3") + "O4,1,A1,2025-06-01,two,10.00,EUR\nO5,1.5,A1,2025-06-01,1,10.00,EUR\n"
+    )
     landing.ingest()
     assert landing.quarantine(file) == [
-        (file, 5, "quantity", "two", "wrong type: 'two' is not a number with decimal separator '.', e.g. -1234.5 or -1 234.5 (thousands in groups of 3 digits)"),
+        (
+            file,
+            5,
+            "quantity",
+            "two",
+            "wrong type: 'two' is not a number with decimal separator '.', e.g. -1234.5 or -1 234.5 (thousands in groups of 3 digits)",
+        ),
         (file, 6, "line_number", "1.5", "wrong type: '1.5' is not a whole number"),
     ]
     assert landing.batch(file)["rows_loaded"] == 3
@@ -196,7 +202,11 @@ def test_duplicate_keys_identical_repeat_keeps_the_first_conflict_quarantines_al
     )
     landing.ingest()
     rows = landing.quarantine(file)
-    assert [r[:4] for r in rows] == [(file, 9, "order_id,line_number", "O7|1"), (file, 10, "order_id,line_number", "O8|1"), (file, 11, "order_id,line_number", "O8|1")]
+    assert [r[:4] for r in rows] == [
+        (file, 9, "order_id,line_number", "O7|1"),
+        (file, 10, "order_id,line_number", "O8|1"),
+        (file, 11, "order_id,line_number", "O8|1"),
+    ]
     assert rows[0][4] == "duplicate row: repeats line 8 (order_id,line_number 'O7|1')"
     assert rows[1][4] == rows[2][4] == "duplicate key with different values: order_id,line_number 'O8|1' on lines 10, 11"
     assert landing.raw("order_lines", "order_id, _line", file)[-1] == ("O7", 8)
@@ -206,7 +216,10 @@ def test_duplicate_keys_identical_repeat_keeps_the_first_conflict_quarantines_al
 
 def test_unknown_account_is_quarantined_even_if_its_account_row_was_refused(landing):
     # A3's own row is quarantined (bad status), so A3 does not exist for its orders either.
-    landing.write("crm/accounts/more.csv", "account_id,account_name,status,updated_at\nA3,Gamma AS,bankrupt,2025-01-01\nA4,Delta ApS,prospect,2025-01-01\n")
+    landing.write(
+        "crm/accounts/more.csv",
+        "account_id,account_name,status,updated_at\nA3,Gamma AS,bankrupt,2025-01-01\nA4,Delta ApS,prospect,2025-01-01\n",
+    )
     file = "crm/order_lines/orders.csv"
     landing.write(file, ORDER_HEADER + good_orders("O1", "O2", "O3") + "O4,1,A9,2025-06-01,1,10.00,EUR\nO5,1,A3,2025-06-01,1,10.00,EUR\n")
     landing.ingest()
@@ -237,10 +250,15 @@ def test_truncated_last_line_and_line_numbers_after_multiline_fields(landing):
     landing.write(file2, ORDER_HEADER + good_orders("P1", "P2") + 'P3,1,A1,2025-06-01,1,10.00,"EU')
     landing.ingest()
     assert landing.raw("order_lines", "order_id, product_category, _line", file) == [
-        ("O1", "Tools", 2), ("O2", "Screws, bolts\r\nand nuts", 3), ("O3", "Tools", 5), ("O4", "Tools", 6)
+        ("O1", "Tools", 2),
+        ("O2", "Screws, bolts\r\nand nuts", 3),
+        ("O3", "Tools", 5),
+        ("O4", "Tools", 6),
     ]
     assert landing.quarantine(file) == [(file, 7, None, "O5,1,A1,2025-0", "truncated last line: 4 of 8 fields (the file ends mid-row)")]
-    assert landing.quarantine(file2) == [(file2, 4, None, 'P3,1,A1,2025-06-01,1,10.00,"EU', "truncated last line: the file ends inside a quoted field")]
+    assert landing.quarantine(file2) == [
+        (file2, 4, None, 'P3,1,A1,2025-06-01,1,10.00,"EU', "truncated last line: the file ends inside a quoted field")
+    ]
     assert landing.batch(file)["rows_read"] == 5
     landing.assert_nothing_lost()
 
@@ -250,13 +268,24 @@ def test_wrong_encoding_refuses_the_file_names_it_and_accounts_for_its_rows(land
     # but one export was saved as Latin-1.
     landing.mapping("crm.yaml", "source: crm\ndefaults:\n  encoding: utf-8\n")
     bad = "crm/accounts/latin1.csv"
-    landing.write(bad, "account_id,account_name,status,updated_at\nA5,Ångström Verktyg AB,customer,2025-01-01\nA6,Fabrik Åkesson,customer,2025-01-01\n".encode("latin-1"))
+    landing.write(
+        bad,
+        "account_id,account_name,status,updated_at\nA5,Ångström Verktyg AB,customer,2025-01-01\nA6,Fabrik Åkesson,customer,2025-01-01\n".encode(
+            "latin-1"
+        ),
+    )
     landing.write("crm/order_lines/orders.csv", ORDER_HEADER + good_orders("O1", "O2"))
     failure = landing.ingest()
     assert_refused(failure, bad, "wrong encoding", "line 2", "not valid utf-8", "[file_encoding]")
     assert landing.raw("accounts", "account_id", bad) == []
     assert landing.batch(bad) | {"message": None} == {
-        "status": "rejected", "rows_read": 2, "rows_loaded": 0, "rows_quarantined": 2, "extra_columns": [], "encoding": None, "message": None
+        "status": "rejected",
+        "rows_read": 2,
+        "rows_loaded": 0,
+        "rows_quarantined": 2,
+        "extra_columns": [],
+        "encoding": None,
+        "message": None,
     }
     rows = landing.quarantine(bad)
     assert [r[1] for r in rows] == [2, 3] and all(r[4].startswith("batch rejected: wrong encoding") for r in rows)
@@ -317,8 +346,13 @@ def test_a_header_only_file_is_an_empty_extract_loaded_as_zero_rows(landing):
         assert (outcome.status, outcome.rows_read, outcome.rows_loaded, outcome.rows_quarantined) == ("loaded", 0, 0, 0)
         assert outcome.message == "no rows (header only)"
         assert landing.batch(file) | {"encoding": None} == {
-            "status": "loaded", "rows_read": 0, "rows_loaded": 0, "rows_quarantined": 0, "extra_columns": [],
-            "encoding": None, "message": "no rows (header only)",
+            "status": "loaded",
+            "rows_read": 0,
+            "rows_loaded": 0,
+            "rows_quarantined": 0,
+            "extra_columns": [],
+            "encoding": None,
+            "message": "no rows (header only)",
         }
     assert landing.batch("crm/accounts/accounts.csv")["rows_loaded"] == 2  # the rest of the run loaded
     landing.assert_nothing_lost()
@@ -372,7 +406,10 @@ def test_a_mapped_column_missing_from_the_export_is_a_missing_column_not_a_crash
 
 def test_extra_column_loads_and_is_reported(landing):
     file = "crm/order_lines/extra.csv"
-    landing.write(file, "order_id,line_number,account_id,order_date,quantity,net_price,currency,Internal note\nO1,1,A1,2025-06-01,1,10.00,EUR,call back\n")
+    landing.write(
+        file,
+        "order_id,line_number,account_id,order_date,quantity,net_price,currency,Internal note\nO1,1,A1,2025-06-01,1,10.00,EUR,call back\n",
+    )
     report = landing.ingest()
     outcome = next(f for f in report.files if f.file == file)
     assert outcome.extra_columns == ["Internal note"] and "Internal note" in outcome.message
@@ -408,12 +445,27 @@ def test_nordic_semicolon_decimal_comma_csv_loads_correctly(landing):
     )
     report = landing.ingest()
     assert report.rows_quarantined == 0, landing.query("select * from meta.quarantine")
-    assert landing.raw("accounts", "account_id, account_name, status, country, employees, annual_revenue, customer_since, updated_at", source="nordic_crm") == [
-        ("K-1001", "Ångström Verktyg AB", "customer", "SE", 1200, Decimal("12500000.0000"), dt.date(2019, 3, 15), dt.datetime(2025, 12, 31, 8, 15)),
+    assert landing.raw(
+        "accounts", "account_id, account_name, status, country, employees, annual_revenue, customer_since, updated_at", source="nordic_crm"
+    ) == [
+        (
+            "K-1001",
+            "Ångström Verktyg AB",
+            "customer",
+            "SE",
+            1200,
+            Decimal("12500000.0000"),
+            dt.date(2019, 3, 15),
+            dt.datetime(2025, 12, 31, 8, 15),
+        ),
         ("K-1002", "Björk & Söner Handelsbolag", "prospect", "SE", None, None, None, dt.datetime(2025, 12, 1)),
         ("K-1003", "Öresunds Ädelstål AB", "churned", "DK", 45, Decimal("9876.5000"), dt.date(2020, 2, 1), dt.datetime(2026, 1, 15)),
     ]
-    assert landing.raw("order_lines", "order_id, line_number, order_date, product_category, quantity, list_price, net_price, currency, channel", source="nordic_crm") == [
+    assert landing.raw(
+        "order_lines",
+        "order_id, line_number, order_date, product_category, quantity, list_price, net_price, currency, channel",
+        source="nordic_crm",
+    ) == [
         ("O-77", 1, dt.date(2025, 12, 31), "Verktyg", 2.0, Decimal("1500.0000"), Decimal("1234.5000"), "SEK", "web"),
         ("O-77", 2, dt.date(2025, 12, 31), "Skruvar & muttrar", -1.0, Decimal("1234.5000"), Decimal("1234.5000"), "SEK", "field sales"),
     ]
@@ -438,7 +490,13 @@ def test_ticket_closed_before_it_was_opened_and_currency_without_a_rate(landing)
     landing.write(orders, ORDER_HEADER + good_orders("O1", "O2") + "O3,1,A1,2025-06-01,1,10.00,BRL\n")
     landing.ingest()
     assert landing.quarantine(tickets) == [
-        (tickets, 4, "closed_at", "2025-06-04 10:00 < 2025-06-05 10:00", "closed before it was opened: closed_at '2025-06-04 10:00 < 2025-06-05 10:00'")
+        (
+            tickets,
+            4,
+            "closed_at",
+            "2025-06-04 10:00 < 2025-06-05 10:00",
+            "closed before it was opened: closed_at '2025-06-04 10:00 < 2025-06-05 10:00'",
+        )
     ]
     assert landing.raw("support_tickets", "ticket_id, priority, category", tickets) == [("T1", "high", "technical"), ("T2", "low", "other")]
     assert landing.quarantine(orders) == [(orders, 4, "currency", "BRL", "no exchange rate for currency: currency 'BRL'")]
@@ -483,7 +541,15 @@ def test_xlsx_workbook_loads_with_native_numbers_and_dates(landing):
         (1, dt.date(2025, 12, 31), Decimal("1234.5000"), Decimal("1234.5000"), "SEK", 2),
         (2, dt.date(2025, 12, 30), Decimal("1500.0000"), Decimal("1234.5000"), "SEK", 4),
     ]
-    assert landing.quarantine(file) == [(file, 5, "quantity", "många", "wrong type: 'många' is not a number with decimal separator ',', thousands separator ' ', e.g. -1234,5 or -1 234,5 (thousands in groups of 3 digits)")]
+    assert landing.quarantine(file) == [
+        (
+            file,
+            5,
+            "quantity",
+            "många",
+            "wrong type: 'många' is not a number with decimal separator ',', thousands separator ' ', e.g. -1234,5 or -1 234,5 (thousands in groups of 3 digits)",
+        )
+    ]
     landing.assert_nothing_lost()
 
 
@@ -500,11 +566,14 @@ def test_json_lines_load_with_lines_numbered_as_in_the_file(landing):
     )
     landing.ingest(max_quarantine_share=0.7)
     assert landing.raw("support_tickets", "ticket_id, account_id, opened_at, _line", file) == [
-        ("T1", "A1", dt.datetime(2025, 6, 1, 10), 1), ("2", "A2", dt.datetime(2025, 6, 2, 8), 3)
+        ("T1", "A1", dt.datetime(2025, 6, 1, 10), 1),
+        ("2", "A2", dt.datetime(2025, 6, 2, 8), 3),
     ]
     rows = landing.quarantine(file)
     assert [(r[1], r[2], r[4].split(":")[0]) for r in rows] == [
-        (4, "opened_at", "wrong type"), (5, None, "expected a JSON object"), (6, None, "truncated last line")
+        (4, "opened_at", "wrong type"),
+        (5, None, "expected a JSON object"),
+        (6, None, "truncated last line"),
     ]
     landing.assert_nothing_lost()
 
@@ -537,7 +606,9 @@ def test_parquet_loads_with_integer_ids_kept_exact(landing):
 
 def test_cp1252_with_encoding_auto_keeps_nordic_letters(landing):
     file = "crm/accounts/nordic.csv"
-    landing.write(file, "account_id;account_name;status;updated_at\nA7;Åhléns Företagsförsäljning AB – Öst;customer;2025-01-01\n".encode("cp1252"))
+    landing.write(
+        file, "account_id;account_name;status;updated_at\nA7;Åhléns Företagsförsäljning AB – Öst;customer;2025-01-01\n".encode("cp1252")
+    )
     landing.ingest()
     assert landing.raw("accounts", "account_name", file) == [("Åhléns Företagsförsäljning AB – Öst",)]
     assert landing.batch(file)["encoding"] == "cp1252"
@@ -566,7 +637,10 @@ tables:
 """,
     )
     file = "shop/order_lines/export.csv"
-    landing.write(file, "Invoice,Pos,Customer,Day,Qty,Total,Source,Clerk\n1001,1, a1 ,20250601,4,10.00,W,Kim\n1001,2,a2,20250601,2,7,s,Kim\n1002,1,a1,20250602,1,3.5,X,Lee\n")
+    landing.write(
+        file,
+        "Invoice,Pos,Customer,Day,Qty,Total,Source,Clerk\n1001,1, a1 ,20250601,4,10.00,W,Kim\n1001,2,a2,20250601,2,7,s,Kim\n1002,1,a1,20250602,1,3.5,X,Lee\n",
+    )
     report = landing.ingest()
     assert landing.raw("order_lines", "order_id, line_number, account_id, order_date, net_price, currency, channel", file) == [
         ("WEB-1001", 1, "A1", dt.date(2025, 6, 1), Decimal("2.5000"), "EUR", "web"),
@@ -598,10 +672,17 @@ tables:
 """,
     )
     file = "wide/order_lines/wide.csv"
-    landing.write(file, "Order,Customer,Date,Widgets,Bolts\nO1,A1,2025-06-01,3,5\nO2,A2,2025-06-01,,2\nO3,A1,2025-06-01,,\nO4,A1,2025-06-01,x,1\nO5,A1,2025-06-01,1,1\n")
+    landing.write(
+        file,
+        "Order,Customer,Date,Widgets,Bolts\nO1,A1,2025-06-01,3,5\nO2,A2,2025-06-01,,2\nO3,A1,2025-06-01,,\nO4,A1,2025-06-01,x,1\nO5,A1,2025-06-01,1,1\n",
+    )
     landing.ingest()
     assert landing.raw("order_lines", "order_id, line_number, product_id, quantity, _line", file) == [
-        ("O1", 1, "B-2", 5.0, 2), ("O1", 2, "W-1", 3.0, 2), ("O2", 1, "B-2", 2.0, 3), ("O5", 1, "B-2", 1.0, 6), ("O5", 2, "W-1", 1.0, 6)
+        ("O1", 1, "B-2", 5.0, 2),
+        ("O1", 2, "W-1", 3.0, 2),
+        ("O2", 1, "B-2", 2.0, 3),
+        ("O5", 1, "B-2", 1.0, 6),
+        ("O5", 2, "W-1", 1.0, 6),
     ]
     assert [(r[1], r[4].split(":")[0]) for r in landing.quarantine(file)] == [(4, "empty row"), (5, "wrong type")]
     landing.assert_counts(file, read=5, loaded=3, quarantined=2)
@@ -630,7 +711,10 @@ def _question(text: str) -> str:
 
 
 SURVEY_TOOL_HEADER = [
-    "Respondent ID", "Company number", "Submitted", "Your role",
+    "Respondent ID",
+    "Company number",
+    "Submitted",
+    "Your role",
     _question("is product quality when choosing a supplier"),
     _question("is the supplier's brand and reputation"),
     _question("are support and service"),
@@ -648,7 +732,22 @@ def test_wide_survey_export_loads_through_the_mapping_only(landing):
     landing.mapping("survey_tool_wide.yaml")
     rows = [
         # several respondents per account; a free-text answer over two lines
-        ["R-1", "A1", "03/11/2025 14:22", "Purchasing manager", "7", "1", "4", "Don't know", "5", "6", "2", "4", "9", "Great service,\nthanks"],
+        [
+            "R-1",
+            "A1",
+            "03/11/2025 14:22",
+            "Purchasing manager",
+            "7",
+            "1",
+            "4",
+            "Don't know",
+            "5",
+            "6",
+            "2",
+            "4",
+            "9",
+            "Great service,\nthanks",
+        ],
         ["R-2", "A1", "04/11/2025 09:05", "Technical manager", "8", "3", "3", "3", "3", "3", "3", "3", "7", ""],
         ["R-3", "A2", "05/11/2025", "VD", "4", "4", "4", "4", "4", "4", "7", "5", "10", ""],
         ["R-4", "A2", "06/11/2025", "Managing director", "Don’t know", "2", "2", "2", "2", "2", "1", "1", "0", ""],
@@ -736,7 +835,14 @@ def test_every_file_in_the_landing_folder_is_loaded_skipped_or_reported_with_wha
 
     # An archived copy of a file already loaded is known by its checksum: nothing to report.
     (landing.settings.landing_dir / "crm/order_lines/2025/old.csv").unlink()
-    for stray in ("nordic_crm/accounts/export_2026.csv", "crm/customers/a.csv", "crm/top.csv", "crm/customers_2026.csv", "loose.csv", "crm/order_lines/notes.docx"):
+    for stray in (
+        "nordic_crm/accounts/export_2026.csv",
+        "crm/customers/a.csv",
+        "crm/top.csv",
+        "crm/customers_2026.csv",
+        "loose.csv",
+        "crm/order_lines/notes.docx",
+    ):
         (landing.settings.landing_dir / stray).unlink()
     landing.write("crm/order_lines/orders.csv", ORDER_HEADER + good_orders("O1"))
     assert not isinstance(landing.ingest(), IngestIncomplete)
@@ -755,7 +861,10 @@ def test_a_refused_accounts_file_holds_back_the_orders_that_need_it_until_it_is_
     fixed = header + "A7,Ångström Verktyg AB,customer,2026-01-01\n"
     landing.write("c/accounts/b.csv", fixed.encode("latin-1"))
     orders = "c/order_lines/o.csv"
-    landing.write(orders, ORDER_HEADER + good_orders(*(f"O{i}" for i in range(1, 8))) + "".join(f"O{i},1,A7,2025-06-01,1,10.00,EUR\n" for i in (8, 9, 10)))
+    landing.write(
+        orders,
+        ORDER_HEADER + good_orders(*(f"O{i}" for i in range(1, 8))) + "".join(f"O{i},1,A7,2025-06-01,1,10.00,EUR\n" for i in (8, 9, 10)),
+    )
     independent = "c/order_lines/only_a1.csv"
     landing.write(independent, ORDER_HEADER + good_orders("P1", "P2"))
 
@@ -779,7 +888,10 @@ def test_a_refused_accounts_file_holds_back_the_orders_that_need_it_until_it_is_
     assert len(landing.raw("order_lines", "order_id", orders)) == 10
     assert landing.query("select count(*) from meta.quarantine where reason like 'unknown account%'")[0][0] == 0
     # the refused delivery stays on record (its row in quarantine), marked as replaced
-    assert landing.query("select status from meta.batches where file = 'c/accounts/b.csv' order by loaded_at") == [("superseded",), ("loaded",)]
+    assert landing.query("select status from meta.batches where file = 'c/accounts/b.csv' order by loaded_at") == [
+        ("superseded",),
+        ("loaded",),
+    ]
     landing.assert_nothing_lost()
 
 
@@ -805,8 +917,11 @@ def test_a_batch_expectation_judges_each_file_on_its_own(landing, tmp_path):
     assert "good.csv" not in str(failure)
     assert landing.batch("crm/order_lines/good.csv")["rows_loaded"] == 2
     document = json.loads((landing.settings.quality_dir / failure.report.run_id / "order_lines.json").read_text())
-    means = {e["result"]["needseg_file"]: (e["success"], e["result"]["observed_value"]) for e in document["results"]
-             if e["expectation_config"]["type"] == "expect_column_mean_to_be_between"}
+    means = {
+        e["result"]["needseg_file"]: (e["success"], e["result"]["observed_value"])
+        for e in document["results"]
+        if e["expectation_config"]["type"] == "expect_column_mean_to_be_between"
+    }
     assert means == {"crm/order_lines/good.csv": (True, 1.0), "crm/order_lines/huge.csv": (False, 100000.0)}
     landing.assert_nothing_lost()
 
@@ -816,15 +931,31 @@ def test_a_small_file_is_not_refused_for_its_share_of_bad_rows(landing):
     tiny = "crm/order_lines/2026-01-30.csv"
     landing.write(tiny, ORDER_HEADER + "O1,1,A1,2025-06-01,one,10.00,EUR\n")
     large = "crm/order_lines/full.csv"
-    landing.write(large, ORDER_HEADER + good_orders(*(f"P{i}" for i in range(9))) + "".join(f"Q{i},1,A1,2025-06-01,x,10.00,EUR\n" for i in range(11)))
+    landing.write(
+        large, ORDER_HEADER + good_orders(*(f"P{i}" for i in range(9))) + "".join(f"Q{i},1,A1,2025-06-01,x,10.00,EUR\n" for i in range(11))
+    )
 
     failure = landing.ingest()
 
     assert landing.batch(tiny) | {"message": None, "encoding": None, "extra_columns": None} == {
-        "status": "loaded", "rows_read": 1, "rows_loaded": 0, "rows_quarantined": 1, "message": None, "encoding": None, "extra_columns": None
+        "status": "loaded",
+        "rows_read": 1,
+        "rows_loaded": 0,
+        "rows_quarantined": 1,
+        "message": None,
+        "encoding": None,
+        "extra_columns": None,
     }
     assert "2026-01-30.csv" not in str(failure)
-    assert_refused(failure, large, "11 of 20 rows (55%) failed the checks", "50% max_quarantine_share", "files of 20 rows or more", "line 11", "[max_quarantine_share]")
+    assert_refused(
+        failure,
+        large,
+        "11 of 20 rows (55%) failed the checks",
+        "50% max_quarantine_share",
+        "files of 20 rows or more",
+        "line 11",
+        "[max_quarantine_share]",
+    )
     landing.assert_nothing_lost()
 
 
@@ -839,13 +970,18 @@ def test_the_minimum_rows_for_the_share_rule_comes_from_the_configuration(landin
 def test_a_dry_run_keeps_every_row_level_problem_with_file_line_column_and_value(landing):
     import json
 
-    landing.mapping(
-        "survey.yaml", "source: survey\ntables:\n  survey_responses:\n    scale: {min: 1, max: 7, items: [price, quality]}\n"
-    )
+    landing.mapping("survey.yaml", "source: survey\ntables:\n  survey_responses:\n    scale: {min: 1, max: 7, items: [price, quality]}\n")
     survey = "survey/survey_responses/wave.csv"
-    landing.write(survey, SURVEY_HEADER + "R1,A1,2025-06-01,7,1,4,9\nR2,A1,2025-06-01,9,4,4,9\nR3,A1,31.12.2025,4,4,4,9\nR4,A1,2025-06-01,4,4\nR5,A1,2025-06-0")
+    landing.write(
+        survey,
+        SURVEY_HEADER
+        + "R1,A1,2025-06-01,7,1,4,9\nR2,A1,2025-06-01,9,4,4,9\nR3,A1,31.12.2025,4,4,4,9\nR4,A1,2025-06-01,4,4\nR5,A1,2025-06-0",
+    )
     many = "crm/order_lines/many.csv"
-    landing.write(many, ORDER_HEADER + good_orders(*(f"O{i}" for i in range(3000))) + "".join(f"X{i},1,A1,2025-06-01,n/a,10.00,EUR\n" for i in range(2500)))
+    landing.write(
+        many,
+        ORDER_HEADER + good_orders(*(f"O{i}" for i in range(3000))) + "".join(f"X{i},1,A1,2025-06-01,n/a,10.00,EUR\n" for i in range(2500)),
+    )
 
     report = landing.ingest(dry_run=True)
 
@@ -858,20 +994,32 @@ def test_a_dry_run_keeps_every_row_level_problem_with_file_line_column_and_value
     assert found[(None, "expected 7 fields, found 5")]["lines"][0]["line"] == 5
     assert found[(None, "truncated last line")]["lines"][0]["line"] == 6
     summarised = groups[many][("quantity", "wrong type")]
-    assert summarised["count"] == 2500 and [x["line"] for x in summarised["lines"][:3]] == [3002, 3003, 3004] and len(summarised["lines"]) == 20
+    assert (
+        summarised["count"] == 2500
+        and [x["line"] for x in summarised["lines"][:3]] == [3002, 3003, 3004]
+        and len(summarised["lines"]) == 20
+    )
     # every one of them kept with the run (a dry run has nothing in quarantine)
     with open(report.problems_file, encoding="utf-8") as f:
         kept = list(csv.DictReader(f))
     assert len(kept) == 2500 + 4
-    assert {"file": survey, "table": "survey_responses", "line": "4", "column": "submitted_at", "value": "31.12.2025"}.items() <= kept[-2].items() or any(
-        k["file"] == survey and k["line"] == "4" and k["column"] == "submitted_at" for k in kept
-    )
+    assert {"file": survey, "table": "survey_responses", "line": "4", "column": "submitted_at", "value": "31.12.2025"}.items() <= kept[
+        -2
+    ].items() or any(k["file"] == survey and k["line"] == "4" and k["column"] == "submitted_at" for k in kept)
     # and counted under the expectation each one breaks in the kept validation result
     document = json.loads((landing.settings.quality_dir / report.run_id / "survey_responses.json").read_text())
-    entries = {(e["expectation_config"]["type"], e["expectation_config"]["kwargs"].get("column"), e["expectation_config"]["kwargs"].get("max_value")): e
-               for e in document["results"]}
+    entries = {
+        (
+            e["expectation_config"]["type"],
+            e["expectation_config"]["kwargs"].get("column"),
+            e["expectation_config"]["kwargs"].get("max_value"),
+        ): e
+        for e in document["results"]
+    }
     submitted = entries[("expect_column_values_to_be_of_type", "submitted_at", None)]
-    assert not submitted["success"] and submitted["result"]["needseg_unexpected_rows"] == [{"file": survey, "line": 4, "value": "31.12.2025"}]
+    assert not submitted["success"] and submitted["result"]["needseg_unexpected_rows"] == [
+        {"file": survey, "line": 4, "value": "31.12.2025"}
+    ]
     declared = entries[("expect_column_values_to_be_between", "price", 7)]
     assert not declared["success"] and declared["result"]["needseg_unexpected_rows"] == [{"file": survey, "line": 3, "value": "9"}]
     assert entries[("expect_column_values_to_be_between", "quality", 7)]["success"]  # declared, and kept

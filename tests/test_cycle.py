@@ -38,9 +38,21 @@ def test_published_tables_describe_the_latest_run_for_every_customer(cycled_smal
     settings, _ = cycled_small_world
     con = _serving(settings)
     tables = {r[0] for r in con.execute("select table_name from duckdb_tables()").fetchall()}
-    assert {"customer_segments", "segments", "segment_profiles", "segment_history", "segment_runs", "prospect_segments",
-            "key_account_lookalikes", "customer_drift", "segment_transitions", "segment_population_changes",
-            "churn_risk_alerts", "customer_features", "publication"} <= tables
+    assert {
+        "customer_segments",
+        "segments",
+        "segment_profiles",
+        "segment_history",
+        "segment_runs",
+        "prospect_segments",
+        "key_account_lookalikes",
+        "customer_drift",
+        "segment_transitions",
+        "segment_population_changes",
+        "churn_risk_alerts",
+        "customer_features",
+        "publication",
+    } <= tables
     segments = con.execute("select * from customer_segments").df()
     truth = pd.read_parquet(small_world / "truth" / "segments_monthly.parquet")
     assert set(segments["account_id"]) == set(truth[(truth["month"] == "2026-10") & truth["active"]]["account_id"])
@@ -72,11 +84,18 @@ def test_history_and_runs_grow_by_one_per_cycle(cycled_small_world):
 def test_rerunning_the_last_cycle_changes_nothing_and_adds_nothing(cycled_small_world):
     settings, _ = cycled_small_world
     with connect(settings.warehouse_path, read_only=True) as con:
-        before = con.execute("select account_id, segment_id, probability from segments.assignments where run_id = 'seg-2026-10-31' order by 1").df()
-        counts = {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in ("raw.order_lines", "segments.segment_runs", "drift.customer_drift", "alerts.churn_risk_alerts", "alerts.outbox")}
+        before = con.execute(
+            "select account_id, segment_id, probability from segments.assignments where run_id = 'seg-2026-10-31' order by 1"
+        ).df()
+        counts = {
+            t: con.execute(f"select count(*) from {t}").fetchone()[0]
+            for t in ("raw.order_lines", "segments.segment_runs", "drift.customer_drift", "alerts.churn_risk_alerts", "alerts.outbox")
+        }
     cycle.run_cycle(LAST, settings)
     with connect(settings.warehouse_path, read_only=True) as con:
-        after = con.execute("select account_id, segment_id, probability from segments.assignments where run_id = 'seg-2026-10-31' order by 1").df()
+        after = con.execute(
+            "select account_id, segment_id, probability from segments.assignments where run_id = 'seg-2026-10-31' order by 1"
+        ).df()
         again = {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in counts}
     pd.testing.assert_frame_equal(before, after)
     assert again == counts
@@ -92,8 +111,14 @@ def test_publishing_swaps_the_file_so_an_open_reader_keeps_its_version(cycled_sm
     assert reader.execute("select count(*) from customer_segments").fetchone()[0] > 0
     # a new reader (another process, like an analyst's) sees the new version
     out = subprocess.run(
-        [sys.executable, "-c", f"import duckdb; print(duckdb.connect({str(settings.serving_path)!r}, read_only=True).execute('select published_at from publication').fetchone()[0].isoformat())"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb; print(duckdb.connect({str(settings.serving_path)!r}, read_only=True).execute('select published_at from publication').fetchone()[0].isoformat())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert dt.datetime.fromisoformat(out.stdout.strip()) > published_at
     assert not list(settings.serving_path.parent.glob(".*building*"))
@@ -209,15 +234,15 @@ def test_the_pipelines_own_alerts_reach_each_owner_once_by_email(cycled_small_wo
         monkeypatch.setenv("NEEDSEG_SMTP_HOST", "127.0.0.1")
         monkeypatch.setenv("NEEDSEG_SMTP_PORT", str(port))
         with connect(settings.warehouse_path, read_only=True) as con:
-            open_alerts = con.execute(
-                "select account_owner, account_name from alerts.churn_risk_alerts where status = 'open'"
-            ).fetchall()
+            open_alerts = con.execute("select account_owner, account_name from alerts.churn_risk_alerts where status = 'open'").fetchall()
         assert open_alerts, "the small world should raise churn-risk alerts"
         detail = cycle.alerts_step(LAST, settings, raise_if_undelivered=True)
         owners = {owner for owner, _ in open_alerts}
         assert len(inbox.messages) == len(owners) == detail["messages_sent"]
         assert {m["To"] for m in inbox.messages} == owners
-        body = "\n".join(m.get_payload(0).get_payload(decode=True).decode() if m.is_multipart() else m.get_payload() for m in inbox.messages)
+        body = "\n".join(
+            m.get_payload(0).get_payload(decode=True).decode() if m.is_multipart() else m.get_payload() for m in inbox.messages
+        )
         assert all(name in body for _, name in open_alerts)
         # a retry or a re-run of the same interval sends nothing new
         cycle.alerts_step(LAST, settings, raise_if_undelivered=True)

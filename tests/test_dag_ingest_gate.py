@@ -146,13 +146,21 @@ def test_only_errors_that_fail_the_same_way_every_time_skip_the_retries():
     report = IngestReport(as_of="2026-01-31")
     for permanent in (GateFailed("x", report), FilesNotLoadable("x", report), FilesChanged("x", report), ConfigError("bad mapping")):
         assert fails_for_good(permanent), permanent
-    for transient in (SourcesNotFetched("x", report), HttpSourceError("API down"), WarehouseLocked("locked"), NeedsegError("?"), OSError("disk")):
+    for transient in (
+        SourcesNotFetched("x", report),
+        HttpSourceError("API down"),
+        WarehouseLocked("locked"),
+        NeedsegError("?"),
+        OSError("disk"),
+    ):
         assert not fails_for_good(transient), transient
 
     def refuse():
         raise GateFailed("- crm/order_lines/empty.csv: the file is empty [expect_table_row_count_to_be_between]", report)
 
-    with pytest.raises(AirflowFailException, match=r"crm/order_lines/empty.csv: the file is empty \[expect_table_row_count_to_be_between\]"):
+    with pytest.raises(
+        AirflowFailException, match=r"crm/order_lines/empty.csv: the file is empty \[expect_table_row_count_to_be_between\]"
+    ):
         run_step(refuse)
 
     def api_down():

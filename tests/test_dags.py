@@ -103,8 +103,14 @@ def test_only_a_run_handed_a_date_composes_alerts():
     from pipelines.airflow_support import given_as_of
 
     at = dt.datetime(2026, 12, 1, 3, 15, tzinfo=dt.UTC)
-    timed = {"logical_date": at, "data_interval_start": at, "data_interval_end": at, "params": {"as_of": None},
-             "dag_run": SimpleNamespace(conf={}, run_type="scheduled"), "triggering_asset_events": {}}
+    timed = {
+        "logical_date": at,
+        "data_interval_start": at,
+        "data_interval_end": at,
+        "params": {"as_of": None},
+        "dag_run": SimpleNamespace(conf={}, run_type="scheduled"),
+        "triggering_asset_events": {},
+    }
     assert given_as_of(timed) is None
     event = SimpleNamespace(extra={"as_of": "2026-11-30", "run_id": "seg-2026-11-30"})
     assert given_as_of({**timed, "triggering_asset_events": {"needseg_segments": [event]}}) == dt.date(2026, 11, 30)
@@ -130,7 +136,9 @@ def _next_scheduled_run(dag, after: dt.datetime):
     # The scheduler's own timetable for the DAG's cron schedule (the DAG holds the SDK's definition).
     timetable = CronTriggerTimetable(dag.timetable.expression, timezone=dag.timetable.timezone)
     last = DataInterval(after, after)
-    info = timetable.next_dagrun_info(last_automated_data_interval=last, restriction=TimeRestriction(earliest=None, latest=None, catchup=True))
+    info = timetable.next_dagrun_info(
+        last_automated_data_interval=last, restriction=TimeRestriction(earliest=None, latest=None, catchup=True)
+    )
     return {"logical_date": info.logical_date, "data_interval_start": info.data_interval.start, "data_interval_end": info.data_interval.end}
 
 

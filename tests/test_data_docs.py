@@ -77,11 +77,16 @@ def test_data_docs_render_every_run_and_table_offline(two_runs, monkeypatch):
     index = build_data_docs(settings.quality_dir)
     assert index == settings.quality_dir / "docs" / "index.html"
     pages = sorted(str(p.relative_to(index.parent)) for p in index.parent.rglob("*.html"))
-    assert pages == sorted([
-        "index.html",
-        f"{first}/accounts.html", f"{first}/index.html", f"{first}/order_lines.html",
-        f"{second}/index.html", f"{second}/order_lines.html",
-    ])
+    assert pages == sorted(
+        [
+            "index.html",
+            f"{first}/accounts.html",
+            f"{first}/index.html",
+            f"{first}/order_lines.html",
+            f"{second}/index.html",
+            f"{second}/order_lines.html",
+        ]
+    )
     home = index.read_text()
     assert home.index(second) < home.index(first)  # newest first
     assert f'href="{first}/order_lines.html"' in home
@@ -139,8 +144,15 @@ def test_data_docs_show_every_row_level_problem_of_a_dry_run(tmp_path):
     index = build_data_docs(settings.quality_dir)
     run = (index.parent / run_id / "index.html").read_text()
     assert "Row-level problems" in run and "problems.csv" in run
-    for needle in ("order_date", "wrong type", "line 9: <span class=\"value\">31.06.2025</span>", "quantity",
-                   "line 10: <span class=\"value\">lots</span>", "truncated last line", "line 11"):
+    for needle in (
+        "order_date",
+        "wrong type",
+        'line 9: <span class="value">31.06.2025</span>',
+        "quantity",
+        'line 10: <span class="value">lots</span>',
+        "truncated last line",
+        "line 11",
+    ):
         assert needle in run, needle
     table = (index.parent / run_id / "order_lines.html").read_text()
     assert "order_date values must be of type datetime64" in table and "crm/order_lines/june.csv line 9" in table
@@ -154,7 +166,9 @@ def test_every_suite_checks_every_contract_columns_type_and_a_refresh_keeps_hand
 
     for table in TABLES.values():
         suite = json.loads((EXPECTATIONS_DIR / f"{table.name}.json").read_text())
-        types = {e["kwargs"]["column"]: e["kwargs"]["type_"] for e in suite["expectations"] if e["type"] == "expect_column_values_to_be_of_type"}
+        types = {
+            e["kwargs"]["column"]: e["kwargs"]["type_"] for e in suite["expectations"] if e["type"] == "expect_column_values_to_be_of_type"
+        }
         assert types == {c.name: PANDAS_TYPES[c.kind] for c in table.columns}, table.name
     shutil.copytree(EXPECTATIONS_DIR, tmp_path / "suites")
     path = tmp_path / "suites" / "order_lines.json"

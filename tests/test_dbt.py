@@ -72,10 +72,7 @@ def test_pipeline_runs_leave_unit_tests_out(empty_project):
 
 def test_every_column_of_every_model_below_the_serving_marts_is_documented(empty_project):
     settings, _, manifest = empty_project
-    models = [
-        n for n in manifest["nodes"].values()
-        if n["resource_type"] == "model" and n["original_file_path"].startswith(DOCUMENTED)
-    ]
+    models = [n for n in manifest["nodes"].values() if n["resource_type"] == "model" and n["original_file_path"].startswith(DOCUMENTED)]
     assert len(models) >= 20
     with connect(settings.warehouse_path, read_only=True) as con:
         built = con.execute("select schema_name, table_name, column_name from duckdb_columns()").fetchall()
@@ -105,7 +102,11 @@ def test_feature_marts_enforce_contracts_and_test_every_column(empty_project):
     for node in manifest["nodes"].values():
         if node["resource_type"] == "test" and node.get("attached_node") and node.get("column_name"):
             tested.setdefault(node["attached_node"], set()).add(node["column_name"])
-    marts = [n for n in manifest["nodes"].values() if n["resource_type"] == "model" and n["original_file_path"].startswith("models/marts/features/")]
+    marts = [
+        n
+        for n in manifest["nodes"].values()
+        if n["resource_type"] == "model" and n["original_file_path"].startswith("models/marts/features/")
+    ]
     assert {m["name"] for m in marts} >= {"customer_features", "customer_category_mix", "customer_monthly_behaviour"}
     for mart in marts:
         assert mart["contract"]["enforced"], mart["name"]

@@ -19,10 +19,23 @@ def _monthly(account: str, months: range, lines: int, discount: float, list_shar
         list_lines = round(lines * list_share)
         rows.append(
             {
-                "account_id": account, "months_ago": m, "order_lines": lines, "orders": 2, "discounted_lines": lines,
-                "discount_sum": discount * (lines - list_lines), "discount_square_sum": discount**2 * (lines - list_lines),
-                "list_price_lines": list_lines, "premium_lines": 0, "service_lines": 0, "categories": 2, "revenue": 100.0,
-                "quotes_decided": 0, "quotes_lost_on_price": 0, "tickets": 0, "price_tickets": 0, "critical_tickets": 0,
+                "account_id": account,
+                "months_ago": m,
+                "order_lines": lines,
+                "orders": 2,
+                "discounted_lines": lines,
+                "discount_sum": discount * (lines - list_lines),
+                "discount_square_sum": discount**2 * (lines - list_lines),
+                "list_price_lines": list_lines,
+                "premium_lines": 0,
+                "service_lines": 0,
+                "categories": 2,
+                "revenue": 100.0,
+                "quotes_decided": 0,
+                "quotes_lost_on_price": 0,
+                "tickets": 0,
+                "price_tickets": 0,
+                "critical_tickets": 0,
             }
         )
     return rows
@@ -31,8 +44,10 @@ def _monthly(account: str, months: range, lines: int, discount: float, list_shar
 def test_a_real_change_in_buying_mix_scores_high_and_evidence_scales_with_volume():
     rows = (
         _monthly("steady", range(0, 18), 10, 0.05, 0.5)
-        + _monthly("moved", range(6, 18), 10, 0.05, 0.5) + _monthly("moved", range(0, 6), 10, 0.15, 0.1)
-        + _monthly("moved_small", range(6, 18), 1, 0.05, 0.5) + _monthly("moved_small", range(0, 6), 1, 0.15, 0.0)
+        + _monthly("moved", range(6, 18), 10, 0.05, 0.5)
+        + _monthly("moved", range(0, 6), 10, 0.15, 0.1)
+        + _monthly("moved_small", range(6, 18), 1, 0.05, 0.5)
+        + _monthly("moved_small", range(0, 6), 1, 0.15, 0.0)
     )
     change = mix_change(pd.DataFrame(rows), Windows(6, 12))
     assert abs(change.z.at["steady", "discount"]) < 0.5
@@ -64,9 +79,17 @@ def test_monic_events_survive_split_disappear_emerge():
 
 def _snap(run: str, as_of: dt.date, account: str, score: float) -> dict:
     return {
-        "run_id": run, "as_of": as_of, "account_id": account, "reason": "drift_to_price_sensitive", "score": score,
-        "account_name": account.upper(), "account_owner": "owner@example.com", "from_segment": "Quality & brand",
-        "to_segment": "Price-focused", "evidence": "[]", "action": "Call them",
+        "run_id": run,
+        "as_of": as_of,
+        "account_id": account,
+        "reason": "drift_to_price_sensitive",
+        "score": score,
+        "account_name": account.upper(),
+        "account_owner": "owner@example.com",
+        "from_segment": "Quality & brand",
+        "to_segment": "Price-focused",
+        "evidence": "[]",
+        "action": "Call them",
     }
 
 

@@ -38,7 +38,9 @@ def airflow_runs(small_world, session_dir):
             deliver(small_world, settings.landing_dir, month)
             as_of = month_end(month)
             for dag_id in dag_ids:
-                run = bag.get_dag(dag_id).test(logical_date=dt.datetime.combine(as_of, dt.time(23), tzinfo=dt.UTC), run_conf={"as_of": as_of.isoformat()})
+                run = bag.get_dag(dag_id).test(
+                    logical_date=dt.datetime.combine(as_of, dt.time(23), tzinfo=dt.UTC), run_conf={"as_of": as_of.isoformat()}
+                )
                 states[(month, dag_id)] = str(run.state)
     yield settings, states
     mp.undo()
@@ -82,7 +84,9 @@ def test_drift_and_alerts_ran_for_the_last_cycle(airflow_runs):
 
     with connect(settings.warehouse_path, read_only=True) as wh:
         # the table channel is always on: every open alert of the run is recorded as delivered
-        open_alerts = wh.execute("select count(*) from alerts.churn_risk_alerts where status = 'open' and last_seen_run_id = 'seg-2026-10-31'").fetchone()[0]
+        open_alerts = wh.execute(
+            "select count(*) from alerts.churn_risk_alerts where status = 'open' and last_seen_run_id = 'seg-2026-10-31'"
+        ).fetchone()[0]
         delivered = wh.execute("select count(distinct alert_id) from alerts.deliveries where channel = 'table'").fetchone()[0]
     assert delivered >= open_alerts
 

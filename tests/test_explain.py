@@ -28,7 +28,10 @@ def test_the_attributions_add_up_to_the_forests_probability():
         index=[f"A{i:03d}" for i in range(n)],
     )
     frame.loc[frame.index[::7], "tickets_per_order_12m"] = np.nan  # the model's missing-value flags count too
-    labels = pd.Series(np.where(frame["discount_depth_12m"] > 0.12, "price", np.where(frame["premium_share_12m"] > 0.5, "quality", "service")), index=frame.index)
+    labels = pd.Series(
+        np.where(frame["discount_depth_12m"] > 0.12, "price", np.where(frame["premium_share_12m"] > 0.5, "quality", "service")),
+        index=frame.index,
+    )
     inference = fit_and_score(frame.iloc[:200], labels.iloc[:200], frame.iloc[200:], seed=1)
     prep, forest = inference.model[:-1], inference.model[-1]
     inputs = prep.transform(inference.design(frame.iloc[200:]))
@@ -44,7 +47,9 @@ def test_the_attributions_add_up_to_the_forests_probability():
 def test_inferred_accounts_are_explained_by_what_the_model_used(cycled_small_world):
     settings, _ = cycled_small_world
     with connect(settings.warehouse_path, read_only=True) as con:
-        found = con.execute("select segment_source, drivers, drivers_text, probability from segments.assignments where run_id = 'seg-2026-10-31'").fetchall()
+        found = con.execute(
+            "select segment_source, drivers, drivers_text, probability from segments.assignments where run_id = 'seg-2026-10-31'"
+        ).fetchall()
     inferred = [(json.loads(d), t) for s, d, t, _ in found if s == "inferred"]
     surveyed = [json.loads(d) for s, d, _, _ in found if s == "surveyed"]
     assert inferred and surveyed

@@ -261,11 +261,16 @@ def test_connection_errors_back_off_exponentially_up_to_the_cap(settings):
         probe.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
     mapping = load_mapping_file(
-        write_mapping(settings, "crm_api", {
-            "base_url": closed, "token_env": TOKEN_ENV,
-            "retry": {"max_attempts": 5, "backoff_seconds": 1, "max_backoff_seconds": 3},
-            "endpoints": {"accounts": {"path": "/v1/accounts"}},
-        })
+        write_mapping(
+            settings,
+            "crm_api",
+            {
+                "base_url": closed,
+                "token_env": TOKEN_ENV,
+                "retry": {"max_attempts": 5, "backoff_seconds": 1, "max_backoff_seconds": 3},
+                "endpoints": {"accounts": {"path": "/v1/accounts"}},
+            },
+        )
     )
     sleep = Recorder()
     with pytest.raises(HttpSourceError) as caught:
@@ -379,7 +384,9 @@ def test_http_settings_are_checked(tmp_path):
     base = {"base_url": "https://crm.invalid/api", "token_env": TOKEN_ENV, "endpoints": {"accounts": {"path": "/v1/accounts"}}}
     assert "http: unknown setting(s) page_sise" in mapping_error({**base, "page_sise": 10})
     assert "http.retry: unknown setting(s) attempts" in mapping_error({**base, "retry": {"attempts": 3}})
-    assert "http.endpoints.accounts: unknown setting(s) items" in mapping_error({**base, "endpoints": {"accounts": {"path": "/a", "items": "x"}}})
+    assert "http.endpoints.accounts: unknown setting(s) items" in mapping_error(
+        {**base, "endpoints": {"accounts": {"path": "/a", "items": "x"}}}
+    )
     assert "http.endpoints.accounts: missing required setting 'path'" in mapping_error({**base, "endpoints": {"accounts": {}}})
     assert "http.endpoints: unknown setting(s) customers" in mapping_error({**base, "endpoints": {"customers": {"path": "/c"}}})
     assert "http: missing required setting 'endpoints'" in mapping_error({k: v for k, v in base.items() if k != "endpoints"})
@@ -401,6 +408,10 @@ def test_the_watermark_table_has_the_documented_shape(settings):
             "select column_name, data_type from duckdb_columns() where schema_name = 'meta' and table_name = 'http_watermarks'"
         ).fetchall()
     assert columns == [
-        ("source", "VARCHAR"), ("table_name", "VARCHAR"), ("watermark", "TIMESTAMP"),
-        ("fetched_at", "TIMESTAMP"), ("records", "BIGINT"), ("file", "VARCHAR"),
+        ("source", "VARCHAR"),
+        ("table_name", "VARCHAR"),
+        ("watermark", "TIMESTAMP"),
+        ("fetched_at", "TIMESTAMP"),
+        ("records", "BIGINT"),
+        ("file", "VARCHAR"),
     ]

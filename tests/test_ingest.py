@@ -202,8 +202,16 @@ def test_validate_writes_nothing_to_the_warehouse(data_dir, capsys):
 
 def test_quarantine_command_lists_rows_with_filters_and_csv(data_dir, capsys):
     _write(data_dir, "crm/accounts/accounts.csv", ACCOUNTS)
-    _write(data_dir, "crm/order_lines/june.csv", ORDERS + "O1,1,A1,2025-06-01,x,10,EUR\nO2,1,A9,2025-06-01,1,10,EUR\nO3,1,A1,2025-06-01,1,10,EUR\n")
-    _write(data_dir, "crm/order_lines/july.csv", ORDERS + "P1,1,A1,31.07.2025,1,10,EUR\nP2,1,A1,2025-07-01,1,10,EUR\nP3,1,A1,2025-07-01,1,10,EUR\n")
+    _write(
+        data_dir,
+        "crm/order_lines/june.csv",
+        ORDERS + "O1,1,A1,2025-06-01,x,10,EUR\nO2,1,A9,2025-06-01,1,10,EUR\nO3,1,A1,2025-06-01,1,10,EUR\n",
+    )
+    _write(
+        data_dir,
+        "crm/order_lines/july.csv",
+        ORDERS + "P1,1,A1,31.07.2025,1,10,EUR\nP2,1,A1,2025-07-01,1,10,EUR\nP3,1,A1,2025-07-01,1,10,EUR\n",
+    )
     assert _cli(capsys, data_dir, "ingest")[0] == 0
 
     from pipelines.cli import main
@@ -223,7 +231,8 @@ def test_quarantine_command_lists_rows_with_filters_and_csv(data_dir, capsys):
 
     listed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(r["file"], r["line"], r["column_name"], r["value"]) for r in listed] == [
-        ("crm/order_lines/june.csv", "2", "quantity", "x"), ("crm/order_lines/june.csv", "3", "account_id", "A9")
+        ("crm/order_lines/june.csv", "2", "quantity", "x"),
+        ("crm/order_lines/june.csv", "3", "account_id", "A9"),
     ]
     assert '"order_id": "O2"' in listed[1]["record"]
 

@@ -78,15 +78,21 @@ def key_tier_run(cycled_small_world, tmp_path_factory):
     with connect(target) as con:
         groups = _plant_key_tier(con)
         result = segment(con, AS_OF, load_taxonomy(CONFIG_DIR / "taxonomy.yaml"), load_config(CONFIG_DIR / "needseg.yaml"))
-        run = con.execute("select key_account_mode, key_account_evidence, customers from segments.segment_runs where run_id = ?", [result.run_id]).fetchone()
+        run = con.execute(
+            "select key_account_mode, key_account_evidence, customers from segments.segment_runs where run_id = ?", [result.run_id]
+        ).fetchone()
         definitions = con.execute(
             "select population, segment_id, segment_name, is_emerging, size, fitted, jaccard from segments.segment_definitions where run_id = ?",
             [result.run_id],
         ).df()
-        assignments = con.execute(
-            "select account_id, segment_id, segment_name, segment_source, is_key_account from segments.assignments where run_id = ?",
-            [result.run_id],
-        ).df().set_index("account_id")
+        assignments = (
+            con.execute(
+                "select account_id, segment_id, segment_name, segment_source, is_key_account from segments.assignments where run_id = ?",
+                [result.run_id],
+            )
+            .df()
+            .set_index("account_id")
+        )
     return groups, run, definitions, assignments
 
 
@@ -144,8 +150,15 @@ def test_a_large_key_tier_like_the_others_is_segmented_with_everyone(cycled_smal
     with connect(target) as con:
         _plant_key_tier(con, like_the_tail=True)
         result = segment(con, AS_OF, load_taxonomy(CONFIG_DIR / "taxonomy.yaml"), load_config(CONFIG_DIR / "needseg.yaml"))
-        mode, evidence = con.execute("select key_account_mode, key_account_evidence from segments.segment_runs where run_id = ?", [result.run_id]).fetchone()
-        populations = {r[0] for r in con.execute("select distinct population from segments.segment_definitions where run_id = ?", [result.run_id]).fetchall()}
+        mode, evidence = con.execute(
+            "select key_account_mode, key_account_evidence from segments.segment_runs where run_id = ?", [result.run_id]
+        ).fetchone()
+        populations = {
+            r[0]
+            for r in con.execute(
+                "select distinct population from segments.segment_definitions where run_id = ?", [result.run_id]
+            ).fetchall()
+        }
     evidence = json.loads(evidence)
     assert mode == "nearest" and populations == {"all"}
     assert evidence["key_accounts_profiled"] == 102 and "does not differ enough from the other customers'" in evidence["why"]
@@ -157,8 +170,13 @@ def test_a_large_key_tier_like_the_others_is_segmented_with_everyone(cycled_smal
 def test_a_small_key_tier_is_segmented_with_everyone_and_the_run_says_why(cycled_small_world):
     settings, _ = cycled_small_world
     with connect(settings.warehouse_path, read_only=True) as con:
-        mode, evidence = con.execute("select key_account_mode, key_account_evidence from segments.segment_runs where run_id = 'seg-2026-10-31'").fetchone()
-        populations = {r[0] for r in con.execute("select distinct population from segments.segment_definitions where run_id = 'seg-2026-10-31'").fetchall()}
+        mode, evidence = con.execute(
+            "select key_account_mode, key_account_evidence from segments.segment_runs where run_id = 'seg-2026-10-31'"
+        ).fetchone()
+        populations = {
+            r[0]
+            for r in con.execute("select distinct population from segments.segment_definitions where run_id = 'seg-2026-10-31'").fetchall()
+        }
     evidence = json.loads(evidence)
     assert mode == "nearest" and populations == {"all"}
     assert evidence["key_accounts_profiled"] < evidence["profiled_needed"]

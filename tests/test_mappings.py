@@ -94,7 +94,10 @@ tables:
     assert "tables.survey_responses.values: 'staus' is not a column of survey_responses;" in message
     assert "tables.accounts.values: 'staus' is not a column of accounts (did you mean 'status'?)" in message
     # a recoding into a value the contract refuses would quarantine every row it touches
-    assert "tables.accounts.values.status.Aktiv: 'kund' is not a status the contract allows; expected one of customer, prospect, churned" in message
+    assert (
+        "tables.accounts.values.status.Aktiv: 'kund' is not a status the contract allows; expected one of customer, prospect, churned"
+        in message
+    )
     assert "tables.accounts.values.country.Sverige: 'Sweden' is not an ISO 3166 alpha-2 country code such as SE" in message
 
 
@@ -206,9 +209,25 @@ def test_needseg_validate_reports_a_broken_mapping_as_a_configuration_error(tmp_
     landing.mkdir(parents=True)
     (landing / "wave.csv").write_text("response_id,account_id,submitted_at,price\nR1,A1,2026-01-01,3\n")
     out = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "validate", "--data-dir", str(tmp_path / "data"), "--mappings", str(mappings), "--as-of", "2026-01-31"],
-        capture_output=True, text=True, env={**os.environ, "GX_ANALYTICS_ENABLED": "False"},
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "validate",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--mappings",
+            str(mappings),
+            "--as-of",
+            "2026-01-31",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GX_ANALYTICS_ENABLED": "False"},
     )
     assert out.returncode == 2, (out.stdout, out.stderr)  # 2: configuration error (pipelines/cli.py)
-    assert f"{mappings / 'survey.yaml'}: tables.survey_responses.reverse: 'prize' is not a column of survey_responses (did you mean 'price'?)" in out.stderr
+    assert (
+        f"{mappings / 'survey.yaml'}: tables.survey_responses.reverse: 'prize' is not a column of survey_responses (did you mean 'price'?)"
+        in out.stderr
+    )
     assert "Traceback" not in out.stderr

@@ -77,12 +77,19 @@ def test_every_line_is_read_and_ends_in_raw_or_quarantine(loaded):
     assert report.seconds < MAX_SECONDS, f"loading {ROWS} lines took {report.seconds:.0f} s: {report.stage_seconds}"
     outcome = {f.table: f for f in report.files}
     lines, accounts = outcome["order_lines"], outcome["accounts"]
-    assert (lines.status, lines.rows_read, lines.rows_loaded, lines.rows_quarantined) == ("loaded", ROWS, ROWS - WITHOUT_CUSTOMER, WITHOUT_CUSTOMER)
+    assert (lines.status, lines.rows_read, lines.rows_loaded, lines.rows_quarantined) == (
+        "loaded",
+        ROWS,
+        ROWS - WITHOUT_CUSTOMER,
+        WITHOUT_CUSTOMER,
+    )
     # Accounts are derived from the same file: counted in accounts, none quarantined.
     assert (accounts.status, accounts.rows_read, accounts.rows_loaded, accounts.rows_quarantined) == ("loaded", CUSTOMERS, CUSTOMERS, 0)
     assert lines.extra_columns == ["Country", "Description"]  # Country is used by accounts, Description by nobody
     # Per batch, from meta.batches, and by counting the tables themselves.
-    batches = loaded.query("select table_name, batch_id, rows_read, rows_loaded, rows_quarantined from meta.batches where status = 'loaded'")
+    batches = loaded.query(
+        "select table_name, batch_id, rows_read, rows_loaded, rows_quarantined from meta.batches where status = 'loaded'"
+    )
     assert sorted(b[0] for b in batches) == ["accounts", "order_lines"]
     for table, batch_id, read, in_raw, in_quarantine in batches:
         assert read == in_raw + in_quarantine, table
@@ -122,12 +129,16 @@ def test_cancellations_load_as_returns(loaded):
         "select count(*), count(*) filter (where quantity < 0), count(*) filter (where order_id like 'C%') from raw.order_lines where quantity < 0 or order_id like 'C%'"
     )[0]
     assert returns == (8_905, 8_905, 8_905)
-    first = loaded.query("select order_id, line_number, account_id, order_date, product_id, quantity, net_price from raw.order_lines where order_id = 'C536379'")
+    first = loaded.query(
+        "select order_id, line_number, account_id, order_date, product_id, quantity, net_price from raw.order_lines where order_id = 'C536379'"
+    )
     assert first == [("C536379", 1, "14527", dt.date(2010, 12, 1), "D", -1.0, pytest.approx(27.5))]
 
 
 def test_lines_are_numbered_per_invoice_in_file_order(loaded):
-    rows = loaded.query("select order_id, line_number, account_id, product_id, currency, channel, _line from raw.order_lines where order_id = '536365' order by _line")
+    rows = loaded.query(
+        "select order_id, line_number, account_id, product_id, currency, channel, _line from raw.order_lines where order_id = '536365' order by _line"
+    )
     assert [r[1] for r in rows] == [1, 2, 3, 4, 5, 6, 7] and [r[6] for r in rows] == [1, 2, 3, 4, 5, 6, 7]
     assert rows[0][2:6] == ("17850", "85123A", "GBP", "web")  # 17850, not 17850.0
     assert loaded.query("select count(*) - count(distinct (order_id, line_number)) from raw.order_lines")[0][0] == 0
@@ -139,7 +150,9 @@ def test_lines_are_numbered_per_invoice_in_file_order(loaded):
 
 def test_customers_become_accounts_with_iso_country_codes(loaded):
     assert loaded.in_file("select count(distinct CustomerID) from lines")[0][0] == CUSTOMERS
-    accounts = loaded.query("select count(*), count(distinct account_id), bool_and(status = 'customer'), count(country) from raw.accounts")[0]
+    accounts = loaded.query("select count(*), count(distinct account_id), bool_and(status = 'customer'), count(country) from raw.accounts")[
+        0
+    ]
     assert accounts == (CUSTOMERS, CUSTOMERS, True, CUSTOMERS - 14)
     assert loaded.query("select account_name, country, customer_since, updated_at from raw.accounts where account_id = '17850'") == [
         # known from the first invoice on: updated_at is that invoice, not the last one
@@ -156,7 +169,10 @@ def test_customers_become_accounts_with_iso_country_codes(loaded):
     )[0][0]
     assert countries[None] == unmapped == 14
     # A customer whose lines name two countries gets the one named most often.
-    assert dict(loaded.query("select account_id, country from raw.accounts where account_id in ('12370', '12455')")) == {"12370": "CY", "12455": "ES"}
+    assert dict(loaded.query("select account_id, country from raw.accounts where account_id in ('12370', '12455')")) == {
+        "12370": "CY",
+        "12455": "ES",
+    }
     # Every order line's customer is an account (nothing quarantined as unknown account).
     assert loaded.query("select count(*) from raw.order_lines anti join raw.accounts using (account_id)")[0][0] == 0
 

@@ -53,7 +53,10 @@ def test_only_iso_8601_dates_are_read_when_the_mapping_declares_no_format(landin
     )
     landing.ingest(max_quarantine_share=0.7)
     assert landing.raw("order_lines", "order_id, order_date", file) == [
-        ("O1", dt.date(2025, 6, 1)), ("O2", dt.date(2025, 6, 1)), ("O3", dt.date(2025, 6, 1)), ("O4", dt.date(2025, 6, 1))
+        ("O1", dt.date(2025, 6, 1)),
+        ("O2", dt.date(2025, 6, 1)),
+        ("O3", dt.date(2025, 6, 1)),
+        ("O4", dt.date(2025, 6, 1)),
     ]
     found = reasons(landing, file)
     assert sorted(found) == [6, 7, 8, 9, 10, 11, 12]
@@ -79,7 +82,10 @@ def test_declared_formats_are_read_first_and_iso_after_them(landing):
     )
     landing.ingest()
     assert landing.raw("order_lines", "order_id, order_date", file) == [
-        ("O1", dt.date(2025, 12, 31)), ("O2", dt.date(2025, 12, 31)), ("O3", dt.date(2025, 12, 30)), ("O6", dt.date(2025, 12, 31))
+        ("O1", dt.date(2025, 12, 31)),
+        ("O2", dt.date(2025, 12, 31)),
+        ("O3", dt.date(2025, 12, 30)),
+        ("O6", dt.date(2025, 12, 31)),
     ]
     found = reasons(landing, file)
     expected = "is not a date in one of the formats %d.%m.%Y %H:%M, %d.%m.%Y, ISO 8601"
@@ -143,7 +149,10 @@ def test_numbers_are_digits_with_the_declared_separators_and_nothing_else(landin
     found = reasons(landing, file)
     assert sorted(found) == list(range(10, 18))
     for column, _value, reason in found.values():
-        assert column == "quantity" and "is not a number with decimal separator '.', e.g. -1234.5 or -1 234.5 (thousands in groups of 3 digits)" in reason
+        assert (
+            column == "quantity"
+            and "is not a number with decimal separator '.', e.g. -1234.5 or -1 234.5 (thousands in groups of 3 digits)" in reason
+        )
     landing.assert_nothing_lost()
 
 
@@ -201,7 +210,24 @@ def test_native_numbers_are_read_exactly_without_exponents(landing):
     }
     pq.write_table(pa.table(columns), path)
     jsonl = "crm/order_lines/orders.jsonl"
-    landing.write(jsonl, "".join(json.dumps({"order_id": f"J{i}", "line_number": 1, "account_id": "A1", "order_date": "2025-06-01", "quantity": q, "net_price": 10, "currency": "EUR"}) + "\n" for i, q in enumerate([1e-05, 1e16, 2.5])))
+    landing.write(
+        jsonl,
+        "".join(
+            json.dumps(
+                {
+                    "order_id": f"J{i}",
+                    "line_number": 1,
+                    "account_id": "A1",
+                    "order_date": "2025-06-01",
+                    "quantity": q,
+                    "net_price": 10,
+                    "currency": "EUR",
+                }
+            )
+            + "\n"
+            for i, q in enumerate([1e-05, 1e16, 2.5])
+        ),
+    )
     landing.ingest(max_quarantine_share=0.6)
     assert landing.raw("order_lines", "order_id, quantity", file) == [("O1", 0.00001), ("O2", 1234567890123.0)]
     assert [(r[1], r[2], r[4].split(":")[0]) for r in landing.quarantine(file)] == [(3, "quantity", "wrong type")]
@@ -219,7 +245,10 @@ def test_a_stray_quote_quarantines_its_line_instead_of_altering_the_value(landin
     names[3] = '5" Screws AB'  # a quote inside an unquoted value: literal
     names[4] = '"Smith, Jones & Co" '  # only a blank after the closing quote
     names[5] = '"He said ""hi"""'  # doubled quotes inside a quoted value
-    landing.write(file, "account_id,account_name,status,updated_at\n" + "".join(f"Q{i},{n},customer,2025-01-01\n" for i, n in enumerate(names, start=1)))
+    landing.write(
+        file,
+        "account_id,account_name,status,updated_at\n" + "".join(f"Q{i},{n},customer,2025-01-01\n" for i, n in enumerate(names, start=1)),
+    )
     landing.ingest()
     loaded = dict(landing.raw("accounts", "account_id, account_name", file))
     assert "Q3" not in loaded and loaded["Q4"] == '5" Screws AB' and loaded["Q5"] == "Smith, Jones & Co" and loaded["Q6"] == 'He said "hi"'
@@ -248,7 +277,14 @@ def test_a_file_mixing_utf8_and_cp1252_is_refused_not_garbled(landing):
     utf8 = "".join(f"M{i},Ångström Verktyg {i} AB,customer,2025-01-01\n" for i in range(9)).encode("utf-8")
     landing.write(bad, b"account_id,account_name,status,updated_at\n" + utf8 + "M9,Café Lyon,customer,2025-01-01\n".encode("cp1252"))
     failure = landing.ingest()
-    assert_refused(failure, bad, "mixed encodings: line 11, character 7: byte(s) b'\\xe9 Ly' are not valid UTF-8", "line 2 is UTF-8", "'encoding: cp1252'", "[file_encoding]")
+    assert_refused(
+        failure,
+        bad,
+        "mixed encodings: line 11, character 7: byte(s) b'\\xe9 Ly' are not valid UTF-8",
+        "line 2 is UTF-8",
+        "'encoding: cp1252'",
+        "[file_encoding]",
+    )
     assert landing.raw("accounts", "account_id", bad) == []
     assert landing.query("select count(*) from raw.accounts where account_name like '%Ã%'")[0][0] == 0
     rows = landing.quarantine(bad)
@@ -266,7 +302,13 @@ def test_a_file_declared_cp1252_that_holds_utf8_lines_is_refused(landing):
         + "M2,Ångström Verktyg AB,customer,2025-01-01\n".encode(),
     )
     failure = landing.ingest()
-    assert_refused(failure, bad, "wrong encoding: the mapping declares cp1252, but line 3 holds UTF-8 text", "'M2,Ã…ngstrÃ¶m Verktyg AB", "[file_encoding]")
+    assert_refused(
+        failure,
+        bad,
+        "wrong encoding: the mapping declares cp1252, but line 3 holds UTF-8 text",
+        "'M2,Ã…ngstrÃ¶m Verktyg AB",
+        "[file_encoding]",
+    )
     landing.assert_nothing_lost()
 
 

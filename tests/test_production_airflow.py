@@ -47,7 +47,9 @@ def _free_port() -> int:
 
 def _api(base: str, method: str, path: str, body: dict | None = None) -> dict:
     request = urllib.request.Request(
-        base + path, method=method, data=json.dumps(body).encode() if body is not None else None,
+        base + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:

@@ -49,7 +49,15 @@ def _warehouse_copy(cycled_small_world, tmp_path: Path) -> Path:
     target = tmp_path / "warehouse.duckdb"
     warehouse_copy(settings.warehouse_path, target)
     with connect(target) as con:
-        for table in ("segment_runs", "segment_definitions", "assignments", "assignment_probabilities", "profiles", "prospect_predictions", "lookalikes"):
+        for table in (
+            "segment_runs",
+            "segment_definitions",
+            "assignments",
+            "assignment_probabilities",
+            "profiles",
+            "prospect_predictions",
+            "lookalikes",
+        ):
             con.execute(f"delete from segments.{table}")
     return target
 
@@ -78,7 +86,9 @@ def test_a_cluster_the_taxonomy_does_not_describe_is_published_as_emerging(cycle
     path.write_text(text)
     with connect(_warehouse_copy(cycled_small_world, tmp_path)) as con:
         result = segment(con, AS_OF, load_taxonomy(path), load_config(CONFIG_DIR / "needseg.yaml"))
-        rows = con.execute("select segment_id, segment_name, is_emerging, offer, action from segments.segment_definitions order by segment_id").fetchall()
+        rows = con.execute(
+            "select segment_id, segment_name, is_emerging, offer, action from segments.segment_definitions order by segment_id"
+        ).fetchall()
     assert result.k == 3
     named = {r[1] for r in rows if not r[2]}
     emerging = [r for r in rows if r[2]]
@@ -108,7 +118,10 @@ def test_identities_do_not_depend_on_cluster_order_and_follow_the_previous_run()
 @pytest.mark.parametrize(
     ("broken", "message"),
     [
-        ("prototype: {price: 4.8, service: 2.5, quality: 2.6, partnership: 2.0}", "prototype must give every dimension once; missing partnership"),
+        (
+            "prototype: {price: 4.8, service: 2.5, quality: 2.6, partnership: 2.0}",
+            "prototype must give every dimension once; missing partnership",
+        ),
         ("dimensions: [price, service, quality, partnership]", "is not a survey item"),
         ("k: {min: 3, max: 3}", "k must satisfy 2 <= min <= max"),
     ],

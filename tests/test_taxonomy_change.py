@@ -24,8 +24,13 @@ RUN = "seg-2026-10-31"
 
 # The default taxonomy's seven dimensions under other segment ids: as wide as the old
 # centres, so nothing would crash if the two were compared - which is why they must not be.
-SAME_WIDTH = (CONFIG_DIR / "taxonomy.yaml").read_text().replace("name: default-needs", "name: renamed-needs").replace(
-    "price_focused", "bargain_hunters").replace("service_focused", "uptime_buyers")
+SAME_WIDTH = (
+    (CONFIG_DIR / "taxonomy.yaml")
+    .read_text()
+    .replace("name: default-needs", "name: renamed-needs")
+    .replace("price_focused", "bargain_hunters")
+    .replace("service_focused", "uptime_buyers")
+)
 
 
 def _copy(settings, target):
@@ -48,8 +53,12 @@ def swapped(cycled_small_world, tmp_path_factory):
     taxonomy.write_text(THREE_SEGMENTS)
     copy = _copy(settings, base / "data").with_overrides(taxonomy_path=taxonomy)
     with connect(copy.warehouse_path) as con:
-        con.execute("update segments.segment_definitions set segment_name = 'Name in August' where run_id = 'seg-2026-08-31' and segment_id = 'price_focused'")
-        con.execute("update segments.segment_definitions set segment_name = 'Name in September' where run_id = 'seg-2026-09-30' and segment_id = 'price_focused'")
+        con.execute(
+            "update segments.segment_definitions set segment_name = 'Name in August' where run_id = 'seg-2026-08-31' and segment_id = 'price_focused'"
+        )
+        con.execute(
+            "update segments.segment_definitions set segment_name = 'Name in September' where run_id = 'seg-2026-09-30' and segment_id = 'price_focused'"
+        )
     segmented = cycle.segment_step(AS_OF, copy)
     cycle.drift_step(AS_OF, copy)
     cycle.serving_step(AS_OF, copy)
@@ -65,7 +74,9 @@ def _working(settings, sql: str, params=None) -> list[tuple]:
 
 def test_a_swapped_taxonomy_starts_a_new_lineage_and_says_so(swapped):
     settings, segmented = swapped
-    runs = _working(settings, "select run_id, previous_run_id, lineage_id, taxonomy, taxonomy_change from segments.segment_runs order by as_of")
+    runs = _working(
+        settings, "select run_id, previous_run_id, lineage_id, taxonomy, taxonomy_change from segments.segment_runs order by as_of"
+    )
     assert [r[:4] for r in runs] == [
         ("seg-2026-08-31", None, "seg-2026-08-31", "default-needs v1"),
         ("seg-2026-09-30", "seg-2026-08-31", "seg-2026-08-31", "default-needs v1"),
@@ -75,7 +86,9 @@ def test_a_swapped_taxonomy_starts_a_new_lineage_and_says_so(swapped):
     assert "taxonomy changed since seg-2026-09-30: default-needs v1" in change and "-> acme-buying-styles v3" in change
     assert "start afresh" in change and change in segmented["summary"]
     # no segment of the new run claims to continue one of the old taxonomy
-    definitions = _working(settings, "select segment_name, aligned_from, renamed_from from segments.segment_definitions where run_id = ?", [RUN])
+    definitions = _working(
+        settings, "select segment_name, aligned_from, renamed_from from segments.segment_definitions where run_id = ?", [RUN]
+    )
     assert {r[0] for r in definitions} == {"Cost cutters", "Uptime buyers", "Partners"}
     assert all(r[1] is None and r[2] is None for r in definitions)
     published = rows(settings.serving_path, "select run_id, lineage_start, taxonomy_change is not null from segment_runs order by as_of")
@@ -85,9 +98,15 @@ def test_a_swapped_taxonomy_starts_a_new_lineage_and_says_so(swapped):
 def test_history_and_transitions_do_not_compare_across_the_change(swapped):
     settings, _ = swapped
     # every stay of the old taxonomy ends where the new one starts; the new stays start there
-    spanning = rows(settings.serving_path, f"select count(*) from segment_history where valid_from < date '{AS_OF}' and (valid_to is null or valid_to > date '{AS_OF}')")
+    spanning = rows(
+        settings.serving_path,
+        f"select count(*) from segment_history where valid_from < date '{AS_OF}' and (valid_to is null or valid_to > date '{AS_OF}')",
+    )
     assert spanning == [(0,)]
-    new = rows(settings.serving_path, "select count(*), min(valid_from), max(runs), count(distinct lineage_id) from segment_history where is_current")
+    new = rows(
+        settings.serving_path,
+        "select count(*), min(valid_from), max(runs), count(distinct lineage_id) from segment_history where is_current",
+    )
     assert new[0][1:] == (AS_OF, 1, 1)
     assert rows(settings.serving_path, f"select count(*) from segment_transitions where run_id = '{RUN}'") == [(0,)]
     assert rows(settings.serving_path, "select count(*) from segment_transitions where run_id = 'seg-2026-09-30'")[0][0] > 0
@@ -111,7 +130,10 @@ def test_drift_after_the_change_sees_no_migration_and_no_population_change(swapp
     assert rows(settings.serving_path, "select count(*) from segment_population_changes where run_id = 'seg-2026-09-30'")[0][0] > 0
     # nor does an alert opened in this run claim a move between the two taxonomies
     opened = rows(settings.serving_path, f"select from_segment, to_segment from churn_risk_alerts where opened_run_id = '{RUN}'")
-    assert all(f in {"Cost cutters", "Uptime buyers", "Partners", None} and t in {"Cost cutters", "Uptime buyers", "Partners", None} for f, t in opened)
+    assert all(
+        f in {"Cost cutters", "Uptime buyers", "Partners", None} and t in {"Cost cutters", "Uptime buyers", "Partners", None}
+        for f, t in opened
+    )
 
 
 def test_transitions_name_each_side_from_its_own_run(swapped):
@@ -144,12 +166,18 @@ def test_an_edit_that_keeps_ids_and_dimensions_continues_the_lineage(cycled_smal
     target = tmp_path / "warehouse.duckdb"
     warehouse_copy(settings.warehouse_path, target)
     path = tmp_path / "edited.yaml"
-    path.write_text((CONFIG_DIR / "taxonomy.yaml").read_text().replace("name: Price-focused", "name: Price buyers")
-                    .replace("Volume tiers and framework prices", "Framework prices and volume tiers"))
+    path.write_text(
+        (CONFIG_DIR / "taxonomy.yaml")
+        .read_text()
+        .replace("name: Price-focused", "name: Price buyers")
+        .replace("Volume tiers and framework prices", "Framework prices and volume tiers")
+    )
     with connect(target) as con:
         before = dict(con.execute("select account_id, segment_id from segments.assignments where run_id = ?", [RUN]).fetchall())
         segment(con, AS_OF, load_taxonomy(path), load_config(CONFIG_DIR / "needseg.yaml"))
-        runs = con.execute("select run_id, previous_run_id, lineage_id, taxonomy_change from segments.segment_runs order by as_of").fetchall()
+        runs = con.execute(
+            "select run_id, previous_run_id, lineage_id, taxonomy_change from segments.segment_runs order by as_of"
+        ).fetchall()
         after = dict(con.execute("select account_id, segment_id from segments.assignments where run_id = ?", [RUN]).fetchall())
         names = {r[0] for r in con.execute("select segment_name from segments.segment_definitions where run_id = ?", [RUN]).fetchall()}
     assert [r[:3] for r in runs] == [

@@ -48,7 +48,9 @@ def test_three_to_five_stable_segments_that_follow_the_sales_channel(wholesale):
     assert 3 <= segmented["k"] <= 5
     with connect(settings.warehouse_path, read_only=True) as con:
         run = con.execute("select k, min_jaccard, k_evidence, basis from segments.segment_runs").fetchone()
-        definitions = con.execute("select segment_name, jaccard, size from segments.segment_definitions where population = 'all'").fetchall()
+        definitions = con.execute(
+            "select segment_name, jaccard, size from segments.segment_definitions where population = 'all'"
+        ).fetchall()
         labels = con.execute(
             "select a.segment_id, f.industry from segments.assignments a join marts.customer_features f using (account_id)"
         ).fetchall()
@@ -57,6 +59,7 @@ def test_three_to_five_stable_segments_that_follow_the_sales_channel(wholesale):
     assert len(definitions) == run[0] and all(j is not None and j >= 0.75 for _, j, _ in definitions)
     names = {name for name, _, _ in definitions}
     assert {"Fresh & frozen kitchens", "Grocery & household retail"} <= names
+
     # what clients buy lines up with who they are: the kitchens are mostly hotels,
     # restaurants and cafés, the grocery buyers mostly retailers
     def share(segment, industry):

@@ -18,7 +18,9 @@ def _digest(folder) -> str:
 
 
 def test_same_seed_gives_identical_extracts_and_another_seed_does_not(tmp_path):
-    spec = WorldSpec(seed=3, customers=120, prospects=10, start_month="2026-01", end_month="2026-06", drift_window_start="2026-02", drift_min_visible=2)
+    spec = WorldSpec(
+        seed=3, customers=120, prospects=10, start_month="2026-01", end_month="2026-06", drift_window_start="2026-02", drift_min_visible=2
+    )
     generate(tmp_path / "a", spec)
     generate(tmp_path / "b", spec)
     generate(tmp_path / "c", WorldSpec(**{**spec.__dict__, "seed": 4}))
@@ -48,7 +50,12 @@ def test_accounts_are_heavy_tailed_nordic_and_include_prospects(small_world):
     assert set(latest["country"]) >= {"SE", "FI", "NO", "DK"}
     lines = pd.concat(pd.read_csv(p) for p in (small_world / "extracts").glob("2026-*/crm/order_lines/*.csv"))
     eur = {"SEK": 0.087, "NOK": 0.085, "DKK": 0.134, "EUR": 1.0, "GBP": 1.17}
-    revenue = (lines["quantity"] * lines["net_price"] * lines["currency"].map(eur)).groupby(lines["account_id"]).sum().sort_values(ascending=False)
+    revenue = (
+        (lines["quantity"] * lines["net_price"] * lines["currency"].map(eur))
+        .groupby(lines["account_id"])
+        .sum()
+        .sort_values(ascending=False)
+    )
     top_fifth = revenue.head(len(revenue) // 5).sum() / revenue.sum()
     assert 0.65 < top_fifth < 0.92, top_fifth
 
@@ -58,7 +65,11 @@ def test_planted_drift_is_gradual_and_some_churn_without_drift(small_world):
     monthly = pd.read_parquet(small_world / "truth" / "segments_monthly.parquet")
     drifters = truth[truth["drifter"]]
     assert len(drifters) > 10
-    weights = monthly[monthly["account_id"].isin(drifters["account_id"])].groupby("account_id")["drift_weight"].apply(lambda w: (w.diff().dropna() > 0).sum())
+    weights = (
+        monthly[monthly["account_id"].isin(drifters["account_id"])]
+        .groupby("account_id")["drift_weight"]
+        .apply(lambda w: (w.diff().dropna() > 0).sum())
+    )
     assert (weights >= 3).mean() > 0.8  # the move takes several months, not one step
     assert (truth["churn_kind"] == "random").sum() > 0
     assert ((truth["churn_kind"] == "after_drift") & truth["drifter"]).sum() > 0

@@ -175,9 +175,7 @@ def alerts_from_frame(frame: pd.DataFrame) -> list[Alert]:
     (one open alert per account and reason) keep the highest score."""
     missing = [c for c in ALERT_COLUMNS if c not in frame.columns]
     if missing:
-        raise AlertInputError(
-            f"the alerts to deliver lack column(s) {', '.join(missing)}; expected {', '.join(ALERT_COLUMNS)}"
-        )
+        raise AlertInputError(f"the alerts to deliver lack column(s) {', '.join(missing)}; expected {', '.join(ALERT_COLUMNS)}")
     alerts: dict[str, Alert] = {}
     columns = list(ALERT_COLUMNS) + [c for c in OPTIONAL_ALERT_COLUMNS if c in frame.columns]
     for position, row in enumerate(frame[columns].to_dict("records"), start=1):
@@ -374,16 +372,12 @@ def _html(d: Digest) -> str:
         '<body style="margin:0;padding:16px;font-family:Arial,Helvetica,sans-serif;font-size:14px;'
         'line-height:1.45;color:#1f2328;background:#ffffff;">',
         f'<h1 style="font-size:18px;margin:0 0 4px;">{_e(_phrase(d))}</h1>',
-        f'<p style="margin:0 0 16px;{_MUTED}">As of {_e(d.as_of.isoformat())}, highest risk first. '
-        f"For {_e(d.recipient)}.</p>",
+        f'<p style="margin:0 0 16px;{_MUTED}">As of {_e(d.as_of.isoformat())}, highest risk first. For {_e(d.recipient)}.</p>',
     ]
     if d.part > 1:
         parts.append(f'<p style="margin:0 0 16px;">{_e(_addendum_note(d))}</p>')
     if d.fallback:
-        parts.append(
-            '<p style="margin:0 0 16px;padding:8px;border:1px solid #d4a72c;background:#fff8c5;">'
-            f"{_e(_why_you(d))}</p>"
-        )
+        parts.append(f'<p style="margin:0 0 16px;padding:8px;border:1px solid #d4a72c;background:#fff8c5;">{_e(_why_you(d))}</p>')
     parts.append('<ol style="margin:0;padding-left:24px;">')
     for alert in d.alerts:
         badge = (
@@ -463,7 +457,7 @@ def _webhook_payload(d: Digest) -> dict[str, Any]:
     shown = sections[:SLACK_MAX_ALERT_BLOCKS]
     blocks += [{"type": "section", "text": {"type": "mrkdwn", "text": text}} for text in shown]
     if len(sections) > len(shown):
-        rest = d.alerts[len(shown):]
+        rest = d.alerts[len(shown) :]
         names = ", ".join(f"{slack_escape(a.account_name)} ({a.score_text})" for a in rest)
         blocks.append(
             {"type": "section", "text": {"type": "mrkdwn", "text": _clip(f"…and {len(rest)} more: {names}", SLACK_SECTION_LIMIT)}}

@@ -309,7 +309,9 @@ class DeliveryReport:
     def details(self, limit: int = 20) -> str:
         """The summary and the undelivered messages, at most `limit` of them (alerts.outbox has all)."""
         undelivered = [f"  failed: {m.describe()}" for m in self.failed] + [f"  pending: {m.describe()}" for m in self.pending]
-        more = [f"  ... and {len(undelivered) - limit} more (needseg status, or the table alerts.outbox)"] if len(undelivered) > limit else []
+        more = (
+            [f"  ... and {len(undelivered) - limit} more (needseg status, or the table alerts.outbox)"] if len(undelivered) > limit else []
+        )
         return "\n".join([self.summary(), *undelivered[:limit], *more])
 
     def raise_for_undelivered(self) -> None:
@@ -416,16 +418,34 @@ def enqueue(
                     renotify_after_days=options.renotify_after_days,
                     part=part,
                 )
-                messages.append({
-                    "message_id": message_id_for(run_id, channel, recipient, part), "run_id": run_id, "as_of": digest.as_of,
-                    "channel": channel, "recipient": recipient, "alert_ids": digest.alert_ids, "subject": digest.subject,
-                    "body_text": digest.body_text, "body_html": digest.body_html if channel != "webhook" else None,
-                    "payload": json.dumps(digest.payload, ensure_ascii=False) if channel == "webhook" else None,
-                    "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now, "part": part,
-                })
+                messages.append(
+                    {
+                        "message_id": message_id_for(run_id, channel, recipient, part),
+                        "run_id": run_id,
+                        "as_of": digest.as_of,
+                        "channel": channel,
+                        "recipient": recipient,
+                        "alert_ids": digest.alert_ids,
+                        "subject": digest.subject,
+                        "body_text": digest.body_text,
+                        "body_html": digest.body_html if channel != "webhook" else None,
+                        "payload": json.dumps(digest.payload, ensure_ascii=False) if channel == "webhook" else None,
+                        "status": "pending",
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "created_at": now,
+                        "part": part,
+                    }
+                )
                 if part > 1:
-                    log.info("alerts run %s: addendum %d for %s on %s with %d alert(s) the earlier digest lacks",
-                             run_id, part - 1, recipient, channel, len(members))
+                    log.info(
+                        "alerts run %s: addendum %d for %s on %s with %d alert(s) the earlier digest lacks",
+                        run_id,
+                        part - 1,
+                        recipient,
+                        channel,
+                        len(members),
+                    )
         if messages:
             # One statement for all messages: a row-by-row insert costs DuckDB milliseconds each.
             con.register("_needseg_new_messages", pd.DataFrame(messages))
@@ -516,8 +536,10 @@ def _begin_attempt(con: duckdb.DuckDBPyConnection, row: dict[str, Any], now: dt.
     """Record the attempt before the message leaves: if the process dies while sending, the
     outbox shows an attempt that did not finish, and that attempt counts."""
     attempts = int(row["attempts"]) + 1
-    note = f"attempt {attempts} started {now:%Y-%m-%d %H:%M:%S} UTC {INTERRUPTED} (the process ended before its outcome was recorded); " \
-           "the message may have arrived and is sent again with the same id"
+    note = (
+        f"attempt {attempts} started {now:%Y-%m-%d %H:%M:%S} UTC {INTERRUPTED} (the process ended before its outcome was recorded); "
+        "the message may have arrived and is sent again with the same id"
+    )
     con.execute(
         "update alerts.outbox set attempts = ?, last_attempt_at = ?, last_error = ? where message_id = ?",
         [attempts, now, note, row["message_id"]],
@@ -554,7 +576,8 @@ def _mark_sent(con: duckdb.DuckDBPyConnection, rows: list[Mapping[str, Any]], no
         con.rollback()
         log.error(
             "%d message(s) (%s) were accepted but could not be recorded as sent; they will be sent again with the same id on the next pass",
-            len(ids), ", ".join(f"{row['channel']} to {row['recipient']}" for row in rows[:5]),
+            len(ids),
+            ", ".join(f"{row['channel']} to {row['recipient']}" for row in rows[:5]),
         )
         raise
 
@@ -615,6 +638,7 @@ def deliver_pending(
         """,
         [now],
     )
+
     def sent(rows: list[dict[str, Any]], count_attempt: bool) -> None:
         _mark_sent(con, rows, now, count_attempt=count_attempt)
         for row in rows:
@@ -633,16 +657,20 @@ def deliver_pending(
         if sender is None or (table and row["channel"] == "table"):
             continue
         if row["last_error"] and INTERRUPTED in row["last_error"]:
-            log.warning("message %s (%s to %s): its last attempt was interrupted and may have arrived; "
-                        "sending it again with the same id", row["message_id"], row["channel"], row["recipient"])
+            log.warning(
+                "message %s (%s to %s): its last attempt was interrupted and may have arrived; sending it again with the same id",
+                row["message_id"],
+                row["channel"],
+                row["recipient"],
+            )
         if int(row["attempts"]) >= max_attempts:
             # Interrupted attempts used up the allowance: stop rather than crash the sender again.
             error = DeliveryError(row["last_error"] or "no attempts left")
         elif row["channel"] in down:
             row["attempts"] = int(row["attempts"]) + 1
-            not_tried.append((row, DeliveryError(
-                f"not tried: {sender.describe()} was unavailable earlier in this pass ({down[row['channel']]})"
-            )))
+            not_tried.append(
+                (row, DeliveryError(f"not tried: {sender.describe()} was unavailable earlier in this pass ({down[row['channel']]})"))
+            )
             continue
         else:
             message = OutgoingMessage(
@@ -713,21 +741,15 @@ def unreported_failures(con: duckdb.DuckDBPyConnection) -> list[MessageState]:
 
 def mark_failures_reported(con: duckdb.DuckDBPyConnection, message_ids: list[str], now: dt.datetime | None = None) -> None:
     if message_ids:
-        con.execute(
-            "update alerts.outbox set failure_notified_at = ? where list_contains(?, message_id)", [utc_naive(now), message_ids]
-        )
+        con.execute("update alerts.outbox set failure_notified_at = ? where list_contains(?, message_id)", [utc_naive(now), message_ids])
 
 
 def outbox_overview(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Lines for `needseg status` (read-only): messages by channel and status, what failed for good."""
-    exists = con.execute(
-        "select count(*) from duckdb_tables() where schema_name = 'alerts' and table_name = 'outbox'"
-    ).fetchone()[0]
+    exists = con.execute("select count(*) from duckdb_tables() where schema_name = 'alerts' and table_name = 'outbox'").fetchone()[0]
     if not exists:
         return ["alert outbox: empty (no digest composed yet)"]
-    counts = con.execute(
-        "select channel, status, count(*), sum(len(alert_ids)) from alerts.outbox group by all order by all"
-    ).fetchall()
+    counts = con.execute("select channel, status, count(*), sum(len(alert_ids)) from alerts.outbox group by all order by all").fetchall()
     if not counts:
         return ["alert outbox: empty (no digest composed yet)"]
     lines = ["alert outbox (messages / alerts by channel and status):"]

@@ -154,8 +154,12 @@ def summary_lines(settings: Settings) -> list[str]:
             "from customer_segments group by segment order by n desc"
         ).fetchall()
         prospects = con.execute("select count(*) from prospect_segments").fetchone()[0]
-        drifting = con.execute("select count(*) filter (where drift_flag), count(*) filter (where early_warning), count(*) filter (where migrated) from customer_drift").fetchone()
-        alerts = con.execute("select count(*) filter (where status = 'open'), count(*) filter (where status = 'resolved') from churn_risk_alerts").fetchone()
+        drifting = con.execute(
+            "select count(*) filter (where drift_flag), count(*) filter (where early_warning), count(*) filter (where migrated) from customer_drift"
+        ).fetchone()
+        alerts = con.execute(
+            "select count(*) filter (where status = 'open'), count(*) filter (where status = 'resolved') from churn_risk_alerts"
+        ).fetchone()
         example = con.execute(
             "select account_name, segment, toward_segment, evidence from customer_drift where is_churn_risk order by churn_risk_score desc limit 1"
         ).fetchone()
@@ -184,9 +188,9 @@ def summary_lines(settings: Settings) -> list[str]:
         f"Serving database: {settings.serving_path}   Parquet: {settings.exports_dir}/",
         f"Segment report (charts, open in a browser): {settings.report_dir / 'segment_report.html'}",
         "Try:",
-        f"  {cli} query \"select segment, segment_source, count(*) from customer_segments group by all order by all\"",
-        f"  {cli} query \"select account_name, segment, drivers from customer_segments where is_key_account limit 5\"",
-        f"  {cli} query \"select account_name, toward_segment, churn_risk_score, evidence from customer_drift where drift_flag order by 3 desc limit 5\"",
+        f'  {cli} query "select segment, segment_source, count(*) from customer_segments group by all order by all"',
+        f'  {cli} query "select account_name, segment, drivers from customer_segments where is_key_account limit 5"',
+        f'  {cli} query "select account_name, toward_segment, churn_risk_score, evidence from customer_drift where drift_flag order by 3 desc limit 5"',
         f"dbt docs of every table and column: {cli} dbt-docs",
         "See the DAG runs in the Airflow UI: make airflow",
     ]

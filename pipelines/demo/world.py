@@ -91,20 +91,84 @@ INDUSTRY_BY_SEGMENT = np.array(
 )
 
 NAME_FIRST = (
-    "Ångström", "Björk", "Åkesson", "Öhman", "Lindqvist", "Nordvik", "Sjöberg", "Hällström",
-    "Fjäll", "Dahl", "Ek", "Strand", "Holm", "Berg", "Lund", "Sund", "Västkust", "Norrland",
-    "Söder", "Östra", "Mälar", "Vänern", "Kärn", "Järn", "Stål", "Älv", "Skärgård", "Gränna",
-    "Kalmar", "Härnö", "Tornio", "Jyväskylä", "Pohjola", "Tromsø", "Bergen", "Ålesund",
-    "Århus", "Ødegaard", "Næstved", "Kjøge", "Møller", "Sørensen", "Lövgren", "Wärnström",
+    "Ångström",
+    "Björk",
+    "Åkesson",
+    "Öhman",
+    "Lindqvist",
+    "Nordvik",
+    "Sjöberg",
+    "Hällström",
+    "Fjäll",
+    "Dahl",
+    "Ek",
+    "Strand",
+    "Holm",
+    "Berg",
+    "Lund",
+    "Sund",
+    "Västkust",
+    "Norrland",
+    "Söder",
+    "Östra",
+    "Mälar",
+    "Vänern",
+    "Kärn",
+    "Järn",
+    "Stål",
+    "Älv",
+    "Skärgård",
+    "Gränna",
+    "Kalmar",
+    "Härnö",
+    "Tornio",
+    "Jyväskylä",
+    "Pohjola",
+    "Tromsø",
+    "Bergen",
+    "Ålesund",
+    "Århus",
+    "Ødegaard",
+    "Næstved",
+    "Kjøge",
+    "Møller",
+    "Sørensen",
+    "Lövgren",
+    "Wärnström",
 )
 NAME_SECOND = (
-    "Verktyg", "Maskin", "Bygg", "Teknik", "Logistik", "Elektro", "Industri", "Kraft",
-    "Service", "Hydraulik", "Automation", "Miljö", "Transport", "Vård", "Energi", "Mekaniska",
-    "Plåt", "Svets", "Laboratorier", "Fastigheter", "Kyl & Värme", "Instrument",
+    "Verktyg",
+    "Maskin",
+    "Bygg",
+    "Teknik",
+    "Logistik",
+    "Elektro",
+    "Industri",
+    "Kraft",
+    "Service",
+    "Hydraulik",
+    "Automation",
+    "Miljö",
+    "Transport",
+    "Vård",
+    "Energi",
+    "Mekaniska",
+    "Plåt",
+    "Svets",
+    "Laboratorier",
+    "Fastigheter",
+    "Kyl & Värme",
+    "Instrument",
 )
 OWNERS = (
-    "anna.lindqvist", "erik.sjoberg", "maria.holm", "johan.akesson", "sofia.nordvik",
-    "lars.dahl", "karin.strand", "mikael.berg",
+    "anna.lindqvist",
+    "erik.sjoberg",
+    "maria.holm",
+    "johan.akesson",
+    "sofia.nordvik",
+    "lars.dahl",
+    "karin.strand",
+    "mikael.berg",
 )
 OWNER_DOMAIN = "needseg-demo.example"
 ROLES = ("Purchasing manager", "Operations manager", "CEO", "Technical lead", "Finance")
@@ -238,9 +302,7 @@ class _World:
         self.fx = np.array([COUNTRIES[i][2] for i in country_idx])
         self.names = _company_names(rng, [COUNTRIES[i][3] for i in country_idx])
         self.industry = np.array(INDUSTRIES)[_pick(rng, INDUSTRY_BY_SEGMENT[self.segment])]
-        self.employees = np.maximum(
-            3, np.round(np.exp(2.8 + 0.75 * log_size + rng.normal(0, 0.7, n)))
-        ).astype(int)
+        self.employees = np.maximum(3, np.round(np.exp(2.8 + 0.75 * log_size + rng.normal(0, 0.7, n)))).astype(int)
         self.annual_revenue = np.round(self.employees * np.exp(rng.normal(12.0, 0.5, n)), -3)
 
         # Tenure: partnership-minded accounts have been customers longer.
@@ -256,9 +318,7 @@ class _World:
             since,
         )
         self.customer_since = pd.to_datetime(since).normalize()
-        self.join_month = np.array(
-            [max(0, (pd.Period(d, "M") - self.months[0]).n) for d in self.customer_since]
-        )
+        self.join_month = np.array([max(0, (pd.Period(d, "M") - self.months[0]).n) for d in self.customer_since])
 
         # Owners: key-account managers (first three) own most of the largest accounts.
         big = log_size > np.quantile(log_size, 0.85)
@@ -437,9 +497,7 @@ def generate(out: Path | str, spec: WorldSpec | None = None) -> WorldSummary:
                     "country": world.country[idx],
                     "employees": world.employees[idx],
                     "annual_revenue": world.annual_revenue[idx].astype(int),
-                    "customer_since": np.where(
-                        world.is_prospect[idx], "", world.customer_since[idx].strftime("%Y-%m-%d")
-                    ),
+                    "customer_since": np.where(world.is_prospect[idx], "", world.customer_since[idx].strftime("%Y-%m-%d")),
                     "account_owner": [f"{o}@{OWNER_DOMAIN}" for o in world.owner[idx]],
                     "parent_account_id": world.parent[idx],
                     "updated_at": upd.strftime("%Y-%m-%d %H:%M:%S"),
@@ -483,7 +541,9 @@ def generate(out: Path | str, spec: WorldSpec | None = None) -> WorldSummary:
                 + rng.normal(0, 0.035, n_l)
             )
             # Quality-minded buyers often pay list price outright.
-            pays_list = rng.random(n_l) < _logistic(-1.2 + 0.9 * lc[:, IDX["quality"]] + 0.6 * lc[:, IDX["brand"]] - 1.1 * lc[:, IDX["price"]])
+            pays_list = rng.random(n_l) < _logistic(
+                -1.2 + 0.9 * lc[:, IDX["quality"]] + 0.6 * lc[:, IDX["brand"]] - 1.1 * lc[:, IDX["price"]]
+            )
             disc = np.where(pays_list, 0.0, np.clip(disc, 0.0, 0.45))
             fx = world.fx[line_acc]
             list_local = np.round(list_eur / fx, 2)
@@ -658,8 +718,7 @@ def generate(out: Path | str, spec: WorldSpec | None = None) -> WorldSummary:
             "drift_to": np.where(world.drifter, np.array(SEGMENTS)[np.maximum(world.drift_to, 0)], ""),
             "drift_start": [str(world.months[s]) if s >= 0 else "" for s in world.drift_start],
             "drift_full": [
-                str(world.months[min(s + d - 1, last)]) if s >= 0 else ""
-                for s, d in zip(world.drift_start, world.drift_len, strict=False)
+                str(world.months[min(s + d - 1, last)]) if s >= 0 else "" for s, d in zip(world.drift_start, world.drift_len, strict=False)
             ],
             "churn_month": [str(world.months[c]) if c >= 0 else "" for c in world.churn_month],
             "churn_kind": world.churn_kind,

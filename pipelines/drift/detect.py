@@ -91,7 +91,9 @@ def _direction(levels: pd.DataFrame, spread: pd.Series, current: str, target: st
     return chosen.to_dict()
 
 
-def _score_towards(change: MixChange, levels: pd.DataFrame, spread: pd.Series, accounts: pd.Index, current: str, target: str, min_gap: float) -> pd.DataFrame:
+def _score_towards(
+    change: MixChange, levels: pd.DataFrame, spread: pd.Series, accounts: pd.Index, current: str, target: str, min_gap: float
+) -> pd.DataFrame:
     direction = _direction(levels, spread, current, target, min_gap)
     comps = list(direction)
     signs = np.sign(np.array([direction[c] for c in comps]))
@@ -104,7 +106,9 @@ def _score_towards(change: MixChange, levels: pd.DataFrame, spread: pd.Series, a
     known = np.isfinite(moved).sum(axis=1)
     # no comparable window at all: no movement measured
     shift = np.divide(fraction.sum(axis=1), known, out=np.zeros(len(accounts)), where=known > 0)
-    return pd.DataFrame({"z": composite, "shift": np.nan_to_num(shift), "target": target, "components": [comps] * len(accounts)}, index=accounts)
+    return pd.DataFrame(
+        {"z": composite, "shift": np.nan_to_num(shift), "target": target, "components": [comps] * len(accounts)}, index=accounts
+    )
 
 
 def lapse_risk(features: pd.DataFrame, horizon_months: float, silence_months: float) -> pd.Series:
@@ -135,8 +139,14 @@ def _fmt_rate(v: float) -> str:
 
 
 UNITS = {
-    "discount": "order lines", "list_price": "order lines", "premium": "order lines", "service": "order lines",
-    "lost_on_price": "decided quotes", "price_tickets": "tickets", "critical_tickets": "tickets", "ordering_months": "months",
+    "discount": "order lines",
+    "list_price": "order lines",
+    "premium": "order lines",
+    "service": "order lines",
+    "lost_on_price": "decided quotes",
+    "price_tickets": "tickets",
+    "critical_tickets": "tickets",
+    "ordering_months": "months",
 }
 
 
@@ -237,7 +247,9 @@ def detect(
     # An account that stopped ordering altogether has lapsed (a churn question), it is not
     # drifting: a drift shows in what it still buys.
     out["ordering_recently"] = change.last_order_months_ago < settings.active_within_months
-    out["early_warning"] = (out["drift_z"] >= settings.early_warning_z) & (out["drift_shift"] >= settings.min_shift) & out["ordering_recently"]
+    out["early_warning"] = (
+        (out["drift_z"] >= settings.early_warning_z) & (out["drift_shift"] >= settings.min_shift) & out["ordering_recently"]
+    )
 
     def migration_kind(row) -> str | None:
         if not row["migrated"]:
@@ -255,7 +267,9 @@ def detect(
     for (before, after), group in moved.groupby(["previous_segment_id", "segment_id"]):
         scored = _score_towards(change, levels, spread, group.index, before, after, settings.min_profile_gap)
         out.loc[group.index, "migration_z"] = scored["z"].round(3)
-        out.loc[group.index, "migration_confirmed"] = (scored["z"] >= settings.confirm_migration_z) & (scored["shift"] >= settings.min_shift)
+        out.loc[group.index, "migration_confirmed"] = (scored["z"] >= settings.confirm_migration_z) & (
+            scored["shift"] >= settings.min_shift
+        )
     out["drift_flag"] = (out["early_warning"] & out["drift_kind"].isin([PRICE_KIND, AWAY_KIND])) | (
         out["migration_confirmed"] & out["migration_kind"].isin([PRICE_KIND, AWAY_KIND])
     )
@@ -296,7 +310,11 @@ def detect(
         if row["migration_confirmed"] and row["migration_kind"] in (PRICE_KIND, AWAY_KIND):
             drift_strength = max(drift_strength, 0.5)
             why.append("migration_" + row["migration_kind"])
-        revenue_drop = float(np.clip(-row["revenue_trend"], 0, 1)) if np.isfinite(row["revenue_trend"]) and row["revenue_trend"] <= -settings.revenue_drop else 0.0
+        revenue_drop = (
+            float(np.clip(-row["revenue_trend"], 0, 1))
+            if np.isfinite(row["revenue_trend"]) and row["revenue_trend"] <= -settings.revenue_drop
+            else 0.0
+        )
         satisfaction_drop = 0.0
         if np.isfinite(row["satisfaction_change"]) and row["satisfaction_change"] <= -settings.satisfaction_drop:
             satisfaction_drop = float(np.clip(-row["satisfaction_change"] / 2, 0, 1))
@@ -309,7 +327,11 @@ def detect(
             why.append("worsening_satisfaction")
             if np.isfinite(row["satisfaction_change"]):
                 text.append(f"satisfaction {row['satisfaction_change']:+.1f} since the previous survey wave")
-        score = 0.5 * drift_strength + 0.5 * max(revenue_drop, satisfaction_drop) if drift_strength and (revenue_drop or satisfaction_drop) else 0.0
+        score = (
+            0.5 * drift_strength + 0.5 * max(revenue_drop, satisfaction_drop)
+            if drift_strength and (revenue_drop or satisfaction_drop)
+            else 0.0
+        )
         evidence.append(text)
         components.append(json.dumps(lines))
         risk.append(round(score, 3))

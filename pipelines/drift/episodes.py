@@ -36,9 +36,24 @@ def alert_id(account_id: str, reason: str, opened_as_of: dt.date) -> str:
 def episodes(snapshots: pd.DataFrame, runs: list[tuple[str, dt.date]], rules: EpisodeRules) -> pd.DataFrame:
     """All alert episodes from the risk snapshots of `runs` (run_id, as_of), oldest first."""
     columns = [
-        "alert_id", "account_id", "reason", "status", "opened_run_id", "opened_as_of", "last_seen_run_id",
-        "last_seen_as_of", "resolved_as_of", "runs_flagged", "score", "peak_score", "account_name", "account_owner",
-        "from_segment", "to_segment", "evidence", "action",
+        "alert_id",
+        "account_id",
+        "reason",
+        "status",
+        "opened_run_id",
+        "opened_as_of",
+        "last_seen_run_id",
+        "last_seen_as_of",
+        "resolved_as_of",
+        "runs_flagged",
+        "score",
+        "peak_score",
+        "account_name",
+        "account_owner",
+        "from_segment",
+        "to_segment",
+        "evidence",
+        "action",
     ]
     if snapshots.empty:
         return pd.DataFrame(columns=columns)
@@ -91,4 +106,3 @@ def episodes(snapshots: pd.DataFrame, runs: list[tuple[str, dt.date]], rules: Ep
             out.append(open_episode)
     frame = pd.DataFrame(out, columns=columns)
     return frame.sort_values(["opened_as_of", "account_id", "reason"]).reset_index(drop=True)
-

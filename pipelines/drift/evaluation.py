@@ -65,7 +65,11 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
         "baseline": baseline,
         "churn_risk_flags": risk_flags,
         "f1_ratio_vs_baseline": round(needseg["f1"] / baseline["f1"], 3) if baseline["f1"] else None,
-        "lead_time_months": {"median": float(np.median(lead)) if lead else None, "drifters_that_churned_and_were_flagged": len(lead), "values": sorted(lead)},
+        "lead_time_months": {
+            "median": float(np.median(lead)) if lead else None,
+            "drifters_that_churned_and_were_flagged": len(lead),
+            "values": sorted(lead),
+        },
         "false_flags_on_random_churners": len(set(first_flag.index) & random_churners),
         "false_flags_on_promotions": len(set(first_flag.index) & promo),
     }

@@ -59,10 +59,14 @@ def population_changes(
             survivors[x] = best_y
             continue
         if len(big) >= 2 and big.sum() >= survive:
-            rows.append(_row("split", [x], list(big.index), float(big.sum()), size_before, size_after, None, {"shares": big.round(3).to_dict()}))
+            rows.append(
+                _row("split", [x], list(big.index), float(big.sum()), size_before, size_after, None, {"shares": big.round(3).to_dict()})
+            )
         elif best >= split:
             # most of x went to a segment that is someone else's continuation
-            rows.append(_row("absorbed", [x], [best_y], float(best), size_before, size_after, None, {"source_share": round(float(source_share), 3)}))
+            rows.append(
+                _row("absorbed", [x], [best_y], float(best), size_before, size_after, None, {"source_share": round(float(source_share), 3)})
+            )
         else:
             rows.append(_row("disappear", [x], [], float(best), size_before, size_after, None, {}))
     # survivors into the same Y are merges

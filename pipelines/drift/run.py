@@ -118,11 +118,17 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
     run_id = run_id_for(as_of)
     if not con.execute("select count(*) from segments.segment_runs where run_id = ?", [run_id]).fetchone()[0]:
         raise NeedsegError(f"no segmentation run as of {as_of}: segment first (needseg segment --as-of {as_of})")
-    features = con.execute("select * from marts.customer_features where status = 'customer' order by account_id").df().set_index("account_id")
+    features = (
+        con.execute("select * from marts.customer_features where status = 'customer' order by account_id").df().set_index("account_id")
+    )
     if features.empty or pd.Timestamp(features["as_of"].iloc[0]).date() != as_of:
         raise NeedsegError(f"customer_features does not describe {as_of}: build the features for that date first")
     monthly = con.execute("select * from marts.customer_monthly_behaviour order by account_id, months_ago").df()
-    current = con.execute("select account_id, segment_id, segment_name from segments.assignments where run_id = ? order by account_id", [run_id]).df().set_index("account_id")
+    current = (
+        con.execute("select account_id, segment_id, segment_name from segments.assignments where run_id = ? order by account_id", [run_id])
+        .df()
+        .set_index("account_id")
+    )
     # The run this one was aligned to, not merely the one before it: after a taxonomy change
     # segment ids mean something else, so there is nothing to migrate from or compare with.
     prev = con.execute(
@@ -135,7 +141,11 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
     ).fetchone()
     previous = None
     if prev:
-        previous = con.execute("select account_id, segment_id from segments.assignments where run_id = ? order by account_id", [prev[0]]).df().set_index("account_id")
+        previous = (
+            con.execute("select account_id, segment_id from segments.assignments where run_id = ? order by account_id", [prev[0]])
+            .df()
+            .set_index("account_id")
+        )
     history = con.execute(
         """
         with lineage_runs as (
@@ -182,23 +192,49 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
             to_segment = row.toward_segment_id if kind in reasons else row.segment_id
             snaps.append(
                 {
-                    "run_id": run_id, "as_of": as_of, "account_id": row.account_id, "reason": REASONS[kind],
-                    "score": row.churn_risk_score, "account_name": row.account_name, "account_owner": row.account_owner,
-                    "from_segment": names.get(row.previous_segment_id if kind not in reasons and row.previous_segment_id else row.segment_id),
-                    "to_segment": names.get(to_segment, to_segment), "evidence": row.evidence, "action": actions.get(to_segment),
+                    "run_id": run_id,
+                    "as_of": as_of,
+                    "account_id": row.account_id,
+                    "reason": REASONS[kind],
+                    "score": row.churn_risk_score,
+                    "account_name": row.account_name,
+                    "account_owner": row.account_owner,
+                    "from_segment": names.get(
+                        row.previous_segment_id if kind not in reasons and row.previous_segment_id else row.segment_id
+                    ),
+                    "to_segment": names.get(to_segment, to_segment),
+                    "evidence": row.evidence,
+                    "action": actions.get(to_segment),
                 }
             )
-    snapshots = pd.DataFrame(snaps, columns=["run_id", "as_of", "account_id", "reason", "score", "account_name", "account_owner", "from_segment", "to_segment", "evidence", "action"])
+    snapshots = pd.DataFrame(
+        snaps,
+        columns=[
+            "run_id",
+            "as_of",
+            "account_id",
+            "reason",
+            "score",
+            "account_name",
+            "account_owner",
+            "from_segment",
+            "to_segment",
+            "evidence",
+            "action",
+        ],
+    )
 
     transitions_frame = pd.DataFrame()
     events = pd.DataFrame()
     if previous is not None:
         centres = {(r.run_id, r.segment_id): json.loads(r.centre)["values"] for r in defs.itertuples()}
         events, transitions_frame = population_changes(
-            previous["segment_id"], current["segment_id"],
+            previous["segment_id"],
+            current["segment_id"],
             {s: c for (r, s), c in centres.items() if r == prev[0]},
             {s: c for (r, s), c in centres.items() if r == run_id},
-            monic["survive"], monic["split"],
+            monic["survive"],
+            monic["split"],
         )
         for frame in (events, transitions_frame):
             frame.insert(0, "as_of", as_of)

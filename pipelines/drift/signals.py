@@ -79,7 +79,9 @@ def _two_proportion(x_r, n_r, x_b, n_b) -> np.ndarray:
 def mix_change(monthly: pd.DataFrame, windows: Windows = Windows()) -> MixChange:
     """Compare each account's recent window with its baseline window (pooled counts)."""
     recent = monthly[monthly["months_ago"] < windows.recent_months]
-    base = monthly[(monthly["months_ago"] >= windows.recent_months) & (monthly["months_ago"] < windows.recent_months + windows.baseline_months)]
+    base = monthly[
+        (monthly["months_ago"] >= windows.recent_months) & (monthly["months_ago"] < windows.recent_months + windows.baseline_months)
+    ]
     sums_r = recent.groupby("account_id").sum(numeric_only=True)
     sums_b = base.groupby("account_id").sum(numeric_only=True)
     accounts = sums_r.index.union(sums_b.index)
@@ -107,8 +109,12 @@ def mix_change(monthly: pd.DataFrame, windows: Windows = Windows()) -> MixChange
 
     # regularity: months with an order out of the months in each window
     active = monthly[monthly["orders"] > 0]
-    act_r = active[active["months_ago"] < windows.recent_months].groupby("account_id").size().reindex(accounts, fill_value=0).to_numpy(float)
-    act_b = active[(active["months_ago"] >= windows.recent_months) & (active["months_ago"] < windows.recent_months + windows.baseline_months)]
+    act_r = (
+        active[active["months_ago"] < windows.recent_months].groupby("account_id").size().reindex(accounts, fill_value=0).to_numpy(float)
+    )
+    act_b = active[
+        (active["months_ago"] >= windows.recent_months) & (active["months_ago"] < windows.recent_months + windows.baseline_months)
+    ]
     act_b = act_b.groupby("account_id").size().reindex(accounts, fill_value=0).to_numpy(float)
     months_r = np.full(len(accounts), float(windows.recent_months))
     months_b = np.full(len(accounts), float(windows.baseline_months))

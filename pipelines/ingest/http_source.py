@@ -441,9 +441,13 @@ def _resolve_access(source: str, http: HttpSource) -> tuple[str, str, str]:
         ways = [f"set the environment variable {http.base_url_env}"] if http.base_url_env else []
         if http.connection_id:
             ways.append(f"give the Airflow connection {http.connection_id!r} a host")
-        raise HttpSourceError(f"{source}: no base URL for the API: " + ", or ".join(ways or ["set http.base_url"]) + ". Nothing was fetched.")
+        raise HttpSourceError(
+            f"{source}: no base URL for the API: " + ", or ".join(ways or ["set http.base_url"]) + ". Nothing was fetched."
+        )
     if not base_url.lower().startswith(("http://", "https://")):
-        raise HttpSourceError(f"{source}: the API base URL {_public_url(base_url)!r} is not an http:// or https:// address. Nothing was fetched.")
+        raise HttpSourceError(
+            f"{source}: the API base URL {_public_url(base_url)!r} is not an http:// or https:// address. Nothing was fetched."
+        )
     return base_url, token, token_origin
 
 

@@ -233,15 +233,16 @@ class IngestReport:
         if self.rejected:
             sections.append(
                 f"{len(self.rejected)} batch(es) would be refused by the quality gate (dry run: nothing was written):"
-                if self.dry_run else
-                f"{len(self.rejected)} batch(es) refused by the quality gate; nothing from them was loaded "
+                if self.dry_run
+                else f"{len(self.rejected)} batch(es) refused by the quality gate; nothing from them was loaded "
                 "(their rows are in quarantine with the reason), and the run stops here:",
             )
             sections += [f"- {f.file}: {f.message}" for f in self.rejected]
         if self.held:
             sections.append(
-                f"{len(self.held)} file(s) would be held back (dry run):" if self.dry_run else
-                f"{len(self.held)} file(s) held back, not loaded yet (they load on the next run once their accounts are in):"
+                f"{len(self.held)} file(s) would be held back (dry run):"
+                if self.dry_run
+                else f"{len(self.held)} file(s) held back, not loaded yet (they load on the next run once their accounts are in):"
             )
             sections += [f"- {f.file}: {f.message}" for f in self.held]
         if self.not_loadable:
@@ -255,10 +256,14 @@ class IngestReport:
         if not sections:
             return None
         kind = (
-            GateFailed if self.rejected
-            else FilesNotLoadable if self.not_loadable
-            else FilesChanged if self.conflicts
-            else SourcesNotFetched if self.fetch_error
+            GateFailed
+            if self.rejected
+            else FilesNotLoadable
+            if self.not_loadable
+            else FilesChanged
+            if self.conflicts
+            else SourcesNotFetched
+            if self.fetch_error
             else GateFailed
         )
         return kind("\n".join(sections), self)
@@ -343,19 +348,35 @@ def _discover(landing: Path, mappings: dict[str, SourceMapping], sources: list[s
             if len(parts) == 1:
                 guess = _guess_table(name)
                 where = f"<source>/{guess}/{name}" if guess else f"<source>/<table>/{name}"
-                outcomes.append(FileOutcome("", guess or "", rel, "not_loadable", message=(
-                    f"not in a source folder: landing files go in <landing>/<source>/<table>/; move it to {where} "
-                    f"(tables: {tables})"
-                )))
+                outcomes.append(
+                    FileOutcome(
+                        "",
+                        guess or "",
+                        rel,
+                        "not_loadable",
+                        message=(
+                            f"not in a source folder: landing files go in <landing>/<source>/<table>/; move it to {where} "
+                            f"(tables: {tables})"
+                        ),
+                    )
+                )
                 continue
             mapping = mapping_for(source, mappings)
             if len(parts) == 2:
                 guess = _guess_table(name)
                 hint = f"did you mean {source}/{guess}/{name}?" if guess else ""
-                outcomes.append(FileOutcome(source, guess or "", rel, "not_loadable", message=(
-                    f"no table folder: files of source {source!r} go in {source}/<table>/ (tables: {tables}); "
-                    f"{hint or 'move it into the folder of its table'}"
-                )))
+                outcomes.append(
+                    FileOutcome(
+                        source,
+                        guess or "",
+                        rel,
+                        "not_loadable",
+                        message=(
+                            f"no table folder: files of source {source!r} go in {source}/<table>/ (tables: {tables}); "
+                            f"{hint or 'move it into the folder of its table'}"
+                        ),
+                    )
+                )
                 continue
             folder_name = parts[1]
             readers = [mapping.for_table(t) for t in LOAD_ORDER if mapping.for_table(t).folder_table.lower() == folder_name.lower()]
@@ -375,10 +396,18 @@ def _discover(landing: Path, mappings: dict[str, SourceMapping], sources: list[s
             matching = [tm for tm in readers if fnmatch.fnmatchcase(name.lower(), tm.files.lower())]
             if not matching:
                 patterns = " / ".join(sorted({repr(tm.files) for tm in readers}))
-                outcomes.append(FileOutcome(source, readers[0].table, rel, "not_loadable", message=(
-                    f"the name does not match the files pattern {patterns} of {source}/{folder_name}/ in {readers[0].origin}: "
-                    "rename the file, or widen `files:` in the mapping"
-                )))
+                outcomes.append(
+                    FileOutcome(
+                        source,
+                        readers[0].table,
+                        rel,
+                        "not_loadable",
+                        message=(
+                            f"the name does not match the files pattern {patterns} of {source}/{folder_name}/ in {readers[0].origin}: "
+                            "rename the file, or widen `files:` in the mapping"
+                        ),
+                    )
+                )
                 continue
             unreadable = []
             for tm in matching:
@@ -389,10 +418,18 @@ def _discover(landing: Path, mappings: dict[str, SourceMapping], sources: list[s
                     continue
                 found.append(_Found(source, tm, path, rel, nested=len(parts) > 3))
             if unreadable and len(unreadable) == len(matching):
-                outcomes.append(FileOutcome(source, matching[0].table, rel, "not_loadable", message=(
-                    f"needseg cannot tell the format from the name {name!r}: expected one of {', '.join(sorted(FORMATS))}; "
-                    "convert it (e.g. save the sheet as .xlsx or .csv), or declare `format:` in the source's mapping"
-                )))
+                outcomes.append(
+                    FileOutcome(
+                        source,
+                        matching[0].table,
+                        rel,
+                        "not_loadable",
+                        message=(
+                            f"needseg cannot tell the format from the name {name!r}: expected one of {', '.join(sorted(FORMATS))}; "
+                            "convert it (e.g. save the sheet as .xlsx or .csv), or declare `format:` in the source's mapping"
+                        ),
+                    )
+                )
     order = {t: i for i, t in enumerate(LOAD_ORDER)}
     found.sort(key=lambda x: (order[x.mapping.table], x.source, x.rel))
     return found, outcomes
@@ -419,7 +456,9 @@ def ingest_rules(config: dict) -> tuple[float, int]:
     try:
         share, min_rows = float(rules["max_quarantine_share"]), int(rules["min_rows_for_quarantine_share"])
     except (TypeError, ValueError):
-        raise ConfigError(f"ingest.max_quarantine_share must be a number and ingest.min_rows_for_quarantine_share a whole number; got {rules}") from None
+        raise ConfigError(
+            f"ingest.max_quarantine_share must be a number and ingest.min_rows_for_quarantine_share a whole number; got {rules}"
+        ) from None
     if not 0 <= share <= 1 or min_rows < 0:
         raise ConfigError(f"ingest.max_quarantine_share must lie between 0 and 1 and min_rows_for_quarantine_share be >= 0; got {rules}")
     return share, min_rows
@@ -495,7 +534,8 @@ def ingest(
     found, outcomes = _discover(settings.landing_dir, mappings, sources)
     report.files.extend(outcomes)
     accounts_missing += [
-        f"{f.file} (not loadable)" for f in outcomes
+        f"{f.file} (not loadable)"
+        for f in outcomes
         if f.status == "not_loadable" and (f.table == "accounts" or (not f.table and Path(f.file).suffix.lower() in FORMATS))
     ]
     for item in found:
@@ -505,18 +545,32 @@ def ingest(
             previous = loaded[(tm.table, digest)]
             same_file = item.nested or by_file.get((tm.table, rel), (None, None))[1] == previous
             report.files.append(
-                FileOutcome(source, tm.table, rel, "already_loaded" if same_file else "duplicate", previous,
-                            message="" if same_file else f"identical to a file already loaded as batch {previous}")
+                FileOutcome(
+                    source,
+                    tm.table,
+                    rel,
+                    "already_loaded" if same_file else "duplicate",
+                    previous,
+                    message="" if same_file else f"identical to a file already loaded as batch {previous}",
+                )
             )
             continue
         if item.nested:
             if any(f.file == rel and f.status == "not_loadable" for f in report.files):
                 continue  # read for two tables (read_from): reported once
             folder = "/".join(Path(rel).parts[:2])
-            report.files.append(FileOutcome(source, tm.table, rel, "not_loadable", message=(
-                f"in a subfolder of {folder}/: only files directly in {folder}/ are loaded; move it up into {folder}/ "
-                "(or out of the landing folder, if it was archived there)"
-            )))
+            report.files.append(
+                FileOutcome(
+                    source,
+                    tm.table,
+                    rel,
+                    "not_loadable",
+                    message=(
+                        f"in a subfolder of {folder}/: only files directly in {folder}/ are loaded; move it up into {folder}/ "
+                        "(or out of the landing folder, if it was archived there)"
+                    ),
+                )
+            )
             if tm.table == "accounts":
                 accounts_missing.append(f"{rel} (not loadable)")
             continue
@@ -529,7 +583,11 @@ def ingest(
                 )
             report.files.append(
                 FileOutcome(
-                    source, tm.table, rel, "conflict", old_batch,
+                    source,
+                    tm.table,
+                    rel,
+                    "conflict",
+                    old_batch,
                     message=(
                         f"{rel} changed after it was loaded as batch {old_batch}; the new content was not appended. "
                         "Deliver changes as a new file, restore the loaded version, or load it as a new batch with "
@@ -620,7 +678,9 @@ def ingest(
             files = {i: item.rel for i, (item, _) in enumerate(parsed)}
             _save_validation(settings, run_id, table, document, files, as_of)
             report.validation_files.append(str(settings.quality_dir / run_id / f"{table}.json"))
-        blocking = [] if table == "accounts" else [*accounts_missing, *(f"{f.file} (refused)" for f in report.rejected if f.table == "accounts")]
+        blocking = (
+            [] if table == "accounts" else [*accounts_missing, *(f"{f.file} (refused)" for f in report.rejected if f.table == "accounts")]
+        )
         for i, (item, batch) in enumerate(parsed):
             hold = None
             if blocking and i in unknown_accounts and not failures_by_file.get(i):
@@ -758,8 +818,6 @@ def _read(item: _Pending) -> RawFrame:
         raise BatchRejected(item.path, f"could not be read as {fmt}: {type(exc).__name__}: {exc}", expectation="file_format") from None
 
 
-
-
 def _save_report(settings: Settings, run_id: str, report: IngestReport, dry_run: bool) -> None:
     """Keep what this run did to each file next to its validation results (for data docs)."""
     folder = settings.quality_dir / run_id
@@ -784,7 +842,12 @@ def _save_validation(settings: Settings, run_id: str, table: str, document: dict
         if "needseg_file_index" in result:
             # a batch-level expectation judged one file: which one
             result["needseg_file"] = files.get(result.pop("needseg_file_index"))
-    document.setdefault("meta", {})["needseg"] = {"run_id": run_id, "table": table, "as_of": as_of.isoformat(), "files": sorted(files.values())}
+    document.setdefault("meta", {})["needseg"] = {
+        "run_id": run_id,
+        "table": table,
+        "as_of": as_of.isoformat(),
+        "files": sorted(files.values()),
+    }
     folder = settings.quality_dir / run_id
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{table}.json").write_text(json.dumps(document, indent=1, default=str, ensure_ascii=False))
@@ -824,7 +887,9 @@ def _write_batch(
             if quarantined:
                 outcome.quarantine_reasons = {"batch rejected": quarantined}
             encoding = batch.raw.encoding if batch.raw is not None else None
-            _record_batch(con, item, batch_id, "rejected", outcome.rows_read, 0, quarantined, [], outcome.message, run_id, as_of, now, encoding)
+            _record_batch(
+                con, item, batch_id, "rejected", outcome.rows_read, 0, quarantined, [], outcome.message, run_id, as_of, now, encoding
+            )
             con.execute("rollback" if dry_run else "commit")
             return outcome, None, problems_by_line
 
@@ -866,7 +931,21 @@ def _write_batch(
             quarantined = _quarantine(con, item, batch_id, batch.records, problems_by_line, now)
             outcome.rows_quarantined = quarantined
             outcome.quarantine_reasons = {"batch rejected": quarantined}
-            _record_batch(con, item, batch_id, "rejected", batch.rows_read, 0, quarantined, batch.extra_columns, outcome.message, run_id, as_of, now, batch.encoding)
+            _record_batch(
+                con,
+                item,
+                batch_id,
+                "rejected",
+                batch.rows_read,
+                0,
+                quarantined,
+                batch.extra_columns,
+                outcome.message,
+                run_id,
+                as_of,
+                now,
+                batch.encoding,
+            )
             con.execute("rollback" if dry_run else "commit")
             return outcome, None, problems_by_line
 
@@ -900,7 +979,21 @@ def _write_batch(
         if batch.extra_columns:
             notes.append("extra column(s) not in the contract, not loaded: " + ", ".join(batch.extra_columns))
         outcome.message = "; ".join(notes)
-        _record_batch(con, item, batch_id, "loaded", batch.rows_read, outcome.rows_loaded, quarantined, batch.extra_columns, outcome.message, run_id, as_of, now, batch.encoding)
+        _record_batch(
+            con,
+            item,
+            batch_id,
+            "loaded",
+            batch.rows_read,
+            outcome.rows_loaded,
+            quarantined,
+            batch.extra_columns,
+            outcome.message,
+            run_id,
+            as_of,
+            now,
+            batch.encoding,
+        )
         # What earlier tries of this file left (refused, or held back with other content) is
         # history now: its quarantine rows stay as the record of that delivery.
         con.execute(
@@ -952,7 +1045,6 @@ def _resolve_duplicates(problems: list[Problem], frame: pd.DataFrame, table) -> 
     return others + kept
 
 
-
 def _rejected_rows(batch: BatchRejected, message: str) -> tuple[Records, dict[int, list[Problem]]]:
     """The rows of a refused file (as far as it could be read), each with the batch's reason."""
     if batch.raw is None:
@@ -980,19 +1072,46 @@ def _quarantine(con, item: _Pending, batch_id: str, records: Mapping[int, dict],
         first = plist[0]
         rows.append(
             (
-                batch_id, item.source, item.mapping.table, item.rel, line, first.column,
-                None if first.value is None else str(first.value)[:1000], first.reason, first.expected,
-                _JSON.encode([{"column": p.column, "value": None if p.value is None else str(p.value), "reason": p.reason, "check": p.check} for p in plist]),
+                batch_id,
+                item.source,
+                item.mapping.table,
+                item.rel,
+                line,
+                first.column,
+                None if first.value is None else str(first.value)[:1000],
+                first.reason,
+                first.expected,
+                _JSON.encode(
+                    [
+                        {"column": p.column, "value": None if p.value is None else str(p.value), "reason": p.reason, "check": p.check}
+                        for p in plist
+                    ]
+                ),
                 _JSON.encode(record),
                 now,
             )
         )
     frame = pd.DataFrame(
         rows,
-        columns=["batch_id", "source", "table_name", "file", "line", "column_name", "value", "reason", "expected", "problems", "record", "quarantined_at"],
+        columns=[
+            "batch_id",
+            "source",
+            "table_name",
+            "file",
+            "line",
+            "column_name",
+            "value",
+            "reason",
+            "expected",
+            "problems",
+            "record",
+            "quarantined_at",
+        ],
     )
     con.register("quarantined", frame)
-    con.execute("insert into meta.quarantine select * replace (cast(problems as json) as problems, cast(record as json) as record) from quarantined")
+    con.execute(
+        "insert into meta.quarantine select * replace (cast(problems as json) as problems, cast(record as json) as record) from quarantined"
+    )
     con.unregister("quarantined")
     return len(rows)
 
@@ -1001,8 +1120,21 @@ def _record_batch(con, item: _Pending, batch_id, status, read, loaded, quarantin
     con.execute(
         "insert into meta.batches values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            batch_id, item.source, item.mapping.table, item.rel, item.checksum, item.size,
-            encoding, status, read, loaded, quarantined, extra or [], message or None,
-            run_id, as_of, now,
+            batch_id,
+            item.source,
+            item.mapping.table,
+            item.rel,
+            item.checksum,
+            item.size,
+            encoding,
+            status,
+            read,
+            loaded,
+            quarantined,
+            extra or [],
+            message or None,
+            run_id,
+            as_of,
+            now,
         ],
     )

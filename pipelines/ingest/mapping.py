@@ -75,7 +75,16 @@ THOUSANDS_SEPARATORS = (" ", ".", ",", "'", "\u2019", "\u00a0", "\u202f")
 
 _READ_KEYS = ("format", "delimiter", "decimal", "thousands", "encoding", "date_formats", "missing_values", "sheet", "header_row")
 _TABLE_KEYS = (
-    "files", "columns", "values", "scale", "reverse", "unpivot", "read_from", "aggregate", "description", *_READ_KEYS,
+    "files",
+    "columns",
+    "values",
+    "scale",
+    "reverse",
+    "unpivot",
+    "read_from",
+    "aggregate",
+    "description",
+    *_READ_KEYS,
 )
 
 
@@ -467,10 +476,16 @@ def _recoding(raw: Any, table: str, problems: _Problems, where: str) -> dict[str
             if key is None or value is None:
                 continue
             if spec.allowed and value.strip().lower() not in spec.allowed:
-                problems.add(_join(at, source_value), f"{value!r} is not a {column} the contract allows; expected one of {', '.join(spec.allowed)}")
+                problems.add(
+                    _join(at, source_value), f"{value!r} is not a {column} the contract allows; expected one of {', '.join(spec.allowed)}"
+                )
                 continue
-            if spec.pattern and not re.match(spec.pattern, value.strip().upper() if spec.pattern in (ISO_COUNTRY, CURRENCY) else value.strip()):
-                problems.add(_join(at, source_value), f"{value!r} is not {_PATTERN_WORDS.get(spec.pattern, 'text matching ' + spec.pattern)}")
+            if spec.pattern and not re.match(
+                spec.pattern, value.strip().upper() if spec.pattern in (ISO_COUNTRY, CURRENCY) else value.strip()
+            ):
+                problems.add(
+                    _join(at, source_value), f"{value!r} is not {_PATTERN_WORDS.get(spec.pattern, 'text matching ' + spec.pattern)}"
+                )
                 continue
             pairs[key] = value
         values[str(column)] = pairs
@@ -498,7 +513,9 @@ def _unpivot(raw: Any, problems: _Problems, where: str) -> Unpivot | None:
     for column, label in (raw_labels or {}).items() if isinstance(raw_labels, dict) else ():
         at = _join(_join(where, "labels"), column)
         if str(column) not in columns:
-            problems.add(at, f"{str(column)!r} is not one of the unpivoted columns{_suggest(column, columns)}; expected one of {', '.join(columns)}")
+            problems.add(
+                at, f"{str(column)!r} is not one of the unpivoted columns{_suggest(column, columns)}; expected one of {', '.join(columns)}"
+            )
         text = _text(label, problems, at, "the name to write for this column")
         if text is not None:
             labels[str(column)] = text
@@ -521,11 +538,15 @@ def _aggregate(raw: Any, table: str, problems: _Problems, where: str) -> Aggrega
         if key not in spec:
             problems.add(_join(where, key), f"missing; expected {expected}")
     by = _texts(spec["by"], problems, _join(where, "by"), "a source column") if "by" in spec else ()
-    columns = _columns(spec.get("columns"), table, problems, _join(where, "columns"), "an aggregate SQL expression") if "columns" in spec else {}
+    columns = (
+        _columns(spec.get("columns"), table, problems, _join(where, "columns"), "an aggregate SQL expression") if "columns" in spec else {}
+    )
     return Aggregate(by=by, columns=columns) if by and columns else None
 
 
-def _columns(raw: Any, table: str, problems: _Problems, where: str, what: str = "a column of the file or an SQL expression") -> dict[str, str]:
+def _columns(
+    raw: Any, table: str, problems: _Problems, where: str, what: str = "a column of the file or an SQL expression"
+) -> dict[str, str]:
     if not isinstance(raw, dict):
         problems.add(where, f"expected {{<contract column>: <{what}>}}, not {_shown(raw)}")
         return {}
@@ -552,14 +573,20 @@ def _table_mapping(source: str, table: str, raw: Any, defaults: ReadOptions, pat
     if "reverse" in raw:
         scored = [c.name for c in TABLES[table].columns if c.minimum is not None and c.maximum is not None and c.kind != "text"]
         items = _texts(raw["reverse"], problems, f"{where}.reverse", "a score column")
-        reverse = tuple(dict.fromkeys(i for i in items if _contract_column(i, table, problems, f"{where}.reverse", scored, "a score (a column with a scale)")))
+        reverse = tuple(
+            dict.fromkeys(
+                i for i in items if _contract_column(i, table, problems, f"{where}.reverse", scored, "a score (a column with a scale)")
+            )
+        )
     unpivot = _unpivot(raw["unpivot"], problems, f"{where}.unpivot") if "unpivot" in raw else None
     aggregate = _aggregate(raw["aggregate"], table, problems, f"{where}.aggregate") if "aggregate" in raw else None
     read_from = None
     if "read_from" in raw:
         read_from = _text(raw["read_from"], problems, f"{where}.read_from", "a contract table")
         if read_from is not None and read_from not in TABLES:
-            problems.add(f"{where}.read_from", f"{read_from!r} is not a table{_suggest(read_from, TABLES)}; expected one of {', '.join(TABLES)}")
+            problems.add(
+                f"{where}.read_from", f"{read_from!r} is not a table{_suggest(read_from, TABLES)}; expected one of {', '.join(TABLES)}"
+            )
             read_from = None
     if "description" in raw and raw["description"] is not None and not isinstance(raw["description"], str):
         problems.add(f"{where}.description", f"expected a text, not {_shown(raw['description'])}")
@@ -582,12 +609,20 @@ def _table_mapping(source: str, table: str, raw: Any, defaults: ReadOptions, pat
 _HTTP_KEYS = {"base_url", "base_url_env", "connection_id", "token_env", "page_size", "timeout_seconds", "retry", "endpoints"}
 _RETRY_KEYS = {"max_attempts", "backoff_seconds", "max_backoff_seconds"}
 _ENDPOINT_KEYS = {
-    "path", "items_field", "next_cursor_field", "cursor_param", "updated_since_param", "page_size_param", "watermark_field",
+    "path",
+    "items_field",
+    "next_cursor_field",
+    "cursor_param",
+    "updated_since_param",
+    "page_size_param",
+    "watermark_field",
 }
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _text_setting(raw: dict[str, Any], key: str, problems: _Problems, where: str, default: str | None, nullable: bool = False) -> str | None:
+def _text_setting(
+    raw: dict[str, Any], key: str, problems: _Problems, where: str, default: str | None, nullable: bool = False
+) -> str | None:
     if key not in raw:
         return default
     value = raw[key]
@@ -600,7 +635,9 @@ def _text_setting(raw: dict[str, Any], key: str, problems: _Problems, where: str
     return value.strip()
 
 
-def _number_setting(raw: dict[str, Any], key: str, problems: _Problems, where: str, default: float, minimum: float, integer: bool = False) -> float:
+def _number_setting(
+    raw: dict[str, Any], key: str, problems: _Problems, where: str, default: float, minimum: float, integer: bool = False
+) -> float:
     if key not in raw:
         return default
     value = raw[key]
@@ -634,7 +671,9 @@ def _http_source(raw: Any, problems: _Problems) -> HttpSource | None:
     retry = HttpRetry(
         max_attempts=int(_number_setting(retry_raw, "max_attempts", problems, f"{where}.retry", HttpRetry.max_attempts, 1, integer=True)),
         backoff_seconds=float(_number_setting(retry_raw, "backoff_seconds", problems, f"{where}.retry", HttpRetry.backoff_seconds, 0)),
-        max_backoff_seconds=float(_number_setting(retry_raw, "max_backoff_seconds", problems, f"{where}.retry", HttpRetry.max_backoff_seconds, 0)),
+        max_backoff_seconds=float(
+            _number_setting(retry_raw, "max_backoff_seconds", problems, f"{where}.retry", HttpRetry.max_backoff_seconds, 0)
+        ),
     )
 
     endpoints = {}
@@ -653,7 +692,9 @@ def _http_source(raw: Any, problems: _Problems) -> HttpSource | None:
                 items_field=str(_text_setting(spec, "items_field", problems, at, HttpEndpoint.items_field)),
                 next_cursor_field=str(_text_setting(spec, "next_cursor_field", problems, at, HttpEndpoint.next_cursor_field)),
                 cursor_param=str(_text_setting(spec, "cursor_param", problems, at, HttpEndpoint.cursor_param)),
-                updated_since_param=_text_setting(spec, "updated_since_param", problems, at, HttpEndpoint.updated_since_param, nullable=True),
+                updated_since_param=_text_setting(
+                    spec, "updated_since_param", problems, at, HttpEndpoint.updated_since_param, nullable=True
+                ),
                 page_size_param=_text_setting(spec, "page_size_param", problems, at, HttpEndpoint.page_size_param, nullable=True),
                 watermark_field=str(_text_setting(spec, "watermark_field", problems, at, HttpEndpoint.watermark_field)),
             )
@@ -710,7 +751,12 @@ def load_mapping_file(path: Path) -> SourceMapping:
     http = _http_source(raw["http"] if raw["http"] is not None else {}, problems) if "http" in raw else None
     problems.raise_if_any()
     return SourceMapping(
-        source=source, tables=tables, path=path, description=description if isinstance(description, str) else "", http=http, defaults=defaults
+        source=source,
+        tables=tables,
+        path=path,
+        description=description if isinstance(description, str) else "",
+        http=http,
+        defaults=defaults,
     )
 
 

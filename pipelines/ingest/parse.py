@@ -314,9 +314,15 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
 
     if not len(frame) and not source_columns:
         # No row could be read (every line of a JSON Lines file broken): all go to quarantine.
-        return ParsedBatch(typed=pd.DataFrame(columns=[*table.column_names, "_line"]), problems=problems, records=records,
-                           rows_read=raw.rows_read, encoding=raw.encoding, texts=pd.DataFrame(columns=table.column_names),
-                           header_only=header_only)
+        return ParsedBatch(
+            typed=pd.DataFrame(columns=[*table.column_names, "_line"]),
+            problems=problems,
+            records=records,
+            rows_read=raw.rows_read,
+            encoding=raw.encoding,
+            texts=pd.DataFrame(columns=table.column_names),
+            header_only=header_only,
+        )
 
     if mapping.unpivot:
         lines_before = set(frame["_line"].astype(int))
@@ -369,7 +375,9 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
 
         # 1. each contract column as text, as the mapping makes it (NULL where unmapped)
         text_sql = [
-            f"cast(({expressions[name]}) as varchar) as {_quote(name)}" if name in expressions else f"cast(null as varchar) as {_quote(name)}"
+            f"cast(({expressions[name]}) as varchar) as {_quote(name)}"
+            if name in expressions
+            else f"cast(null as varchar) as {_quote(name)}"
             for name in table.column_names
         ]
         # 2. recoded (`values`), keeping the text as read for quarantine
@@ -402,7 +410,12 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
                 if scale:
                     lo, hi = scale.minimum, scale.maximum
                     checks.append(
-                        (col.name, f"{num} is not null and ({num} < {lo} or {num} > {hi})", f"outside the declared scale {lo:g}-{hi:g}", f"a value from {lo:g} to {hi:g}")
+                        (
+                            col.name,
+                            f"{num} is not null and ({num} < {lo} or {num} > {hi})",
+                            f"outside the declared scale {lo:g}-{hi:g}",
+                            f"a value from {lo:g} to {hi:g}",
+                        )
                     )
                 if col.name in mapping.reverse:
                     # Reverse-coded: the scale's top answer means the least of this need.
@@ -422,7 +435,9 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
                 parsed_sql.append(f"needseg_date({given}) as {value}")
                 typed = f"cast({value} as date)" if col.kind == "date" else value
                 # A value that reads as a date, but in an implausible year: say which year.
-                select.append(f"case when {given} is not null and {value} is null then year(needseg_unchecked_date({given})) end as {_quote(_YEAR + col.name)}")
+                select.append(
+                    f"case when {given} is not null and {value} is null then year(needseg_unchecked_date({given})) end as {_quote(_YEAR + col.name)}"
+                )
             select.append(f"{typed} as {q}")
             select.append(f"({given} is not null and {typed} is null) as {_quote(_BAD + col.name)}")
         for i, (_, cond, _, _) in enumerate(checks):
@@ -450,7 +465,9 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
         if flag.any():
             expected = _describe_expected(col.kind, options)
             years = result[_YEAR + col.name].to_numpy(dtype=object)[flag].tolist() if col.kind in ("date", "timestamp") else None
-            for i, (line, value) in enumerate(zip(lines[flag].tolist(), texts[col.name].to_numpy(dtype=object)[flag].tolist(), strict=True)):
+            for i, (line, value) in enumerate(
+                zip(lines[flag].tolist(), texts[col.name].to_numpy(dtype=object)[flag].tolist(), strict=True)
+            ):
                 reason = f"wrong type: {value!r} is not {expected}"
                 if years is not None and not pd.isna(years[i]):
                     reason += f" (it reads as the year {int(years[i])})"
@@ -468,8 +485,16 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
     keep = ~bad_any
     typed = result.loc[keep, [*table.column_names, "_line"]].reset_index(drop=True)
     texts = texts.loc[keep].reset_index(drop=True)
-    return ParsedBatch(typed=typed, problems=problems, records=records, rows_read=rows_read,
-                       extra_columns=extra, encoding=raw.encoding, texts=texts, header_only=header_only)
+    return ParsedBatch(
+        typed=typed,
+        problems=problems,
+        records=records,
+        rows_read=rows_read,
+        extra_columns=extra,
+        encoding=raw.encoding,
+        texts=texts,
+        header_only=header_only,
+    )
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:
@@ -491,7 +516,9 @@ def _register_source(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, source
     the frame's row order."""
     con.register("src_frame", frame.assign(**{_ROW: np.arange(len(frame), dtype="int64")}))
     columns = ", ".join(f"cast({_quote(c)} as varchar) as {_quote(c)}" for c in source_columns)
-    con.execute(f"create or replace temp view src as select {columns}{', ' if columns else ''}cast(_line as bigint) as _line, {_ROW} from src_frame")
+    con.execute(
+        f"create or replace temp view src as select {columns}{', ' if columns else ''}cast(_line as bigint) as _line, {_ROW} from src_frame"
+    )
 
 
 def _recode_sql(mapping: TableMapping, column: str) -> str:
@@ -517,7 +544,9 @@ def _delimiter_hint(raw: RawFrame, source_columns: list[str]) -> str:
     return f". The header was split on {raw.delimiter!r} but contains {found[0]!r}: declare 'delimiter: \"{shown}\"' in the mapping"
 
 
-def _check_expressions(con, expressions: dict[str, str], mapping: TableMapping, table: Table, source_columns, reject, hint: str = "") -> None:
+def _check_expressions(
+    con, expressions: dict[str, str], mapping: TableMapping, table: Table, source_columns, reject, hint: str = ""
+) -> None:
     """Each mapped expression must bind on this file: name the column or the SQL at fault."""
     for name, expr in expressions.items():
         try:
@@ -556,7 +585,8 @@ def _aggregate(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, mapping: Tab
     except duckdb.Error as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise BatchRejected(
-            path, f"the mapping's aggregate for {mapping.table} does not run on this file ({first_line}; {mapping.origin})",
+            path,
+            f"the mapping's aggregate for {mapping.table} does not run on this file ({first_line}; {mapping.origin})",
             expectation="mapping",
         ) from None
     out = out.astype(object).where(out.notna(), None)

@@ -581,11 +581,15 @@ def read_xlsx(path: Path, options: ReadOptions) -> RawFrame:
             sheet = book.worksheets[0]
         elif isinstance(options.sheet, int):
             if not 0 <= options.sheet < len(book.worksheets):
-                raise BatchRejected(path, f"no sheet number {options.sheet} (counting from 0); the workbook has {len(book.worksheets)}", expectation="sheet")
+                raise BatchRejected(
+                    path, f"no sheet number {options.sheet} (counting from 0); the workbook has {len(book.worksheets)}", expectation="sheet"
+                )
             sheet = book.worksheets[options.sheet]
         else:
             if options.sheet not in book.sheetnames:
-                raise BatchRejected(path, f"no sheet named {options.sheet!r}; the workbook has {', '.join(book.sheetnames)}", expectation="sheet")
+                raise BatchRejected(
+                    path, f"no sheet named {options.sheet!r}; the workbook has {', '.join(book.sheetnames)}", expectation="sheet"
+                )
             sheet = book[options.sheet]
         rows_iter = sheet.iter_rows(values_only=True)
         header = named = None
@@ -596,7 +600,9 @@ def read_xlsx(path: Path, options: ReadOptions) -> RawFrame:
                 header, duplicates = _clean_header(named, path, number)
                 break
         if header is None:
-            raise BatchRejected(path, f"the sheet is empty: expected a header row (row {options.header_row}) with the column names", expectation=NO_ROWS)
+            raise BatchRejected(
+                path, f"the sheet is empty: expected a header row (row {options.header_row}) with the column names", expectation=NO_ROWS
+            )
         records, lines = [], []
         for number, row in enumerate(rows_iter, start=options.header_row + 1):
             values = [_cell_text(v, options) for v in row[: len(header)]]

@@ -140,8 +140,7 @@ def _run_folders(quality_dir: Path, out: Path) -> list[Path]:
         return []
     skip = out.resolve()
     return [
-        p for p in sorted(quality_dir.iterdir())
-        if p.is_dir() and p.resolve() != skip and p.name != DOCS_DIRNAME and any(p.glob("*.json"))
+        p for p in sorted(quality_dir.iterdir()) if p.is_dir() and p.resolve() != skip and p.name != DOCS_DIRNAME and any(p.glob("*.json"))
     ]
 
 
@@ -248,7 +247,9 @@ def _short(value: Any, limit: int = 120) -> str:
     if isinstance(value, float):
         text = f"{value:g}"
     elif isinstance(value, (list, tuple)):
-        text = ", ".join(_short(v, 40) for v in value[:VALUE_SET_SHOWN]) + (f" … ({len(value)} in all)" if len(value) > VALUE_SET_SHOWN else "")
+        text = ", ".join(_short(v, 40) for v in value[:VALUE_SET_SHOWN]) + (
+            f" … ({len(value)} in all)" if len(value) > VALUE_SET_SHOWN else ""
+        )
     else:
         text = str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -354,7 +355,8 @@ _HEAD = """<!DOCTYPE html>
 """
 
 TEMPLATES = {
-    "index": _HEAD.replace("{{ title }}", "needseg data docs") + """
+    "index": _HEAD.replace("{{ title }}", "needseg data docs")
+    + """
 <h1>needseg data docs</h1>
 <p class="muted">Validation results kept per run in <code>{{ quality_dir }}</code>; newest run first.</p>
 {% if not runs %}<p>No validation results yet: run <code>needseg ingest</code> or <code>needseg validate</code>.</p>{% endif %}
@@ -374,7 +376,8 @@ TEMPLATES = {
 </table>
 </body></html>
 """,
-    "run": _HEAD.replace("{{ title }}", "needseg run {{ run.run_id }}") + """
+    "run": _HEAD.replace("{{ title }}", "needseg run {{ run.run_id }}")
+    + """
 <nav><a href="../index.html">← all runs</a></nav>
 <h1>Run {{ run.run_id }}{% if run.dry_run %} <span class="muted">(dry run: nothing was written)</span>{% endif %}</h1>
 <p class="muted">as of {{ run.as_of or "?" }}{% if run.started_at %}, started {{ run.started_at }}{% endif %}. {{ run.summary }}</p>
@@ -418,7 +421,8 @@ TEMPLATES = {
 {% endif %}
 </body></html>
 """,
-    "table": _HEAD.replace("{{ title }}", "{{ table.table }} — run {{ run.run_id }}") + """
+    "table": _HEAD.replace("{{ title }}", "{{ table.table }} — run {{ run.run_id }}")
+    + """
 <nav><a href="../index.html">← all runs</a> · <a href="index.html">run {{ run.run_id }}</a></nav>
 <h1>{{ table.table }} <span class="muted">run {{ run.run_id }}</span></h1>
 <p>{% if table.success %}<span class="ok">All {{ table.evaluated }} expectations passed.</span>{% else %}<span class="fail">{{ table.failed }} of {{ table.evaluated }} expectations failed.</span>{% endif %}

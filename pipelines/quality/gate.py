@@ -303,7 +303,9 @@ class QualityGate:
                 column = _column_of(kwargs)
                 if r.exception_info and r.exception_info.get("raised_exception"):
                     for f in files:
-                        failures.setdefault(f, []).append(f"{kind}({column}): could not be checked: {r.exception_info.get('exception_message')}")
+                        failures.setdefault(f, []).append(
+                            f"{kind}({column}): could not be checked: {r.exception_info.get('exception_message')}"
+                        )
                     continue
                 if "unexpected_index_list" not in r.result:
                     # Judged on the column as a whole (a dtype): it holds for every file alike.
@@ -335,7 +337,9 @@ class QualityGate:
                 kept = index[:ROWS_KEPT_PER_EXPECTATION]
                 rows_of[number] = [
                     {"file_index": int(f), "line": int(line), "value": value}
-                    for f, line, value in zip(file_index[kept].tolist(), lines[kept].tolist(), values[:ROWS_KEPT_PER_EXPECTATION], strict=True)
+                    for f, line, value in zip(
+                        file_index[kept].tolist(), lines[kept].tolist(), values[:ROWS_KEPT_PER_EXPECTATION], strict=True
+                    )
                 ]
                 _trim_lists(r.result)
             document = result.to_json_dict()
@@ -357,7 +361,9 @@ class QualityGate:
                     cfg = r.expectation_config
                     column = _column_of(cfg.kwargs)
                     if r.exception_info and r.exception_info.get("raised_exception"):
-                        failures.setdefault(f, []).append(f"{cfg.type}({column or ''}): could not be checked: {r.exception_info.get('exception_message')}")
+                        failures.setdefault(f, []).append(
+                            f"{cfg.type}({column or ''}): could not be checked: {r.exception_info.get('exception_message')}"
+                        )
                     else:
                         failures.setdefault(f, []).append(f"{cfg.type}({column or ''}) failed: {_describe(cfg.type, cfg.kwargs, r.result)}")
                 for entry in result.to_json_dict()["results"]:
@@ -434,8 +440,12 @@ def add_parse_results(
             continue
         column = rest[0]
         entry = next(
-            (e for e in results if (e.get("expectation_config") or {}).get("type") == TYPE_EXPECTATION
-             and ((e.get("expectation_config") or {}).get("kwargs") or {}).get("column") == column),
+            (
+                e
+                for e in results
+                if (e.get("expectation_config") or {}).get("type") == TYPE_EXPECTATION
+                and ((e.get("expectation_config") or {}).get("kwargs") or {}).get("column") == column
+            ),
             None,
         )
         if entry is None:
@@ -449,8 +459,11 @@ def add_parse_results(
         entry = _entry(
             "expect_column_values_to_be_between",
             {"column": column, "min_value": lo, "max_value": hi},
-            {"reason": "outside the declared scale", "declared_in": origin,
-             "notes": "the answers as read, on the scale the mapping declares (then rescaled to the contract's range)"},
+            {
+                "reason": "outside the declared scale",
+                "declared_in": origin,
+                "notes": "the answers as read, on the scale the mapping declares (then rescaled to the contract's range)",
+            },
         )
         entry["result"] = {"element_count": rows - len(found), "unexpected_count": 0}
         failing(entry, found, rows)
@@ -477,7 +490,9 @@ def _entry(kind: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> dict[str,
 
 
 def _column_of(kwargs: dict[str, Any]) -> str | None:
-    return kwargs.get("column") or kwargs.get("column_A") or ",".join(c for c in kwargs.get("column_list") or [] if c != "_file_index") or None
+    return (
+        kwargs.get("column") or kwargs.get("column_A") or ",".join(c for c in kwargs.get("column_list") or [] if c != "_file_index") or None
+    )
 
 
 def _configuration(exp: dict[str, Any]):

@@ -137,7 +137,15 @@ def choose_k(X: np.ndarray, k_min: int, k_max: int, settings: ClusterSettings) -
         share = float(np.bincount(labels, minlength=k).min() / n)
         eligible = bool(jac.min() >= settings.choose_stability and share >= settings.min_cluster_share)
         candidates.append(
-            Candidate(k, round(sil, 4), round(float(gmm.bic(X)), 1), round(float(jac.mean()), 4), round(float(jac.min()), 4), round(share, 4), eligible)
+            Candidate(
+                k,
+                round(sil, 4),
+                round(float(gmm.bic(X)), 1),
+                round(float(jac.mean()), 4),
+                round(float(jac.min()), 4),
+                round(share, 4),
+                eligible,
+            )
         )
         fits[k] = (model, jac)
     eligible = [c for c in candidates if c.eligible]
@@ -174,7 +182,9 @@ def k_bounds(n: int, k_min: int, k_max: int) -> tuple[int, int]:
     return min(k_min, k_max), k_max
 
 
-def held_out_distance(X: np.ndarray, ks: range, other_centres: np.ndarray, settings: ClusterSettings, folds: int = 5) -> tuple[dict[int, float], float]:
+def held_out_distance(
+    X: np.ndarray, ks: range, other_centres: np.ndarray, settings: ClusterSettings, folds: int = 5
+) -> tuple[dict[int, float], float]:
     """How well do a group's own segments describe it, against segments found without it?
 
     Returns mean squared distances of the accounts to their nearest centre: per k in `ks`,
@@ -263,7 +273,10 @@ def resolve_identities(
                 seg = taxonomy.segments[j]
                 prev = aligned.get(r)
                 ids[r] = Identity(
-                    seg.id, seg.name, seg.id, float(similarity[r, j]),
+                    seg.id,
+                    seg.name,
+                    seg.id,
+                    float(similarity[r, j]),
                     aligned_from=prev.segment_id if prev else None,
                     renamed_from=prev.segment_id if prev and prev.segment_id != seg.id else None,
                 )
@@ -284,7 +297,10 @@ def resolve_identities(
             n += 1
         taken.add(f"{emerging.prefix}_{n}")
         ids[r] = Identity(
-            f"{emerging.prefix}_{n}", name, None, best,
+            f"{emerging.prefix}_{n}",
+            name,
+            None,
+            best,
             aligned_from=prev.segment_id if prev else None,
             renamed_from=prev.segment_id if prev else None,
         )

@@ -117,8 +117,17 @@ def drivers(values: pd.DataFrame, segments: pd.Series, kind: str, top: int = 3) 
                 break
             label, fmt = labels[j]
             v, s_, a = float(raw[r, j]), float(seg_values[r, j]), float(overall[j])
-            items.append({"dimension": cols[j], "label": label, "value": round(v, 4), "segment_typical": round(s_, 4),
-                          "overall": round(a, 4), "weight": round(float(score[r, j]), 3), "kind": kind})
+            items.append(
+                {
+                    "dimension": cols[j],
+                    "label": label,
+                    "value": round(v, 4),
+                    "segment_typical": round(s_, 4),
+                    "overall": round(a, 4),
+                    "weight": round(float(score[r, j]), 3),
+                    "kind": kind,
+                }
+            )
             words.append(f"{label} {_fmt(v, fmt)} (segment {_fmt(s_, fmt)}, all {_fmt(a, fmt)})")
         as_json.append(json.dumps(items))
         as_text.append("; ".join(words))
@@ -214,17 +223,34 @@ def model_drivers(
                 in_segment = reference.loc[reference_segments == seg, column].astype(str)
                 seg_share = float((in_segment == value).mean()) if len(in_segment) else float("nan")
                 all_share = float((reference[column].astype(str) == value).mean())
-                items.append({"dimension": column, "label": column, "value": value, "segment_typical": round(seg_share, 4),
-                              "overall": round(all_share, 4), "weight": round(weight, 4), "kind": "model"})
+                items.append(
+                    {
+                        "dimension": column,
+                        "label": column,
+                        "value": value,
+                        "segment_typical": round(seg_share, 4),
+                        "overall": round(all_share, 4),
+                        "weight": round(weight, 4),
+                        "kind": "model",
+                    }
+                )
                 words.append(f"{column} {value} ({_fmt(seg_share, 'pct')} of the segment, {_fmt(all_share, 'pct')} of all)")
                 continue
             label, fmt = LABELS.get(column, (column.replace("_", " "), "num"))
             v = float(values.at[account, column])
             s_ = float(seg_typical.at[seg, column]) if seg in seg_typical.index else float("nan")
             a = float(overall[column])
-            items.append({"dimension": column, "label": label, "value": None if np.isnan(v) else round(v, 4),
-                          "segment_typical": None if np.isnan(s_) else round(s_, 4), "overall": None if np.isnan(a) else round(a, 4),
-                          "weight": round(weight, 4), "kind": "model"})
+            items.append(
+                {
+                    "dimension": column,
+                    "label": label,
+                    "value": None if np.isnan(v) else round(v, 4),
+                    "segment_typical": None if np.isnan(s_) else round(s_, 4),
+                    "overall": None if np.isnan(a) else round(a, 4),
+                    "weight": round(weight, 4),
+                    "kind": "model",
+                }
+            )
             words.append(f"{label} {_fmt(v, fmt)} (segment {_fmt(s_, fmt)}, all {_fmt(a, fmt)})")
         as_json.append(json.dumps(items))
         as_text.append("; ".join(words))

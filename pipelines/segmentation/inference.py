@@ -29,18 +29,40 @@ from sklearn.pipeline import Pipeline, make_pipeline
 
 # Behavioural proxies (DESIGN.md) used as they are: shares, rates and trends.
 BEHAVIOUR_COLUMNS = [
-    "discount_depth_12m", "discount_depth_trend", "list_price_share_12m",
-    "lost_on_price_share_12m", "lost_on_price_share_trend", "quote_win_rate_12m",
-    "price_ticket_share_12m", "price_tickets_trend", "tickets_per_order_12m",
-    "critical_ticket_share_12m", "service_ticket_share_12m", "service_revenue_share_12m",
-    "premium_share_12m", "premium_share_trend", "return_share_12m", "order_regularity_12m",
-    "category_breadth_12m", "category_breadth_trend", "active_months_12m",
-    "web_order_share_12m", "revenue_trend",
+    "discount_depth_12m",
+    "discount_depth_trend",
+    "list_price_share_12m",
+    "lost_on_price_share_12m",
+    "lost_on_price_share_trend",
+    "quote_win_rate_12m",
+    "price_ticket_share_12m",
+    "price_tickets_trend",
+    "tickets_per_order_12m",
+    "critical_ticket_share_12m",
+    "service_ticket_share_12m",
+    "service_revenue_share_12m",
+    "premium_share_12m",
+    "premium_share_trend",
+    "return_share_12m",
+    "order_regularity_12m",
+    "category_breadth_12m",
+    "category_breadth_trend",
+    "active_months_12m",
+    "web_order_share_12m",
+    "revenue_trend",
 ]
 # Counts and amounts are heavy-tailed: used on a log scale.
 LOG_COLUMNS = [
-    "revenue_12m", "orders_12m", "tenure_months", "employees", "annual_revenue", "tickets_12m",
-    "quotes_12m", "price_tickets_12m", "critical_tickets_12m", "quotes_lost_on_price_12m",
+    "revenue_12m",
+    "orders_12m",
+    "tenure_months",
+    "employees",
+    "annual_revenue",
+    "tickets_12m",
+    "quotes_12m",
+    "price_tickets_12m",
+    "critical_tickets_12m",
+    "quotes_lost_on_price_12m",
     "average_order_value_12m",
 ]
 # What is known of a prospect: firmographics and quotes.
@@ -50,7 +72,9 @@ CATEGORICAL_COLUMNS = ["industry", "country"]
 INPUTS = {"behaviour": (BEHAVIOUR_COLUMNS, LOG_COLUMNS), "prospect": (PROSPECT_COLUMNS, PROSPECT_LOG_COLUMNS)}
 
 
-def design_matrix(frame: pd.DataFrame, numeric: list[str], logged: list[str], categorical: list[str], levels: dict[str, list[str]] | None = None) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+def design_matrix(
+    frame: pd.DataFrame, numeric: list[str], logged: list[str], categorical: list[str], levels: dict[str, list[str]] | None = None
+) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """Model inputs from customer_features; `levels` fixes the categories seen in training."""
     parts = {c: pd.to_numeric(frame[c], errors="coerce").astype(float) for c in numeric if c in frame}
     for c in logged:

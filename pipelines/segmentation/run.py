@@ -102,7 +102,15 @@ DDL = [
         nearest_key_account_id varchar not null, nearest_key_account_name varchar, revenue_12m double,
         key_account_median_revenue_12m double)""",
 ]
-RUN_TABLES = ("segment_runs", "segment_definitions", "assignments", "assignment_probabilities", "profiles", "prospect_predictions", "lookalikes")
+RUN_TABLES = (
+    "segment_runs",
+    "segment_definitions",
+    "assignments",
+    "assignment_probabilities",
+    "profiles",
+    "prospect_predictions",
+    "lookalikes",
+)
 
 # Account details each run keeps with its rows, so a run is readable on its own.
 ACCOUNT_DETAILS = ["account_name", "account_owner", "country", "industry"]
@@ -110,8 +118,14 @@ ACCOUNT_DETAILS = ["account_name", "account_owner", "country", "industry"]
 # Scale-free behaviour used to find accounts that resemble key accounts (size left out:
 # a lookalike is a smaller account that buys the way key accounts do).
 LOOKALIKE_COLUMNS = [
-    "order_regularity_12m", "category_breadth_12m", "premium_share_12m", "service_revenue_share_12m",
-    "tickets_per_order_12m", "discount_depth_12m", "list_price_share_12m", "active_months_12m",
+    "order_regularity_12m",
+    "category_breadth_12m",
+    "premium_share_12m",
+    "service_revenue_share_12m",
+    "tickets_per_order_12m",
+    "discount_depth_12m",
+    "list_price_share_12m",
+    "active_months_12m",
     "quote_win_rate_12m",
 ]
 
@@ -174,12 +188,16 @@ def _dimension_matrix(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, taxon
                 mix = mix.pivot_table(index="account_id", columns="product_category", values="revenue_share", aggfunc="sum")
             category = d.column.split(":", 1)[1]
             if category not in mix.columns:
-                raise NeedsegError(f"taxonomy {taxonomy.path}: dimension {d.name!r} uses category {category!r}, which no order line has; categories are: {', '.join(map(str, mix.columns))}")
+                raise NeedsegError(
+                    f"taxonomy {taxonomy.path}: dimension {d.name!r} uses category {category!r}, which no order line has; categories are: {', '.join(map(str, mix.columns))}"
+                )
             values = frame["account_id"].map(mix[category]).fillna(0.0)
         elif d.column in frame.columns:
             values = pd.to_numeric(frame[d.column], errors="coerce")
         else:
-            raise NeedsegError(f"taxonomy {taxonomy.path}: dimension {d.name!r} needs column {d.column!r}, which customer_features does not have")
+            raise NeedsegError(
+                f"taxonomy {taxonomy.path}: dimension {d.name!r} needs column {d.column!r}, which customer_features does not have"
+            )
         if d.transform == "log1p":
             values = np.log1p(values.clip(lower=0))
         out[d.name] = values.astype(float)
@@ -217,7 +235,8 @@ def _lineage(con: duckdb.DuckDBPyConnection, as_of: dt.date, run_id: str, taxono
         # dimensions with ids this taxonomy still has
         defs = con.execute("select taxonomy_id, centre from segments.segment_definitions where run_id = ?", [prev_id]).fetchall()
         same_space = prev_digest == taxonomy.digest or (
-            prev_basis == taxonomy.basis and bool(defs)
+            prev_basis == taxonomy.basis
+            and bool(defs)
             and all(json.loads(centre)["dimensions"] == taxonomy.dimension_names for _, centre in defs)
             and all(t is None or taxonomy.segment(t) is not None for t, _ in defs)
         )
@@ -227,7 +246,8 @@ def _lineage(con: duckdb.DuckDBPyConnection, as_of: dt.date, run_id: str, taxono
             change = f"taxonomy edited since {prev_id}: {there} -> {here}; same basis, dimensions and segment ids, so segments continue"
         return Lineage(prev_id, prev_lineage_id or prev_id, change)
     return Lineage(
-        None, run_id,
+        None,
+        run_id,
         f"taxonomy changed since {prev_id}: {there} -> {here}; its basis, dimensions or segment ids differ, so segment "
         "identities start afresh and nothing is compared with earlier runs",
     )
@@ -285,8 +305,15 @@ class KeyTier:
 
 
 def _segment_key_tier(
-    key_dims: pd.DataFrame, other_dims: pd.DataFrame, other_k: int, key_accounts: int, taxonomy: Taxonomy,
-    settings: ClusterSettings, min_profiles: int, min_gain: float, previous: list[PreviousSegment],
+    key_dims: pd.DataFrame,
+    other_dims: pd.DataFrame,
+    other_k: int,
+    key_accounts: int,
+    taxonomy: Taxonomy,
+    settings: ClusterSettings,
+    min_profiles: int,
+    min_gain: float,
+    previous: list[PreviousSegment],
 ) -> KeyTier:
     """Segment the key tier on its own when it is large enough and its profile differs from
     the other customers' (DESIGN.md, the 80/20 rule).
@@ -302,18 +329,25 @@ def _segment_key_tier(
     evidence: dict[str, Any] = {"key_accounts": key_accounts, "key_accounts_profiled": n, "profiled_needed": min_profiles}
     nearest = "; key accounts are segmented with everyone else"
     if n < min_profiles:
-        evidence["why"] = f"{n} of {key_accounts} key accounts have {profile}; at least {min_profiles} are needed to segment the key tier on its own{nearest}"
+        evidence["why"] = (
+            f"{n} of {key_accounts} key accounts have {profile}; at least {min_profiles} are needed to segment the key tier on its own{nearest}"
+        )
         return KeyTier("nearest", evidence, key_dims.index)
     X = key_dims.to_numpy()
     # Does the tier differ at all? Its own segments (any k in bounds) against the other
     # customers' segments, by held-out distance; cheap, so it comes before the bootstrap.
-    other_centres = KMeans(n_clusters=other_k, n_init=settings.n_init, random_state=settings.seed).fit(other_dims.to_numpy()).cluster_centers_
+    other_centres = (
+        KMeans(n_clusters=other_k, n_init=settings.n_init, random_state=settings.seed).fit(other_dims.to_numpy()).cluster_centers_
+    )
     k_lo, k_hi = k_bounds(n, taxonomy.k_min, taxonomy.k_max)
     own, other = held_out_distance(X, range(k_lo, k_hi + 1), other_centres, settings)
     gain = {k: 1.0 - d / other if other > 0 else 0.0 for k, d in own.items()}
     evidence["held_out_distance"] = {
-        "own_by_k": {str(k): round(d, 4) for k, d in own.items()}, "other": round(other, 4), "other_k": other_k,
-        "gain_by_k": {str(k): round(g, 4) for k, g in gain.items()}, "gain_needed": min_gain,
+        "own_by_k": {str(k): round(d, 4) for k, d in own.items()},
+        "other": round(other, 4),
+        "other_k": other_k,
+        "gain_by_k": {str(k): round(g, 4) for k, g in gain.items()},
+        "gain_needed": min_gain,
     }
 
     def fit_words(k: int) -> str:
@@ -331,15 +365,23 @@ def _segment_key_tier(
     chosen = next(c for c in clustering.candidates if c.k == clustering.k)
     sizes = np.bincount(clustering.labels, minlength=clustering.k)
     evidence.update(
-        k=clustering.k, k_reason=clustering.reason, k_evidence=[c.__dict__ for c in clustering.candidates],
-        silhouette=clustering.silhouette, jaccard=[round(float(j), 4) for j in clustering.jaccard], sizes=sizes.tolist(),
+        k=clustering.k,
+        k_reason=clustering.reason,
+        k_evidence=[c.__dict__ for c in clustering.candidates],
+        silhouette=clustering.silhouette,
+        jaccard=[round(float(j), 4) for j in clustering.jaccard],
+        sizes=sizes.tolist(),
     )
     problems = []
     own_segments = f"the key tier's own segments ({n} key accounts with {profile}, k={clustering.k})"
     if clustering.jaccard.min() < settings.min_stability:
-        problems.append(f"{own_segments} are not stable enough (min bootstrap Jaccard {clustering.jaccard.min():.2f}, needed {settings.min_stability})")
+        problems.append(
+            f"{own_segments} are not stable enough (min bootstrap Jaccard {clustering.jaccard.min():.2f}, needed {settings.min_stability})"
+        )
     if chosen.smallest_share < settings.min_cluster_share:
-        problems.append(f"{own_segments} include one too small ({chosen.smallest_share:.0%} of them, needed {settings.min_cluster_share:.0%})")
+        problems.append(
+            f"{own_segments} include one too small ({chosen.smallest_share:.0%} of them, needed {settings.min_cluster_share:.0%})"
+        )
     if gain[clustering.k] < min_gain:
         problems.append(f"{not_different} at the k chosen for its own segments ({fit_words(clustering.k)})")
     if problems:
@@ -396,8 +438,14 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
     other_fit = fit_index[~is_key.loc[fit_index].to_numpy()]
     main = choose_k(dims.loc[fit_index].to_numpy(), taxonomy.k_min, taxonomy.k_max, settings)
     key = _segment_key_tier(
-        dims.loc[key_fit], dims.loc[other_fit], main.k, int(is_key.sum()), taxonomy, settings,
-        max(int(cfg["key_accounts_min"]), 10 * taxonomy.k_min), float(cfg["key_accounts_min_gain"]),
+        dims.loc[key_fit],
+        dims.loc[other_fit],
+        main.k,
+        int(is_key.sum()),
+        taxonomy,
+        settings,
+        max(int(cfg["key_accounts_min"]), 10 * taxonomy.k_min),
+        float(cfg["key_accounts_min_gain"]),
         _previous_segments(con, lineage.previous_run_id, "key"),
     )
     separate = key.mode == "separate"
@@ -471,7 +519,9 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
     long["behaviour_probability"] = behaviour.stack().values
     long.insert(0, "run_id", run_id)
 
-    prospect_rows = _prospects(run_id, as_of, customers, fit_index, assigned, prospects, taxonomy, name_of, definitions, settings.seed, population_ids["all"])
+    prospect_rows = _prospects(
+        run_id, as_of, customers, fit_index, assigned, prospects, taxonomy, name_of, definitions, settings.seed, population_ids["all"]
+    )
     lookalike_rows = _lookalikes(run_id, as_of, customers, assigned, is_key, int(cfg["lookalikes_per_segment"]))
     profile_rows = _profiles(run_id, customers, dims, assigned, fit_index, is_key, key.mode, taxonomy)
 
@@ -506,8 +556,18 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
     _store(con, run_id, run_row, definitions, assignments, long, profile_rows, prospect_rows, lookalike_rows)
     sizes = assignments.groupby("segment_name").size().to_dict()
     return SegmentRunResult(
-        run_id, as_of.isoformat(), main.k, main.reason, sizes, run_row["surveyed"], run_row["inferred"],
-        len(prospect_rows), key.mode, run_row["classifier_cv_accuracy"], run_row["min_jaccard"], round(seconds, 2),
+        run_id,
+        as_of.isoformat(),
+        main.k,
+        main.reason,
+        sizes,
+        run_row["surveyed"],
+        run_row["inferred"],
+        len(prospect_rows),
+        key.mode,
+        run_row["classifier_cv_accuracy"],
+        run_row["min_jaccard"],
+        round(seconds, 2),
         lineage.taxonomy_change,
     )
 
@@ -524,12 +584,16 @@ def _drivers(customers, dims, taxonomy, assigned, fit_index, segment_of, inferen
         drivers_json.loc[clustered], drivers_text.loc[clustered] = j, t
     inferred = customers.index.difference(clustered, sort=False)
     if len(inferred) and inference.model is not None:
-        j, t = explain.model_drivers(inference, customers.loc[inferred], assigned.loc[inferred], customers.loc[fit_index], segment_of.loc[fit_index])
+        j, t = explain.model_drivers(
+            inference, customers.loc[inferred], assigned.loc[inferred], customers.loc[fit_index], segment_of.loc[fit_index]
+        )
         drivers_json.loc[inferred], drivers_text.loc[inferred] = j, t
     return drivers_json, drivers_text
 
 
-def _definitions(run_id: str, main: Clustering, identities: list[Identity], key: KeyTier, taxonomy: Taxonomy, assigned: pd.Series, population: pd.Series) -> list[dict[str, Any]]:
+def _definitions(
+    run_id: str, main: Clustering, identities: list[Identity], key: KeyTier, taxonomy: Taxonomy, assigned: pd.Series, population: pd.Series
+) -> list[dict[str, Any]]:
     rows = []
 
     def row(ident, centre, fitted, jaccard, name):
@@ -559,12 +623,25 @@ def _definitions(run_id: str, main: Clustering, identities: list[Identity], key:
         rows.append(row(ident, main.centres[i], int((main.labels == i).sum()), float(main.jaccard[i]), "all"))
     if key.clustering is not None and key.mode == "separate":
         for i, ident in enumerate(key.identities):
-            rows.append(row(ident, key.clustering.centres[i], int((key.clustering.labels == i).sum()), float(key.clustering.jaccard[i]), "key"))
+            rows.append(
+                row(ident, key.clustering.centres[i], int((key.clustering.labels == i).sum()), float(key.clustering.jaccard[i]), "key")
+            )
     return rows
 
 
 def _prospects(run_id, as_of, customers, fit_index, assigned, prospects, taxonomy, name_of, definitions, seed, segment_ids) -> pd.DataFrame:
-    columns = ["run_id", "as_of", "account_id", *ACCOUNT_DETAILS, "segment_id", "segment_name", "probability", "probabilities", "offer", "serve"]
+    columns = [
+        "run_id",
+        "as_of",
+        "account_id",
+        *ACCOUNT_DETAILS,
+        "segment_id",
+        "segment_name",
+        "probability",
+        "probabilities",
+        "offer",
+        "serve",
+    ]
     if prospects.empty:
         return pd.DataFrame(columns=columns)
     result = fit_and_score(customers.loc[fit_index], assigned.loc[fit_index], prospects, seed, kind="prospect")
@@ -591,8 +668,18 @@ def _prospects(run_id, as_of, customers, fit_index, assigned, prospects, taxonom
 
 def _lookalikes(run_id, as_of, customers, assigned, is_key, per_segment: int) -> pd.DataFrame:
     columns = [
-        "run_id", "as_of", "account_id", "account_name", "account_owner", "segment_id", "similarity", "rank_in_segment",
-        "nearest_key_account_id", "nearest_key_account_name", "revenue_12m", "key_account_median_revenue_12m",
+        "run_id",
+        "as_of",
+        "account_id",
+        "account_name",
+        "account_owner",
+        "segment_id",
+        "similarity",
+        "rank_in_segment",
+        "nearest_key_account_id",
+        "nearest_key_account_name",
+        "revenue_12m",
+        "key_account_median_revenue_12m",
     ]
     cols = [c for c in LOOKALIKE_COLUMNS if c in customers.columns]
     values = customers[cols].apply(pd.to_numeric, errors="coerce")
@@ -613,11 +700,22 @@ def _lookalikes(run_id, as_of, customers, assigned, is_key, per_segment: int) ->
         median_key = float(customers.loc[keys, "revenue_12m"].median())
         for rank, i in enumerate(order, start=1):
             account, key_account = others[i], keys[nearest[i]]
-            rows.append((
-                run_id, as_of, account, customers.at[account, "account_name"], customers.at[account, "account_owner"], seg,
-                round(float(similarity[i]), 4), rank, key_account, customers.at[key_account, "account_name"],
-                float(customers.at[account, "revenue_12m"]), median_key,
-            ))
+            rows.append(
+                (
+                    run_id,
+                    as_of,
+                    account,
+                    customers.at[account, "account_name"],
+                    customers.at[account, "account_owner"],
+                    seg,
+                    round(float(similarity[i]), 4),
+                    rank,
+                    key_account,
+                    customers.at[key_account, "account_name"],
+                    float(customers.at[account, "revenue_12m"]),
+                    median_key,
+                )
+            )
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -647,8 +745,12 @@ def _profiles(run_id, customers, dims, assigned, fit_index, is_key, key_mode, ta
             for c in behaviour_cols:
                 overall, sd = values.loc[members, c].mean(), values.loc[members, c].std()
                 v = values.loc[in_seg, c].mean()
-                rows.append((run_id, s, population, c, "behaviour", v, overall, (v - overall) / sd if sd and pd.notna(sd) and pd.notna(v) else None))
-    frame = pd.DataFrame(rows, columns=["run_id", "segment_id", "population", "dimension", "kind", "segment_value", "overall_value", "index_vs_overall"])
+                rows.append(
+                    (run_id, s, population, c, "behaviour", v, overall, (v - overall) / sd if sd and pd.notna(sd) and pd.notna(v) else None)
+                )
+    frame = pd.DataFrame(
+        rows, columns=["run_id", "segment_id", "population", "dimension", "kind", "segment_value", "overall_value", "index_vs_overall"]
+    )
     for c in ("segment_value", "overall_value", "index_vs_overall"):
         frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(float).round(6)
     return frame
