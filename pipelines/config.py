@@ -40,6 +40,31 @@ DEFAULTS: dict[str, Any] = {
         # ... and when its own segments describe key accounts this much better than the others' do.
         "key_accounts_min_gain": 0.1,
         "lookalikes_per_segment": 25,
+        # missing data: a dimension missing for more than this share of the clustered
+        # accounts is left out of clustering (segment_runs.feature_missing says why)
+        "max_missing_share": 0.3,
+        # identity hysteresis: k is kept unless another k was preferred in k_switch_runs
+        # consecutive runs by k_switch_margin of min Jaccard; warm start from the previous
+        # centres unless a fresh fit is warm_start_tolerance better (inertia)
+        "k_switch_runs": 2,
+        "k_switch_margin": 0.05,
+        "warm_start_tolerance": 0.02,
+        # an account moves to another segment only when its probability there beats its
+        # old segment's by switch_margin, or it preferred the new one switch_runs runs in a row;
+        # for the taxonomy bases listed (survey segments follow the answers as they come)
+        "switch_margin": 0.2,
+        "switch_runs": 2,
+        "hysteresis_bases": ["behaviour"],
+        "silhouette_sample": 5000,
+        # the run's verdict (pipelines/segmentation/verdict.py)
+        "verdict": {
+            "withhold_stability": 0.5,
+            "classifier_margin": 0.1,
+            "min_recall": 0.3,
+            "max_excluded_share": 0.2,
+            "min_prospect_spread": 0.02,
+            "publish_withheld": False,
+        },
     },
     "drift": {
         # compare the last `recent_months` of buying mix with the `baseline_months` before

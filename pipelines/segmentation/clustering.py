@@ -53,6 +53,7 @@ class Clustering:
     silhouette: float
     candidates: list[Candidate]
     reason: str
+    preferred_k: int | None = None  # what the stability rule preferred (k differs when the previous k was kept)
 
 
 @dataclass
@@ -81,6 +82,12 @@ class ClusterSettings:
     choose_stability: float = 0.85
     min_cluster_share: float = 0.04
     n_init: int = 20
+    # identity hysteresis (see hold_k) and the warm start from the previous centres
+    k_switch_runs: int = 2
+    k_switch_margin: float = 0.05
+    warm_start_tolerance: float = 0.02
+    # silhouette on a sample of at most this many accounts (it is quadratic)
+    silhouette_sample: int = 5000
     notes: list[str] = field(default_factory=list)
 
 
@@ -123,16 +130,82 @@ def soft_assign(X: np.ndarray, centres: np.ndarray, labels: np.ndarray) -> np.nd
     return p / p.sum(axis=1, keepdims=True)
 
 
-def choose_k(X: np.ndarray, k_min: int, k_max: int, settings: ClusterSettings) -> Clustering:
+@dataclass
+class KHold:
+    """What the previous runs of the lineage chose, for keeping k (identity hysteresis).
+
+    `previous_k` is the k of the previous run; `preferred` the k the stability rule
+    preferred in each earlier run, latest first; `centres` the previous run's centres
+    (on this run's dimensions) to warm-start k-means from when k is kept."""
+
+    previous_k: int
+    preferred: list[int] = field(default_factory=list)
+    centres: np.ndarray | None = None
+
+
+def _rule_choice(candidates: list[Candidate], k_min: int, k_max: int, settings: ClusterSettings) -> tuple[Candidate, str]:
+    eligible = [c for c in candidates if c.eligible]
+    if eligible:
+        best = max(eligible, key=lambda c: c.k)
+        return best, (
+            f"k={best.k}: the largest k in {k_min}-{k_max} whose every segment reappears in bootstrap refits "
+            f"(min Jaccard {best.min_jaccard:.2f} >= {settings.choose_stability}) with none under "
+            f"{settings.min_cluster_share:.0%} of accounts; silhouette {best.silhouette:.3f}, BIC {best.bic:.0f}"
+        )
+    best = max(candidates, key=lambda c: (c.min_jaccard, c.silhouette))
+    return best, (
+        f"k={best.k}: no k in {k_min}-{k_max} had every segment highly stable (Jaccard >= {settings.choose_stability}); "
+        f"took the most stable (min Jaccard {best.min_jaccard:.2f})"
+    )
+
+
+def hold_k(preferred: Candidate, candidates: list[Candidate], settings: ClusterSettings, hold: KHold | None) -> tuple[int, str | None]:
+    """Keep the previous run's k unless the preferred k is clearly better over consecutive runs.
+
+    The previous k is kept while it is still acceptable (every segment at least
+    `min_stability`, none under the minimum share) unless the stability rule has preferred
+    another k in `k_switch_runs` consecutive runs (this one included) AND by a clear margin:
+    a larger k whose least stable segment clears `choose_stability` by `k_switch_margin`, or
+    a smaller k because the previous k's least stable segment fell `k_switch_margin` under it.
+    Returns the k to use and why it was held (None when the preferred k is taken)."""
+    if hold is None or hold.previous_k == preferred.k:
+        return preferred.k, None
+    previous = next((c for c in candidates if c.k == hold.previous_k), None)
+    if previous is None:
+        return preferred.k, None
+    acceptable = previous.min_jaccard >= settings.min_stability and previous.smallest_share >= settings.min_cluster_share
+    if not acceptable:
+        return preferred.k, None
+    streak = 1
+    for k in hold.preferred:
+        if k != preferred.k:
+            break
+        streak += 1
+    if preferred.k > previous.k:
+        clear = preferred.min_jaccard >= settings.choose_stability + settings.k_switch_margin
+    else:
+        clear = previous.min_jaccard < settings.choose_stability - settings.k_switch_margin
+    if clear and streak >= settings.k_switch_runs:
+        return preferred.k, None
+    return previous.k, (
+        f"k={previous.k} kept from the previous run: the stability rule preferred k={preferred.k} "
+        f"({streak} consecutive run(s), {settings.k_switch_runs} needed; "
+        f"{'a clear margin' if clear else 'no clear margin'} of {settings.k_switch_margin} in min Jaccard), "
+        f"and k={previous.k} is still acceptable (min Jaccard {previous.min_jaccard:.2f} >= {settings.min_stability})"
+    )
+
+
+def choose_k(X: np.ndarray, k_min: int, k_max: int, settings: ClusterSettings, hold: KHold | None = None) -> Clustering:
     n = len(X)
     k_min, k_max = k_bounds(n, k_min, k_max)
     fits: dict[int, tuple[KMeans, np.ndarray]] = {}
     candidates: list[Candidate] = []
+    sample = min(n, settings.silhouette_sample)
     for k in range(k_min, k_max + 1):
         model = _kmeans(X, k, settings.seed, settings.n_init)
         labels = model.labels_
         jac = bootstrap_jaccard(X, labels, k, settings)
-        sil = float(silhouette_score(X, labels, random_state=settings.seed)) if n > k else float("nan")
+        sil = float(silhouette_score(X, labels, sample_size=sample, random_state=settings.seed)) if n > k else float("nan")
         gmm = GaussianMixture(k, covariance_type="diag", n_init=2, random_state=settings.seed, reg_covar=1e-3).fit(X)
         share = float(np.bincount(labels, minlength=k).min() / n)
         eligible = bool(jac.min() >= settings.choose_stability and share >= settings.min_cluster_share)
@@ -148,31 +221,27 @@ def choose_k(X: np.ndarray, k_min: int, k_max: int, settings: ClusterSettings) -
             )
         )
         fits[k] = (model, jac)
-    eligible = [c for c in candidates if c.eligible]
-    if eligible:
-        best = max(eligible, key=lambda c: c.k)
-        reason = (
-            f"k={best.k}: the largest k in {k_min}-{k_max} whose every segment reappears in bootstrap refits "
-            f"(min Jaccard {best.min_jaccard:.2f} >= {settings.choose_stability}) with none under "
-            f"{settings.min_cluster_share:.0%} of accounts; silhouette {best.silhouette:.3f}, BIC {best.bic:.0f}"
-        )
-    else:
-        best = max(candidates, key=lambda c: (c.min_jaccard, c.silhouette))
-        reason = (
-            f"k={best.k}: no k in {k_min}-{k_max} had every segment highly stable (Jaccard >= {settings.choose_stability}); "
-            f"took the most stable (min Jaccard {best.min_jaccard:.2f})"
-        )
-    model, jac = fits[best.k]
+    preferred, reason = _rule_choice(candidates, k_min, k_max, settings)
+    k, held = hold_k(preferred, candidates, settings, hold)
+    model, jac = fits[k]
+    if hold is not None and hold.centres is not None and len(hold.centres) == k:
+        # warm start from the previous run's centres: the same local optimum, unless the
+        # data moved so far that a fresh fit is clearly better
+        warm = KMeans(n_clusters=k, init=hold.centres, n_init=1, random_state=settings.seed).fit(X)
+        if warm.inertia_ <= model.inertia_ * (1 + settings.warm_start_tolerance):
+            model = warm
     labels = model.labels_
+    chosen = next(c for c in candidates if c.k == k)
     return Clustering(
-        k=best.k,
+        k=k,
         centres=model.cluster_centers_,
         labels=labels,
         probabilities=soft_assign(X, model.cluster_centers_, labels),
         jaccard=jac,
-        silhouette=best.silhouette,
+        silhouette=chosen.silhouette,
         candidates=candidates,
-        reason=reason,
+        reason=held or reason,
+        preferred_k=preferred.k,
     )
 
 
@@ -208,9 +277,31 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a @ b.T) / np.maximum(na * nb.T, 1e-9)
 
 
-def _emerging_name(centre: np.ndarray, dimensions: list[str], label: str) -> str:
-    top = np.argsort(-centre)[:2]
-    return f"{label}: " + " & ".join(dimensions[i].replace("_", " ") for i in top)
+def distinguishing_names(centres: np.ndarray, rows: list[int], dimensions: list[str], label: str) -> dict[int, str]:
+    """Names for clusters that resemble no prototype, after what sets each apart from the
+    other clusters: the dimensions where its centre is furthest above (and below) the mean
+    of the other centres, e.g. "Emerging: high partnership, low delivery". Names are made
+    unique by adding the next distinguishing dimension, never by reordering the same words."""
+    k = len(centres)
+    names: dict[int, str] = {}
+    used: set[str] = set()
+    for r in rows:
+        others = [i for i in range(k) if i != r]
+        diff = centres[r] - (centres[others].mean(axis=0) if others else 0.0)
+        order = [int(i) for i in np.argsort(-np.abs(diff))]
+        for width in range(1, len(order) + 1):
+            picked = order[:width]
+            high = [dimensions[i].replace("_", " ") for i in picked if diff[i] > 0]
+            low = [dimensions[i].replace("_", " ") for i in picked if diff[i] <= 0]
+            words = ", ".join([*(f"high {h}" for h in high), *(f"low {lo}" for lo in low)])
+            name = f"{label}: {words}"
+            if name not in used and (width >= 2 or len(order) == 1):
+                break
+        if name in used:
+            name = f"{name} ({r + 1})"
+        used.add(name)
+        names[r] = name
+    return names
 
 
 @dataclass(frozen=True)
@@ -282,13 +373,13 @@ def resolve_identities(
                 )
                 used.add(seg.id)
     taken = {p.segment_id for p in previous if p.taxonomy_id is None}
-    dims = taxonomy.dimension_names
+    names = distinguishing_names(centres, [r for r in range(k) if ids[r] is None], taxonomy.dimension_names, emerging.label)
     for r in range(k):
         if ids[r] is not None:
             continue
         prev = aligned.get(r)
         best = float(similarity[r].max())
-        name = _emerging_name(centres[r], dims, emerging.label)
+        name = names[r]
         if prev is not None and prev.taxonomy_id is None:
             ids[r] = Identity(prev.segment_id, name, None, best, prev.segment_id)
             continue

@@ -16,7 +16,8 @@ Two kinds of account, two kinds of driver, each true to how the segment was deci
   A model input derived from a column (its log, its missing-value flag, a category
   indicator) is credited to the column. Only features that raised the probability are
   shown, largest first, with the account's value, the segment's typical value and
-  everyone's among the surveyed accounts the model learnt from.
+  everyone's among the surveyed accounts the model learnt from. A value the account does
+  not have (missing, imputed for the model) is never cited as a driver, for either kind.
 
   Why this and not a profile comparison or importance x deviation: those describe how the
   account resembles its segment, not what the model used; the forest's splits can rely on
@@ -204,6 +205,9 @@ def model_drivers(
     seg_typical = ref_values.groupby(reference_segments).mean()
     overall = ref_values.mean()
     values = frame[numeric].apply(pd.to_numeric, errors="coerce")
+    blank = np.zeros((len(frame), len(columns)), dtype=bool)
+    for j, column in enumerate(columns):
+        blank[:, j] = (values[column] if column in values else frame[column]).isna().to_numpy()
 
     as_json, as_text = [], []
     for r, (account, seg) in enumerate(segments.items()):
@@ -212,6 +216,8 @@ def model_drivers(
             as_text.append("")
             continue
         per_column = contrib[r, :, class_index[seg]] @ to_column
+        # a driver is never a missing value (nor the fact that it is missing)
+        per_column[blank[r]] = -np.inf
         items, words = [], []
         for j in np.argsort(-per_column)[:top]:
             weight = float(per_column[j])

@@ -113,6 +113,9 @@ class Inference:
     model: Pipeline | None = None  # fitted on every training account; None with a single class
     kind: str = "behaviour"
     levels: dict[str, list[str]] = field(default_factory=dict)
+    base_rate: float | None = None  # share of the largest class among the training accounts
+    cv_recall: dict[str, float] = field(default_factory=dict)  # per class, cross-validated
+    missing_share: dict[str, float] = field(default_factory=dict)  # per numeric input, among the scored accounts
 
     def design(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The model's inputs for `frame`, with the training columns."""
@@ -135,17 +138,23 @@ def fit_and_score(train: pd.DataFrame, labels: pd.Series, score: pd.DataFrame, s
     y = labels.to_numpy()
     classes = sorted(set(y))
     features = list(X_train.columns)
+    base_rate = round(float(pd.Series(y).value_counts(normalize=True).max()), 4) if len(y) else None
+    missing = {
+        c: round(float(v), 4) for c, v in X_score.isna().mean().items() if not c.startswith(tuple(f"{cat}=" for cat in CATEGORICAL_COLUMNS))
+    }
     if len(classes) == 1:
         probs = pd.DataFrame(1.0, index=score.index.append(train.index).unique(), columns=classes)
-        return Inference(classes, probs, 1.0, len(train), features, None, kind, levels)
+        return Inference(classes, probs, 1.0, len(train), features, None, kind, levels, base_rate, {}, missing)
     fitted = model(seed).fit(X_train, y)
     classes = list(fitted.classes_)
     scored = pd.DataFrame(fitted.predict_proba(X_score), index=score.index, columns=classes)
     if kind != "behaviour":
-        return Inference(classes, scored, None, len(train), features, fitted, kind, levels)
+        return Inference(classes, scored, None, len(train), features, fitted, kind, levels, base_rate, {}, missing)
     folds = max(2, min(5, int(pd.Series(y).value_counts().min())))
     oof = cross_val_predict(model(seed), X_train, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), method="predict_proba")
-    cv_accuracy = float((np.array(classes)[oof.argmax(axis=1)] == y).mean())
+    predicted = np.array(classes)[oof.argmax(axis=1)]
+    cv_accuracy = float((predicted == y).mean())
+    recall = {c: round(float((predicted[y == c] == c).mean()), 4) for c in classes}
     in_fold = pd.DataFrame(oof, index=train.index, columns=classes)
     probs = pd.concat([scored.drop(index=in_fold.index, errors="ignore"), in_fold])
-    return Inference(classes, probs, round(cv_accuracy, 4), len(train), features, fitted, kind, levels)
+    return Inference(classes, probs, round(cv_accuracy, 4), len(train), features, fitted, kind, levels, base_rate, recall, missing)

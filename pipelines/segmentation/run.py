@@ -32,6 +32,7 @@ import datetime as dt
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -47,14 +48,17 @@ from pipelines.segmentation.clustering import (
     Clustering,
     ClusterSettings,
     Identity,
+    KHold,
     PreviousSegment,
     choose_k,
     held_out_distance,
     k_bounds,
     resolve_identities,
 )
+from pipelines.segmentation.dimensions import Dimensions, dimension_matrix, missingness_segments
 from pipelines.segmentation.inference import BEHAVIOUR_COLUMNS, fit_and_score
-from pipelines.segmentation.taxonomy import Taxonomy
+from pipelines.segmentation.taxonomy import Taxonomy, load_taxonomy
+from pipelines.segmentation.verdict import Evidence, VerdictSettings, judge
 from pipelines.warehouse import ensure_table, insert_frame
 
 MODEL_VERSION = "needseg-segmentation/1"
@@ -68,7 +72,9 @@ DDL = [
         silhouette double, min_jaccard double, classifier_cv_accuracy double,
         key_account_mode varchar not null, key_account_evidence json,
         customers integer not null, surveyed integer not null, inferred integer not null,
-        prospects integer not null, key_accounts integer not null, seconds double)""",
+        prospects integer not null, key_accounts integer not null, seconds double,
+        k_preferred integer, verdict varchar, verdict_reasons json, published boolean, fallback_reason varchar,
+        feature_missing json, survey_unusable_customers integer, excluded_respondents json, accounts_held integer)""",
     """create table if not exists segments.segment_definitions (
         run_id varchar not null, segment_id varchar not null, segment_name varchar not null,
         taxonomy_id varchar, is_emerging boolean not null, population varchar not null,
@@ -81,6 +87,7 @@ DDL = [
         segment_id varchar not null, segment_name varchar not null, segment_source varchar not null,
         probability double not null, behaviour_segment_id varchar, behaviour_probability double,
         value_tier varchar, is_key_account boolean not null, drivers json, drivers_text varchar,
+        preferred_segment_id varchar, survey_status varchar,
         primary key (run_id, account_id))""",
     """create table if not exists segments.assignment_probabilities (
         run_id varchar not null, account_id varchar not null, segment_id varchar not null,
@@ -156,15 +163,24 @@ class SegmentRunResult:
     min_jaccard: float
     seconds: float
     taxonomy_change: str | None = None
+    verdict: str = ""  # in words
+    verdict_code: str = ""  # trusted | provisional | withheld
+    fallback: str | None = None  # why the segments were inferred from behaviour
+    survey: str | None = None  # respondents left out as unusable
+    left_out: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         sizes = ", ".join(f"{name} {n}" for name, n in sorted(self.segments.items(), key=lambda x: -x[1]))
-        return (
+        lines = [
             f"{self.run_id}: k={self.k} ({sizes}); {self.surveyed} surveyed, {self.inferred} inferred, "
             f"{self.prospects} prospects; key accounts: {self.key_account_mode}; min bootstrap Jaccard {self.min_jaccard:.2f}; "
             f"classifier CV accuracy {self.classifier_cv_accuracy if self.classifier_cv_accuracy is not None else 'n/a'}; "
             f"{self.seconds:.1f} s" + (f"; {self.taxonomy_change}" if self.taxonomy_change else "")
-        )
+        ]
+        if self.survey:
+            lines.append(self.survey)
+        lines.append(self.verdict)
+        return "\n    ".join(lines)
 
 
 def _cluster_settings(cfg: dict[str, Any]) -> ClusterSettings:
@@ -174,39 +190,11 @@ def _cluster_settings(cfg: dict[str, Any]) -> ClusterSettings:
         min_stability=float(cfg["min_stability"]),
         choose_stability=float(cfg["choose_stability"]),
         min_cluster_share=float(cfg["min_cluster_share"]),
+        k_switch_runs=int(cfg["k_switch_runs"]),
+        k_switch_margin=float(cfg["k_switch_margin"]),
+        warm_start_tolerance=float(cfg["warm_start_tolerance"]),
+        silhouette_sample=int(cfg["silhouette_sample"]),
     )
-
-
-def _dimension_matrix(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
-    """The taxonomy's dimensions for every account in `frame`, on the clustering scale."""
-    out = pd.DataFrame(index=frame.index)
-    mix = None
-    for d in taxonomy.dimensions:
-        if d.column.startswith("category_share:"):
-            if mix is None:
-                mix = con.execute("select account_id, product_category, revenue_share from marts.customer_category_mix").df()
-                mix = mix.pivot_table(index="account_id", columns="product_category", values="revenue_share", aggfunc="sum")
-            category = d.column.split(":", 1)[1]
-            if category not in mix.columns:
-                raise NeedsegError(
-                    f"taxonomy {taxonomy.path}: dimension {d.name!r} uses category {category!r}, which no order line has; categories are: {', '.join(map(str, mix.columns))}"
-                )
-            values = frame["account_id"].map(mix[category]).fillna(0.0)
-        elif d.column in frame.columns:
-            values = pd.to_numeric(frame[d.column], errors="coerce")
-        else:
-            raise NeedsegError(
-                f"taxonomy {taxonomy.path}: dimension {d.name!r} needs column {d.column!r}, which customer_features does not have"
-            )
-        if d.transform == "log1p":
-            values = np.log1p(values.clip(lower=0))
-        out[d.name] = values.astype(float)
-    if taxonomy.basis == "survey":
-        # An item the account's respondents skipped counts as average for them.
-        return out.fillna(0.0)
-    out = out.fillna(out.median())
-    scaled = StandardScaler().fit_transform(out.to_numpy())
-    return pd.DataFrame(scaled, index=out.index, columns=out.columns)
 
 
 @dataclass
@@ -283,14 +271,24 @@ def _backfill_lineage(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def _previous_segments(con: duckdb.DuckDBPyConnection, previous_run_id: str | None, population: str) -> list[PreviousSegment]:
+def _previous_segments(
+    con: duckdb.DuckDBPyConnection, previous_run_id: str | None, population: str, dimensions: list[str]
+) -> list[PreviousSegment]:
+    """The previous run's segments, their centres on this run's dimensions (none when a
+    dimension clustered now was left out then: the centres are not comparable)."""
     if previous_run_id is None:
         return []
     defs = con.execute(
         "select segment_id, segment_name, taxonomy_id, centre from segments.segment_definitions where run_id = ? and population = ? order by segment_id",
         [previous_run_id, population],
     ).fetchall()
-    return [PreviousSegment(r[0], r[1], r[2], np.array(json.loads(r[3])["values"])) for r in defs]
+    out = []
+    for segment_id, name, taxonomy_id, centre in defs:
+        values = dict(zip(json.loads(centre)["dimensions"], json.loads(centre)["values"], strict=True))
+        if any(d not in values for d in dimensions):
+            return []
+        out.append(PreviousSegment(segment_id, name, taxonomy_id, np.array([values[d] for d in dimensions])))
+    return out
 
 
 @dataclass
@@ -397,12 +395,162 @@ def _segment_key_tier(
     return KeyTier("separate", evidence, key_dims.index, clustering, identities)
 
 
-def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, config: dict[str, Any]) -> SegmentRunResult:
-    started = time.monotonic()
-    ensure_tables(con)
-    cfg = config["segmentation"]
-    settings = _cluster_settings(cfg)
-    run_id = run_id_for(as_of)
+@dataclass
+class Survey:
+    """Who answered a survey, and whose answers could not be used (and why)."""
+
+    usable: int  # customers with a usable response in the validity window
+    unusable: int  # customers who answered, every respondent unusable
+    excluded: dict[str, int]  # reason -> respondents left out, every customer
+    status: pd.Series  # per customer: usable | unusable: <reasons> | none
+
+    def words(self) -> str | None:
+        if not self.unusable and not any(self.excluded.values()):
+            return None
+        reasons = ", ".join(f"{n} for {why}" for why, n in self.excluded.items() if n)
+        return (
+            f"survey respondents left out as unusable: {reasons}; {self.unusable} customer(s) answered but have no usable "
+            "respondent (published as survey_status 'unusable: ...', inferred from behaviour)"
+        )
+
+
+def _survey(customers: pd.DataFrame) -> Survey:
+    usable = customers["is_surveyed"].fillna(False).astype(bool)
+    counts = {}
+    reasons = pd.Series("", index=customers.index)
+    for column, why in (("survey_straightlining_respondents", "straight-lining"), ("survey_too_few_items_respondents", "too few items")):
+        n = pd.to_numeric(customers[column], errors="coerce").fillna(0) if column in customers else pd.Series(0, index=customers.index)
+        counts[why] = int(n.sum())
+        reasons = reasons.where(n.eq(0), reasons + np.where(reasons.eq(""), "", ", ") + why)
+    unusable = ~usable & reasons.ne("")
+    status = pd.Series("none", index=customers.index).mask(usable, "usable").mask(unusable, "unusable: " + reasons)
+    return Survey(int(usable.sum()), int(unusable.sum()), counts, status)
+
+
+def _taxonomy_for_run(taxonomy: Taxonomy, survey: Survey, as_of: dt.date) -> tuple[Taxonomy, str | None]:
+    """The survey taxonomy, or its behavioural fallback when too few customers answered."""
+    if taxonomy.basis != "survey":
+        return taxonomy, None
+    min_fit = max(30, 10 * taxonomy.k_max)
+    if survey.usable >= min_fit:
+        return taxonomy, None
+    answered = f"only {survey.usable} customers have a usable survey response as of {as_of}" + (
+        f" ({survey.unusable} more answered, every respondent unusable)" if survey.unusable else ""
+    )
+    if not taxonomy.fallback:
+        raise NeedsegError(
+            f"{answered}; the survey taxonomy needs at least {min_fit}. Load more survey responses, give the taxonomy a "
+            "`fallback` behaviour taxonomy, or use a behaviour taxonomy (see config/taxonomies/README.md)."
+        )
+    fallback = load_taxonomy(Path(taxonomy.fallback))
+    return fallback, (
+        f"segments inferred from behaviour: {answered}, and clustering survey needs takes at least {min_fit}; "
+        f"the needs of {taxonomy_label(taxonomy)} were read from their behavioural proxies ({taxonomy_label(fallback)})"
+    )
+
+
+@dataclass
+class History:
+    """What earlier runs of the lineage decided, for identity hysteresis."""
+
+    previous_k: int | None = None
+    preferred_k: list[int] = field(default_factory=list)  # latest first
+    preferred_segments: pd.DataFrame | None = None  # account x earlier run (latest first): preferred segment
+    assigned: pd.Series | None = None  # previous run's segment per account
+
+
+def _history(con: duckdb.DuckDBPyConnection, lineage: Lineage, runs: int) -> History:
+    if lineage.previous_run_id is None:
+        return History()
+    rows = con.execute(
+        "select run_id, k, coalesce(k_preferred, k) from segments.segment_runs where lineage_id = ? and as_of <= "
+        "(select as_of from segments.segment_runs where run_id = ?) order by as_of desc limit ?",
+        [lineage.lineage_id, lineage.previous_run_id, max(runs, 1)],
+    ).fetchall()
+    if not rows:
+        return History()
+    ids = [r[0] for r in rows]
+    prev = con.execute(
+        "select account_id, run_id, segment_id, coalesce(preferred_segment_id, segment_id) as preferred from segments.assignments "
+        f"where run_id in ({', '.join('?' for _ in ids)})",
+        ids,
+    ).df()
+    preferred = prev.pivot(index="account_id", columns="run_id", values="preferred").reindex(columns=ids)
+    assigned = prev[prev["run_id"] == ids[0]].set_index("account_id")["segment_id"]
+    return History(int(rows[0][1]), [int(r[2]) for r in rows], preferred, assigned)
+
+
+def _k_hold(history: History, previous: list[PreviousSegment], dims: Dimensions, warm: bool) -> KHold | None:
+    if history.previous_k is None:
+        return None
+    centres = None
+    if warm and previous and len(previous) == history.previous_k:
+        centres = dims.to_space(np.array([p.centre for p in previous]))
+    return KHold(history.previous_k, history.preferred_k, centres)
+
+
+def _cluster_main(dims: Dimensions, index: pd.Index, settings: ClusterSettings, hold: KHold | None) -> tuple[Clustering, Dimensions]:
+    """Choose k and cluster; a dimension whose missing values define a cluster is dropped
+    and the clustering repeated (missingness alone never defines a segment)."""
+    while True:
+        taxonomy = dims.taxonomy
+        main = choose_k(dims.space(index), taxonomy.k_min, taxonomy.k_max, settings, hold)
+        bad = missingness_segments(main.labels, dims.imputed.loc[index])
+        if not bad or len(bad) >= len(dims.values.columns):
+            return main, dims
+        dims = dims.without(bad, index, settings.seed)
+        if hold is not None:
+            hold = KHold(hold.previous_k, hold.preferred, None)
+
+
+def _hold_accounts(assigned: pd.Series, probs: pd.DataFrame, history: History, margin: float, runs: int) -> tuple[pd.Series, int]:
+    """An account moves to another segment only when clearly better: its probability beats
+    the old segment's by `margin`, or it preferred the new segment for `runs` consecutive
+    runs (this one included). Otherwise it stays where the previous run put it."""
+    if history.assigned is None or history.assigned.empty:
+        return assigned, 0
+    prev = history.assigned.reindex(assigned.index)
+    movable = prev.notna() & prev.isin(probs.columns) & prev.ne(assigned)
+    if not movable.any():
+        return assigned, 0
+    idx = assigned.index[movable.to_numpy()]
+    p = probs.loc[idx]
+    cols = {c: i for i, c in enumerate(p.columns)}
+    rows = np.arange(len(idx))
+    gain = p.to_numpy()[rows, assigned.loc[idx].map(cols).to_numpy()] - p.to_numpy()[rows, prev.loc[idx].map(cols).to_numpy()]
+    earlier = history.preferred_segments.reindex(idx).iloc[:, : max(runs - 1, 0)] if history.preferred_segments is not None else None
+    confirmed = (
+        earlier.eq(assigned.loc[idx], axis=0).all(axis=1).to_numpy()
+        if earlier is not None and earlier.shape[1] >= runs - 1
+        else np.zeros(len(idx), bool)
+    )
+    stay = idx[~((gain >= margin) | confirmed)]
+    out = assigned.copy()
+    out.loc[stay] = prev.loc[stay]
+    return out, len(stay)
+
+
+def _published_before(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
+    return bool(
+        con.execute("select count(*) from segments.segment_runs where run_id != ? and coalesce(published, true)", [run_id]).fetchone()[0]
+    )
+
+
+@dataclass
+class Fit:
+    """The clustered accounts' segments: main run, key tier, identities, populations."""
+
+    main: Clustering
+    key: KeyTier
+    dims: Dimensions
+    identities: list[Identity]
+    segment_of: pd.Series  # fit accounts -> segment id
+    cluster_probs: pd.DataFrame  # fit accounts x segment ids
+    population: pd.Series  # every customer: all | key
+    population_ids: dict[str, list[str]]
+
+
+def _load(con: duckdb.DuckDBPyConnection, as_of: dt.date) -> tuple[pd.DataFrame, pd.DataFrame]:
     # A fixed row order: DuckDB returns rows in any order, and k-means seeding, forest
     # bootstraps and CV folds all depend on it.
     features = con.execute("select * from marts.customer_features order by account_id").df()
@@ -416,68 +564,63 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
     prospects = features[features["status"] == "prospect"]
     if len(customers) < 20:
         raise NeedsegError(f"only {len(customers)} customers as of {as_of}: too few to segment (at least 20 are needed)")
+    return customers, prospects
 
-    dims = _dimension_matrix(con, customers, taxonomy)
-    if taxonomy.basis == "survey":
-        fit_mask = customers["is_surveyed"].fillna(False).astype(bool)
-        min_fit = max(30, 10 * taxonomy.k_max)
-        if fit_mask.sum() < min_fit:
-            raise NeedsegError(
-                f"only {int(fit_mask.sum())} surveyed customers as of {as_of}; the survey taxonomy needs at least "
-                f"{min_fit}. Load more survey responses, or use a behaviour taxonomy (see config/taxonomies/)."
-            )
-    else:
-        fit_mask = pd.Series(True, index=customers.index)
-    is_key = customers["value_tier"].eq("key")
-    lineage = _lineage(con, as_of, run_id, taxonomy)
 
-    # 1. Cluster on the needs dimensions; the key tier on its own when it is large enough
-    #    and differs from the other customers, and then the others without it.
-    fit_index = customers.index[fit_mask.to_numpy()]
+def _fit(con, dims: Dimensions, customers, fit_index, is_key, lineage: Lineage, history: History, settings, cfg, warm: bool) -> Fit:
+    """1. Cluster on the needs dimensions; the key tier on its own when it is large enough
+    and differs from the other customers, and then the others without it."""
+    taxonomy = dims.taxonomy
     key_fit = fit_index[is_key.loc[fit_index].to_numpy()]
     other_fit = fit_index[~is_key.loc[fit_index].to_numpy()]
-    main = choose_k(dims.loc[fit_index].to_numpy(), taxonomy.k_min, taxonomy.k_max, settings)
+    hold = _k_hold(history, _previous_segments(con, lineage.previous_run_id, "all", list(dims.values.columns)), dims, warm)
+    main, dims = _cluster_main(dims, fit_index, settings, hold)
     key = _segment_key_tier(
-        dims.loc[key_fit],
-        dims.loc[other_fit],
+        dims.values.loc[key_fit],
+        dims.values.loc[other_fit],
         main.k,
         int(is_key.sum()),
-        taxonomy,
+        dims.taxonomy,
         settings,
         max(int(cfg["key_accounts_min"]), 10 * taxonomy.k_min),
         float(cfg["key_accounts_min_gain"]),
-        _previous_segments(con, lineage.previous_run_id, "key"),
+        _previous_segments(con, lineage.previous_run_id, "key", list(dims.values.columns)),
     )
     separate = key.mode == "separate"
     main_index = other_fit if separate else fit_index
     if separate:
-        main = choose_k(dims.loc[main_index].to_numpy(), taxonomy.k_min, taxonomy.k_max, settings)
-    identities = resolve_identities(main.centres, taxonomy, _previous_segments(con, lineage.previous_run_id, "all"))
+        main, _ = _cluster_main(dims, main_index, settings, hold)
+    main.centres = dims.to_values(main.centres)
+    identities = resolve_identities(
+        main.centres, dims.taxonomy, _previous_segments(con, lineage.previous_run_id, "all", list(dims.values.columns))
+    )
     id_of = np.array([i.segment_id for i in identities])
     segment_of = pd.Series(id_of[main.labels], index=main_index)
     cluster_probs = pd.DataFrame(main.probabilities, index=main_index, columns=id_of)
+    population = pd.Series("all", index=customers.index)
+    population_ids = {"all": list(id_of), "key": list(id_of)}
     if separate:
         key_id_of = np.array([i.segment_id for i in key.identities])
         segment_of = pd.concat([segment_of, pd.Series(key_id_of[key.clustering.labels], index=key.index)]).reindex(fit_index)
         key_probs = pd.DataFrame(key.clustering.probabilities, index=key.index, columns=key_id_of)
         cluster_probs = pd.concat([cluster_probs, key_probs]).reindex(fit_index)
-    # each account's candidate segments: its own population's
-    population = pd.Series("all", index=customers.index)
-    if separate:
         population.loc[is_key] = "key"
-    population_ids = {"all": list(id_of), "key": list(key_id_of) if separate else list(id_of)}
+        population_ids["key"] = list(key_id_of)
+    return Fit(main, key, dims, identities, segment_of, cluster_probs, population, population_ids)
 
-    # 2. Everyone not in the fit is inferred from behaviour; everyone gets behavioural probabilities.
-    inference = fit_and_score(customers.loc[fit_index], segment_of.loc[fit_index], customers, settings.seed)
-    all_ids = sorted(set(segment_of) | set(inference.probabilities.columns))
+
+def _probabilities(fit: Fit, inference, customers, fit_index) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """2. Everyone not in the fit is inferred from behaviour; everyone gets behavioural probabilities.
+
+    An inferred account is assigned among its own population's segments (a non-key account
+    never to a segment only the key tier has); its behavioural probabilities stay the
+    model's own, over every segment, for drift to watch."""
+    all_ids = sorted(set(fit.segment_of) | set(inference.probabilities.columns))
     behaviour = inference.probabilities.reindex(index=customers.index, columns=all_ids).fillna(0.0)
-    cluster_probs = cluster_probs.reindex(columns=all_ids).fillna(0.0)
-    # An inferred account is assigned among its own population's segments (a non-key account
-    # never to a segment only the key tier has); its behavioural probabilities stay the
-    # model's own, over every segment, for drift to watch.
+    cluster_probs = fit.cluster_probs.reindex(columns=all_ids).fillna(0.0)
     probs = behaviour.copy()
-    for name, ids in population_ids.items():
-        members = population.index[population.eq(name).to_numpy()]
+    for name, ids in fit.population_ids.items():
+        members = fit.population.index[fit.population.eq(name).to_numpy()]
         outside = [c for c in all_ids if c not in ids]
         if len(members) and outside:
             restricted = probs.loc[members].copy()
@@ -485,16 +628,77 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
             total = restricted.sum(axis=1)
             probs.loc[members] = restricted.div(total.where(total > 0, 1.0), axis=0)
     probs.loc[fit_index] = cluster_probs.loc[fit_index]
-    assigned = probs.idxmax(axis=1)
-    assigned.loc[fit_index] = segment_of.loc[fit_index]
+    return probs, behaviour
+
+
+def _evidence(fit: Fit, inference, taxonomy: Taxonomy, survey: Survey, prospect_rows, fallback, held, settings) -> Evidence:
+    main = fit.main
+    names = {i.segment_id: i.name for i in fit.identities}
+    sizes = fit.segment_of.value_counts()
+    total = max(int(sizes.sum()), 1)
+    evidence = Evidence(
+        jaccard={names[i.segment_id]: float(main.jaccard[n]) for n, i in enumerate(fit.identities)},
+        shares={names.get(s, s): float(v / total) for s, v in sizes.items() if s in names},
+        left_out=dict(fit.dims.left_out),
+        dimensions_used=len(fit.dims.values.columns),
+        answered=survey.usable + survey.unusable,
+        unusable=survey.unusable,
+        excluded=dict(survey.excluded),
+        fallback=fallback,
+        prospects=len(prospect_rows),
+    )
+    if taxonomy.basis == "survey" and inference.cv_accuracy is not None:
+        evidence.classifier_accuracy = inference.cv_accuracy
+        evidence.classifier_base_rate = inference.base_rate
+        evidence.classifier_recall = {names.get(s, s): r for s, r in inference.cv_recall.items()}
+    if len(prospect_rows):
+        evidence.prospect_segments = int(prospect_rows["segment_id"].nunique())
+        evidence.prospect_spread = float(prospect_rows["probability"].std(ddof=0))
+    found = {i.taxonomy_id for i in fit.identities}
+    evidence.not_found = [s.name for s in taxonomy.segments if s.id not in found]
+    if main.preferred_k is not None and main.preferred_k != main.k:
+        evidence.notes.append(main.reason)
+    if held:
+        evidence.notes.append(
+            f"{held} account(s) kept their previous segment: the new one was not clearly better (segmentation.switch_margin, switch_runs)"
+        )
+    return evidence
+
+
+def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, config: dict[str, Any]) -> SegmentRunResult:
+    started = time.monotonic()
+    ensure_tables(con)
+    cfg = config["segmentation"]
+    settings = _cluster_settings(cfg)
+    run_id = run_id_for(as_of)
+    customers, prospects = _load(con, as_of)
+    survey = _survey(customers)
+    taxonomy, fallback = _taxonomy_for_run(taxonomy, survey, as_of)
+    fit_mask = customers["is_surveyed"].fillna(False).astype(bool) if taxonomy.basis == "survey" else pd.Series(True, index=customers.index)
+    fit_index = customers.index[fit_mask.to_numpy()]
+    is_key = customers["value_tier"].eq("key")
+    lineage = _lineage(con, as_of, run_id, taxonomy)
+    dims = dimension_matrix(con, customers, taxonomy, fit_index, float(cfg["max_missing_share"]), settings.seed)
+    steady = taxonomy.basis in cfg["hysteresis_bases"]
+    history = _history(con, lineage, int(cfg["switch_runs"]))
+    fit = _fit(con, dims, customers, fit_index, is_key, lineage, history, settings, cfg, steady)
+    dims, main, key = fit.dims, fit.main, fit.key
+
+    inference = fit_and_score(customers.loc[fit_index], fit.segment_of.loc[fit_index], customers, settings.seed)
+    probs, behaviour = _probabilities(fit, inference, customers, fit_index)
+    preferred = probs.idxmax(axis=1)
+    preferred.loc[fit_index] = fit.segment_of.loc[fit_index]
+    assigned, held = preferred, 0
+    if steady:
+        assigned, held = _hold_accounts(preferred, probs, history, float(cfg["switch_margin"]), int(cfg["switch_runs"]))
     source = pd.Series("inferred", index=customers.index)
     if taxonomy.basis == "survey":
         source.loc[fit_index] = "surveyed"
 
     # 3. Names, playbooks, explanations.
-    definitions = _definitions(run_id, main, identities, key, taxonomy, assigned, population)
+    definitions = _definitions(run_id, main, fit.identities, key, dims.taxonomy, assigned, fit.population)
     name_of = {d["segment_id"]: d["segment_name"] for d in definitions}
-    drivers_json, drivers_text = _drivers(customers, dims, taxonomy, assigned, fit_index, segment_of, inference)
+    drivers_json, drivers_text = _drivers(customers, dims.observed(), dims.taxonomy, assigned, fit_index, fit.segment_of, inference)
 
     assignments = pd.DataFrame(
         {
@@ -505,13 +709,15 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
             "segment_id": assigned.values,
             "segment_name": assigned.map(name_of).values,
             "segment_source": source.values,
-            "probability": [float(probs.at[a, s]) for a, s in zip(customers.index, assigned, strict=False)],
+            "probability": probs.to_numpy()[np.arange(len(probs)), probs.columns.get_indexer(assigned)],
             "behaviour_segment_id": behaviour.idxmax(axis=1).values,
             "behaviour_probability": behaviour.max(axis=1).values,
             "value_tier": customers["value_tier"].values,
             "is_key_account": is_key.values,
             "drivers": drivers_json.values,
             "drivers_text": drivers_text.values,
+            "preferred_segment_id": preferred.values,
+            "survey_status": survey.status.values,
         }
     )
     long = probs.stack().rename("probability").reset_index()
@@ -520,10 +726,26 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
     long.insert(0, "run_id", run_id)
 
     prospect_rows = _prospects(
-        run_id, as_of, customers, fit_index, assigned, prospects, taxonomy, name_of, definitions, settings.seed, population_ids["all"]
+        run_id,
+        as_of,
+        customers,
+        fit_index,
+        assigned,
+        prospects,
+        dims.taxonomy,
+        name_of,
+        definitions,
+        settings.seed,
+        fit.population_ids["all"],
     )
     lookalike_rows = _lookalikes(run_id, as_of, customers, assigned, is_key, int(cfg["lookalikes_per_segment"]))
-    profile_rows = _profiles(run_id, customers, dims, assigned, fit_index, is_key, key.mode, taxonomy)
+    profile_rows = _profiles(run_id, customers, dims.values, assigned, fit_index, is_key, key.mode, dims.taxonomy)
+    verdict = judge(_evidence(fit, inference, taxonomy, survey, prospect_rows, fallback, held, settings), VerdictSettings.from_config(cfg))
+    if not verdict.published and not _published_before(con, run_id):
+        verdict.published = True
+        verdict.reasons.append(
+            {"code": "first_published", "severity": "note", "text": "published although withheld: no earlier run was published"}
+        )
 
     seconds = time.monotonic() - started
     run_row = {
@@ -541,6 +763,7 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
         "k": main.k,
         "k_reason": main.reason,
         "k_evidence": json.dumps([c.__dict__ for c in main.candidates]),
+        "k_preferred": main.preferred_k,
         "silhouette": main.silhouette,
         "min_jaccard": float(main.jaccard.min()),
         "classifier_cv_accuracy": inference.cv_accuracy if taxonomy.basis == "survey" else None,
@@ -552,6 +775,16 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
         "prospects": len(prospect_rows),
         "key_accounts": int(is_key.sum()),
         "seconds": round(seconds, 2),
+        "verdict": verdict.verdict,
+        "verdict_reasons": verdict.as_json(),
+        "published": verdict.published,
+        "fallback_reason": fallback,
+        "feature_missing": json.dumps(
+            {"dimensions": dims.missing_share, "left_out": dims.left_out, "classifier_inputs": inference.missing_share}
+        ),
+        "survey_unusable_customers": survey.unusable,
+        "excluded_respondents": json.dumps(survey.excluded),
+        "accounts_held": held,
     }
     _store(con, run_id, run_row, definitions, assignments, long, profile_rows, prospect_rows, lookalike_rows)
     sizes = assignments.groupby("segment_name").size().to_dict()
@@ -569,6 +802,11 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
         run_row["min_jaccard"],
         round(seconds, 2),
         lineage.taxonomy_change,
+        verdict=verdict.words(),
+        verdict_code=verdict.verdict,
+        fallback=fallback,
+        survey=survey.words(),
+        left_out=dict(dims.left_out),
     )
 
 

@@ -9,6 +9,10 @@ Two bases:
   deviations from the population mean. Every account is clustered on its behaviour; use
   this when there are no surveys, or for a consumption-based segmentation.
 
+A survey taxonomy may name a `fallback`: a behaviour taxonomy of the same needs (the
+default's is config/taxonomies/needs_from_behaviour.yaml) used, and said, when too few
+accounts answered a survey to cluster on - a no-survey start.
+
 A cluster's name comes from the prototype it resembles most (cosine similarity of the
 centred profiles, one prototype per cluster); below `min_similarity` it is "emerging".
 
@@ -68,6 +72,12 @@ class Taxonomy:
     path: str = ""
     digest: str = ""  # of the file: any edit changes it
     lineage_digest: str = ""  # of what segment identities mean: basis, dimensions, segment ids
+    # A behaviour taxonomy of the same needs, used when too few accounts answered a survey
+    # (a no-survey start); None: a survey taxonomy without surveys stops the run.
+    fallback: str | None = None
+    # Behaviour taxonomies: cluster in a space whitened by the within-segment covariance
+    # (`whiten: within`), so correlated proxies of one need count once.
+    whiten: bool = False
 
     @property
     def dimension_names(self) -> list[str]:
@@ -103,17 +113,7 @@ def _fail(path: Path, message: str) -> ConfigError:
     return ConfigError(f"{path}: {message}")
 
 
-def load_taxonomy(path: Path) -> Taxonomy:
-    if not path.exists():
-        raise ConfigError(f"taxonomy file {path} does not exist (set NEEDSEG_TAXONOMY or restore config/taxonomy.yaml)")
-    text = path.read_text(encoding="utf-8")
-    try:
-        raw: dict[str, Any] = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise _fail(path, f"not valid YAML: {exc}") from None
-    basis = raw.get("basis", "survey")
-    if basis not in ("survey", "behaviour"):
-        raise _fail(path, f"basis must be 'survey' or 'behaviour', not {basis!r}")
+def _dimensions(raw: dict[str, Any], basis: str, path: Path) -> list[Dimension]:
     dims = []
     for i, d in enumerate(raw.get("dimensions") or []):
         if isinstance(d, str):
@@ -133,6 +133,10 @@ def load_taxonomy(path: Path) -> Taxonomy:
     names = [d.name for d in dims]
     if len(set(names)) != len(names):
         raise _fail(path, "dimension names must be unique")
+    return dims
+
+
+def _segments(raw: dict[str, Any], names: list[str], path: Path) -> list[Segment]:
     segments = []
     for i, s in enumerate(raw.get("segments") or []):
         if not isinstance(s, dict) or "id" not in s or "prototype" not in s:
@@ -161,6 +165,10 @@ def load_taxonomy(path: Path) -> Taxonomy:
     ids = [s.id for s in segments]
     if len(set(ids)) != len(ids):
         raise _fail(path, "segment ids must be unique")
+    return segments
+
+
+def _options(raw: dict[str, Any], basis: str, ids: list[str], path: Path) -> tuple[int, int, dict[str, str], str | None, bool]:
     k = raw.get("k") or {}
     k_min, k_max = int(k.get("min", 3)), int(k.get("max", 5))
     if not 2 <= k_min <= k_max:
@@ -169,6 +177,34 @@ def load_taxonomy(path: Path) -> Taxonomy:
     for role, seg in roles.items():
         if seg not in ids:
             raise _fail(path, f"role {role!r} names unknown segment {seg!r}")
+    fallback = raw.get("fallback")
+    if fallback is not None:
+        if basis != "survey":
+            raise _fail(path, "only a survey taxonomy has a fallback (a behaviour taxonomy needs no survey)")
+        fallback = str((path.parent / str(fallback)).resolve())
+        if not Path(fallback).exists():
+            raise _fail(path, f"fallback taxonomy {fallback} does not exist")
+    whiten = raw.get("whiten", "none")
+    if whiten not in ("none", "within"):
+        raise _fail(path, f"whiten must be none or within, not {whiten!r}")
+    return k_min, k_max, roles, fallback, whiten == "within"
+
+
+def load_taxonomy(path: Path) -> Taxonomy:
+    if not path.exists():
+        raise ConfigError(f"taxonomy file {path} does not exist (set NEEDSEG_TAXONOMY or restore config/taxonomy.yaml)")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw: dict[str, Any] = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise _fail(path, f"not valid YAML: {exc}") from None
+    basis = raw.get("basis", "survey")
+    if basis not in ("survey", "behaviour"):
+        raise _fail(path, f"basis must be 'survey' or 'behaviour', not {basis!r}")
+    dims = _dimensions(raw, basis, path)
+    segments = _segments(raw, [d.name for d in dims], path)
+    ids = [s.id for s in segments]
+    k_min, k_max, roles, fallback, whiten = _options(raw, basis, ids, path)
     identity = {"basis": basis, "dimensions": [[d.name, d.column, d.transform] for d in dims], "segments": sorted(ids)}
     return Taxonomy(
         name=str(raw.get("name", path.stem)),
@@ -184,4 +220,6 @@ def load_taxonomy(path: Path) -> Taxonomy:
         path=str(path),
         digest=hashlib.sha256(text.encode()).hexdigest()[:12],
         lineage_digest=hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12],
+        fallback=fallback,
+        whiten=whiten,
     )

@@ -2,8 +2,14 @@
 -- People use rating scales differently (some rate everything high, some never use the
 -- ends), so each respondent's answers are centred on their own mean and divided by their
 -- own spread over the core items; what remains is what matters to them *relative to the
--- rest*. Straight-liners (the same answer to every item) carry no such information and
--- are left out. Respondents of one account and wave are then averaged.
+-- rest*. Respondents of one account and wave are then averaged.
+--
+-- Usability rules (README, config/sources/README.md): a respondent is usable when they
+-- answered at least 4 of the 7 core items ("too few items" otherwise) and did not give the
+-- same answer to every core item they answered ("straight-lining": no relative importance
+-- can be read from it). Unusable respondents are counted per reason; an account whose
+-- every respondent in the validity window was unusable is published as surveyed but
+-- unusable (its needs are inferred from behaviour, and the run says so).
 {% set core = ['price', 'quality', 'brand', 'service', 'delivery', 'reliability', 'partnership'] %}
 {% set extra = ['innovation', 'digital_maturity', 'willingness_to_invest'] %}
 with
@@ -31,6 +37,8 @@ respondent_scale as (
         response_id,
         avg(score) as mean_score,
         stddev_pop(score) as score_spread,
+        count(*) < 4 as has_too_few_items,
+        count(*) >= 4 and stddev_pop(score) = 0 as is_straightlining,
         -- usable: enough core items answered, and not all the same (a straight-liner)
         count(*) >= 4 and stddev_pop(score) > 0 as is_usable
     from long
@@ -60,7 +68,10 @@ usable_responses as (
         r.submitted_at,
         r.satisfaction,
         r.nps,
-        coalesce(s.is_usable, false) as is_usable
+        coalesce(s.is_usable, false) as is_usable,
+        coalesce(s.is_straightlining, false) as is_straightlining,
+        -- a respondent without any core answer has no row in respondent_scale
+        coalesce(s.has_too_few_items, true) as has_too_few_items
     from responses as r
     left join respondent_scale as s on s.response_id = r.response_id
 
@@ -139,6 +150,19 @@ answers as (
     from answered_waves
     where answered_recency <= 2
 
+),
+
+-- unusable respondents in the validity window, per reason
+unusable as (
+
+    select
+        account_id,
+        count(*) filter (where is_straightlining) as straightlining_respondents,
+        count(*) filter (where has_too_few_items) as too_few_items_respondents
+    from usable_responses
+    where not is_usable
+    group by account_id
+
 )
 
 select
@@ -147,6 +171,8 @@ select
     latest_needs.submitted_at as survey_submitted_at,
     coalesce(latest_needs.usable_respondents, 0) as survey_respondents,
     latest_needs.unusable_respondents as survey_unusable_respondents,
+    coalesce(unusable.straightlining_respondents, 0) as survey_straightlining_respondents,
+    coalesce(unusable.too_few_items_respondents, 0) as survey_too_few_items_respondents,
     {% for item in core + extra -%}
     latest_needs.need_{{ item }},
     {% endfor -%}
@@ -162,4 +188,5 @@ left join needs as latest_needs
     on latest_needs.account_id = latest_answers.account_id and latest_needs.usable_recency = 1
 left join needs as previous_needs
     on previous_needs.account_id = latest_answers.account_id and previous_needs.usable_recency = 2
+left join unusable on unusable.account_id = latest_answers.account_id
 where latest_answers.answered_recency = 1

@@ -127,6 +127,8 @@ select
     survey.survey_wave,
     survey.survey_submitted_at,
     cast(coalesce(survey.survey_respondents, 0) as bigint) as survey_respondents,
+    cast(coalesce(survey.survey_straightlining_respondents, 0) as bigint) as survey_straightlining_respondents,
+    cast(coalesce(survey.survey_too_few_items_respondents, 0) as bigint) as survey_too_few_items_respondents,
     cast(survey.need_price as double) as need_price,
     cast(survey.need_quality as double) as need_quality,
     cast(survey.need_brand as double) as need_brand,

@@ -32,6 +32,7 @@ select
     assignments.segment_id,
     assignments.segment_name as segment,
     assignments.segment_source,
+    replace(coalesce(assignments.survey_status, 'none'), 'unusable: ', 'unusable - ') as survey_status,
     round(assignments.probability, 4) as probability,
     cast(probabilities.probabilities as varchar) as probabilities,
     assignments.drivers_text as drivers,

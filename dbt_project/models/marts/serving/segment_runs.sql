@@ -1,4 +1,4 @@
--- Every segmentation run: what k was chosen and why, the quality figures, the counts.
+-- Every segmentation run: what k was chosen and why, the quality figures, the counts, the verdict.
 with
 
 runs as (
@@ -39,6 +39,15 @@ select
     runs.prospects,
     runs.key_accounts,
     runs.seconds,
+    runs.k_preferred,
+    runs.verdict,
+    cast(runs.verdict_reasons as varchar) as verdict_reasons,
+    coalesce(runs.published, true) as published,
+    runs.fallback_reason,
+    cast(runs.feature_missing as varchar) as feature_missing,
+    runs.survey_unusable_customers,
+    cast(runs.excluded_respondents as varchar) as excluded_respondents,
+    runs.accounts_held,
     runs.run_id = latest.run_id as is_latest
 from runs
 cross join latest
