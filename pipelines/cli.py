@@ -73,7 +73,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from pipelines.demo.world import WorldSpec, generate
 
     spec = WorldSpec(
-        seed=args.seed, customers=args.customers, prospects=args.prospects, start_month=args.start_month, end_month=args.end_month
+        seed=args.seed,
+        customers=args.customers,
+        prospects=args.prospects,
+        start_month=args.start_month,
+        end_month=args.end_month,
+        survey_every_months=0 if args.no_surveys else 6,
     )
     out = args.out or (_settings(args).data_dir / "world")
     summary = generate(out, spec)
@@ -245,8 +250,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.data_dir is None:
-        settings = settings.with_overrides(data_dir=settings.data_dir / "evaluate")
-    report = evaluate(settings, args.world, args.first_month)
+        settings = settings.with_overrides(data_dir=settings.data_dir / ("evaluate-no-surveys" if args.no_surveys else "evaluate"))
+    report = evaluate(settings, args.world, args.first_month, surveys=not args.no_surveys)
     print()
     for line in report.lines():
         print(line)
@@ -467,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--start-month", default="2024-01")
     p.add_argument("--end-month", default="2026-10")
+    p.add_argument("--no-surveys", action="store_true", help="deliver no survey file at all (a CRM without needs surveys)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("deliver", help="copy a generated world's extracts up to a month into the landing folder")
@@ -534,6 +540,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, as_of=False)
     p.add_argument("--world", type=Path, help="a world written by needseg generate (default: the default demo world, generated)")
     p.add_argument("--first-month", help="first month to replay (default: the month before the world's drift window)")
+    p.add_argument(
+        "--no-surveys",
+        action="store_true",
+        help="the default world with surveys withheld (no survey file): scored against the behaviour-only supervised ceiling",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("docs", help="build the data-quality docs (static HTML, offline) from the kept validation results")

@@ -99,6 +99,8 @@ class RunFigures:
     classifier_cv_accuracy: float | None
     key_account_mode: str
     key_account_why: str
+    verdict: str | None = None
+    verdict_reasons: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [
@@ -117,6 +119,7 @@ class RunFigures:
             f"classifier CV accuracy on surveyed accounts' segments {cv}"
         )
         out.append(f"  key accounts: {self.key_account_mode} - {self.key_account_why}")
+        out.append(f"  verdict: {self.verdict}" + (" - " + "; ".join(self.verdict_reasons) if self.verdict_reasons else ""))
         return out
 
 
@@ -125,7 +128,7 @@ class SegmentQuality:
     as_of: str
     run_id: str
     k: int
-    surveyed: GroupScore
+    surveyed: GroupScore | None  # None when no customer answered a survey
     inferred: GroupScore
     jaccard: dict[str, float]
     run: RunFigures | None = None
@@ -158,7 +161,14 @@ class EvaluationReport:
                 f"  {'group':<10}{'accounts':>9}{'needseg':>9}{'ceiling':>9}{'needseg/ceiling':>17}{'naive baseline':>16}"
                 f"{'strongest':>11}{'needseg/strongest':>19}{'all-CV':>8}",
             ]
+            if s.surveyed is None:
+                out.append(
+                    "  no survey answered: every customer inferred from behaviour; ceiling = the classifier on the true labels, "
+                    "behaviour inputs only, 5-fold CV over every customer (the behaviour-only supervised ceiling)"
+                )
             for name, g in (("surveyed", s.surveyed), ("inferred", s.inferred)):
+                if g is None:
+                    continue
                 opt = f"{g.optimistic_ceiling_ari:.3f}" if g.optimistic_ceiling_ari is not None else "-"
                 out.append(
                     f"  {name:<10}{g.accounts:>9}{g.needseg_ari:>9.3f}{g.ceiling_ari:>9.3f}{g.ratio:>16.0%}{g.naive_ari:>16.3f}"
@@ -171,8 +181,9 @@ class EvaluationReport:
                 )
             out.append("  ceiling: needseg's classifier (random forest) trained on the true labels, same inputs, cross-validated;")
             out.append(
-                f"  strongest: the best of forest, boosting and an ensemble on the true labels ({s.surveyed.strongest_ceiling_model} "
-                f"for surveyed, {s.inferred.strongest_ceiling_model} for inferred); all-CV: 5-fold CV over every customer"
+                "  strongest: the best of forest, boosting and an ensemble on the true labels ("
+                + (f"{s.surveyed.strongest_ceiling_model} for surveyed, " if s.surveyed else "")
+                + f"{s.inferred.strongest_ceiling_model} for inferred); all-CV: 5-fold CV over every customer"
             )
             out.append("  bootstrap Jaccard per segment: " + ", ".join(f"{k} {v:.2f}" for k, v in s.jaccard.items()))
             if s.run:
@@ -269,6 +280,8 @@ def _segment_quality(con, world: Path, as_of: dt.date, taxonomy: Taxonomy, seed:
     assigned = assigned.set_index("account_id").join(truth.rename("truth"), how="inner")
     surveyed = assigned[assigned["segment_source"] == "surveyed"]
     inferred = assigned[assigned["segment_source"] == "inferred"]
+    if surveyed.empty:
+        return _behaviour_only_quality(con, assigned, features, run_id, as_of, taxonomy, seed)
     k = int(con.execute("select k from segments.segment_runs where run_id = ?", [run_id]).fetchone()[0])
     taxonomy_dims = [c for c in features.columns if c.startswith("need_")][:7]
     cv = StratifiedKFold(5, shuffle=True, random_state=seed)
@@ -323,6 +336,46 @@ def _segment_quality(con, world: Path, as_of: dt.date, taxonomy: Taxonomy, seed:
     )
 
 
+def _behaviour_only_quality(con, assigned, features, run_id: str, as_of: dt.date, taxonomy: Taxonomy, seed: int) -> SegmentQuality:
+    """No survey answered: every customer is inferred from behaviour. The ceiling is the
+    behaviour-only supervised one: the classifiers on the same behaviour and firmographics
+    with the TRUE labels, 5-fold cross-validated over every customer."""
+    cv = StratifiedKFold(5, shuffle=True, random_state=seed)
+    everyone = assigned.index
+    xb, _ = design_matrix(features, BEHAVIOUR_COLUMNS, LOG_COLUMNS, CATEGORICAL_COLUMNS)
+    ceilings = {name: cross_val_predict(m, xb.loc[everyone], assigned["truth"], cv=cv) for name, m in ceiling_models(seed).items()}
+    naive_x = StandardScaler().fit_transform(features.loc[everyone, NAIVE_COLUMNS].apply(pd.to_numeric, errors="coerce").fillna(0.0))
+    naive_k, naive_labels = naive_baseline(naive_x, taxonomy.k_min, taxonomy.k_max, seed)
+    strongest, family = best_of(assigned["truth"], ceilings)
+    inferred = GroupScore(
+        accounts=len(assigned),
+        needseg_ari=round(_ari(assigned["truth"], assigned["segment_id"]), 4),
+        ceiling_ari=round(_ari(assigned["truth"], ceilings["random forest"]), 4),
+        strongest_ceiling_ari=round(strongest, 4),
+        strongest_ceiling_model=family,
+        optimistic_ceiling_ari=None,
+        naive_ari=round(_ari(assigned["truth"], naive_labels), 4),
+    )
+    k = int(con.execute("select k from segments.segment_runs where run_id = ?", [run_id]).fetchone()[0])
+    jaccard = dict(
+        con.execute(
+            "select segment_name, round(jaccard, 3) from segments.segment_definitions where run_id = ? and population = 'all' order by segment_id",
+            [run_id],
+        ).fetchall()
+    )
+    return SegmentQuality(
+        as_of=as_of.isoformat(),
+        run_id=run_id,
+        k=k,
+        surveyed=None,
+        inferred=inferred,
+        jaccard=jaccard,
+        run=run_figures(con, run_id),
+        naive_k=naive_k,
+        naive_k_bounds=(taxonomy.k_min, taxonomy.k_max),
+    )
+
+
 def naive_baseline(X: np.ndarray, k_min: int, k_max: int, seed: int) -> tuple[int, np.ndarray]:
     """k-means with the k (within the taxonomy's bounds) of the best silhouette: what a
     first attempt without the ground truth would choose."""
@@ -337,8 +390,8 @@ def naive_baseline(X: np.ndarray, k_min: int, k_max: int, seed: int) -> tuple[in
 
 def run_figures(con, run_id: str) -> RunFigures:
     row = con.execute(
-        "select k_reason, k_evidence, silhouette, min_jaccard, classifier_cv_accuracy, key_account_mode, key_account_evidence "
-        "from segments.segment_runs where run_id = ?",
+        "select k_reason, k_evidence, silhouette, min_jaccard, classifier_cv_accuracy, key_account_mode, key_account_evidence, "
+        "verdict, verdict_reasons from segments.segment_runs where run_id = ?",
         [run_id],
     ).fetchone()
     evidence = json.loads(row[6]) if row[6] else {}
@@ -350,6 +403,8 @@ def run_figures(con, run_id: str) -> RunFigures:
         classifier_cv_accuracy=row[4],
         key_account_mode=row[5],
         key_account_why=evidence.get("why") or evidence.get("why_not") or "",
+        verdict=row[7],
+        verdict_reasons=[r["text"] for r in json.loads(row[8] or "[]")],
     )
 
 
@@ -393,16 +448,24 @@ def backtest(
 
 
 def evaluate(
-    settings: Settings, world: Path | None = None, first_month: str | None = None, say: Callable[[str], None] = print
+    settings: Settings,
+    world: Path | None = None,
+    first_month: str | None = None,
+    say: Callable[[str], None] = print,
+    surveys: bool = True,
 ) -> EvaluationReport:
-    """Generate the default world (unless given), replay it, score segments and drift."""
+    """Generate the default world (unless given), replay it, score segments and drift.
+
+    `surveys=False`: the default world with no survey file delivered at all (a no-survey
+    start), scored against the behaviour-only supervised ceiling."""
     started = time.monotonic()
     if world is None:
-        world = settings.data_dir / "world"
+        spec = WorldSpec() if surveys else WorldSpec(survey_every_months=0)
+        world = settings.data_dir / ("world" if surveys else "world-no-surveys")
         meta = world / "world.json"
-        if not meta.exists() or json.loads(meta.read_text()).get("spec") != WorldSpec().__dict__:
-            say(f"generating the default demo world in {world} ...")
-            generate(world, WorldSpec())
+        if not meta.exists() or json.loads(meta.read_text()).get("spec") != spec.__dict__:
+            say(f"generating the {'default demo world' if surveys else 'default world without surveys'} in {world} ...")
+            generate(world, spec)
     spec = json.loads((world / "world.json").read_text())["spec"]
     all_months = extract_months(world)
     first = first_month or str(pd.Period(spec.get("drift_window_start", all_months[-12]), "M") - 1)

@@ -1,0 +1,156 @@
+"""Every segmentation run gets a verdict - trusted, provisional or withheld - and each
+reason that lowers it is said in words. Plus the rules behind some reasons: missing data
+handled in the open, identity hysteresis, names that tell segments apart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.segmentation.clustering import Candidate, ClusterSettings, KHold, distinguishing_names, hold_k
+from pipelines.segmentation.dimensions import missingness_segments
+from pipelines.segmentation.run import History, _hold_accounts
+from pipelines.segmentation.verdict import Evidence, VerdictSettings, judge
+
+SETTINGS = VerdictSettings()
+
+
+def healthy(**changes) -> Evidence:
+    evidence = Evidence(
+        jaccard={"Price-focused": 0.93, "Service-focused": 0.9},
+        shares={"Price-focused": 0.55, "Service-focused": 0.45},
+        classifier_accuracy=0.75,
+        classifier_base_rate=0.55,
+        classifier_recall={"Price-focused": 0.8, "Service-focused": 0.7},
+        dimensions_used=7,
+        prospects=100,
+        prospect_segments=2,
+        prospect_spread=0.1,
+    )
+    for key, value in changes.items():
+        setattr(evidence, key, value)
+    return evidence
+
+
+def codes(verdict) -> dict[str, str]:
+    return {r["code"]: r["severity"] for r in verdict.reasons}
+
+
+def test_a_healthy_run_is_trusted_and_published():
+    verdict = judge(healthy(), SETTINGS)
+    assert (verdict.verdict, verdict.reasons, verdict.published) == ("trusted", [], True)
+    assert "trusted" in verdict.words()
+
+
+@pytest.mark.parametrize(
+    "changes, code, severity, words",
+    [
+        ({"jaccard": {"Price-focused": 0.93, "Service-focused": 0.61}}, "stability", "provisional", "'Service-focused' is unstable"),
+        ({"jaccard": {"Price-focused": 0.93, "Service-focused": 0.49}}, "stability", "withheld", "withheld under 0.5"),
+        ({"shares": {"Price-focused": 0.99, "Emerging": 0.01}}, "small_segment", "provisional", "'Emerging' 1.0%"),
+        ({"classifier_accuracy": 0.48, "classifier_base_rate": 0.45}, "classifier_base_rate", "provisional", "base rate 0.45"),
+        (
+            {"classifier_recall": {"Price-focused": 0.9, "Service-focused": 0.1}},
+            "classifier_recall",
+            "provisional",
+            "'Service-focused' 0.10",
+        ),
+        ({"left_out": {"revenue": "missing for 95% of customers"}}, "imputed", "provisional", "revenue (missing for 95%"),
+        ({"left_out": {"brand": "no data: empty for every customer"}}, "dimensions_without_data", "provisional", "brand"),
+        (
+            {"left_out": {"a": "no data: empty", "b": "no data: empty"}, "dimensions_used": 1},
+            "dimensions_without_data",
+            "withheld",
+            "a, b",
+        ),
+        (
+            {"answered": 100, "unusable": 35, "excluded": {"straight-lining": 30, "too few items": 12}},
+            "respondents_excluded",
+            "provisional",
+            "30 for straight-lining, 12 for too few items",
+        ),
+        ({"answered": 100, "unusable": 5, "excluded": {"straight-lining": 5}}, "respondents_excluded", "note", "5 of 100"),
+        ({"prospect_segments": 1}, "prospects_flat", "provisional", "all 100 prospects"),
+        ({"prospect_spread": 0.001}, "prospects_flat", "provisional", "hardly vary"),
+        ({"fallback": "segments inferred from behaviour: only 3 customers"}, "inferred_from_behaviour", "provisional", "only 3"),
+        ({"not_found": ["Loyalty & partnership"]}, "segment_not_found", "provisional", "Loyalty & partnership"),
+    ],
+)
+def test_each_reason_lowers_the_verdict_and_is_said(changes, code, severity, words):
+    verdict = judge(healthy(**changes), SETTINGS)
+    assert codes(verdict) == {code: severity}
+    expected = {"note": "trusted", "provisional": "provisional", "withheld": "withheld"}[severity]
+    assert verdict.verdict == expected
+    assert words in verdict.words()
+
+
+def test_a_withheld_run_replaces_the_published_one_only_when_the_policy_says_so():
+    unstable = healthy(jaccard={"Price-focused": 0.3, "Service-focused": 0.9})
+    assert not judge(unstable, SETTINGS).published
+    assert "NOT published" in judge(unstable, SETTINGS).words()
+    assert judge(unstable, VerdictSettings(publish_withheld=True)).published
+
+
+def test_the_worst_reason_decides():
+    verdict = judge(healthy(prospect_segments=1, jaccard={"Price-focused": 0.2, "Service-focused": 0.9}), SETTINGS)
+    assert verdict.verdict == "withheld" and set(codes(verdict)) == {"prospects_flat", "stability"}
+
+
+def test_missing_values_that_make_up_a_cluster_are_caught():
+    labels = np.array([0] * 40 + [1] * 40 + [2] * 20)
+    imputed = pd.DataFrame({"revenue": [False] * 80 + [True] * 18 + [False] * 2, "price": [i % 5 == 0 for i in range(100)]})
+    found = missingness_segments(labels, imputed)
+    assert list(found) == ["revenue"] and "90% of one cluster" in found["revenue"]
+
+
+def candidate(k: int, min_jaccard: float, share: float = 0.1) -> Candidate:
+    return Candidate(k, 0.2, 0.0, min_jaccard, min_jaccard, share, min_jaccard >= 0.85 and share >= 0.04)
+
+
+def test_k_is_kept_until_another_k_is_clearly_better_in_consecutive_runs():
+    settings = ClusterSettings(k_switch_runs=2, k_switch_margin=0.05)
+    candidates = [candidate(3, 0.95), candidate(4, 0.93)]
+    preferred = candidates[1]  # the largest stable k
+    # first run that prefers 4: keep 3
+    k, why = hold_k(preferred, candidates, settings, KHold(previous_k=3, preferred=[3]))
+    assert k == 3 and "k=3 kept" in why and "1 consecutive run(s), 2 needed" in why
+    # the run before preferred 4 too: switch
+    assert hold_k(preferred, candidates, settings, KHold(previous_k=3, preferred=[4])) == (4, None)
+    # a borderline preference (not clearly above the bar) never switches
+    borderline = [candidate(3, 0.95), candidate(4, 0.87)]
+    assert hold_k(borderline[1], borderline, settings, KHold(previous_k=3, preferred=[4, 4]))[0] == 3
+    # the kept k has become unstable: switch at once
+    broken = [candidate(3, 0.6), candidate(4, 0.93)]
+    assert hold_k(broken[1], broken, settings, KHold(previous_k=3, preferred=[3])) == (4, None)
+
+
+def test_an_account_moves_only_when_its_new_segment_is_clearly_better():
+    accounts = pd.Index(["near", "clear", "twice", "new"])
+    probs = pd.DataFrame(
+        {"a": [0.45, 0.1, 0.45, 0.2], "b": [0.55, 0.9, 0.55, 0.8]},
+        index=accounts,
+    )
+    preferred = pd.Series("b", index=accounts)
+    history = History(
+        previous_k=2,
+        preferred_k=[2],
+        preferred_segments=pd.DataFrame({"seg-1": ["a", "a", "b"]}, index=["near", "clear", "twice"]),
+        assigned=pd.Series(["a", "a", "a"], index=["near", "clear", "twice"]),
+    )
+    assigned, held = _hold_accounts(preferred, probs, history, margin=0.2, runs=2)
+    # near: 0.55 vs 0.45 is no clear gain -> stays; clear: +0.8 -> moves; twice: preferred b
+    # in the previous run too -> moves; new: no previous segment -> takes its best
+    assert assigned.to_dict() == {"near": "a", "clear": "b", "twice": "b", "new": "b"}
+    assert held == 1
+
+
+def test_emerging_names_say_what_sets_each_apart_and_never_repeat():
+    dims = ["price", "service", "partnership", "delivery"]
+    centres = np.array([[0.0, 0.5, 1.2, -0.8], [0.0, 0.5, -0.9, 1.1], [1.5, -0.5, 0.0, 0.0]])
+    names = distinguishing_names(centres, [0, 1], dims, "Emerging")
+    assert names[0] == "Emerging: high partnership, low delivery"
+    assert names[1] == "Emerging: high delivery, low partnership"
+    same = np.array([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [-2.0, -2.0, 0.0, 0.0]])
+    twins = distinguishing_names(same, [0, 1], dims, "Emerging")
+    assert twins[0] != twins[1]
