@@ -56,6 +56,9 @@ DEFAULTS: dict[str, Any] = {
         "switch_runs": 2,
         "hysteresis_bases": ["behaviour"],
         "silhouette_sample": 5000,
+        # a larger population is fitted on a sample of this many accounts, stratified by
+        # value tier (k, stability, silhouette on the sample); every account is then assigned
+        "fit_sample": 20000,
         # the run's verdict (pipelines/segmentation/verdict.py)
         "verdict": {
             "withhold_stability": 0.5,

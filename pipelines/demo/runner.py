@@ -146,7 +146,9 @@ def summary_lines(settings: Settings) -> list[str]:
     con = duckdb.connect(str(settings.serving_path), read_only=True)
     try:
         run_id, as_of = con.execute("select run_id, as_of from publication").fetchone()
-        k, _reason, jaccard = con.execute("select k, k_reason, min_jaccard from segment_runs where is_latest").fetchone()
+        k, _reason, jaccard, verdict, reasons = con.execute(
+            "select k, k_reason, min_jaccard, verdict, verdict_reasons from segment_runs where is_latest"
+        ).fetchone()
         runs = con.execute("select count(*) from segment_runs").fetchone()[0]
         rows = con.execute(
             "select segment, count(*) as n, count(*) filter (where segment_source = 'surveyed') as surveyed, "
@@ -169,6 +171,7 @@ def summary_lines(settings: Settings) -> list[str]:
     lines = [
         "",
         f"Segments as of {as_of} (run {run_id}, {runs} runs so far): k={k}, every segment's bootstrap Jaccard >= {jaccard:.2f}",
+        f"  verdict: {verdict}" + "".join(f"\n    - {r['text']}" for r in json.loads(reasons or "[]")),
         f"  {'segment':<24}{'customers':>10}{'surveyed':>10}{'inferred':>10}{'key':>6}",
     ]
     for segment, n, surveyed, inferred, key in rows:

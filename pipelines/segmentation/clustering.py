@@ -21,7 +21,7 @@ Pure functions on arrays, no I/O: `run.py` feeds them the features and stores th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -88,6 +88,8 @@ class ClusterSettings:
     warm_start_tolerance: float = 0.02
     # silhouette on a sample of at most this many accounts (it is quadratic)
     silhouette_sample: int = 5000
+    # a larger population is fitted on a stratified sample of this many, then assigned
+    fit_sample: int = 20000
     notes: list[str] = field(default_factory=list)
 
 
@@ -120,9 +122,37 @@ def bootstrap_jaccard(X: np.ndarray, labels: np.ndarray, k: int, settings: Clust
     return totals / settings.bootstrap_samples
 
 
+def sq_distances(X: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Squared distances n x k, in memory n x k (not n x k x d)."""
+    d2 = (X**2).sum(axis=1)[:, None] - 2 * X @ centres.T + (centres**2).sum(axis=1)[None, :]
+    return np.maximum(d2, 0.0)
+
+
+def extend(clustering: Clustering, X: np.ndarray) -> Clustering:
+    """A clustering fitted on a sample, applied to every account: nearest centre, and the
+    soft assignment around the centres."""
+    labels = sq_distances(X, clustering.centres).argmin(axis=1)
+    return replace(clustering, labels=labels, probabilities=soft_assign(X, clustering.centres, labels))
+
+
+def bounded_sample(n: int, cap: int, strata: np.ndarray, seed: int) -> np.ndarray:
+    """Positions of at most `cap` of n accounts, each stratum represented in proportion
+    (at least one account per stratum); all of them when n <= cap. Seeded, sorted."""
+    if n <= cap:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    picked = []
+    values, inverse = np.unique(strata, return_inverse=True)
+    for j in range(len(values)):
+        members = np.nonzero(inverse == j)[0]
+        take = max(1, round(cap * len(members) / n))
+        picked.append(rng.choice(members, size=min(take, len(members)), replace=False))
+    return np.sort(np.concatenate(picked))
+
+
 def soft_assign(X: np.ndarray, centres: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Posterior of an equal-weight spherical Gaussian mixture around the centres."""
-    d2 = ((X[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+    d2 = sq_distances(X, centres)
     within = d2[np.arange(len(X)), labels].mean() / max(X.shape[1], 1)
     logits = -d2 / (2 * max(within, 1e-6))
     logits -= logits.max(axis=1, keepdims=True)

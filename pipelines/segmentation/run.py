@@ -50,7 +50,9 @@ from pipelines.segmentation.clustering import (
     Identity,
     KHold,
     PreviousSegment,
+    bounded_sample,
     choose_k,
+    extend,
     held_out_distance,
     k_bounds,
     resolve_identities,
@@ -194,6 +196,7 @@ def _cluster_settings(cfg: dict[str, Any]) -> ClusterSettings:
         k_switch_margin=float(cfg["k_switch_margin"]),
         warm_start_tolerance=float(cfg["warm_start_tolerance"]),
         silhouette_sample=int(cfg["silhouette_sample"]),
+        fit_sample=int(cfg["fit_sample"]),
     )
 
 
@@ -489,12 +492,21 @@ def _k_hold(history: History, previous: list[PreviousSegment], dims: Dimensions,
     return KHold(history.previous_k, history.preferred_k, centres)
 
 
-def _cluster_main(dims: Dimensions, index: pd.Index, settings: ClusterSettings, hold: KHold | None) -> tuple[Clustering, Dimensions]:
+def _cluster_main(
+    dims: Dimensions, index: pd.Index, settings: ClusterSettings, hold: KHold | None, strata: pd.Series
+) -> tuple[Clustering, Dimensions]:
     """Choose k and cluster; a dimension whose missing values define a cluster is dropped
-    and the clustering repeated (missingness alone never defines a segment)."""
+    and the clustering repeated (missingness alone never defines a segment).
+
+    A large population is fitted on a bounded sample stratified by value tier
+    (`segmentation.fit_sample`: k choice, bootstrap stability and silhouette on the
+    sample); every account is then assigned to its nearest fitted centre."""
+    sample = index[bounded_sample(len(index), settings.fit_sample, strata.reindex(index).fillna("").to_numpy(), settings.seed)]
     while True:
         taxonomy = dims.taxonomy
-        main = choose_k(dims.space(index), taxonomy.k_min, taxonomy.k_max, settings, hold)
+        main = choose_k(dims.space(sample), taxonomy.k_min, taxonomy.k_max, settings, hold)
+        if len(sample) < len(index):
+            main = extend(main, dims.space(index))
         bad = missingness_segments(main.labels, dims.imputed.loc[index])
         if not bad or len(bad) >= len(dims.values.columns):
             return main, dims
@@ -574,10 +586,13 @@ def _fit(con, dims: Dimensions, customers, fit_index, is_key, lineage: Lineage, 
     key_fit = fit_index[is_key.loc[fit_index].to_numpy()]
     other_fit = fit_index[~is_key.loc[fit_index].to_numpy()]
     hold = _k_hold(history, _previous_segments(con, lineage.previous_run_id, "all", list(dims.values.columns)), dims, warm)
-    main, dims = _cluster_main(dims, fit_index, settings, hold)
+    main, dims = _cluster_main(dims, fit_index, settings, hold, customers["value_tier"])
+    cap = settings.fit_sample
+    key_sample = key_fit[bounded_sample(len(key_fit), cap, np.zeros(len(key_fit)), settings.seed)]
+    other_sample = other_fit[bounded_sample(len(other_fit), cap, np.zeros(len(other_fit)), settings.seed)]
     key = _segment_key_tier(
-        dims.values.loc[key_fit],
-        dims.values.loc[other_fit],
+        dims.values.loc[key_sample],
+        dims.values.loc[other_sample],
         main.k,
         int(is_key.sum()),
         dims.taxonomy,
@@ -587,9 +602,11 @@ def _fit(con, dims: Dimensions, customers, fit_index, is_key, lineage: Lineage, 
         _previous_segments(con, lineage.previous_run_id, "key", list(dims.values.columns)),
     )
     separate = key.mode == "separate"
+    if separate and len(key_sample) < len(key_fit):
+        key.clustering, key.index = extend(key.clustering, dims.values.loc[key_fit].to_numpy()), key_fit
     main_index = other_fit if separate else fit_index
     if separate:
-        main, _ = _cluster_main(dims, main_index, settings, hold)
+        main, _ = _cluster_main(dims, main_index, settings, hold, customers["value_tier"])
     main.centres = dims.to_values(main.centres)
     identities = resolve_identities(
         main.centres, dims.taxonomy, _previous_segments(con, lineage.previous_run_id, "all", list(dims.values.columns))
