@@ -59,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
         # a larger population is fitted on a sample of this many accounts, stratified by
         # value tier (k, stability, silhouette on the sample); every account is then assigned
         "fit_sample": 20000,
+        # the classifier that infers unsurveyed accounts: lightgbm (LightGBM's random-forest
+        # mode, fast, its own attributions) or forest (scikit-learn's random forest)
+        "classifier": "lightgbm",
         # the run's verdict (pipelines/segmentation/verdict.py)
         "verdict": {
             "withhold_stability": 0.5,

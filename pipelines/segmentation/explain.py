@@ -19,6 +19,10 @@ Two kinds of account, two kinds of driver, each true to how the segment was deci
   everyone's among the surveyed accounts the model learnt from. A value the account does
   not have (missing, imputed for the model) is never cited as a driver, for either kind.
 
+  With `segmentation.classifier: lightgbm` the attributions are LightGBM's own
+  (`pred_contrib`, TreeSHAP) in log-odds rather than probability points; the order of the
+  drivers means the same.
+
   Why this and not a profile comparison or importance x deviation: those describe how the
   account resembles its segment, not what the model used; the forest's splits can rely on
   a feature an account is unremarkable on. Why not SHAP: it needs a new dependency; on
@@ -189,11 +193,20 @@ def model_drivers(
     for the segment's typical value and everyone's."""
     from pipelines.segmentation.inference import CATEGORICAL_COLUMNS
 
-    prep, forest = inference.model[:-1], inference.model[-1]
+    forest = inference.model[-1]
     X = inference.design(frame)
-    inputs = prep.transform(X)
-    names = list(prep.get_feature_names_out())
-    _, contrib = tree_contributions(forest, inputs)
+    if len(inference.model) == 1:
+        # LightGBM: the library's own per-account attributions (TreeSHAP), per class, in
+        # log-odds; the last column of each class is the expected value
+        names = list(X.columns)
+        raw = forest.predict(X, pred_contrib=True)
+        n_classes = len(forest.classes_)
+        contrib = np.asarray(raw).reshape(len(X), n_classes, len(names) + 1)[:, :, :-1].transpose(0, 2, 1)
+    else:
+        prep = inference.model[:-1]
+        inputs = prep.transform(X)
+        names = list(prep.get_feature_names_out())
+        _, contrib = tree_contributions(forest, inputs)
     class_index = {c: i for i, c in enumerate(forest.classes_)}
     sources = [_source_column(f, CATEGORICAL_COLUMNS) for f in names]
     columns = list(dict.fromkeys(sources))

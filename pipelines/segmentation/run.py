@@ -701,7 +701,9 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
     fit = _fit(con, dims, customers, fit_index, is_key, lineage, history, settings, cfg, steady)
     dims, main, key = fit.dims, fit.main, fit.key
 
-    inference = fit_and_score(customers.loc[fit_index], fit.segment_of.loc[fit_index], customers, settings.seed)
+    inference = fit_and_score(
+        customers.loc[fit_index], fit.segment_of.loc[fit_index], customers, settings.seed, classifier=cfg["classifier"]
+    )
     probs, behaviour = _probabilities(fit, inference, customers, fit_index)
     preferred = probs.idxmax(axis=1)
     preferred.loc[fit_index] = fit.segment_of.loc[fit_index]
@@ -754,6 +756,7 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
         definitions,
         settings.seed,
         fit.population_ids["all"],
+        cfg["classifier"],
     )
     lookalike_rows = _lookalikes(run_id, as_of, customers, assigned, is_key, int(cfg["lookalikes_per_segment"]))
     profile_rows = _profiles(run_id, customers, dims.values, assigned, fit_index, is_key, key.mode, dims.taxonomy)
@@ -884,7 +887,9 @@ def _definitions(
     return rows
 
 
-def _prospects(run_id, as_of, customers, fit_index, assigned, prospects, taxonomy, name_of, definitions, seed, segment_ids) -> pd.DataFrame:
+def _prospects(
+    run_id, as_of, customers, fit_index, assigned, prospects, taxonomy, name_of, definitions, seed, segment_ids, classifier="forest"
+) -> pd.DataFrame:
     columns = [
         "run_id",
         "as_of",
@@ -899,7 +904,7 @@ def _prospects(run_id, as_of, customers, fit_index, assigned, prospects, taxonom
     ]
     if prospects.empty:
         return pd.DataFrame(columns=columns)
-    result = fit_and_score(customers.loc[fit_index], assigned.loc[fit_index], prospects, seed, kind="prospect")
+    result = fit_and_score(customers.loc[fit_index], assigned.loc[fit_index], prospects, seed, kind="prospect", classifier=classifier)
     # a prospect is no key account: it gets one of the main segments
     p = result.probabilities.reindex(index=prospects.index, columns=segment_ids).fillna(0.0)
     p = p.div(p.sum(axis=1).where(lambda t: t > 0, 1.0), axis=0)
