@@ -383,7 +383,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         try:
             print("segmentation runs:")
             con.sql(
-                "select run_id, as_of, k, customers, surveyed, inferred, round(min_jaccard, 3) as min_jaccard, classifier_cv_accuracy, seconds from segments.segment_runs order by as_of"
+                "select run_id, as_of, k, customers, surveyed, inferred, round(min_jaccard, 3) as min_jaccard, classifier_cv_accuracy, verdict, seconds from segments.segment_runs order by as_of"
             ).show()
             print("latest cycle stage timings (seconds):")
             con.sql(

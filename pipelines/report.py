@@ -34,6 +34,16 @@ TOP_ALERTS = 25
 TOP_BEHAVIOURS = 8
 
 
+def _verdict(run) -> str:
+    """The run's verdict and its reasons, in words (segment_runs.verdict, verdict_reasons)."""
+    verdict = run.get("verdict")
+    if not isinstance(verdict, str):
+        return ""
+    reasons = json.loads(run["verdict_reasons"]) if isinstance(run.get("verdict_reasons"), str) else []
+    items = "".join(f"<li>{_e(r['text'])}</li>" for r in reasons)
+    return f"<p>Verdict: <b>{_e(verdict)}</b></p>" + (f"<ul>{items}</ul>" if items else "")
+
+
 def report_path(settings: Settings) -> Path:
     return settings.report_dir / REPORT_NAME
 
@@ -285,7 +295,8 @@ def render(con: duckdb.DuckDBPyConnection) -> tuple[str, dict]:
 {int(run["customers"])} customers: {int(run["surveyed"])} surveyed, {int(run["inferred"])} inferred from behaviour
 (classifier cross-validated accuracy {_pct(run["classifier_cv_accuracy"])}); {int(run["key_accounts"])} key accounts
 (80/20 tier, {_e(run["key_account_mode"])}); {int(run["prospects"])} prospects with a predicted segment.</p>
-<p>{_e(run["k_reason"])}. Every segment's bootstrap Jaccard ≥ {run["min_jaccard"]:.2f}; silhouette {run["silhouette"]:.2f}.</p>"""
+<p>{_e(run["k_reason"])}. Every segment's bootstrap Jaccard ≥ {run["min_jaccard"]:.2f}; silhouette {run["silhouette"]:.2f}.</p>
+{_verdict(run)}"""
         + (_table(evidence_rows, {c: c for c in evidence_rows.columns}) if not evidence_rows.empty else "")
     )
     segment_table = segments.assign(stability=segments["stability_jaccard"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}"))

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from pipelines.segmentation.explain import tree_contributions
+from pipelines.segmentation.explain import model_drivers, tree_contributions
 from pipelines.segmentation.inference import fit_and_score
 from pipelines.warehouse import connect
 
@@ -61,3 +61,34 @@ def test_inferred_accounts_are_explained_by_what_the_model_used(cycled_small_wor
         assert weights == sorted(weights, reverse=True) and all(0 < w <= 1 for w in weights)
         assert all(d["label"] in text for d in drivers)
     assert all(d["kind"] == "need" and d["label"].endswith(" importance") for drivers in surveyed for d in drivers)
+
+
+def test_lightgbm_drivers_are_the_librarys_own_attributions_and_name_the_deciding_feature():
+    rng = np.random.default_rng(0)
+    n = 300
+    frame = pd.DataFrame(
+        {
+            "discount_depth_12m": rng.normal(0.1, 0.05, n),
+            "premium_share_12m": rng.uniform(0, 1, n),
+            "tickets_per_order_12m": rng.gamma(2, 0.2, n),
+            "revenue_12m": rng.lognormal(10, 1, n),
+        },
+        index=[f"A{i:03d}" for i in range(n)],
+    )
+    frame.loc[frame.index[::5], "premium_share_12m"] = np.nan
+    labels = pd.Series(
+        np.where(frame["discount_depth_12m"] > 0.12, "price", np.where(frame["premium_share_12m"] > 0.5, "quality", "service")),
+        index=frame.index,
+    )
+    inference = fit_and_score(frame.iloc[:200], labels.iloc[:200], frame.iloc[200:], seed=1, classifier="lightgbm")
+    again = fit_and_score(frame.iloc[:200], labels.iloc[:200], frame.iloc[200:], seed=1, classifier="lightgbm")
+    assert inference.probabilities.equals(again.probabilities)  # deterministic for a seed
+    scored = frame.iloc[200:]
+    as_json, _ = model_drivers(inference, scored, labels.iloc[200:], frame.iloc[:200], labels.iloc[:200])
+    drivers = {a: json.loads(j) for a, j in as_json.items()}
+    price = [a for a in scored.index if labels[a] == "price" and drivers[a]]
+    assert price and sum(drivers[a][0]["dimension"] == "discount_depth_12m" for a in price) >= 0.8 * len(price)
+    # an account without a premium share is never explained by it
+    blank = scored.index[scored["premium_share_12m"].isna().to_numpy()]
+    assert not any(d["dimension"] == "premium_share_12m" for a in blank for d in drivers[a])
+    assert all(0 < d["weight"] <= 1 for ds in drivers.values() for d in ds)

@@ -20,8 +20,8 @@ Two kinds of account, two kinds of driver, each true to how the segment was deci
   not have (missing, imputed for the model) is never cited as a driver, for either kind.
 
   With `segmentation.classifier: lightgbm` the attributions are LightGBM's own
-  (`pred_contrib`, TreeSHAP) in log-odds rather than probability points; the order of the
-  drivers means the same.
+  (`pred_contrib`, TreeSHAP) in log-odds, turned into probability points to first order
+  (times p (1 - p) of the account's segment); the order of the drivers is TreeSHAP's.
 
   Why this and not a profile comparison or importance x deviation: those describe how the
   account resembles its segment, not what the model used; the forest's splits can rely on
@@ -202,6 +202,11 @@ def model_drivers(
         raw = forest.predict(X, pred_contrib=True)
         n_classes = len(forest.classes_)
         contrib = np.asarray(raw).reshape(len(X), n_classes, len(names) + 1)[:, :, :-1].transpose(0, 2, 1)
+        if forest.get_params().get("boosting_type") == "rf":
+            contrib = contrib / forest.n_estimators_  # random-forest mode sums its trees' scores; the model averages them
+        # to probability points, to first order: dp = p (1 - p) dz for a class's own score
+        p = forest.predict_proba(X)
+        contrib = contrib * (p * (1 - p))[:, None, :]
     else:
         prep = inference.model[:-1]
         inputs = prep.transform(X)
