@@ -61,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
         "fit_sample": 20000,
         # the classifier that infers unsurveyed accounts: lightgbm (LightGBM's random-forest
         # mode, fast, its own attributions) or forest (scikit-learn's random forest)
-        "classifier": "lightgbm",
+        "classifier": "forest",
         # the run's verdict (pipelines/segmentation/verdict.py)
         "verdict": {
             "withhold_stability": 0.5,
