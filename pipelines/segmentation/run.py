@@ -483,11 +483,13 @@ def _history(con: duckdb.DuckDBPyConnection, lineage: Lineage, runs: int) -> His
     return History(int(rows[0][1]), [int(r[2]) for r in rows], preferred, assigned)
 
 
-def _k_hold(history: History, previous: list[PreviousSegment], dims: Dimensions, warm: bool) -> KHold | None:
-    if history.previous_k is None:
+def _k_hold(history: History, previous: list[PreviousSegment], dims: Dimensions, steady: bool) -> KHold | None:
+    """Keep k and warm-start from the previous centres: for the taxonomy bases in
+    `segmentation.hysteresis_bases` (survey segments follow each new answer as it comes)."""
+    if history.previous_k is None or not steady:
         return None
     centres = None
-    if warm and previous and len(previous) == history.previous_k:
+    if previous and len(previous) == history.previous_k:
         centres = dims.to_space(np.array([p.centre for p in previous]))
     return KHold(history.previous_k, history.preferred_k, centres)
 
