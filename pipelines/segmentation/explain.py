@@ -113,30 +113,56 @@ def drivers(values: pd.DataFrame, segments: pd.Series, kind: str, top: int = 3) 
     raw = values[cols].to_numpy()
     seg_values = seg_mean.reindex(segments).to_numpy()
     overall = mean.to_numpy()
-    labels = [(f"{c.replace('_', ' ')} importance", "need") if kind == "need" else (c.replace("_", " "), "sd") for c in cols]
-    as_json, as_text = [], []
-    for r in range(len(values)):
-        items, words = [], []
-        for j in order[r]:
-            if not score[r, j] > 0:
-                break
-            label, fmt = labels[j]
-            v, s_, a = float(raw[r, j]), float(seg_values[r, j]), float(overall[j])
-            items.append(
-                {
-                    "dimension": cols[j],
-                    "label": label,
-                    "value": round(v, 4),
-                    "segment_typical": round(s_, 4),
-                    "overall": round(a, 4),
-                    "weight": round(float(score[r, j]), 3),
-                    "kind": kind,
-                }
-            )
-            words.append(f"{label} {_fmt(v, fmt)} (segment {_fmt(s_, fmt)}, all {_fmt(a, fmt)})")
-        as_json.append(json.dumps(items))
-        as_text.append("; ".join(words))
-    return pd.Series(as_json, index=values.index), pd.Series(as_text, index=values.index)
+    labels = [f"{c.replace('_', ' ')} importance" if kind == "need" else c.replace("_", " ") for c in cols]
+    # vectorised over accounts: one pass per driver rank, strings built column-wise
+    n = len(values)
+    at = np.arange(n)
+    quoted_dims = np.array([json.dumps(c) for c in cols], dtype=object)
+    quoted_labels = np.array([json.dumps(x) for x in labels], dtype=object)
+    plain_labels = np.array(labels, dtype=object)
+    unit = "" if kind == "need" else " sd"
+    as_json = np.full(n, "[", dtype=object)
+    as_text = np.full(n, "", dtype=object)
+    alive = np.ones(n, dtype=bool)
+    for rank in range(order.shape[1]):
+        j = order[:, rank]
+        weight = score[at, j]
+        alive &= weight > 0
+        if not alive.any():
+            break
+        v, s_, a = raw[at, j], seg_values[at, j], overall[j]
+        item = (
+            '{"dimension": '
+            + quoted_dims[j]
+            + ', "label": '
+            + quoted_labels[j]
+            + ', "value": '
+            + _numbers(v, 4)
+            + ', "segment_typical": '
+            + _numbers(s_, 4)
+            + ', "overall": '
+            + _numbers(a, 4)
+            + ', "weight": '
+            + _numbers(np.where(alive, weight, 0.0), 3)
+            + f', "kind": "{kind}"}}'
+        )
+        words = plain_labels[j] + " " + _signed(v, unit) + " (segment " + _signed(s_, unit) + ", all " + _signed(a, unit) + ")"
+        separator = "" if rank == 0 else "; "
+        as_json = np.where(alive, as_json + ("" if rank == 0 else ", ") + item, as_json)
+        as_text = np.where(alive, as_text + separator + words, as_text)
+    return pd.Series(as_json + "]", index=values.index), pd.Series(as_text, index=values.index)
+
+
+def _numbers(x: np.ndarray, decimals: int) -> np.ndarray:
+    """JSON numbers, rounded (a value not cited may be missing: written as 0, never shown)."""
+    x = np.nan_to_num(np.asarray(x, dtype=float), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.char.mod(f"%.{decimals}f", np.round(x, decimals) + 0.0).astype(object)
+
+
+def _signed(x: np.ndarray, unit: str) -> np.ndarray:
+    """As `_fmt` for kind need/sd, for arrays: +1.2, never -0.0."""
+    x = np.nan_to_num(np.asarray(x, dtype=float), nan=0.0)
+    return (np.char.mod("%+.1f", np.round(x, 1) + 0.0)).astype(object) + unit
 
 
 def tree_contributions(forest, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
