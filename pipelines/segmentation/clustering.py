@@ -309,24 +309,26 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def distinguishing_names(centres: np.ndarray, rows: list[int], dimensions: list[str], label: str) -> dict[int, str]:
     """Names for clusters that resemble no prototype, after what sets each apart from the
-    other clusters: the dimensions where its centre is furthest above (and below) the mean
-    of the other centres, e.g. "Emerging: high partnership, low delivery". Names are made
-    unique by adding the next distinguishing dimension, never by reordering the same words."""
+    other clusters: the dimension where its centre is furthest above the mean of the other
+    centres and the one furthest below, e.g. "Emerging: high partnership, low delivery".
+    Names are made unique by adding the next distinguishing dimension, never by reordering
+    the same words."""
     k = len(centres)
     names: dict[int, str] = {}
     used: set[str] = set()
+
+    def words(i: int, diff: np.ndarray) -> str:
+        return f"{'high' if diff[i] > 0 else 'low'} {dimensions[i].replace('_', ' ')}"
+
     for r in rows:
         others = [i for i in range(k) if i != r]
         diff = centres[r] - (centres[others].mean(axis=0) if others else 0.0)
-        order = [int(i) for i in np.argsort(-np.abs(diff))]
-        for width in range(1, len(order) + 1):
-            picked = order[:width]
-            high = [dimensions[i].replace("_", " ") for i in picked if diff[i] > 0]
-            low = [dimensions[i].replace("_", " ") for i in picked if diff[i] <= 0]
-            words = ", ".join([*(f"high {h}" for h in high), *(f"low {lo}" for lo in low)])
-            name = f"{label}: {words}"
-            if name not in used and (width >= 2 or len(order) == 1):
-                break
+        picked = list(dict.fromkeys([int(np.argmax(diff)), int(np.argmin(diff))]))
+        rest = [int(i) for i in np.argsort(-np.abs(diff)) if int(i) not in picked]
+        name = f"{label}: " + ", ".join(words(i, diff) for i in picked)
+        while name in used and rest:
+            picked.append(rest.pop(0))
+            name = f"{label}: " + ", ".join(words(i, diff) for i in picked)
         if name in used:
             name = f"{name} ({r + 1})"
         used.add(name)

@@ -181,9 +181,12 @@ def _options(raw: dict[str, Any], basis: str, ids: list[str], path: Path) -> tup
     if fallback is not None:
         if basis != "survey":
             raise _fail(path, "only a survey taxonomy has a fallback (a behaviour taxonomy needs no survey)")
-        fallback = str((path.parent / str(fallback)).resolve())
-        if not Path(fallback).exists():
-            raise _fail(path, f"fallback taxonomy {fallback} does not exist")
+        # relative to the taxonomy file; a copy of the default elsewhere finds the shipped one
+        candidates = [path.parent / str(fallback), Path(__file__).resolve().parents[2] / "config" / str(fallback)]
+        found = next((c for c in candidates if c.exists()), None)
+        if found is None:
+            raise _fail(path, f"fallback taxonomy {fallback} does not exist (looked in {', '.join(str(c.parent) for c in candidates)})")
+        fallback = str(found.resolve())
     whiten = raw.get("whiten", "none")
     if whiten not in ("none", "within"):
         raise _fail(path, f"whiten must be none or within, not {whiten!r}")
