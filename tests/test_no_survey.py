@@ -144,9 +144,14 @@ def test_respondents_left_out_are_counted_and_published_as_unusable(warehouse):
 
 
 def test_a_withheld_run_does_not_replace_the_published_one_unless_configured(cycled_small_world, warehouse, tmp_path):
+    # no segment can be that stable: every run is withheld for stability
     strict = {
         **CONFIG,
-        "segmentation": {**CONFIG["segmentation"], "verdict": {**CONFIG["segmentation"]["verdict"], "withhold_stability": 1.01}},
+        "segmentation": {
+            **CONFIG["segmentation"],
+            "min_stability": 1.01,
+            "verdict": {**CONFIG["segmentation"]["verdict"], "withhold_stability": 1.01},
+        },
     }
     taxonomy = load_taxonomy(CONFIG_DIR / "taxonomy.yaml")
     # with earlier published runs (the cycled world's): stored, withheld, not published
