@@ -57,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
         "satisfaction_drop": 1.0,
         "low_nps": 6.0,
         "alert_min_score": 0.35,
+        # a drift alert whose target's model probability fell this much is stopped
+        "contradicting_probability_drop": 0.05,
         "resolve_after_runs": 2,
         "cooldown_days": 60,
         # lapse risk: no order within the horizon, at the account's own rhythm
@@ -65,6 +67,22 @@ DEFAULTS: dict[str, Any] = {
         # MONIC population transitions
         "survive_overlap": 0.5,
         "split_overlap": 0.25,
+    },
+    "churn": {
+        # label: no order within the horizon after a run, or churned in the CRM within it
+        "horizon_months": 3,
+        # monthly cutoffs with a closed outcome window the model learns from
+        "training_cutoffs": 12,
+        # fewer closed outcomes (or churned ones) than this: BG/NBD alone (cold start)
+        "min_training_rows": 500,
+        "min_training_positives": 50,
+        # backtest over the latest earlier runs whose window has closed; precision@k
+        "backtest_runs": 6,
+        "top_k": 100,
+        # lapsing alerts from the probability whose backtest precision reaches this
+        "target_precision": 0.7,
+        "min_alerts_for_threshold": 20,
+        "lapsing_action": None,
     },
     "alerts": {  # the same defaults as pipelines.alerts.outbox.AlertOptions
         "fallback_recipient": None,
