@@ -387,6 +387,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         except Exception:  # noqa: BLE001 - no segmentation yet
             print("  none yet")
         from pipelines.alerts.outbox import outbox_overview
+        from pipelines.churn.run import quality_lines
+
+        print("\n".join(quality_lines(con)))
 
         print("\n".join(outbox_overview(con)))
     return 0

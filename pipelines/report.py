@@ -23,6 +23,7 @@ import duckdb
 import pandas as pd
 
 from pipelines.errors import NeedsegError
+from pipelines.churn.run import QUALITY_SQL, quality_summary
 from pipelines.publish import write_file_atomically
 from pipelines.settings import Settings
 from pipelines.warehouse import connect
@@ -269,12 +270,14 @@ def render(con: duckdb.DuckDBPyConnection) -> tuple[str, dict]:
     alerts = _read(
         con,
         f"""
-        select account_name, account_owner, from_segment || ' → ' || to_segment as move, round(score, 2) as score,
+        select account_name, account_owner, from_segment || ' → ' || coalesce(to_segment, 'no further orders (lapsing)') as move,
+               round(score, 2) as score,
                strftime(opened_as_of, '%Y-%m-%d') as opened_as_of, runs_flagged, evidence, action
         from churn_risk_alerts where status = 'open' order by score desc, account_name limit {TOP_ALERTS}
         """,
     )
     open_alerts = int(con.execute("select count(*) from churn_risk_alerts where status = 'open'").fetchone()[0])
+    churn_quality = quality_summary(_read(con, QUALITY_SQL.format(table="churn_model_quality")))
 
     sections = []
     k_evidence = json.loads(run["k_evidence"]) if isinstance(run["k_evidence"], str) and run["k_evidence"] else []
@@ -335,7 +338,8 @@ def render(con: duckdb.DuckDBPyConnection) -> tuple[str, dict]:
         f"""<h2>Drift and churn risk</h2>
 <p>{int(drift["drifting"])} customers drifting towards price-sensitivity or away from partnership
 ({int(drift["early_warnings"])} early warnings before any segment change), {int(drift["migrated"])} segment changes,
-{int(drift["churn_risk"])} at churn risk; {open_alerts} open churn-risk alerts{f" (the {TOP_ALERTS} highest below)" if open_alerts > TOP_ALERTS else ""}.</p>"""
+{int(drift["churn_risk"])} at churn risk; {open_alerts} open churn-risk alerts{f" (the {TOP_ALERTS} highest below)" if open_alerts > TOP_ALERTS else ""}.</p>
+<p>{_e(churn_quality)}.</p>"""
         + (
             _table(
                 alerts,

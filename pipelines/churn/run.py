@@ -277,3 +277,41 @@ def _scores(run_id: str, as_of: dt.date, current: pd.DataFrame, pred: Prediction
     else:
         out["reasons"] = model_reasons(pred.model.contributions(current), current, settings.horizon_months)
     return out
+
+
+QUALITY_SQL = """
+select metric, count(*) as runs, avg(needseg) as needseg, avg(recency) as recency, avg(bgnbd) as bgnbd
+from {table} where as_of = (select max(as_of) from {table}) group by metric order by metric
+"""
+
+
+def quality_summary(quality: pd.DataFrame) -> str:
+    """The backtest in one sentence (means over the evaluated runs), weak results said out loud."""
+    if quality.empty:
+        return "churn model backtest: no earlier run has a closed outcome window yet"
+    by = quality.set_index("metric")
+    runs = int(by["runs"].max())
+
+    def fmt(v: Any) -> str:
+        return "-" if v is None or pd.isna(v) else f"{v:.3f}"
+
+    parts = [
+        f"{metric.replace('_', ' ')}: needseg {fmt(row.needseg)}, recency {fmt(row.recency)}, BG/NBD {fmt(row.bgnbd)}"
+        for metric, row in by.iterrows()
+    ]
+    text = f"churn model backtest over {runs} earlier run(s) with a closed outcome window: " + "; ".join(parts)
+    auc = by["needseg"].get("auc")
+    if auc is not None and pd.notna(auc) and pd.notna(by["bgnbd"].get("auc")) and auc < by["bgnbd"]["auc"]:
+        text += " - WEAK: the model ranks worse than BG/NBD alone here"
+    return text
+
+
+def quality_lines(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """For `needseg status`: the latest run's churn model and its backtest."""
+    if not history._exists(con, "churn", "model_runs"):
+        return []
+    latest = con.execute("select summary from churn.model_runs order by as_of desc limit 1").fetchone()
+    if not latest:
+        return []
+    quality = con.execute(QUALITY_SQL.format(table="churn.model_quality")).df()
+    return [latest[0], quality_summary(quality)]

@@ -277,6 +277,8 @@ def _evidence_long(accounts: pd.Index, comps: pd.Series, signs: pd.Series, chang
     long["before"] = long["before"].round(4)
     long["recent"] = long["recent"].round(4)
     long["z"] = long["z"].round(2)
+    long["recent_count"] = long["recent_count"].astype(int)
+    long["before_count"] = long["before_count"].astype(int)
     return long.drop(columns="sign")
 
 
