@@ -80,8 +80,8 @@ DEFAULTS: dict[str, Any] = {
         "backtest_runs": 6,
         "top_k": 100,
         # lapsing alerts from the probability whose backtest precision reaches this
-        "target_precision": 0.7,
-        "min_alerts_for_threshold": 20,
+        "target_precision": 0.6,
+        "min_alerts_for_threshold": 10,
         "lapsing_action": None,
     },
     "alerts": {  # the same defaults as pipelines.alerts.outbox.AlertOptions

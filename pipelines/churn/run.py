@@ -37,7 +37,7 @@ log = logging.getLogger("needseg")
 
 LIGHTGBM = "lightgbm"
 COLD_START = "bgnbd_cold_start"
-DRIFT_COLUMNS = ("segment_id", "drift_z", "drift_shift", "early_warning", "drift_flag", "migration_confirmed")
+DRIFT_COLUMNS = ("drift_z", "drift_shift", "early_warning", "drift_flag", "migration_confirmed")
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,8 @@ class ChurnSettings:
     min_training_rows: int = 500
     min_training_positives: int = 50
     top_k: int = 100
-    target_precision: float = 0.7
-    min_alerts_for_threshold: int = 20
+    target_precision: float = 0.6
+    min_alerts_for_threshold: int = 10
     backtest_runs: int = 6
     seed: int = 42
     lapsing_action: str = ""
@@ -193,7 +193,9 @@ def load(
         drift = current_drift.reindex(data.loc[now, "account_id"])
         for column in DRIFT_COLUMNS:
             if column in drift:
-                data.loc[now, column] = drift[column].to_numpy()
+                values = pd.to_numeric(drift[column], errors="coerce").astype(float)
+                data[column] = pd.to_numeric(data[column], errors="coerce").astype(float) if column in data else np.nan
+                data.loc[now, column] = values.to_numpy()
     horizon_days = settings.horizon_months * 30.44
     data[["bgnbd_p_alive", "bgnbd_expected", "bgnbd_p_no_purchase"]] = bgnbd.per_cutoff(data, horizon_days)
     outcomes = history.labels(con, cutoffs, as_of, settings.horizon_months)

@@ -142,6 +142,7 @@ def lapse_risk(features: pd.DataFrame, horizon_months: float, silence_months: fl
     return risk.astype(float).clip(0, 1).round(4)
 
 
+CONTRADICTING_Z = 1.0
 UNITS = {
     "discount": "order lines",
     "list_price": "order lines",
@@ -255,7 +256,10 @@ def _evidence_long(accounts: pd.Index, comps: pd.Series, signs: pd.Series, chang
         long[column] = frame.stack(future_stack=True).reindex(pairs).to_numpy(float)
     long = long[np.isfinite(long["before"]) & np.isfinite(long["recent"])].copy()
     long["label"] = long["signal"].map({c: v[1] for c, v in COMPONENTS.items()})
-    long["supports"] = long["z"] * long["sign"].astype(float) > 0
+    along = long["z"] * long["sign"].astype(float)
+    long["supports"] = along > 0
+    # a signal that did not move (|z| <= 1 the other way) neither supports nor contradicts
+    long = long[long["supports"] | (along < -CONTRADICTING_Z)].copy()
     counts = (
         long["recent_count"].astype(int).astype(str)
         + " vs "
@@ -350,7 +354,9 @@ def _churn_risk(out: pd.DataFrame, settings: DriftSettings) -> pd.DataFrame:
             "satisfaction": np.where(satisfaction_drop > 0, "worsening_satisfaction", None),
             "revenue_text": np.where(revenue_drop > 0, "revenue run-rate " + revenue_pct + " % (last 3 months vs the 12 before)", None),
             "satisfaction_text": np.where(
-                (satisfaction_drop > 0) & np.isfinite(sat), "satisfaction " + _fmt2(sat) + " since the previous survey wave", None
+                (satisfaction_drop > 0) & np.isfinite(sat),
+                "satisfaction " + np.char.mod("%+.1f", np.nan_to_num(sat.to_numpy(float))) + " since the previous survey wave",
+                None,
             ),
         }
     )
