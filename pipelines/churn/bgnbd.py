@@ -68,4 +68,5 @@ def fit_predict(frame: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
 def per_cutoff(frame: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
     """BG/NBD fitted separately at every cutoff of `frame` (each on what was known then)."""
     parts = [fit_predict(group, horizon_days) for _, group in frame.groupby("cutoff", sort=True)]
-    return pd.concat(parts).reindex(frame.index) if parts else pd.DataFrame(index=frame.index)
+    columns = ["bgnbd_p_alive", "bgnbd_expected", "bgnbd_p_no_purchase"]
+    return pd.concat(parts).reindex(frame.index) if parts else pd.DataFrame(index=frame.index, columns=columns, dtype=float)

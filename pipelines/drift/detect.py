@@ -19,7 +19,13 @@
    profile to the target's that its recent mix has gone). The behavioural model's
    probability for the target segment over recent runs is shown alongside.
 3. **Churn risk**: drift towards price-sensitivity or away from partnership, combined with
-   falling revenue or worsening satisfaction, scored 0-1 with its reasons.
+   falling revenue or worsening satisfaction, scored 0-1 with its reasons. A drift is
+   flagged only with its own evidence: the account still orders, it has a target segment,
+   and at least one of the move's buying-mix signals moves its way (signals moving the
+   other way by more than `CONTRADICTING_Z` are listed as "against: ..."); a fall of the
+   behavioural model's probability for the target (`contradicting_probability_drop`)
+   stops the alert. A customer that stopped buying is lapsing, not drifting: the churn
+   model (pipelines.churn) covers it.
 4. **Lapse risk**, beside the alerts: the chance that the account places no order in the
    next `lapse_horizon_months`, at its own buying rhythm. It ranks every customer (with
    or without needs signals) for whoever works a list; alerts stay drift-based.
