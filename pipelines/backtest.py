@@ -37,8 +37,13 @@ from sklearn.metrics import roc_auc_score
 
 from pipelines import cycle
 from pipelines.churn import history
+from pipelines.churn.run import ChurnSettings
+from pipelines.churn.run import score_run as score_run_churn
+from pipelines.config import load_config
+from pipelines.drift.run import ensure_tables
+from pipelines.segmentation.run import run_id_for
 from pipelines.settings import CONFIG_DIR, Settings, load_settings
-from pipelines.warehouse import connect
+from pipelines.warehouse import connect, insert_frame, open_warehouse
 
 MAPPING = CONFIG_DIR / "sources" / "examples" / "online_retail.yaml"
 DRIFT_WINDOWS = {"recent_months": 3, "baseline_months": 6}
@@ -194,6 +199,42 @@ def score_run(con, as_of: dt.date, run_id: str, orders: pd.DataFrame, top_n: int
         needseg_brier=round(float(np.mean((p - y) ** 2)), 4),
         needseg_precision_alerts=round(float(y[lapsing].mean()), 4) if lapsing.any() else None,
     )
+
+
+def churn_only(
+    parquet: Path, data_dir: Path, months: list[str] | None = None, top_n: int = 100, say: Callable[[str], None] = print
+) -> BacktestResult:
+    """The churn step alone at every cutoff, on one feature build as of the last cutoff.
+
+    Leak-free all the same: at cutoff T the churn step reads features dated on or before
+    each cutoff and only labels whose window closed by T (`pipelines.churn.history`), so
+    lines after T in the warehouse change nothing (tests/test_churn.py). What it leaves
+    out is segmentation and drift, whose inputs are empty on this export (no needs
+    signals): the full replay (`backtest`) gives the same ranking inputs but for those.
+    """
+    started, cpu_started = time.monotonic(), time.process_time()
+    settings = prepare(parquet, data_dir)
+    load_started = time.monotonic()
+    cycle.ingest_step(dt.date(2011, 12, 31), settings)
+    result = BacktestResult(load_seconds=time.monotonic() - load_started)
+    months = months or [str(p) for p in pd.period_range("2011-02", "2011-08", freq="M")]
+    cutoffs = [pd.Period(m, "M").end_time.date() for m in months]
+    cycle.features_step(max(cutoffs), settings, run_tests=False)
+    churn_settings = ChurnSettings.from_config(dict(load_config(settings.config_path).get("churn") or {}))
+    with open_warehouse(settings.warehouse_path) as con:
+        ensure_tables(con)
+        orders = con.execute("select account_id, cast(order_date as date) as order_date from raw.order_lines where quantity > 0").df()
+        orders["order_date"] = pd.to_datetime(orders["order_date"])
+        for as_of in cutoffs:
+            run_id = run_id_for(as_of)
+            churn = score_run_churn(con, run_id, as_of, churn_settings)
+            con.execute("delete from churn.risk_history where run_id = ?", [run_id])
+            insert_frame(con, "churn.risk_history", churn.scores)
+            say(f"  {as_of}: {churn.line()}")
+            result.runs.append(score_run(con, as_of, run_id, orders, top_n))
+    result.seconds = time.monotonic() - started
+    result.cpu_seconds = time.process_time() - cpu_started
+    return result
 
 
 def backtest(
