@@ -183,10 +183,16 @@ def _threshold(probability: np.ndarray, y: np.ndarray, settings: ChurnSettings) 
 
 
 def load(
-    con: duckdb.DuckDBPyConnection, as_of: dt.date, earlier_runs: list[dt.date], settings: ChurnSettings, current_drift: pd.DataFrame | None
+    con: duckdb.DuckDBPyConnection,
+    as_of: dt.date,
+    earlier_runs: list[dt.date],
+    settings: ChurnSettings,
+    current_drift: pd.DataFrame | None,
+    label_dates: tuple[dt.date, ...] | list[dt.date] = (),
 ) -> pd.DataFrame:
-    """Features, BG/NBD and (closed) labels for every cutoff the run needs."""
-    cutoffs = cutoffs_for(as_of, earlier_runs, settings)
+    """Features, BG/NBD and (closed) labels for every cutoff the run needs: its own, the
+    training cutoffs of `earlier_runs` (scored again) and the dates of `label_dates`."""
+    cutoffs = sorted(set(cutoffs_for(as_of, earlier_runs, settings)) | set(label_dates))
     data = history.features(con, cutoffs)
     if current_drift is not None and len(current_drift):
         now = data["cutoff"] == as_of
@@ -204,6 +210,42 @@ def load(
     return data
 
 
+def _stored(con: duckdb.DuckDBPyConnection, runs: list[dt.date]) -> pd.DataFrame:
+    """What earlier runs predicted, as they stored it (churn.risk_history)."""
+    columns = ["as_of", "account_id", "churn_probability", "model", "recency_days", "bgnbd_p_no_purchase", "eligible"]
+    if not runs or not history._exists(con, "churn", "risk_history"):
+        return pd.DataFrame(columns=columns)
+    frame = con.execute(
+        f"select {', '.join(columns)} from churn.risk_history where as_of in (select unnest(?::date[])) order by as_of, account_id", [runs]
+    ).df()
+    frame["as_of"] = pd.to_datetime(frame["as_of"]).dt.date
+    return frame
+
+
+def _earlier_run(
+    data: pd.DataFrame, stored: pd.DataFrame, when: dt.date, settings: ChurnSettings
+) -> tuple[pd.DataFrame, Prediction] | None:
+    """An earlier run's predictions against what happened: as that run stored them, or,
+    for a run from before the churn model existed, scored again with what was closed then."""
+    target = data[data["cutoff"] == when]
+    kept = stored[stored["as_of"] == when]
+    if len(kept):
+        frame = kept.drop(columns="as_of").merge(target[["account_id", "churned"]], on="account_id", how="inner")
+        frame = frame[frame["eligible"].astype(bool) & frame["churned"].notna()]
+        if frame.empty:
+            return None
+        p = frame["churn_probability"].to_numpy(float)
+        return frame, Prediction(p, p, str(frame["model"].iloc[0]), None, 0, 0, 0)
+    pred = predict_at(data, when, settings)
+    keep = (target["eligible"] & target["churned"].notna()).to_numpy()
+    if keep.sum() == 0:
+        return None
+    sub = Prediction(
+        pred.probability[keep], pred.margin[keep], pred.kind, None, pred.training_rows, pred.training_positives, pred.training_cutoffs
+    )
+    return target[keep], sub
+
+
 def score_run(
     con: duckdb.DuckDBPyConnection, run_id: str, as_of: dt.date, settings: ChurnSettings, current_drift: pd.DataFrame | None = None
 ) -> ChurnResult:
@@ -212,21 +254,19 @@ def score_run(
         for r in con.execute("select distinct as_of from segments.segment_runs where as_of < ? order by as_of desc", [as_of]).fetchall()
         if history.window_closed(r[0], as_of, settings.horizon_months)
     ][: settings.backtest_runs]
-    data = load(con, as_of, earlier, settings, current_drift)
+    stored = _stored(con, earlier)
+    replay = [d for d in earlier if d not in set(stored["as_of"])]
+    data = load(con, as_of, replay, settings, current_drift, label_dates=earlier)
 
     quality, pooled_p, pooled_y = [], [], []
     for when in sorted(earlier):
-        pred = predict_at(data, when, settings)
-        target = data[data["cutoff"] == when]
-        keep = (target["eligible"] & target["churned"].notna()).to_numpy()
-        if keep.sum() == 0:
+        scored = _earlier_run(data, stored, when, settings)
+        if scored is None:
             continue
-        sub = Prediction(
-            pred.probability[keep], pred.margin[keep], pred.kind, None, pred.training_rows, pred.training_positives, pred.training_cutoffs
-        )
-        quality += _quality_rows(run_id, as_of, when, target[keep], sub, settings.top_k)
+        frame, sub = scored
+        quality += _quality_rows(run_id, as_of, when, frame, sub, settings.top_k)
         pooled_p.append(sub.probability)
-        pooled_y.append(target[keep]["churned"].astype(int).to_numpy())
+        pooled_y.append(frame["churned"].astype(int).to_numpy())
 
     pred = predict_at(data, as_of, settings)
     current = data[data["cutoff"] == as_of].reset_index(drop=True)
