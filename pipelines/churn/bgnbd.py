@@ -14,6 +14,8 @@ churn probability itself when there is too little history to learn from.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
 
@@ -44,7 +46,8 @@ def fit_predict(frame: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
     for penalty in PENALTIES:
         candidate = BetaGeoFitter(penalizer_coef=penalty)
         try:
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
+            # lifetimes prints the optimiser's state before it raises on no convergence
+            with warnings.catch_warnings(), np.errstate(all="ignore"), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 candidate.fit(x, t_x, T)
         except Exception:  # noqa: BLE001 - lifetimes raises ConvergenceError; try the next penalty
