@@ -34,6 +34,8 @@ SERVING_TABLES = {
     "segment_transitions": "marts.segment_transitions",
     "segment_population_changes": "marts.segment_population_changes",
     "churn_risk_alerts": "marts.churn_risk_alerts",
+    "churn_risk_history": "marts.churn_risk_history",
+    "churn_model_quality": "marts.churn_model_quality",
     "customer_features": "marts.customer_features",
 }
 OPTIONAL_TABLES: dict[str, str] = {}
