@@ -577,20 +577,7 @@ def read_xlsx(path: Path, options: ReadOptions) -> RawFrame:
     except Exception as exc:  # noqa: BLE001 - openpyxl raises many types for a damaged file
         raise BatchRejected(path, f"not a readable .xlsx workbook: {exc}", expectation="file_format") from None
     try:
-        if options.sheet is None:
-            sheet = book.worksheets[0]
-        elif isinstance(options.sheet, int):
-            if not 0 <= options.sheet < len(book.worksheets):
-                raise BatchRejected(
-                    path, f"no sheet number {options.sheet} (counting from 0); the workbook has {len(book.worksheets)}", expectation="sheet"
-                )
-            sheet = book.worksheets[options.sheet]
-        else:
-            if options.sheet not in book.sheetnames:
-                raise BatchRejected(
-                    path, f"no sheet named {options.sheet!r}; the workbook has {', '.join(book.sheetnames)}", expectation="sheet"
-                )
-            sheet = book[options.sheet]
+        sheet = _choose_sheet(book, options, path)
         rows_iter = sheet.iter_rows(values_only=True)
         header = named = None
         duplicates: dict[str, list[str]] = {}
@@ -618,6 +605,37 @@ def read_xlsx(path: Path, options: ReadOptions) -> RawFrame:
     frame["_line"] = pd.Series(lines, dtype="int64")
     # No rows after the header is an empty extract, not a broken file: 0 rows read.
     return RawFrame(frame, [], None, duplicates)
+
+
+def _has_data(sheet) -> bool:
+    return any(v is not None and str(v).strip() != "" for row in sheet.iter_rows(values_only=True) for v in row)
+
+
+def _choose_sheet(book, options: ReadOptions, path: Path):
+    """The sheet the mapping names (`sheet:`), else the workbook's only sheet with data. A
+    workbook with data on several sheets and no `sheet:` is refused naming them: which one
+    holds the table is not guessed, and no sheet is ignored without a word."""
+    if options.sheet is None:
+        with_data = [ws for ws in book.worksheets if _has_data(ws)]
+        if len(with_data) > 1:
+            names = ", ".join(repr(ws.title) for ws in with_data)
+            raise BatchRejected(
+                path,
+                f"the workbook has data on {len(with_data)} sheets ({names}); needseg reads one sheet per file. Declare which "
+                f"one holds this table in the source's mapping (e.g. 'sheet: {with_data[0].title}'), and deliver each other "
+                "sheet as a file of its own table",
+                expectation="sheet",
+            )
+        return with_data[0] if with_data else book.worksheets[0]
+    if isinstance(options.sheet, int):
+        if not 0 <= options.sheet < len(book.worksheets):
+            raise BatchRejected(
+                path, f"no sheet number {options.sheet} (counting from 0); the workbook has {len(book.worksheets)}", expectation="sheet"
+            )
+        return book.worksheets[options.sheet]
+    if options.sheet not in book.sheetnames:
+        raise BatchRejected(path, f"no sheet named {options.sheet!r}; the workbook has {', '.join(book.sheetnames)}", expectation="sheet")
+    return book[options.sheet]
 
 
 def _cell_text(value, options: ReadOptions) -> str | None:

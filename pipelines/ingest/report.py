@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipelines.csv_output import neutralise_text
 from pipelines.errors import InputError
 from pipelines.ingest.parse import Problem
 from pipelines.settings import Settings
@@ -263,7 +264,7 @@ def save_problems(settings: Settings, run_id: str, rows: list[tuple]) -> Path:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(PROBLEM_COLUMNS)
-        writer.writerows(rows)
+        writer.writerows(tuple(neutralise_text(v) for v in row) for row in rows)
     return path
 
 
