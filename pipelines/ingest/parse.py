@@ -81,6 +81,14 @@ class Records(Mapping):
     def __len__(self) -> int:
         return len(self._position()) + sum(1 for line in self._extra if line not in self._position())
 
+    def rows_of(self, lines) -> tuple[pd.DataFrame, dict[int, dict]]:
+        """The rows of `lines` as a frame (the columns as read and `_line`), and the lines
+        kept as raw text ({line: {"_text": ...}}); selected in one vectorised step."""
+        extra = {int(line): self._extra[int(line)] for line in lines if int(line) in self._extra}
+        wanted = np.setdiff1d(np.asarray(lines, dtype="int64"), np.fromiter(extra, dtype="int64", count=len(extra)))
+        rows = self._frame[self._frame["_line"].astype("int64").isin(wanted)]
+        return rows.reset_index(drop=True), extra
+
     def many(self, lines: Iterable[int]) -> list[dict]:
         """The rows of `lines`, in that order ({} for a line not read)."""
         lines = list(lines)

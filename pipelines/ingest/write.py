@@ -291,63 +291,66 @@ def _rejected_rows(batch: BatchRejected, message: str) -> tuple[Records, dict[in
     return records, problems
 
 
-# One encoder for all quarantined rows (json.dumps with options builds one per call).
+# One encoder for the few rows kept as raw text (lines that could not be split into fields).
 _JSON = json.JSONEncoder(ensure_ascii=False, default=str)
+
+# Each quarantined line: its first problem in columns, every problem and the row as read as
+# JSON - built by DuckDB over the whole batch at once, not row by row in Python.
+_QUARANTINE_SQL = """
+insert into meta.quarantine
+select ?, ?, ?, ?, p.line,
+    list(p.column_name order by p.position)[1],
+    left(list(p.value order by p.position)[1], 1000),
+    list(p.reason order by p.position)[1],
+    list(p.expected order by p.position)[1],
+    to_json(list({'column': p.column_name, 'value': p.value, 'reason': p.reason, 'check': p.check_name} order by p.position)),
+    coalesce(any_value(r.record), '{}')::json,
+    ?
+from quarantined_problems p
+left join quarantined_records r on r.line = p.line
+group by p.line
+order by p.line
+"""
 
 
 def _quarantine(con, item: Pending, batch_id: str, records: Mapping[int, dict], problems_by_line: dict[int, list[Problem]], now) -> int:
     if not problems_by_line:
         return 0
-    rows = []
-    lines = sorted(problems_by_line)
-    as_read = records.many(lines) if isinstance(records, Records) else [records.get(line, {}) for line in lines]
-    for line, record in zip(lines, as_read, strict=True):
-        plist = problems_by_line[line]
-        first = plist[0]
-        rows.append(
-            (
-                batch_id,
-                item.source,
-                item.mapping.table,
-                item.rel,
-                line,
-                first.column,
-                None if first.value is None else str(first.value)[:1000],
-                first.reason,
-                first.expected,
-                _JSON.encode(
-                    [
-                        {"column": p.column, "value": None if p.value is None else str(p.value), "reason": p.reason, "check": p.check}
-                        for p in plist
-                    ]
-                ),
-                _JSON.encode(record),
-                now,
+    flat = [
+        (line, i, p.column, None if p.value is None else str(p.value), p.reason, p.expected, p.check)
+        for line, plist in problems_by_line.items()
+        for i, p in enumerate(plist)
+    ]
+    problems = pd.DataFrame(flat, columns=["line", "position", "column_name", "value", "reason", "expected", "check_name"])
+    problems = problems.astype({"line": "int64", "position": "int64"})
+    con.register("quarantined_problems", problems)
+    con.register("quarantined_records", _records_as_json(con, records, problems["line"].unique()))
+    try:
+        con.execute(_QUARANTINE_SQL, [batch_id, item.source, item.mapping.table, item.rel, now])
+    finally:
+        con.unregister("quarantined_problems")
+        con.unregister("quarantined_records")
+    return len(problems_by_line)
+
+
+def _records_as_json(con, records: Mapping[int, dict], lines) -> pd.DataFrame:
+    """(line, record): each line's row as read, as JSON text. DuckDB writes the JSON of the
+    rows that were split into fields; lines kept as raw text are few and done here."""
+    if not isinstance(records, Records):
+        return pd.DataFrame({"line": list(lines), "record": [_JSON.encode(records.get(int(line), {})) for line in lines]})
+    rows, extra = records.rows_of(lines)
+    out = [pd.DataFrame({"line": list(extra), "record": [_JSON.encode(record) for record in extra.values()]}, dtype=object)]
+    if len(rows):
+        con.register("quarantined_rows", rows)
+        try:
+            out.append(
+                con.execute(
+                    "select _line as line, cast(json_merge_patch(to_json(r), '{\"_line\": null}') as varchar) as record from quarantined_rows r"
+                ).df()
             )
-        )
-    frame = pd.DataFrame(
-        rows,
-        columns=[
-            "batch_id",
-            "source",
-            "table_name",
-            "file",
-            "line",
-            "column_name",
-            "value",
-            "reason",
-            "expected",
-            "problems",
-            "record",
-            "quarantined_at",
-        ],
-    )
-    con.register("quarantined", frame)
-    con.execute(
-        "insert into meta.quarantine select * replace (cast(problems as json) as problems, cast(record as json) as record) from quarantined"
-    )
-    con.unregister("quarantined")
-    return len(rows)
+        finally:
+            con.unregister("quarantined_rows")
+    return pd.concat(out, ignore_index=True).astype({"line": "int64"})
 
 
 def _record_batch(con, item: Pending, batch_id, status, read, loaded, quarantined, extra, message, run_id, as_of, now, encoding) -> None:
