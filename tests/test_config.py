@@ -40,7 +40,7 @@ def test_the_shipped_configuration_is_valid_and_a_partial_file_keeps_the_default
         ("segmentaton:\n  seed: 1\n", "unknown setting 'segmentaton'"),
         ("- just a list\n", "expected a mapping of settings"),
         ("drift: [\n", "not valid YAML"),
-        (BOMB, "expand to more than"),
+        (BOMB, "expands to more than"),
     ],
 )
 def test_a_wrong_setting_is_named_with_what_was_expected(tmp_path: Path, text: str, message: str):
