@@ -22,7 +22,7 @@ are reported to the data team (`needseg alerts --retry-failed` requeues them).
 
 from airflow.sdk import dag, task
 
-from pipelines import airflow_support as af
+from pipelines.airflow import support as af
 from pipelines import cycle
 
 ASSETS = af.assets()

@@ -10,7 +10,7 @@ whenever ingestion has loaded new data, as of the ingest run's date.
 
 from airflow.sdk import dag, task
 
-from pipelines import airflow_support as af
+from pipelines.airflow import support as af
 
 ASSETS = af.assets()
 

@@ -26,7 +26,7 @@ with the run's as-of date, which triggers `needseg_features`.
 
 from airflow.sdk import dag, task
 
-from pipelines import airflow_support as af
+from pipelines.airflow import support as af
 from pipelines import cycle
 
 ASSETS = af.assets()

@@ -3,8 +3,9 @@
 
 Re-assigns every customer's needs segment as of the run's date and publishes the result:
 
-1. **features** — `customer_features` built with dbt for this run's date (the features
-   DAG keeps them fresh daily; segmentation needs them as of its own date);
+1. **features** — `customer_features` built with dbt for this run's date, as one task (the
+   features DAG, triggered by every ingest, shows the same models one task each;
+   segmentation needs them as of its own date);
 2. **segment** — cluster surveyed accounts on their needs (k chosen from the data within
    the taxonomy's bounds, with the evidence stored in `segment_runs`), align the segments
    to the previous run's so names stay put, infer everyone else from behaviour, predict
@@ -22,7 +23,7 @@ triggers `needseg_alerts`.
 
 from airflow.sdk import dag, task
 
-from pipelines import airflow_support as af
+from pipelines.airflow import support as af
 from pipelines import cycle
 
 ASSETS = af.assets()
@@ -53,7 +54,7 @@ def needseg_segmentation():
         return summary
 
     as_of = resolve_as_of()
-    features = af.dbt_task_group("build_features", "tag:features")
+    features = af.dbt_build_task("build_features", "tag:features")
     serving = af.dbt_build_task("build_serving_models", "tag:serving")
     segmented = segment_customers(as_of)
     drifted = detect_drift(as_of)

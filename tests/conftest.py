@@ -21,7 +21,7 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_threads, "1")
 
-from pipelines import airflow_env  # noqa: E402 - after the environment is set
+from pipelines.airflow import env as airflow_env  # noqa: E402 - after the environment is set
 
 airflow_env.configure()
 

@@ -100,7 +100,7 @@ def test_only_a_run_handed_a_date_composes_alerts():
     a timed run has no date of its own and only sends what is pending."""
     from types import SimpleNamespace
 
-    from pipelines.airflow_support import given_as_of
+    from pipelines.airflow.support import given_as_of
 
     at = dt.datetime(2026, 12, 1, 3, 15, tzinfo=dt.UTC)
     timed = {
@@ -143,7 +143,7 @@ def _next_scheduled_run(dag, after: dt.datetime):
 
 
 def test_a_scheduled_monthly_run_describes_the_month_just_completed(dagbag):
-    from pipelines.airflow_support import resolve_as_of
+    from pipelines.airflow.support import resolve_as_of
 
     run = _next_scheduled_run(dagbag.dags["needseg_segmentation"], dt.datetime(2026, 11, 15, tzinfo=dt.UTC))
     assert run["logical_date"] == dt.datetime(2026, 12, 1, 3, tzinfo=dt.UTC)
@@ -156,7 +156,7 @@ def test_a_scheduled_monthly_run_describes_the_month_just_completed(dagbag):
 def test_an_explicit_or_asset_date_beats_the_schedule():
     from types import SimpleNamespace
 
-    from pipelines.airflow_support import resolve_as_of
+    from pipelines.airflow.support import resolve_as_of
 
     at = dt.datetime(2026, 12, 1, 3, tzinfo=dt.UTC)
     assert resolve_as_of({"logical_date": at, "params": {"as_of": "2026-10-31"}}) == dt.date(2026, 10, 31)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import airflow_env
+from pipelines.airflow import env as airflow_env
 from pipelines.settings import PROJECT_ROOT
 from tests.test_production_airflow import production_environment
 

@@ -17,7 +17,7 @@ from pipelines.settings import PROJECT_ROOT, load_settings
 
 @pytest.fixture(scope="module")
 def airflow_runs(small_world, session_dir):
-    from pipelines import airflow_env
+    from pipelines.airflow import env as airflow_env
 
     mp = pytest.MonkeyPatch()
     data = session_dir / "airflow-e2e"

@@ -40,13 +40,32 @@ def schedule(env_name: str, default: str) -> str | None:
     return None if value.strip().lower() in ("none", "manual", "") else value
 
 
+def schedule_end() -> dt.datetime | None:
+    """The last moment the timetables make runs for (NEEDSEG_SCHEDULE_END, an ISO date or
+    time, UTC; empty: no end). The demo sets it to the end of its world, so Airflow's
+    scheduler runs the world's months (as backfills) and never a month the world has no
+    data for; a deployment leaves it unset."""
+    value = os.environ.get("NEEDSEG_SCHEDULE_END", "").strip()
+    if not value:
+        return None
+    try:
+        end = dt.datetime.fromisoformat(value)
+    except ValueError:
+        from pipelines.errors import ConfigError
+
+        raise ConfigError(f"NEEDSEG_SCHEDULE_END={value!r} is not an ISO date or time (e.g. 2026-11-01T23:59)") from None
+    return end if end.tzinfo else end.replace(tzinfo=dt.UTC)
+
+
 def dag_arguments(dag_id: str, schedule: Any, doc: str, tags: list[str], extra_params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What every needseg DAG shares: start, no catch-up, one run at a time, retries,
-    the as-of param (and `extra_params`), docs, tags, and the failure notice to the data team."""
+    """What every needseg DAG shares: start (and end, see `schedule_end`), no catch-up, one
+    run at a time, retries, the as-of param (and `extra_params`), docs, tags, and the
+    failure notice to the data team."""
     return {
         "dag_id": dag_id,
         "schedule": schedule,
         "start_date": START_DATE,
+        "end_date": schedule_end(),
         "catchup": False,
         "max_active_runs": 1,
         "default_args": default_args(),

@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pipelines import airflow_env
+from pipelines.airflow import env as airflow_env
 
 
 def _password(home: Path) -> str | None:
