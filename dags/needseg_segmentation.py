@@ -21,7 +21,7 @@ ingestion. **Uses**: `needseg_customer_features`. **Produces**: `needseg_segment
 triggers `needseg_alerts`.
 """
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag
 
 from pipelines.airflow import support as af
 from pipelines import cycle
@@ -31,22 +31,22 @@ ASSETS = af.assets()
 
 @dag(**af.dag_arguments("needseg_segmentation", af.schedule("NEEDSEG_SEGMENTATION_SCHEDULE", "0 3 1 * *"), __doc__, ["segmentation"]))
 def needseg_segmentation():
-    @task
+    @af.step()
     def resolve_as_of(**context):
         """The date this segmentation describes."""
         return af.resolve_as_of(context).isoformat()
 
-    @task(pool=af.WAREHOUSE_POOL, inlets=[ASSETS["features"]])
+    @af.step(pool=af.WAREHOUSE_POOL, inlets=[ASSETS["features"]])
     def segment_customers(as_of: str):
         """Fit or assign segments, align identities, infer, explain; store the run."""
         return cycle.segment_step(cycle.parse_date(as_of))
 
-    @task(pool=af.WAREHOUSE_POOL)
+    @af.step(pool=af.WAREHOUSE_POOL)
     def detect_drift(as_of: str):
         """Migrations, early warnings, population changes, churn-risk alerts."""
         return cycle.drift_step(cycle.parse_date(as_of))
 
-    @task(pool=af.WAREHOUSE_POOL, outlets=[ASSETS["segments"]])
+    @af.step(pool=af.WAREHOUSE_POOL, outlets=[ASSETS["segments"]])
     def publish_serving_database(as_of: str, *, outlet_events=None):
         """Swap in the new serving database and Parquet exports."""
         summary = cycle.publish_step(cycle.parse_date(as_of))

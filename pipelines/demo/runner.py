@@ -21,10 +21,12 @@ import datetime as dt
 import gc
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import TextIO
 
 import pandas as pd
 
@@ -58,6 +60,30 @@ def ensure_world(settings: Settings, spec: WorldSpec, say: Callable[[str], None]
         f"top 20 % of customers = {summary.key_account_revenue_share:.0%} of revenue -> {world} ({time.monotonic() - started:.1f} s)"
     )
     return world
+
+
+@contextlib.contextmanager
+def _quiet(log_path: Path) -> Iterator[TextIO]:
+    """Send everything written to stdout/stderr (Airflow's and dbt's own logging) to a log
+    file; yield a stream that still writes to the terminal (or wherever stdout went)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(1), "w", buffering=1)
+    with open(log_path, "a", buffering=1) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield terminal
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved_out, 1)
+            os.dup2(saved_err, 2)
+            os.close(saved_out)
+            os.close(saved_err)
+            terminal.close()
 
 
 @contextlib.contextmanager
@@ -149,10 +175,14 @@ def run_demo(settings: Settings, spec: WorldSpec, cycles: int, say: Callable[[st
     log_path = settings.data_dir / "airflow-demo.log"
     started = time.monotonic()
     timings: list[dict] = []
-    with Progress("demo") as progress:
+    with _quiet(log_path) as terminal, Progress("demo", stream=terminal) as progress:
+        from pipelines.transform import ensure_manifest
+
+        progress.stage("dbt manifest (the features DAG's tasks are rendered from it)")
+        ensure_manifest()
         progress.stage("Airflow metadata database (airflow db migrate)")
         airflow_env.ensure_metadata_db()
-        progress.log(f"Airflow: metadata database ready in {os.environ['AIRFLOW_HOME']}; its components log to {log_path}")
+        progress.log(f"Airflow: metadata database ready in {os.environ['AIRFLOW_HOME']}; Airflow's and dbt's output go to {log_path}")
         from pipelines.airflow import scheduler
 
         with contextlib.suppress(Exception):  # a first run has no DAGs stored yet
