@@ -409,14 +409,78 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publication(settings: Settings) -> tuple[list[str], dt.datetime | None]:
+    """What analysts see now: the published run, when, and its verdict when recorded."""
+    from pipelines.warehouse import connect
+
+    if not settings.serving_path.exists():
+        return [f"published: nothing yet ({settings.serving_path} does not exist: needseg run, or make demo)"], None
+    with connect(settings.serving_path, read_only=True) as con:
+        run_id, as_of, published_at = con.execute("select run_id, as_of, published_at from publication").fetchone()
+        columns = {c for (c,) in con.execute("select column_name from duckdb_columns() where table_name = 'segment_runs'").fetchall()}
+        verdict = None
+        if "verdict" in columns:
+            verdict = con.execute("select verdict from segment_runs where run_id = ?", [run_id]).fetchone()
+    lines = [f"published: run {run_id} as of {as_of}, published {published_at:%Y-%m-%d %H:%M} UTC ({settings.serving_path})"]
+    if verdict is not None and verdict[0] is not None:
+        lines.append(f"  verdict of that run: {verdict[0]}")
+    return lines, published_at
+
+
+def _since_publish(con, published_at: dt.datetime | None) -> str:
+    since = published_at or dt.datetime(1970, 1, 1)
+    batches, loaded, quarantined = con.execute(
+        "select count(*), coalesce(sum(rows_loaded), 0), coalesce(sum(rows_quarantined), 0) from meta.batches where loaded_at > ?",
+        [since],
+    ).fetchall()[0]
+    when = "since that publish" if published_at else "so far"
+    return f"loaded {when}: {batches} batch(es), {loaded:,} rows to raw, {quarantined:,} rows quarantined"
+
+
+def _channels() -> list[str]:
+    from pipelines.alerts.channels import configured_senders
+
+    senders = configured_senders(use_airflow_connections=False)
+    lines = ["alert channels: the alerts.outbox table (always)"]
+    for channel, how in (
+        ("email", "NEEDSEG_SMTP_HOST or the Airflow connection needseg_smtp"),
+        ("webhook", "NEEDSEG_ALERT_WEBHOOK_URL or needseg_alert_webhook"),
+    ):
+        sender = senders.get(channel)
+        lines.append(
+            f"  {channel:<8} {sender.describe() if sender else f'not configured here ({how}; connections are read inside Airflow)'}"
+        )
+    return lines
+
+
+def _dag_runs() -> list[str]:
+    from pipelines.airflow.history import latest_runs
+
+    runs, where = latest_runs()
+    if not runs:
+        return [where if "not reachable" in where else f"DAG runs: none yet in {where}"]
+    return [f"latest DAG runs ({where}):", *(f"  {run.line()}" for run in runs)]
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    from pipelines.alerts.outbox import outbox_overview
     from pipelines.warehouse import open_warehouse
 
     settings = _settings(args)
     if not settings.warehouse_path.exists():
         raise NeedsegError(f"no warehouse at {settings.warehouse_path} yet: run needseg ingest or needseg run")
+    published, published_at = _publication(settings)
+    for line in published:
+        print(line)
     with open_warehouse(settings.warehouse_path, read_only=True) as con:
-        print("batches by table and status:")
+        summary = con.cursor()  # its own cursor: a half-read result must not block the tables below
+        try:
+            print(_since_publish(summary, published_at))
+            for line in [*_channels(), *outbox_overview(summary), *_dag_runs()]:
+                print(line)
+        finally:
+            summary.close()
+        print("\nbatches by table and status:")
         con.sql(
             "select table_name, status, count(*) as batches, sum(rows_read) as rows_read, sum(rows_loaded) as rows_loaded, "
             "sum(rows_quarantined) as rows_quarantined from meta.batches group by all order by all"
@@ -444,9 +508,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             ).show()
         except Exception:  # noqa: BLE001 - no segmentation yet
             print("  none yet")
-        from pipelines.alerts.outbox import outbox_overview
-
-        print("\n".join(outbox_overview(con)))
     return 0
 
 
@@ -640,7 +701,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=200, help="table width")
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("status", help="what has been loaded, quarantined and segmented")
+    p = sub.add_parser(
+        "status",
+        help="what is published (as-of, when, verdict), loaded and quarantined since, alert channels and outbox, last DAG runs",
+    )
     _common(p, as_of=False)
     p.set_defaults(func=cmd_status)
 

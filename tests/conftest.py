@@ -52,7 +52,15 @@ SLOWEST_FIRST = (
 )
 # Files that share a session fixture (cycled_small_world) run on one worker, so it is built once.
 SAME_WORKER_AS = {
-    name: "test_cycle.py" for name in ("test_taxonomy.py", "test_taxonomy_change.py", "test_key_accounts.py", "test_explain.py")
+    name: "test_cycle.py"
+    for name in (
+        "test_taxonomy.py",
+        "test_taxonomy_change.py",
+        "test_key_accounts.py",
+        "test_explain.py",
+        "test_report_browser.py",
+        "test_commands_as_written.py",
+    )
 }
 
 
