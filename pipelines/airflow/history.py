@@ -84,3 +84,29 @@ def _as_time(value) -> dt.datetime | None:
         return dt.datetime.fromisoformat(str(value))
     except ValueError:
         return None
+
+
+def run_counts(dag_ids: tuple[str, ...] = NEEDSEG_DAGS) -> dict[str, dict[str, int]]:
+    """Runs per DAG and run type (backfill, scheduled, asset_triggered, manual); empty when
+    the metadata database cannot be read."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    url = metadata_url()
+    if url.startswith("sqlite:///") and not os.path.exists(url.removeprefix("sqlite:///")):
+        return {}
+    engine = create_engine(url)
+    try:
+        with engine.connect() as con:
+            rows = con.execute(
+                text("select dag_id, run_type, count(*) from dag_run group by dag_id, run_type order by dag_id, run_type")
+            ).fetchall()
+    except SQLAlchemyError:
+        return {}
+    finally:
+        engine.dispose()
+    counts: dict[str, dict[str, int]] = {}
+    for dag_id, run_type, n in rows:
+        if dag_id in dag_ids:
+            counts.setdefault(dag_id, {})[str(run_type).replace("_", "-")] = int(n)
+    return counts
