@@ -109,3 +109,26 @@ def test_status_answers_the_on_call_questions(cycled_small_world, tmp_path, monk
     assert re.search(r"webhook\s+webhook http://127\.0\.0\.1:9", out) and re.search(r"email\s+not configured", out)
     assert "alert outbox" in out
     assert "Airflow's metadata database is not reachable" in out and "no-airflow" in out
+
+
+def test_analysts_documentation_matches_the_database_they_query(cycled_small_world, tmp_path):
+    """dbt docs name the published tables as analysts query them (serving.duckdb, schema
+    main), list the exposures (report, alert digests), and every published column,
+    `publication`'s included, carries its description inside the serving database."""
+    import duckdb
+
+    settings, _ = cycled_small_world
+    out = tmp_path / "dbt_docs.html"
+    assert main(["dbt-docs", "--data-dir", str(settings.data_dir), "--out", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert r"\"serving\".\"main\".\"customer_segments\"" in page
+    assert r"\"marts\".\"customer_segments\"" not in page
+    assert '"exposure.needseg.segment_report"' in page and '"exposure.needseg.churn_risk_alert_digests"' in page
+    assert "serving.duckdb" in page
+    con = duckdb.connect(str(settings.serving_path), read_only=True)
+    undocumented = con.execute(
+        "select table_name, column_name from duckdb_columns() where database_name = current_database() and coalesce(comment, '') = ''"
+    ).fetchall()
+    tables = {t for (t,) in con.execute("select table_name from duckdb_tables() where coalesce(comment, '') = ''").fetchall()}
+    con.close()
+    assert undocumented == [] and tables == set()
