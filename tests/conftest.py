@@ -21,7 +21,7 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_threads, "1")
 
-from pipelines import airflow_env  # noqa: E402 - after the environment is set
+from pipelines.airflow import env as airflow_env  # noqa: E402 - after the environment is set
 
 airflow_env.configure()
 
@@ -66,7 +66,15 @@ SLOW_TIER = {
 }
 # Files that share a session fixture (cycled_small_world) run on one worker, so it is built once.
 SAME_WORKER_AS = {
-    name: "test_cycle.py" for name in ("test_taxonomy.py", "test_taxonomy_change.py", "test_key_accounts.py", "test_explain.py")
+    name: "test_cycle.py"
+    for name in (
+        "test_taxonomy.py",
+        "test_taxonomy_change.py",
+        "test_key_accounts.py",
+        "test_explain.py",
+        "test_report_browser.py",
+        "test_commands_as_written.py",
+    )
 }
 
 
