@@ -63,6 +63,8 @@ SLOW_TIER = {
     "test_explain.py",
     "test_backtest.py",
     "test_dag_ingest_gate.py",
+    "test_report_browser.py",
+    "test_commands_as_written.py",
 }
 # Files that share a session fixture (cycled_small_world) run on one worker, so it is built once.
 SAME_WORKER_AS = {
