@@ -37,6 +37,13 @@ SERVING_TABLES = {
     "customer_features": "marts.customer_features",
 }
 OPTIONAL_TABLES: dict[str, str] = {}
+# The publication table's columns as analysts read them (dbt's overview page says the same).
+PUBLICATION_COLUMNS = {
+    "run_id": "The segmentation run this database holds (e.g. seg-2026-10-31).",
+    "as_of": "The date that run describes.",
+    "published_at": "When this database was swapped in (UTC).",
+    "tables": "JSON: rows per published table.",
+}
 
 
 class PublishRefused(NeedsegError):
@@ -142,6 +149,8 @@ def publish(settings: Settings, con: duckdb.DuckDBPyConnection, as_of: dt.date, 
         con.execute(
             "comment on table serving_build.main.publication is 'Which segmentation run this database holds, and when it was published.'"
         )
+        for column, comment in PUBLICATION_COLUMNS.items():
+            con.execute(f"comment on column serving_build.main.publication.{column} is {_quote(comment)}")
     except BaseException:
         con.execute("detach serving_build")
         staging.unlink(missing_ok=True)

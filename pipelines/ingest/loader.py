@@ -1,6 +1,6 @@
 """Load new landing files into the raw tables: read, map, type, gate, quarantine, count.
 
-Rules kept here (DESIGN.md, "Storage and concurrency"):
+Rules kept here (docs/design.md, "Storage and concurrency"):
 - every file below the landing folder is accounted for in the run's report: loaded, skipped
   (already loaded), refused, held back, changed after loading, or not loadable with the reason
   and what to do (wrong folder, unknown table, a name the mapping's `files` pattern does not
