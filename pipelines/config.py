@@ -74,7 +74,11 @@ DEFAULTS: dict[str, Any] = {
         "retry_base_seconds": 60,
         "retry_max_seconds": 21600,
     },
-    "publish": {},
+    "publish": {
+        # Parquet export sets kept on disk: the current one and those before it, for
+        # readers still busy with an older set.
+        "keep_export_versions": 3,
+    },
 }
 
 
