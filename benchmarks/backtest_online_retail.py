@@ -1,7 +1,7 @@
 """Backtest needseg's churn-risk alerts on the real UCI Online Retail data against a
 recency-only baseline; prints precision among the top 100 per monthly run.
 
-    uv run python benchmarks/backtest_online_retail.py [--data PATH] [--out DIR] [--top N]
+    .venv/bin/python benchmarks/backtest_online_retail.py [--data PATH] [--out DIR] [--top N]
 
 Needs ../shared/data/uci_online_retail/online_retail.parquet (or NEEDSEG_SHARED_DATA, or --data).
 """
@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from pipelines.backtest import backtest
+from pipelines.progress import Progress
 from pipelines.settings import public_data_dir
 
 DEFAULT = public_data_dir() / "uci_online_retail" / "online_retail.parquet"
@@ -30,7 +31,9 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="needseg-backtest-") as tmp:
         out = args.out or Path(tmp)
-        result = backtest(args.data, out, top_n=args.top)
+        with Progress("backtest") as progress:
+            progress.stage("replaying 2011 month by month")
+            result = backtest(args.data, out, top_n=args.top, say=progress.log)
         print("\n".join(result.lines(args.top)))
     return 0
 

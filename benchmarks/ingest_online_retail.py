@@ -28,6 +28,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
+from pipelines.progress import Progress  # noqa: E402 - after the path is set
 from pipelines.settings import public_data_dir  # noqa: E402 - after the path is set
 
 DEFAULT_SOURCE = public_data_dir() / "uci_online_retail" / "online_retail.parquet"
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(args.source, target)
 
         clock = time.monotonic()
-        with open_warehouse(settings.warehouse_path) as con:
+        with open_warehouse(settings.warehouse_path) as con, Progress("ingest benchmark") as progress:
+            progress.stage(f"loading {args.source.name}")
             report = ingest(settings, con, args.as_of, "benchmark")
         wall = time.monotonic() - clock
 

@@ -45,6 +45,13 @@ SERVING_TABLES = {
     "customer_features": "marts.customer_features",
 }
 OPTIONAL_TABLES: dict[str, str] = {}
+# The publication table's columns as analysts read them (dbt's overview page says the same).
+PUBLICATION_COLUMNS = {
+    "run_id": "The segmentation run this database holds (e.g. seg-2026-10-31).",
+    "as_of": "The date that run describes.",
+    "published_at": "When this database was swapped in (UTC).",
+    "tables": "JSON: rows per published table.",
+}
 
 
 class PublishRefused(NeedsegError):
@@ -166,6 +173,8 @@ def _fill_serving(con: duckdb.DuckDBPyConnection, tables: dict[str, str], result
     con.execute(
         "comment on table serving_build.main.publication is 'Which segmentation run this database holds, and when it was published.'"
     )
+    for column, comment in PUBLICATION_COLUMNS.items():
+        con.execute(f"comment on column serving_build.main.publication.{column} is {_quote(comment)}")
 
 
 # --- atomic files -------------------------------------------------------------------------

@@ -4,7 +4,8 @@ the floors, and print one table per size.
 Every stage runs in this process through the same step functions `needseg run` and the
 DAGs call (pipelines/cycle.py). Per stage: wall seconds, CPU seconds (all of the
 process's threads, DuckDB's included), peak resident memory (the kernel's high-water mark,
-reset before each stage) and rows per second. A line is printed at least every 15 s.
+reset before each stage) and rows per second. Progress (pipelines.progress) prints a line at
+least every 10 s.
 """
 
 from __future__ import annotations
@@ -14,10 +15,7 @@ import os
 import platform
 import shutil
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +23,9 @@ from pipelines.bench import floors
 from pipelines.bench.world import BenchSpec, BenchWorld, generate
 from pipelines.config import load_config
 from pipelines.cycle import STAGES, STEP_FUNCTIONS
+from pipelines.progress import Progress
 from pipelines.settings import Settings, load_settings
 
-PROGRESS_SECONDS = 15.0
 # What "rows" means per stage in the table: the rows the stage works through.
 ROWS_OF = {"ingest": "rows read", "features": "order lines"}
 
@@ -65,30 +63,6 @@ class BenchResult:
         )
 
 
-class _Progress:
-    """Prints `label` with its elapsed time and memory every PROGRESS_SECONDS until stopped."""
-
-    def __init__(self, say: Callable[[str], None]):
-        self.say = say
-
-    @contextmanager
-    def around(self, label: str) -> Iterator[None]:
-        stop = threading.Event()
-        started = time.monotonic()
-
-        def tick() -> None:
-            while not stop.wait(PROGRESS_SECONDS):
-                self.say(f"bench: {label} running, {time.monotonic() - started:.0f} s, peak RSS {_gb(floors.peak_rss())}")
-
-        thread = threading.Thread(target=tick, daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-
-
 def _gb(n: int) -> str:
     return f"{n / 2**30:.2f} GB"
 
@@ -116,13 +90,13 @@ def _stage_rows(stage: str, detail: dict, lines: int, accounts: int) -> int:
     return accounts
 
 
-def _run_cycle(settings: Settings, as_of: dt.date, lines: int, accounts: int, progress: _Progress, label: str) -> list[StageFigures]:
+def _run_cycle(settings: Settings, as_of: dt.date, lines: int, accounts: int, progress: Progress, label: str) -> list[StageFigures]:
     figures = []
     for stage in STAGES:
         floors.reset_peak_rss()
         cpu, wall = time.process_time(), time.monotonic()
-        with progress.around(f"{label} {stage}"):
-            detail = STEP_FUNCTIONS[stage](as_of, settings)
+        progress.stage(f"{accounts:,} accounts, {label} {stage}")
+        detail = STEP_FUNCTIONS[stage](as_of, settings)
         figures.append(
             StageFigures(
                 stage,
@@ -132,24 +106,24 @@ def _run_cycle(settings: Settings, as_of: dt.date, lines: int, accounts: int, pr
                 _stage_rows(stage, detail, lines, accounts),
             )
         )
-        progress.say(f"bench: {label} {stage} done in {figures[-1].wall:.1f} s")
+        progress.log(f"bench: {label} {stage} done in {figures[-1].wall:.1f} s, peak RSS {_gb(figures[-1].peak_rss)}")
     return figures
 
 
-def _measure_floors(world: BenchWorld, settings: Settings, peer: bool, progress: _Progress) -> list[floors.Measured]:
+def _measure_floors(world: BenchWorld, settings: Settings, peer: bool, progress: Progress) -> list[floors.Measured]:
     spec = world.spec
     fx_rates = load_config(settings.config_path)["fx_rates"]
     lines = world.rows["order_lines"]
     landing = world.landing
     measured = []
-    with progress.around("floor: DuckDB scan"):
-        measured.append(floors.run_duckdb("DuckDB scan of the order lines", floors.duckdb_scan_sql(landing, spec.file_format), lines))
-    with progress.around("floor: DuckDB features"):
-        sql = floors.duckdb_features_sql(landing, spec.file_format, spec.as_of, fx_rates)
-        measured.append(floors.run_duckdb("DuckDB per-account features", sql, lines))
+    progress.stage("floor: DuckDB scan")
+    measured.append(floors.run_duckdb("DuckDB scan of the order lines", floors.duckdb_scan_sql(landing, spec.file_format), lines))
+    progress.stage("floor: DuckDB features")
+    sql = floors.duckdb_features_sql(landing, spec.file_format, spec.as_of, fx_rates)
+    measured.append(floors.run_duckdb("DuckDB per-account features", sql, lines))
     if peer:
-        with progress.around("floor: pandas + scikit-learn peer"):
-            measured.append(floors.run_peer(landing, spec.file_format, spec.as_of, fx_rates, lines))
+        progress.stage("floor: pandas + scikit-learn peer")
+        measured.append(floors.run_peer(landing, spec.file_format, spec.as_of, fx_rates, lines))
     return measured
 
 
@@ -161,16 +135,15 @@ def run_one(
     seed: int = 7,
     peer: bool = True,
     incremental: bool = True,
-    say: Callable[[str], None] = print,
+    progress: Progress,
 ) -> BenchResult:
     """Generate (or reuse) a world of `accounts`, run a full and an incremental cycle on a
     fresh data folder, then the floors on the same files."""
-    progress = _Progress(say)
     spec = BenchSpec(accounts=accounts, seed=seed, file_format=file_format)
     world_dir = out / f"world-{accounts}-{file_format}-seed{seed}"
-    with progress.around(f"generating {accounts:,} accounts"):
-        world = generate(world_dir, spec, progress=say)
-    say(
+    progress.stage(f"generating {accounts:,} accounts")
+    world = generate(world_dir, spec, progress=progress.log)
+    progress.log(
         f"bench: world of {accounts:,} accounts: {world.rows['order_lines']:,} order lines, "
         f"{world.bytes / 2**20:,.0f} MB of {file_format} ({world.seconds:.0f} s to generate) in {world_dir}"
     )
@@ -246,11 +219,12 @@ def run_bench(
     seed: int = 7,
     peer: bool = True,
     incremental: bool = True,
-    say: Callable[[str], None] = print,
 ) -> list[BenchResult]:
+    """Every size in turn, each size's table printed when it is done."""
     results = []
-    for accounts in sizes:
-        result = run_one(accounts, out, file_format=file_format, seed=seed, peer=peer, incremental=incremental, say=say)
-        say(format_result(result))
-        results.append(result)
+    with Progress("needseg bench") as progress:
+        for accounts in sizes:
+            result = run_one(accounts, out, file_format=file_format, seed=seed, peer=peer, incremental=incremental, progress=progress)
+            progress.log(format_result(result))
+            results.append(result)
     return results
