@@ -128,6 +128,7 @@ def run_duckdb(name: str, sql: str, rows: int, threads: int | None = None) -> Me
     cpu, wall = time.process_time(), time.monotonic()
     con = duckdb.connect()
     try:
+        con.execute("set enable_progress_bar = false")
         if threads:
             con.execute(f"set threads = {threads}")
         con.execute(sql).fetchall()

@@ -491,6 +491,7 @@ def generate(
     r = _Rand(spec.seed)
     con = duckdb.connect()
     try:
+        con.execute("set enable_progress_bar = false")
         con.execute(f"set memory_limit = '{memory_limit}'")
         con.execute(f"set threads = {threads}")
         con.execute(f"set temp_directory = '{out / '.tmp'}'")
