@@ -376,6 +376,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipelines.bench.run import run_bench
+
+    out = args.out or (_settings(args).data_dir / "bench")
+    sizes = args.accounts or [10_000, 100_000, 1_000_000]
+    print(f"needseg bench: {', '.join(f'{n:,}' for n in sizes)} accounts; worlds and runs in {out}", flush=True)
+    run_bench(
+        sizes,
+        out,
+        file_format=args.format,
+        seed=args.seed,
+        peer=not args.no_peer,
+        incremental=not args.no_incremental,
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo.runner import run_demo, summary_lines
     from pipelines.demo.world import WorldSpec
@@ -707,6 +724,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="one full cycle: ingest, features, segment, drift, serving models, publish, alerts")
     _common(p, landing=True)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "bench",
+        help="scale benchmark: generate worlds, run a full and an incremental cycle, print figures against DuckDB and pandas",
+    )
+    _common(p, as_of=False)
+    p.add_argument("--accounts", type=int, action="append", help="world size; repeat for several (default: 10000, 100000 and 1000000)")
+    p.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format of the generated landing files")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", type=Path, help="folder for the worlds and runs (default: <data-dir>/bench); a world is reused")
+    p.add_argument("--no-peer", action="store_true", help="skip the pandas + scikit-learn peer (it holds every line in memory)")
+    p.add_argument("--no-incremental", action="store_true", help="run the full cycle only")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="generate a world and run the DAGs in Airflow over monthly cycles")
     _common(p, as_of=False)

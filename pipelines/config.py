@@ -98,7 +98,9 @@ class AlertsConfig(_Section):
 
 
 class PublishConfig(_Section):
-    pass
+    # Parquet export sets kept on disk: the current one and those before it, for readers
+    # still busy with an older set.
+    keep_export_versions: Annotated[int, Field(ge=1)] = 3
 
 
 class NeedsegConfig(_Section):

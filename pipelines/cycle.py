@@ -233,10 +233,11 @@ def drift_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, An
 
 def publish_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or load_settings()
+    config = load_config(settings.config_path)
     detail: dict[str, Any] = {}
     with _timed(settings, as_of, "publish", detail):
         with open_warehouse(settings.warehouse_path) as con:
-            result = publish(settings, con, as_of)
+            result = publish(settings, con, as_of, keep_export_versions=int(config["publish"]["keep_export_versions"]))
         detail.update(summary=result.summary(), serving_path=result.serving_path, tables=result.tables, run_id=result.run_id)
         if not result.skipped:
             detail["report"] = write_report(settings).path
