@@ -1,7 +1,7 @@
 """Backtest needseg's churn probability on the real UCI Online Retail data against recency,
 BG/NBD and a plain gradient-boosting peer; prints precision@100 and AUC per monthly cutoff.
 
-    uv run python benchmarks/backtest_online_retail.py [--data PATH] [--out DIR] [--top N] [--churn-only]
+    .venv/bin/python benchmarks/backtest_online_retail.py [--data PATH] [--out DIR] [--top N] [--churn-only]
 
 Needs ../shared/data/uci_online_retail/online_retail.parquet (or NEEDSEG_SHARED_DATA, or --data).
 """
@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from pipelines.backtest import backtest, churn_only
+from pipelines.progress import Progress
 from pipelines.settings import public_data_dir
 
 DEFAULT = public_data_dir() / "uci_online_retail" / "online_retail.parquet"
@@ -35,7 +36,9 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="needseg-backtest-") as tmp:
         out = args.out or Path(tmp)
-        result = (churn_only if args.churn_only else backtest)(args.data, out, top_n=args.top)
+        with Progress("backtest") as progress:
+            progress.stage("scoring the churn step at every cutoff" if args.churn_only else "replaying 2011 month by month")
+            result = (churn_only if args.churn_only else backtest)(args.data, out, top_n=args.top, say=progress.log)
         print("\n".join(result.lines(args.top)))
     return 0
 
