@@ -380,7 +380,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     spec = WorldSpec(seed=args.seed, customers=args.customers, prospects=args.prospects)
-    print(f"needseg demo: a synthetic B2B company, {args.cycles} monthly cycles run by Airflow; data in {settings.data_dir}")
+    print(f"needseg demo: a synthetic B2B company, {args.cycles} monthly cycles run by Airflow's scheduler; data in {settings.data_dir}")
     run_demo(settings, spec, args.cycles)
     for line in summary_lines(settings):
         print(line)

@@ -111,6 +111,9 @@ class LocalAirflow:
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
+            errors = import_errors(since)
+            if errors:
+                raise NeedsegError("DAG import errors:\n" + "\n".join(f"- {f}: {e.strip().splitlines()[-1]}" for f, e in errors.items()))
             missing = unparsed_dags(dag_ids, since)
             api = _healthy(self.port)
             if api and not missing:
@@ -130,6 +133,17 @@ def local_airflow(log_path: Path) -> Iterator[LocalAirflow]:
         yield airflow
     finally:
         airflow.stop()
+
+
+def import_errors(since: dt.datetime) -> dict[str, str]:
+    """DAG files the DAG processor could not import since a moment, with the error."""
+    from airflow.models.errors import ParseImportError
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(select(ParseImportError).where(ParseImportError.timestamp >= since))
+        return {row.filename: row.stacktrace or "" for row in rows}
 
 
 def unparsed_dags(dag_ids: tuple[str, ...], since: dt.datetime) -> list[str]:
