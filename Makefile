@@ -8,14 +8,15 @@ UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --locked --no-sync
 
-.PHONY: help install browser demo test airflow lint clean
+.PHONY: help install browser demo test test-fast airflow lint clean
 
 help:
 	@echo "make demo     install, then run the demo: a synthetic company through Airflow, monthly cycles"
 	@echo "make test     install, then run the whole test suite"
+	@echo "make test-fast  install, then the everyday tier (no whole cycles, Airflow or evaluation; about 3 min)"
 	@echo "make airflow  install, then start Airflow locally with needseg's DAGs (Ctrl-C stops it)"
 	@echo "make browser  install Debian's chromium for the report's browser test (as root, when missing)"
-	@echo "make lint     ruff"
+	@echo "make lint     ruff: lint rules, complexity <= 15, formatting"
 	@echo "make clean    remove generated data and the local Airflow home"
 
 # uv itself, into a project-local folder, when the machine has none.
@@ -48,11 +49,17 @@ TEST_WORKERS ?= auto
 test: install browser
 	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
+test-fast: install
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
+
 airflow: install
 	$(RUN) needseg airflow
 
+LINTED := pipelines dags tests benchmarks
+
 lint: install
-	$(RUN) ruff check pipelines dags tests
+	$(RUN) ruff check $(LINTED)
+	$(RUN) ruff format --check $(LINTED)
 
 clean:
 	rm -rf data .airflow dbt_project/target dbt_project/logs

@@ -40,6 +40,8 @@ Files that load are loaded either way. With several of 3-6 the lowest is returne
 report lists every file."""
 
 INGEST_COMMANDS = ("ingest", "validate", "run")
+# Commands that write to the data directory: one at a time (pipelines.cycle.data_dir_lock).
+WRITER_COMMANDS = ("ingest", "build", "segment", "drift", "publish", "run")
 # Commands whose --as-of picks an existing segmentation run (default: the latest one).
 READS_A_RUN = ("alerts", "dbt-docs")
 
@@ -399,7 +401,9 @@ def cmd_query(args: argparse.Namespace) -> int:
         if relation is None:
             return 0
         if args.csv:
-            relation.df().to_csv(sys.stdout, index=False)
+            from pipelines.csv_output import write_csv
+
+            write_csv(relation.df(), sys.stdout)
         else:
             relation.show(max_width=args.width, max_rows=args.limit)
     except duckdb.Error as exc:
@@ -493,6 +497,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             for file, status, message in waiting:
                 print(f"  {'refused' if status == 'rejected' else status:>8}  {file}: {message}")
             print()
+        print("\n".join(_late_account_lines(con)))
         print("quarantine by reason (the rows themselves: needseg quarantine):")
         con.sql(
             "select table_name, split_part(reason, ':', 1) as reason, count(*) as rows from meta.quarantine group by all order by rows desc limit 20"
@@ -509,6 +514,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         except Exception:  # noqa: BLE001 - no segmentation yet
             print("  none yet")
     return 0
+
+
+def _late_account_lines(con) -> list[str]:
+    """Rows waiting in quarantine for their account, and rows replayed once it arrived."""
+    import duckdb
+
+    try:
+        replays, replayed = con.execute("select count(*), coalesce(sum(rows), 0) from meta.replayed").fetchall()[0]
+    except duckdb.CatalogException:  # a warehouse from before replays
+        replays, replayed = 0, 0
+    waiting = con.execute("select count(*) from meta.quarantine where starts_with(reason, 'unknown account')").fetchall()[0][0]
+    return [
+        f"rows replayed from quarantine once their account arrived: {replayed} (in {replays} batch replay(s))",
+        f"rows in quarantine for an unknown account (replayed automatically when it arrives): {waiting}",
+        "",
+    ]
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
@@ -531,7 +552,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             full=args.csv,
         )
     if args.csv:
-        frame.to_csv(sys.stdout, index=False)
+        from pipelines.csv_output import write_csv
+
+        write_csv(frame, sys.stdout)
         return 0
     if not frame.empty:
         import pandas as pd
@@ -744,11 +767,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_airflow)
 
     for name, command in sub.choices.items():
+        if name in WRITER_COMMANDS:
+            command.add_argument(
+                "--wait", action="store_true", help="if another needseg command is writing to the data directory, wait for it"
+            )
         if command.epilog is None:
             codes = INGEST_EXIT_CODES if name in INGEST_COMMANDS else EXIT_CODES
             command.epilog = f"{AS_OF_RULE}\n\n{codes}" if any(a.dest == "as_of" for a in command._actions) else codes
             command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
+
+
+def _writer_lock(args: argparse.Namespace, argv: list[str]):
+    """The data directory's writer lock for commands that write; nothing for the others."""
+    import contextlib
+
+    if args.command not in WRITER_COMMANDS:
+        return contextlib.nullcontext()
+    from pipelines.cycle import data_dir_lock
+
+    command = " ".join(["needseg", *argv])
+    return data_dir_lock(_settings(args).data_dir, command, wait=args.wait)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -759,7 +798,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         logging.getLogger("needseg").setLevel(logging.INFO)
     try:
-        return args.func(args)
+        with _writer_lock(args, sys.argv[1:] if argv is None else argv):
+            return args.func(args)
     except NeedsegError as exc:
         print(f"needseg {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -50,6 +50,22 @@ SLOWEST_FIRST = (
     "test_online_retail.py",
     "test_deployment.py",
 )
+# The end-to-end tier: whole pipeline cycles, Airflow, the evaluation world. `make test` runs
+# everything; `make test-fast` (pytest -m "not slow") leaves these out for everyday runs.
+SLOW_TIER = {
+    "test_evaluation.py",
+    "test_production_airflow.py",
+    "test_e2e_airflow.py",
+    "test_cycle.py",
+    "test_taxonomy.py",
+    "test_taxonomy_change.py",
+    "test_key_accounts.py",
+    "test_explain.py",
+    "test_backtest.py",
+    "test_dag_ingest_gate.py",
+    "test_report_browser.py",
+    "test_commands_as_written.py",
+}
 # Files that share a session fixture (cycled_small_world) run on one worker, so it is built once.
 SAME_WORKER_AS = {
     name: "test_cycle.py"
@@ -67,6 +83,9 @@ SAME_WORKER_AS = {
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    for item in items:
+        if item.path.name in SLOW_TIER:
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order
 
 

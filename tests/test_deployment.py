@@ -1,5 +1,5 @@
 """The production deployment (docker-compose.yml, deploy/Dockerfile) without a Docker
-engine: the compose file holds every component DESIGN.md lists, gives every Airflow
+engine: the compose file holds every component docs/design.md lists, gives every Airflow
 component the settings the production-path test runs with on this machine's own
 PostgreSQL and Redis, keeps secrets out of the repository, and starts only commands that
 this Airflow really has, logs everyone in (FAB auth manager, admin from secrets), checks

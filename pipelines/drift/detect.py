@@ -1,6 +1,6 @@
 """Drift per account and run: migrations, early warnings, and the churn-risk score.
 
-(DESIGN.md, "Drift".) After each segmentation run:
+(docs/design.md, "Drift".) After each segmentation run:
 
 1. **Migration**: the account's segment differs from the previous run's (segment ids are
    aligned across runs, so a changed id is a real move). A migration is *confirmed* when
