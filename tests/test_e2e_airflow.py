@@ -16,6 +16,10 @@ from pipelines.segmentation.taxonomy import load_taxonomy
 from pipelines.settings import load_settings
 from tests.conftest import SMALL_WORLD
 
+# Two monthly cycles through Airflow's real scheduler: about 8 min on 2 quiet cores, more
+# than the suite's default 15 min limit when the machine is shared.
+pytestmark = pytest.mark.timeout(3600)
+
 
 @pytest.fixture(scope="module")
 def airflow_runs(small_world, session_dir):
