@@ -16,8 +16,8 @@ from pipelines.segmentation.taxonomy import load_taxonomy
 from pipelines.settings import load_settings
 from tests.conftest import SMALL_WORLD
 
-# Two monthly cycles through Airflow's real scheduler: about 8 min on 2 quiet cores, more
-# than the suite's default 15 min limit when the machine is shared.
+# Two monthly cycles through Airflow's real scheduler took more than the suite's default
+# 15 min limit on 2 cores shared with other work (load average about 20).
 pytestmark = pytest.mark.timeout(3600)
 
 
