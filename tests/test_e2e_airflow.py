@@ -58,7 +58,7 @@ def _runs(since: dt.datetime) -> list[tuple]:
 
     with create_session() as session:
         return [
-            (r.dag_id, str(r.run_type.value), r.logical_date, r.start_date, r.end_date)
+            (r.dag_id, str(getattr(r.run_type, "value", r.run_type)), r.logical_date, r.start_date, r.end_date)
             for r in session.query(DagRun).filter(DagRun.queued_at >= since).order_by(DagRun.id)
         ]
 
