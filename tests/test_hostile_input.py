@@ -196,6 +196,8 @@ def test_a_workbook_with_data_on_two_sheets_is_refused_naming_them_unless_the_ma
     landing.mapping("crm.yaml", "source: crm\ntables:\n  order_lines:\n    sheet: Returns\n")
     report = landing.ingest()
     assert landing.raw("order_lines", "order_id, quantity") == [("R1", -1.0)], report
+    # The sheet the mapping does not name is not ignored without a word.
+    assert "sheet(s) 'Orders' not read: the mapping reads sheet 'Returns'" in landing.batch("crm/order_lines/june.xlsx")["message"]
 
 
 # --- late accounts ----------------------------------------------------------------------------

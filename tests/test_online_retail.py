@@ -35,8 +35,6 @@ AS_OF = dt.date(2011, 12, 9)  # the day of the last invoice: nothing is dated af
 ROWS = 541_909
 WITHOUT_CUSTOMER = 135_080
 CUSTOMERS = 4_372
-# A generous bound: the load takes about 12 s on a 2-core machine (benchmarks/ingest_online_retail.py).
-MAX_SECONDS = 90
 
 
 @dataclass
@@ -75,7 +73,6 @@ def loaded(tmp_path_factory) -> Loaded:
 
 def test_every_line_is_read_and_ends_in_raw_or_quarantine(loaded):
     report = loaded.report
-    assert report.seconds < MAX_SECONDS, f"loading {ROWS} lines took {report.seconds:.0f} s: {report.stage_seconds}"
     outcome = {f.table: f for f in report.files}
     lines, accounts = outcome["order_lines"], outcome["accounts"]
     assert (lines.status, lines.rows_read, lines.rows_loaded, lines.rows_quarantined) == (

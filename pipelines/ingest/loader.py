@@ -1,5 +1,13 @@
 """Load new landing files into the raw tables: read, map, type, gate, quarantine, count.
 
+This module runs an ingest; each step has its own module:
+- `discover`: every file below the landing folder and its table (never leaving the folder);
+- `readers` and `parse`: a file to text columns, then mapped and typed in a DuckDB sandbox;
+- the gate (`pipelines.quality.gate`, called by `_validate` here): great_expectations suites;
+- `write`: one batch per transaction - raw, quarantine, meta.batches;
+- `replay`: quarantined rows whose account has arrived, loaded after the run's files;
+- `report`: what happened to every file, and the error (exit code) the run ends with.
+
 Rules kept here (docs/design.md, "Storage and concurrency"):
 - every file below the landing folder is accounted for in the run's report: loaded, skipped
   (already loaded), refused, held back, changed after loading, or not loadable with the reason

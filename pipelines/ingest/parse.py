@@ -124,6 +124,7 @@ class ParsedBatch:
     rows_filtered: int = 0  # rows the mapping's `where:` left out (not counted as read)
     # Bad values of optional columns the mapping's `bad_values` policy set to null (the row loads).
     nulled: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the reader's notes (e.g. sheets not read)
 
 
 def _quote(name: str) -> str:
@@ -356,6 +357,7 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
         header_only=header_only,
         rows_filtered=filtered,
         nulled=nulled,
+        notes=list(raw.notes),
     )
 
 

@@ -84,6 +84,7 @@ class RawFrame:
     # Header names that appeared more than once: name -> the names its later copies got.
     duplicate_columns: dict[str, list[str]] = field(default_factory=dict)
     delimiter: str | None = None  # CSV: the field separator used
+    notes: list[str] = field(default_factory=list)  # what a user should know (sheets not read)
 
     @property
     def rows_read(self) -> int:
@@ -598,6 +599,7 @@ def read_xlsx(path: Path, options: ReadOptions) -> RawFrame:
         raise BatchRejected(path, f"not a readable .xlsx workbook: {exc}", expectation="file_format") from None
     try:
         sheet = _choose_sheet(book, options, path)
+        others = [ws.title for ws in book.worksheets if ws.title != sheet.title and _has_data(ws)]
         rows_iter = sheet.iter_rows(values_only=True)
         header = named = None
         duplicates: dict[str, list[str]] = {}
@@ -623,8 +625,10 @@ def read_xlsx(path: Path, options: ReadOptions) -> RawFrame:
     frame = pd.DataFrame(records, columns=header, dtype=object)
     frame = _drop_empty_unnamed(frame, header, named)
     frame["_line"] = pd.Series(lines, dtype="int64")
+    # Other sheets with data are not read (the mapping names this one), and the batch says so.
+    notes = [f"sheet(s) {', '.join(map(repr, others))} not read: the mapping reads sheet {sheet.title!r}"] if others else []
     # No rows after the header is an empty extract, not a broken file: 0 rows read.
-    return RawFrame(frame, [], None, duplicates)
+    return RawFrame(frame, [], None, duplicates, notes=notes)
 
 
 def _has_data(sheet) -> bool:

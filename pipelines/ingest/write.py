@@ -244,7 +244,7 @@ def _notes(batch: ParsedBatch, mapping: TableMapping) -> list[str]:
         )
     if batch.extra_columns:
         notes.append("extra column(s) not in the contract, not loaded: " + ", ".join(batch.extra_columns))
-    return notes
+    return notes + batch.notes
 
 
 def resolve_duplicates(problems: list[Problem], frame: pd.DataFrame, table) -> list[Problem]:
