@@ -304,7 +304,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for line in report.lines():
         print(line)
     out = settings.data_dir / "evaluation.json"
-    out.write_text(json.dumps(report.as_dict(), indent=1, default=str))
+    write_file_atomically(out, json.dumps(report.as_dict(), indent=1, default=str))
     print(f"\nfigures as JSON: {out}")
     return 0
 
