@@ -291,6 +291,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.evaluate import evaluate
+    from pipelines.files import write_file_atomically
     from pipelines.progress import Progress
 
     settings = _settings(args)
