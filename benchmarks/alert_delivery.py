@@ -3,7 +3,7 @@ and a Slack-compatible webhook): compose and send one run's digests, re-run the 
 (nothing new), an outage then recovery (every digest once), and an idle pending-only pass
 (what the alerts DAG's timer does every 15 minutes).
 
-    uv run python benchmarks/alert_delivery.py [--alerts 1000] [--owners 200]
+    .venv/bin/python benchmarks/alert_delivery.py [--alerts 1000] [--owners 200]
 """
 
 from __future__ import annotations

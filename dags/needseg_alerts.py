@@ -20,9 +20,9 @@ delivers when the channel is back, not next month. Digests that used all their a
 are reported to the data team (`needseg alerts --retry-failed` requeues them).
 """
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag
 
-from pipelines import airflow_support as af
+from pipelines.airflow import support as af
 from pipelines import cycle
 
 ASSETS = af.assets()
@@ -30,7 +30,7 @@ ASSETS = af.assets()
 
 @dag(**af.dag_arguments("needseg_alerts", af.alerts_schedule(ASSETS["segments"]), __doc__, ["alerts"]))
 def needseg_alerts():
-    @task(pool=af.WAREHOUSE_POOL, inlets=[ASSETS["segments"]])
+    @af.step(pool=af.WAREHOUSE_POOL, inlets=[ASSETS["segments"]])
     def deliver_churn_risk_alerts(**context):
         """A segmentation run's digests (asset event or as_of given), else only what is pending and due."""
         as_of = af.given_as_of(context)

@@ -8,21 +8,21 @@ whenever ingestion has loaded new data, as of the ingest run's date.
 **Schedule**: on the `needseg_raw` asset. **Produces**: `needseg_customer_features`.
 """
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag
 
-from pipelines import airflow_support as af
+from pipelines.airflow import support as af
 
 ASSETS = af.assets()
 
 
 @dag(**af.dag_arguments("needseg_features", [ASSETS["raw"]], __doc__, ["dbt", "features"]))
 def needseg_features():
-    @task
+    @af.step()
     def resolve_as_of(**context):
         """The date these features describe."""
         return af.resolve_as_of(context).isoformat()
 
-    @task(outlets=[ASSETS["features"]])
+    @af.step(outlets=[ASSETS["features"]])
     def features_ready(as_of: str, *, outlet_events=None):
         """Announce the new features to whoever consumes them."""
         outlet_events[ASSETS["features"]].extra = {"as_of": as_of}

@@ -24,9 +24,9 @@ Files already loaded are skipped by checksum. Every row read ends up in raw or q
 with the run's as-of date, which triggers `needseg_features`.
 """
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag
 
-from pipelines import airflow_support as af
+from pipelines.airflow import support as af
 from pipelines import cycle
 
 ASSETS = af.assets()
@@ -34,11 +34,11 @@ ASSETS = af.assets()
 
 @dag(**af.dag_arguments("needseg_ingest", af.schedule("NEEDSEG_INGEST_SCHEDULE", "@daily"), __doc__, ["ingest"], af.accept_changed_param()))
 def needseg_ingest():
-    @task(pool=af.WAREHOUSE_POOL, outlets=[ASSETS["raw"]])
+    @af.step(pool=af.WAREHOUSE_POOL, outlets=[ASSETS["raw"]])
     def ingest_landing_files(*, outlet_events=None, **context):
         """Read, map, type and gate every new landing file; load the good rows to raw."""
         as_of = af.resolve_as_of(context)
-        summary = af.run_step(cycle.ingest_step, as_of, accept_changed=af.flag(context, "accept_changed"))
+        summary = cycle.ingest_step(as_of, accept_changed=af.flag(context, "accept_changed"))
         outlet_events[ASSETS["raw"]].extra = {"as_of": as_of.isoformat(), "rows_loaded": summary["rows_loaded"]}
         return summary
 

@@ -3,8 +3,9 @@
 
 Re-assigns every customer's needs segment as of the run's date and publishes the result:
 
-1. **features** — `customer_features` built with dbt for this run's date (the features
-   DAG keeps them fresh daily; segmentation needs them as of its own date);
+1. **features** — `customer_features` built with dbt for this run's date, as one task (the
+   features DAG, triggered by every ingest, shows the same models one task each;
+   segmentation needs them as of its own date);
 2. **segment** — cluster surveyed accounts on their needs (k chosen from the data within
    the taxonomy's bounds, with the evidence stored in `segment_runs`), align the segments
    to the previous run's so names stay put, infer everyone else from behaviour, predict
@@ -20,9 +21,9 @@ ingestion. **Uses**: `needseg_customer_features`. **Produces**: `needseg_segment
 triggers `needseg_alerts`.
 """
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag
 
-from pipelines import airflow_support as af
+from pipelines.airflow import support as af
 from pipelines import cycle
 
 ASSETS = af.assets()
@@ -30,22 +31,22 @@ ASSETS = af.assets()
 
 @dag(**af.dag_arguments("needseg_segmentation", af.schedule("NEEDSEG_SEGMENTATION_SCHEDULE", "0 3 1 * *"), __doc__, ["segmentation"]))
 def needseg_segmentation():
-    @task
+    @af.step()
     def resolve_as_of(**context):
         """The date this segmentation describes."""
         return af.resolve_as_of(context).isoformat()
 
-    @task(pool=af.WAREHOUSE_POOL, inlets=[ASSETS["features"]])
+    @af.step(pool=af.WAREHOUSE_POOL, inlets=[ASSETS["features"]])
     def segment_customers(as_of: str):
         """Fit or assign segments, align identities, infer, explain; store the run."""
         return cycle.segment_step(cycle.parse_date(as_of))
 
-    @task(pool=af.WAREHOUSE_POOL)
+    @af.step(pool=af.WAREHOUSE_POOL)
     def detect_drift(as_of: str):
         """Migrations, early warnings, population changes, churn-risk alerts."""
         return cycle.drift_step(cycle.parse_date(as_of))
 
-    @task(pool=af.WAREHOUSE_POOL, outlets=[ASSETS["segments"]])
+    @af.step(pool=af.WAREHOUSE_POOL, outlets=[ASSETS["segments"]])
     def publish_serving_database(as_of: str, *, outlet_events=None):
         """Swap in the new serving database and Parquet exports."""
         summary = cycle.publish_step(cycle.parse_date(as_of))
@@ -53,7 +54,7 @@ def needseg_segmentation():
         return summary
 
     as_of = resolve_as_of()
-    features = af.dbt_task_group("build_features", "tag:features")
+    features = af.dbt_build_task("build_features", "tag:features")
     serving = af.dbt_build_task("build_serving_models", "tag:serving")
     segmented = segment_customers(as_of)
     drifted = detect_drift(as_of)

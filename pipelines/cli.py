@@ -40,6 +40,30 @@ Files that load are loaded either way. With several of 3-6 the lowest is returne
 report lists every file."""
 
 INGEST_COMMANDS = ("ingest", "validate", "run")
+# Commands that write to the data directory: one at a time (pipelines.cycle.data_dir_lock).
+WRITER_COMMANDS = ("ingest", "build", "segment", "drift", "publish", "run")
+# Commands whose --as-of picks an existing segmentation run (default: the latest one).
+READS_A_RUN = ("alerts", "dbt-docs")
+
+AS_OF_RULE = """dates: --as-of is the day a run describes (YYYY-MM-DD). Commands that make a run
+(ingest, validate, build, segment, drift, publish, run) default to yesterday (UTC), the last
+complete day, as Airflow's scheduled runs do; commands that read one (alerts, dbt-docs)
+default to the latest segmentation run."""
+
+
+def yesterday() -> dt.date:
+    """The default as-of of a command that makes a run: the last complete day (UTC)."""
+    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("needseg")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _date(text: str) -> dt.date:
@@ -58,15 +82,37 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _common(parser: argparse.ArgumentParser, as_of: bool = True, landing: bool = False) -> None:
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Options every command takes, before or after its name. On the subcommands their
+    default is SUPPRESS, so a value given before the command name is not reset."""
+    default = {"default": argparse.SUPPRESS} if suppress else {}
     parser.add_argument(
-        "--data-dir", type=Path, help="folder for the warehouse, serving database and exports (default: $NEEDSEG_DATA_DIR or ./data)"
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log what each step does (INFO level)",
+        **({"default": argparse.SUPPRESS} if suppress else {"default": False}),
     )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder for the warehouse, serving database, exports and report (default: $NEEDSEG_DATA_DIR or ./data)",
+        **default,
+    )
+
+
+def _common(parser: argparse.ArgumentParser, as_of: bool = True, landing: bool = False) -> None:
+    _global_options(parser, suppress=True)
     if landing:
         parser.add_argument("--landing", type=Path, help="landing folder (default: <data-dir>/landing or $NEEDSEG_LANDING_DIR)")
         parser.add_argument("--mappings", type=Path, help="folder of source mappings (default: config/sources or $NEEDSEG_MAPPINGS_DIR)")
     if as_of:
-        parser.add_argument("--as-of", type=_date, default=dt.date.today(), help="the date the run describes (default: today)")
+        parser.add_argument(
+            "--as-of",
+            type=_date,
+            default=None,
+            help="the day the run describes, YYYY-MM-DD (default: yesterday, UTC: the last complete day)",
+        )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -104,13 +150,16 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from pipelines.ingest.loader import IngestIncomplete, ingest
+    from pipelines.progress import Progress
     from pipelines.warehouse import open_scratch_copy, open_warehouse
 
     settings = _settings(args)
     dry_run = getattr(args, "dry_run", False)
     # A dry run checks against a scratch copy: the working warehouse is only read.
     opened = open_scratch_copy(settings.warehouse_path) if dry_run else open_warehouse(settings.warehouse_path)
-    with opened as con:
+
+    with opened as con, Progress(f"needseg {'validate' if dry_run else 'ingest'}") as progress:
+        progress.stage(f"reading, checking and {'validating' if dry_run else 'loading'} the files in {settings.landing_dir}")
         try:
             report = ingest(
                 settings,
@@ -247,11 +296,15 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.evaluate import evaluate
+    from pipelines.progress import Progress
 
     settings = _settings(args)
-    if args.data_dir is None:
+    if getattr(args, "data_dir", None) is None:
         settings = settings.with_overrides(data_dir=settings.data_dir / ("evaluate-no-surveys" if args.no_surveys else "evaluate"))
-    report = evaluate(settings, args.world, args.first_month, surveys=not args.no_surveys)
+
+    with Progress("needseg evaluate") as progress:
+        progress.stage("replaying the world's months through the pipeline")
+        report = evaluate(settings, args.world, args.first_month, say=progress.log, surveys=not args.no_surveys)
     print()
     for line in report.lines():
         print(line)
@@ -302,22 +355,46 @@ def cmd_dbt_docs(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipelines import cycle
+    from pipelines.ingest.loader import IngestIncomplete
+    from pipelines.progress import Progress
 
     settings = _settings(args)
     print(f"needseg cycle as of {args.as_of}: landing {settings.landing_dir}, warehouse {settings.warehouse_path}")
+    stages = list(cycle.STAGES)
+    with Progress("needseg run") as progress:
+        progress.stage(stages[0], total=len(stages), unit="stages")
 
-    def show(stage: str, detail: dict) -> None:
-        text = detail.get("summary") or (f"dbt build {detail.get('select')}, {detail.get('nodes')} nodes" if "select" in detail else "")
-        print(f"  {stage:<9} {detail['seconds']:6.1f} s  {text}")
+        def show(stage: str, detail: dict) -> None:
+            text = detail.get("summary") or (f"dbt build {detail.get('select')}, {detail.get('nodes')} nodes" if "select" in detail else "")
+            progress.log(f"  {stage:<9} {detail['seconds']:6.1f} s  {text}")
+            done = stages.index(stage) + 1
+            if done < len(stages):
+                progress.stage(stages[done], total=len(stages), unit="stages")
+                progress.update(done=done)
 
-    from pipelines.ingest.loader import IngestIncomplete
-
-    try:
-        report = cycle.run_cycle(args.as_of, settings, on_stage=show)
-    except IngestIncomplete as incomplete:
-        _print_report(incomplete.report, quality_dir=settings.quality_dir)
-        raise
+        try:
+            report = cycle.run_cycle(args.as_of, settings, on_stage=show)
+        except IngestIncomplete as incomplete:
+            _print_report(incomplete.report, quality_dir=settings.quality_dir)
+            raise
     print(f"done in {report.seconds:.1f} s; serving database: {settings.serving_path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipelines.bench.run import run_bench
+
+    out = args.out or (_settings(args).data_dir / "bench")
+    sizes = args.accounts or [10_000, 100_000, 1_000_000]
+    print(f"needseg bench: {', '.join(f'{n:,}' for n in sizes)} accounts; worlds and runs in {out}", flush=True)
+    run_bench(
+        sizes,
+        out,
+        file_format=args.format,
+        seed=args.seed,
+        peer=not args.no_peer,
+        incremental=not args.no_incremental,
+    )
     return 0
 
 
@@ -346,7 +423,9 @@ def cmd_query(args: argparse.Namespace) -> int:
         if relation is None:
             return 0
         if args.csv:
-            relation.df().to_csv(sys.stdout, index=False)
+            from pipelines.csv_output import write_csv
+
+            write_csv(relation.df(), sys.stdout)
         else:
             relation.show(max_width=args.width, max_rows=args.limit)
     except duckdb.Error as exc:
@@ -356,14 +435,78 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publication(settings: Settings) -> tuple[list[str], dt.datetime | None]:
+    """What analysts see now: the published run, when, and its verdict when recorded."""
+    from pipelines.warehouse import connect
+
+    if not settings.serving_path.exists():
+        return [f"published: nothing yet ({settings.serving_path} does not exist: needseg run, or make demo)"], None
+    with connect(settings.serving_path, read_only=True) as con:
+        run_id, as_of, published_at = con.execute("select run_id, as_of, published_at from publication").fetchone()
+        columns = {c for (c,) in con.execute("select column_name from duckdb_columns() where table_name = 'segment_runs'").fetchall()}
+        verdict = None
+        if "verdict" in columns:
+            verdict = con.execute("select verdict from segment_runs where run_id = ?", [run_id]).fetchone()
+    lines = [f"published: run {run_id} as of {as_of}, published {published_at:%Y-%m-%d %H:%M} UTC ({settings.serving_path})"]
+    if verdict is not None and verdict[0] is not None:
+        lines.append(f"  verdict of that run: {verdict[0]}")
+    return lines, published_at
+
+
+def _since_publish(con, published_at: dt.datetime | None) -> str:
+    since = published_at or dt.datetime(1970, 1, 1)
+    batches, loaded, quarantined = con.execute(
+        "select count(*), coalesce(sum(rows_loaded), 0), coalesce(sum(rows_quarantined), 0) from meta.batches where loaded_at > ?",
+        [since],
+    ).fetchall()[0]
+    when = "since that publish" if published_at else "so far"
+    return f"loaded {when}: {batches} batch(es), {loaded:,} rows to raw, {quarantined:,} rows quarantined"
+
+
+def _channels() -> list[str]:
+    from pipelines.alerts.channels import configured_senders
+
+    senders = configured_senders(use_airflow_connections=False)
+    lines = ["alert channels: the alerts.outbox table (always)"]
+    for channel, how in (
+        ("email", "NEEDSEG_SMTP_HOST or the Airflow connection needseg_smtp"),
+        ("webhook", "NEEDSEG_ALERT_WEBHOOK_URL or needseg_alert_webhook"),
+    ):
+        sender = senders.get(channel)
+        lines.append(
+            f"  {channel:<8} {sender.describe() if sender else f'not configured here ({how}; connections are read inside Airflow)'}"
+        )
+    return lines
+
+
+def _dag_runs() -> list[str]:
+    from pipelines.airflow.history import latest_runs
+
+    runs, where = latest_runs()
+    if not runs:
+        return [where if "not reachable" in where else f"DAG runs: none yet in {where}"]
+    return [f"latest DAG runs ({where}):", *(f"  {run.line()}" for run in runs)]
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    from pipelines.alerts.outbox import outbox_overview
     from pipelines.warehouse import open_warehouse
 
     settings = _settings(args)
     if not settings.warehouse_path.exists():
         raise NeedsegError(f"no warehouse at {settings.warehouse_path} yet: run needseg ingest or needseg run")
+    published, published_at = _publication(settings)
+    for line in published:
+        print(line)
     with open_warehouse(settings.warehouse_path, read_only=True) as con:
-        print("batches by table and status:")
+        summary = con.cursor()  # its own cursor: a half-read result must not block the tables below
+        try:
+            print(_since_publish(summary, published_at))
+            for line in [*_channels(), *outbox_overview(summary), *_dag_runs()]:
+                print(line)
+        finally:
+            summary.close()
+        print("\nbatches by table and status:")
         con.sql(
             "select table_name, status, count(*) as batches, sum(rows_read) as rows_read, sum(rows_loaded) as rows_loaded, "
             "sum(rows_quarantined) as rows_quarantined from meta.batches group by all order by all"
@@ -376,6 +519,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             for file, status, message in waiting:
                 print(f"  {'refused' if status == 'rejected' else status:>8}  {file}: {message}")
             print()
+        print("\n".join(_late_account_lines(con)))
         print("quarantine by reason (the rows themselves: needseg quarantine):")
         con.sql(
             "select table_name, split_part(reason, ':', 1) as reason, count(*) as rows from meta.quarantine group by all order by rows desc limit 20"
@@ -391,10 +535,23 @@ def cmd_status(args: argparse.Namespace) -> int:
             ).show()
         except Exception:  # noqa: BLE001 - no segmentation yet
             print("  none yet")
-        from pipelines.alerts.outbox import outbox_overview
-
-        print("\n".join(outbox_overview(con)))
     return 0
+
+
+def _late_account_lines(con) -> list[str]:
+    """Rows waiting in quarantine for their account, and rows replayed once it arrived."""
+    import duckdb
+
+    try:
+        replays, replayed = con.execute("select count(*), coalesce(sum(rows), 0) from meta.replayed").fetchall()[0]
+    except duckdb.CatalogException:  # a warehouse from before replays
+        replays, replayed = 0, 0
+    waiting = con.execute("select count(*) from meta.quarantine where starts_with(reason, 'unknown account')").fetchall()[0][0]
+    return [
+        f"rows replayed from quarantine once their account arrived: {replayed} (in {replays} batch replay(s))",
+        f"rows in quarantine for an unknown account (replayed automatically when it arrives): {waiting}",
+        "",
+    ]
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
@@ -417,7 +574,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             full=args.csv,
         )
     if args.csv:
-        frame.to_csv(sys.stdout, index=False)
+        from pipelines.csv_output import write_csv
+
+        write_csv(frame, sys.stdout)
         return 0
     if not frame.empty:
         import pandas as pd
@@ -449,7 +608,7 @@ def cmd_dbt_manifest(args: argparse.Namespace) -> int:
 
 
 def cmd_airflow(args: argparse.Namespace) -> int:
-    from pipelines.airflow_local import serve
+    from pipelines.airflow.local import serve
 
     return serve(port=args.port)
 
@@ -458,20 +617,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="needseg",
         description="B2B needs-based customer segmentation as a scheduled batch pipeline.",
-        epilog=INGEST_EXIT_CODES,
+        epilog=f"{AS_OF_RULE}\n\n{INGEST_EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
+    parser.add_argument("--version", action="version", version=f"needseg {version()}", help="print needseg's version and exit")
+    _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     p = sub.add_parser("generate", help="generate the demo world (monthly CRM and survey extracts + ground truth)")
     _common(p, as_of=False)
     p.add_argument("--out", type=Path, help="folder to write the world to (default: <data-dir>/world)")
-    p.add_argument("--customers", type=int, default=1500)
-    p.add_argument("--prospects", type=int, default=150)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--start-month", default="2024-01")
-    p.add_argument("--end-month", default="2026-10")
+    p.add_argument("--customers", type=int, default=1500, help="customers to generate (default 1500)")
+    p.add_argument("--prospects", type=int, default=150, help="prospects to generate (default 150)")
+    p.add_argument("--seed", type=int, default=42, help="random seed: the same seed gives byte-identical extracts (default 42)")
+    p.add_argument("--start-month", default="2024-01", help="first month of history, YYYY-MM (default 2024-01)")
+    p.add_argument("--end-month", default="2026-10", help="last month, YYYY-MM (default 2026-10)")
     p.add_argument("--no-surveys", action="store_true", help="deliver no survey file at all (a CRM without needs surveys)")
     p.set_defaults(func=cmd_generate)
 
@@ -497,7 +657,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="run dbt: customer features and/or the serving models")
     _common(p)
-    p.add_argument("--select", choices=["features", "serving", "all"], default="features")
+    p.add_argument(
+        "--select",
+        choices=["features", "serving", "all"],
+        default="features",
+        help="which models: the customer features, the published serving models, or both (default: features)",
+    )
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("segment", help="segment customers as of a date (needs features for that date)")
@@ -571,12 +736,25 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, landing=True)
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser(
+        "bench",
+        help="scale benchmark: generate worlds, run a full and an incremental cycle, print figures against DuckDB and pandas",
+    )
+    _common(p, as_of=False)
+    p.add_argument("--accounts", type=int, action="append", help="world size; repeat for several (default: 10000, 100000 and 1000000)")
+    p.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format of the generated landing files")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", type=Path, help="folder for the worlds and runs (default: <data-dir>/bench); a world is reused")
+    p.add_argument("--no-peer", action="store_true", help="skip the pandas + scikit-learn peer (it holds every line in memory)")
+    p.add_argument("--no-incremental", action="store_true", help="run the full cycle only")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("demo", help="generate a world and run the DAGs in Airflow over monthly cycles")
     _common(p, as_of=False)
     p.add_argument("--cycles", type=int, default=3, help="monthly cycles to run (default 3; the first one loads all earlier months)")
-    p.add_argument("--customers", type=int, default=1500)
-    p.add_argument("--prospects", type=int, default=150)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--customers", type=int, default=1500, help="customers in the generated world (default 1500)")
+    p.add_argument("--prospects", type=int, default=150, help="prospects in the generated world (default 150)")
+    p.add_argument("--seed", type=int, default=42, help="the world's random seed (default 42)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("query", help="run SQL on the published serving database (read-only)")
@@ -587,7 +765,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=200, help="table width")
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("status", help="what has been loaded, quarantined and segmented")
+    p = sub.add_parser(
+        "status",
+        help="what is published (as-of, when, verdict), loaded and quarantined since, alert channels and outbox, last DAG runs",
+    )
     _common(p, as_of=False)
     p.set_defaults(func=cmd_status)
 
@@ -595,7 +776,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, as_of=False)
     p.add_argument("--batch", help="only this batch (its id, or the beginning of it)")
     p.add_argument("--file", help="only this landing file: its path below the landing folder, its name, or a glob")
-    p.add_argument("--table", choices=["accounts", "order_lines", "support_tickets", "quotes", "survey_responses"])
+    p.add_argument(
+        "--table",
+        choices=["accounts", "order_lines", "support_tickets", "quotes", "survey_responses"],
+        help="only rows of this input table",
+    )
     p.add_argument("--source", help="only this landing source")
     p.add_argument("--reason", help="only rows whose reason contains this text (any case), e.g. 'wrong type'")
     p.add_argument("--limit", type=int, help="rows to list (default 50; 0 or --csv: all)")
@@ -604,30 +789,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quarantine)
 
     p = sub.add_parser("expectations", help="create or refresh the quality-gate suites from the input contract")
-    p.add_argument("--write", action="store_true")
+    _global_options(p, suppress=True)
+    p.add_argument("--write", action="store_true", help="write the suites into expectations/ (keeping hand-added expectations)")
     p.set_defaults(func=cmd_expectations)
 
     p = sub.add_parser("dbt-manifest", help="parse the dbt project (cosmos renders the DAGs from its manifest)")
+    _global_options(p, suppress=True)
     p.set_defaults(func=cmd_dbt_manifest)
 
     p = sub.add_parser("airflow", help="start Airflow locally with needseg's DAGs (UI on localhost; Ctrl-C stops it)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("NEEDSEG_AIRFLOW_PORT", "8080")))
+    _global_options(p, suppress=True)
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("NEEDSEG_AIRFLOW_PORT", "8080")),
+        help="port of the UI on localhost (default: $NEEDSEG_AIRFLOW_PORT or 8080)",
+    )
     p.set_defaults(func=cmd_airflow)
 
     for name, command in sub.choices.items():
+        if name in WRITER_COMMANDS:
+            command.add_argument(
+                "--wait", action="store_true", help="if another needseg command is writing to the data directory, wait for it"
+            )
         if command.epilog is None:
-            command.epilog = INGEST_EXIT_CODES if name in INGEST_COMMANDS else EXIT_CODES
+            codes = INGEST_EXIT_CODES if name in INGEST_COMMANDS else EXIT_CODES
+            command.epilog = f"{AS_OF_RULE}\n\n{codes}" if any(a.dest == "as_of" for a in command._actions) else codes
             command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
+def _writer_lock(args: argparse.Namespace, argv: list[str]):
+    """The data directory's writer lock for commands that write; nothing for the others."""
+    import contextlib
+
+    if args.command not in WRITER_COMMANDS:
+        return contextlib.nullcontext()
+    from pipelines.cycle import data_dir_lock
+
+    command = " ".join(["needseg", *argv])
+    return data_dir_lock(_settings(args).data_dir, command, wait=args.wait)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "as_of", "absent") is None and args.command not in READS_A_RUN:
+        args.as_of = yesterday()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.verbose:
         logging.getLogger("needseg").setLevel(logging.INFO)
     try:
-        return args.func(args)
+        with _writer_lock(args, sys.argv[1:] if argv is None else argv):
+            return args.func(args)
     except NeedsegError as exc:
         print(f"needseg {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code

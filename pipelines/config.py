@@ -1,141 +1,219 @@
 """The pipeline's business configuration (config/needseg.yaml or NEEDSEG_CONFIG).
 
-Defaults live in code so a partial file only overrides what it names; unknown keys are
-refused with the file and key, so a typo does not silently fall back to a default.
+One typed model holds every setting, its type and its default: a partial file only
+overrides what it names. Unknown keys and values of the wrong type are refused with the
+file, the dotted key and what was expected (exit 2), so a typo never falls back to a
+default and a wrong type never reaches the pipeline as a traceback.
+
+`load_config` returns the validated settings as plain mappings (`config["drift"]["z"]`),
+which every step reads; `NeedsegConfig` is the one place defaults live.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipelines.errors import ConfigError
+from pipelines.safe_yaml import load_yaml
 
-DEFAULTS: dict[str, Any] = {
-    "reporting_currency": "EUR",
-    "fx_rates": {"EUR": 1.0},
-    "ingest": {"max_quarantine_share": 0.5, "min_rows_for_quarantine_share": 20},
-    "features": {
-        "trailing_months": 12,
-        "recent_months": 3,
-        "key_account_revenue_share": 0.8,
-        "mid_tier_revenue_share": 0.95,
-        "survey_valid_months": 24,
-        # Months of per-account monthly behaviour kept for drift detection.
-        "drift_history_months": 18,
-        "premium_categories": [],
-        "service_categories": [],
-    },
-    "segmentation": {
-        "seed": 42,
-        "bootstrap_samples": 20,
-        "min_stability": 0.75,
-        "choose_stability": 0.85,
-        "min_cluster_share": 0.04,
-        # The key tier gets its own segmentation from this many key accounts with a profile on.
-        "key_accounts_min": 50,
-        # ... and when its own segments describe key accounts this much better than the others' do.
-        "key_accounts_min_gain": 0.1,
-        "lookalikes_per_segment": 25,
-        # missing data: a dimension missing for more than this share of the clustered
-        # accounts is left out of clustering (segment_runs.feature_missing says why)
-        "max_missing_share": 0.3,
-        # identity hysteresis: k is kept unless another k was preferred in k_switch_runs
-        # consecutive runs by k_switch_margin of min Jaccard; warm start from the previous
-        # centres unless a fresh fit is warm_start_tolerance better (inertia)
-        "k_switch_runs": 2,
-        "k_switch_margin": 0.05,
-        "warm_start_tolerance": 0.02,
-        # an account moves to another segment only when its probability there beats its
-        # old segment's by switch_margin, or it preferred the new one switch_runs runs in a row;
-        # for the taxonomy bases listed (survey segments follow the answers as they come)
-        "switch_margin": 0.2,
-        "switch_runs": 2,
-        "hysteresis_bases": ["behaviour"],
-        "silhouette_sample": 5000,
-        # a larger population is fitted on a sample of this many accounts, stratified by
-        # value tier (k, stability, silhouette on the sample); every account is then assigned
-        "fit_sample": 20000,
-        # the classifier that infers unsurveyed accounts: lightgbm (LightGBM's random-forest
-        # mode, fast, its own attributions) or forest (scikit-learn's random forest)
-        "classifier": "forest",
-        # the run's verdict (pipelines/segmentation/verdict.py)
-        "verdict": {
-            "withhold_stability": 0.5,
-            "classifier_margin": 0.1,
-            "min_recall": 0.3,
-            "max_excluded_share": 0.2,
-            "min_prospect_spread": 0.02,
-            "publish_withheld": False,
-        },
-    },
-    "drift": {
-        # compare the last `recent_months` of buying mix with the `baseline_months` before
-        "recent_months": 6,
-        "baseline_months": 12,
-        # an early warning needs both: evidence (z) and a material move (share of the way
-        # from the account's segment profile to the target's)
-        "early_warning_z": 3.5,
-        "min_shift": 0.25,
-        "confirm_migration_z": 2.5,
-        "active_within_months": 4,
-        "min_profile_gap": 0.7,
-        # churn risk: drift plus falling revenue or worsening satisfaction
-        "revenue_drop": 0.2,
-        "satisfaction_drop": 1.0,
-        "low_nps": 6.0,
-        "alert_min_score": 0.35,
-        "resolve_after_runs": 2,
-        "cooldown_days": 60,
-        # lapse risk: no order within the horizon, at the account's own rhythm
-        "lapse_horizon_months": 3.0,
-        "lapse_silence_months": 6.0,
-        # MONIC population transitions
-        "survive_overlap": 0.5,
-        "split_overlap": 0.25,
-    },
-    "alerts": {  # the same defaults as pipelines.alerts.outbox.AlertOptions
-        "fallback_recipient": None,
-        "renotify_after_days": 60,
-        "renotify_tolerance_days": 3,
-        "max_attempts": 12,
-        "retry_base_seconds": 60,
-        "retry_max_seconds": 21600,
-    },
-    "publish": {},
+Share = Annotated[float, Field(ge=0, le=1)]
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Count = Annotated[int, Field(ge=0)]
+Months = Annotated[int, Field(ge=1, le=120)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class IngestConfig(_Section):
+    # A file with more bad rows than this share is refused as a whole ...
+    max_quarantine_share: Share = 0.5
+    # ... if it has at least this many rows.
+    min_rows_for_quarantine_share: Count = 20
+
+
+class FeaturesConfig(_Section):
+    trailing_months: Months = 12
+    recent_months: Months = 3
+    key_account_revenue_share: Share = 0.8
+    mid_tier_revenue_share: Share = 0.95
+    survey_valid_months: Months = 24
+    # Months of per-account monthly behaviour kept for drift detection.
+    drift_history_months: Months = 18
+    premium_categories: list[str] = []
+    service_categories: list[str] = []
+
+
+class VerdictConfig(_Section):
+    # min bootstrap Jaccard under min_stability: provisional; under this: withheld
+    withhold_stability: Share = 0.5
+    # the classifier's CV accuracy must beat the base rate (largest segment) by this ...
+    classifier_margin: Share = 0.1
+    # ... and recognise every segment at least this often (CV recall)
+    min_recall: Share = 0.3
+    # customers who answered a survey but have no usable respondent, as a share of those
+    # who answered: provisional above this
+    max_excluded_share: Share = 0.2
+    # prospects' top probability must vary at least this much (sd), else they are the base rate
+    min_prospect_spread: NonNegative = 0.02
+    # false: a withheld run is stored, but the serving tables keep the last published run
+    publish_withheld: bool = False
+
+
+class SegmentationConfig(_Section):
+    seed: int = 42
+    bootstrap_samples: Annotated[int, Field(ge=2)] = 20
+    min_stability: Share = 0.75
+    choose_stability: Share = 0.85
+    min_cluster_share: Share = 0.04
+    # The key tier gets its own segmentation from this many key accounts with a profile on.
+    key_accounts_min: Count = 50
+    # ... and when its own segments describe key accounts this much better than the others' do.
+    key_accounts_min_gain: NonNegative = 0.1
+    lookalikes_per_segment: Count = 25
+    # missing data: a dimension missing for more than this share of the clustered accounts
+    # is left out of clustering (segment_runs.feature_missing says why)
+    max_missing_share: Share = 0.3
+    # identity hysteresis: k is kept unless another k was preferred in k_switch_runs
+    # consecutive runs by k_switch_margin of min Jaccard; warm start from the previous
+    # centres unless a fresh fit is warm_start_tolerance better (inertia)
+    k_switch_runs: Annotated[int, Field(ge=1)] = 2
+    k_switch_margin: NonNegative = 0.05
+    warm_start_tolerance: NonNegative = 0.02
+    # an account moves to another segment only when its probability there beats its old
+    # segment's by switch_margin, or it preferred the new one switch_runs runs in a row;
+    # for the taxonomy bases listed (survey segments follow the answers as they come)
+    switch_margin: Share = 0.2
+    switch_runs: Annotated[int, Field(ge=1)] = 2
+    hysteresis_bases: list[Literal["survey", "behaviour"]] = ["behaviour"]
+    # silhouette on a sample of at most this many accounts (it is quadratic)
+    silhouette_sample: Annotated[int, Field(ge=100)] = 5000
+    # a larger population is fitted on a sample of this many accounts, stratified by value
+    # tier (k, stability, silhouette on the sample); every account is then assigned
+    fit_sample: Annotated[int, Field(ge=100)] = 20000
+    # the classifier that infers unsurveyed accounts: forest (scikit-learn's random forest)
+    # or lightgbm (LightGBM's random-forest mode, fast, its own attributions)
+    classifier: Literal["forest", "lightgbm"] = "forest"
+    # the run's verdict (pipelines/segmentation/verdict.py)
+    verdict: VerdictConfig = VerdictConfig()
+
+
+class DriftConfig(_Section):
+    # compare the last `recent_months` of buying mix with the `baseline_months` before
+    recent_months: Months = 6
+    baseline_months: Months = 12
+    # an early warning needs both: evidence (z) and a material move
+    early_warning_z: Positive = 3.5
+    min_shift: Share = 0.25
+    confirm_migration_z: Positive = 2.5
+    active_within_months: Months = 4
+    min_profile_gap: Positive = 0.7
+    # churn risk: drift plus falling revenue or worsening satisfaction
+    revenue_drop: Share = 0.2
+    satisfaction_drop: Positive = 1.0
+    low_nps: Annotated[float, Field(ge=0, le=10)] = 6.0
+    alert_min_score: Share = 0.35
+    resolve_after_runs: Annotated[int, Field(ge=1)] = 2
+    cooldown_days: Count = 60
+    # lapse risk: no order within the horizon, at the account's own rhythm
+    lapse_horizon_months: Positive = 3.0
+    lapse_silence_months: Positive = 6.0
+    # MONIC population transitions
+    survive_overlap: Share = 0.5
+    split_overlap: Share = 0.25
+
+
+class AlertsConfig(_Section):
+    # the same fields as pipelines.alerts.outbox.AlertOptions, which checks them further
+    fallback_recipient: str | None = None
+    renotify_after_days: Annotated[int, Field(ge=0)] | None = 60
+    renotify_tolerance_days: Count = 3
+    max_attempts: Annotated[int, Field(ge=1)] = 12
+    retry_base_seconds: Positive = 60.0
+    retry_max_seconds: Positive = 21600.0
+
+
+class PublishConfig(_Section):
+    # Parquet export sets kept on disk: the current one and those before it, for readers
+    # still busy with an older set.
+    keep_export_versions: Annotated[int, Field(ge=1)] = 3
+
+
+class NeedsegConfig(_Section):
+    reporting_currency: Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")] = "EUR"
+    # Units of the reporting currency per unit of each currency.
+    fx_rates: dict[str, Positive] = {"EUR": 1.0}
+    ingest: IngestConfig = IngestConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    segmentation: SegmentationConfig = SegmentationConfig()
+    drift: DriftConfig = DriftConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    publish: PublishConfig = PublishConfig()
+
+    @field_validator("fx_rates")
+    @classmethod
+    def _upper_case_codes(cls, rates: dict[str, float]) -> dict[str, float]:
+        return {str(code).upper(): float(rate) for code, rate in rates.items()}
+
+    @field_validator("reporting_currency")
+    @classmethod
+    def _upper_case_currency(cls, code: str) -> str:
+        return code.upper()
+
+
+# The defaults as plain mappings (what `load_config` returns for an empty file).
+DEFAULTS: dict[str, Any] = NeedsegConfig().model_dump()
+
+_EXPECTED = {
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a text",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
 }
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any], path: Path, where: str = "") -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        here = f"{where}.{key}" if where else key
-        if key not in base:
-            raise ConfigError(f"{path}: unknown setting {here!r}; expected one of {', '.join(sorted(base))}")
-        if isinstance(base[key], dict) and base[key] and key != "fx_rates":
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path}: {here} must be a mapping")
-            out[key] = _merge(base[key], value, path, here)
-        else:
-            out[key] = value
-    return out
+def _describe(error: dict[str, Any], path: Path) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        section = NeedsegConfig
+        for part in error["loc"][:-1]:
+            field = section.model_fields.get(str(part))
+            section = field.annotation if field is not None and isinstance(field.annotation, type) else section
+        known = ", ".join(sorted(section.model_fields)) if isinstance(section, type) and issubclass(section, BaseModel) else ""
+        return f"{path}: unknown setting {key!r}" + (f"; expected one of {known}" if known else "")
+    expected = _EXPECTED.get(kind) or error["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+    return f"{path}: {key} must be {expected}, not {error.get('input')!r}"
+
+
+def validate_config(raw: Any, path: Path) -> NeedsegConfig:
+    """The typed configuration from a parsed file, or a ConfigError naming every wrong key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    try:
+        return NeedsegConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(error, path) for error in exc.errors()]
+        raise ConfigError("\n".join(problems)) from None
 
 
 def load_config(path: Path) -> dict[str, Any]:
+    """The validated configuration of `path` as plain mappings (defaults filled in)."""
     if not path.exists():
         raise ConfigError(f"configuration file {path} does not exist (set NEEDSEG_CONFIG or restore config/needseg.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings")
-    config = _merge(DEFAULTS, raw, path)
-    rates = config["fx_rates"]
-    if not isinstance(rates, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in rates.values()):
-        raise ConfigError(f"{path}: fx_rates must map currency codes to positive numbers")
-    config["fx_rates"] = {str(k).upper(): float(v) for k, v in rates.items()}
-    return config
+    return validate_config(load_yaml(path), path).model_dump()

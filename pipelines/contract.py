@@ -2,7 +2,7 @@
 
 One definition serves the warehouse DDL, the ingestion parser, the quality-gate suites,
 the demo world and the dbt sources (a test keeps dbt's sources in step with it).
-See DESIGN.md, "Input contract".
+See docs/design.md, "Input contract".
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ SQL_TYPES = {
 }
 
 NEEDS_ITEMS = ("price", "quality", "brand", "service", "delivery", "reliability", "partnership")
-# Optional survey items a company may add to its taxonomy (DESIGN.md, "Needs dimensions").
+# Optional survey items a company may add to its taxonomy (docs/design.md, "Needs dimensions").
 EXTRA_NEEDS_ITEMS = ("innovation", "digital_maturity", "willingness_to_invest")
 
 
@@ -166,7 +166,7 @@ TABLES: dict[str, Table] = {
     )
 }
 
-# Bookkeeping columns every raw row carries (DESIGN.md, "Storage and concurrency").
+# Bookkeeping columns every raw row carries (docs/design.md, "Storage and concurrency").
 LINEAGE_COLUMNS = (
     ("_batch_id", "VARCHAR"),
     ("_source", "VARCHAR"),

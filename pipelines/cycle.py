@@ -11,13 +11,23 @@ for the same as-of date gives the same tables. Stage timings go to `meta.cycle_r
     serving   dbt build, tag:serving -> the published marts
     publish   serving database + Parquet exports + the HTML segment report, swapped in atomically
     alerts    churn-risk digests to account owners (e-mail, webhook; the outbox table always)
+
+One writer at a time: the `needseg` commands that write (ingest, build, segment, drift,
+publish, run) hold `data_dir_lock` on the data directory for their whole run. A second one
+exits at once with exit 1 and a message naming the holder (pid, host, command, since), or
+queues behind it with --wait. The lock is an OS file lock (flock): it dies with its process,
+so the lock of a killed run is simply taken over. In Airflow the `needseg_warehouse` pool
+serialises the tasks; the steps themselves take no lock.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +49,74 @@ from pipelines.warehouse import open_warehouse
 log = logging.getLogger("needseg")
 
 STAGES = ("ingest", "features", "segment", "drift", "serving", "publish", "alerts")
+
+
+LOCK_FILE = ".needseg.lock"
+
+
+class DataDirBusy(NeedsegError):
+    """Another needseg command is writing to the same data directory."""
+
+    exit_code = 1
+
+
+def _holder_text(handle) -> str:
+    handle.seek(0)
+    try:
+        holder = json.loads(handle.read() or "{}")
+    except ValueError:
+        return "another process (its lock file names no holder)"
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, `{holder.get('command', '?')}`, since {holder.get('since', '?')}"
+
+
+def _pid_alive(pid: object) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+@contextmanager
+def data_dir_lock(data_dir, command: str, wait: bool = False) -> Iterator[None]:
+    """Hold the data directory's writer lock for the block; `command` is what a second
+    writer is told holds it. Without `wait` a held lock raises `DataDirBusy` at once."""
+    data_dir = os.fspath(data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, LOCK_FILE)
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_text(handle)
+            if not wait:
+                raise DataDirBusy(
+                    f"another needseg command is writing to {data_dir}: {holder}. Nothing was done; run this again when it "
+                    "has finished, or add --wait to start as soon as it has"
+                ) from None
+            log.warning("waiting for the data directory %s, held by %s", data_dir, holder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        previous = handle.read()
+        if previous.strip():
+            try:
+                stale = json.loads(previous)
+            except ValueError:
+                stale = {}
+            if stale.get("host") == socket.gethostname() and not _pid_alive(stale.get("pid")):
+                log.info("taking over the lock of %s: pid %s is no longer running", data_dir, stale.get("pid"))
+        handle.seek(0)
+        handle.truncate()
+        since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": since}))
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def cycle_id(as_of: dt.date) -> str:
@@ -155,10 +233,11 @@ def drift_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, An
 
 def publish_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or load_settings()
+    config = load_config(settings.config_path)
     detail: dict[str, Any] = {}
     with _timed(settings, as_of, "publish", detail):
         with open_warehouse(settings.warehouse_path) as con:
-            result = publish(settings, con, as_of)
+            result = publish(settings, con, as_of, keep_export_versions=int(config["publish"]["keep_export_versions"]))
         detail.update(summary=result.summary(), serving_path=result.serving_path, tables=result.tables, run_id=result.run_id)
         if not result.skipped:
             detail["report"] = write_report(settings).path

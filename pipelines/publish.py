@@ -3,8 +3,12 @@
 The serving database is built as a new file next to the old one and moved over it with one
 rename, so a reader sees the previous or the next version, never half of one, and a reader
 holding the old file open never blocks the pipeline. Table and column descriptions from
-dbt go along as DuckDB comments. Parquet exports are swapped the same way, file by file.
-Before anything is swapped, the published tables are checked (see `check_serving`).
+dbt go along as DuckDB comments. The Parquet exports are published as one set: written by
+DuckDB into a new version folder, then `exports` (a symbolic link) is pointed at it with one
+rename, so a reader never mixes two versions. Before anything is swapped, the published
+tables are checked (see `check_serving`). Files that killed publishes left behind
+(`.<name>.<pid>.building`) are removed by the next publish. Every file needseg writes for
+readers goes through `atomic_target` (fsync, one rename, the folder's entry flushed).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +24,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.errors import NeedsegError
+from pipelines.files import atomic_target, fsync_path, remove_stale_builds
 from pipelines.settings import Settings
 
 # serving table -> relation in the working warehouse
@@ -34,9 +40,18 @@ SERVING_TABLES = {
     "segment_transitions": "marts.segment_transitions",
     "segment_population_changes": "marts.segment_population_changes",
     "churn_risk_alerts": "marts.churn_risk_alerts",
+    "churn_risk_history": "marts.churn_risk_history",
+    "churn_model_quality": "marts.churn_model_quality",
     "customer_features": "marts.customer_features",
 }
 OPTIONAL_TABLES: dict[str, str] = {}
+# The publication table's columns as analysts read them (dbt's overview page says the same).
+PUBLICATION_COLUMNS = {
+    "run_id": "The segmentation run this database holds (e.g. seg-2026-10-31).",
+    "as_of": "The date that run describes.",
+    "published_at": "When this database was swapped in (UTC).",
+    "tables": "JSON: rows per published table.",
+}
 
 
 class PublishRefused(NeedsegError):
@@ -100,7 +115,13 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def publish(settings: Settings, con: duckdb.DuckDBPyConnection, as_of: dt.date, tables: dict[str, str] | None = None) -> PublishResult:
+def publish(
+    settings: Settings,
+    con: duckdb.DuckDBPyConnection,
+    as_of: dt.date,
+    tables: dict[str, str] | None = None,
+    keep_export_versions: int = 3,
+) -> PublishResult:
     started = time.monotonic()
     tables = dict(tables or SERVING_TABLES)
     for name, rel in OPTIONAL_TABLES.items():
@@ -119,56 +140,89 @@ def publish(settings: Settings, con: duckdb.DuckDBPyConnection, as_of: dt.date, 
         )
     run_id = check_serving(con, as_of, tables)
     target = settings.serving_path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.{os.getpid()}.building")
-    for leftover in (staging, Path(str(staging) + ".wal")):
-        leftover.unlink(missing_ok=True)
+    remove_stale_builds(target.parent)
+    remove_stale_builds(_versions_dir(settings.exports_dir))
     result = PublishResult(str(target), str(settings.exports_dir), as_of.isoformat(), run_id)
-    con.execute(f"attach {_quote(str(staging))} as serving_build")
-    try:
-        for name, rel in tables.items():
-            con.execute(f"create table serving_build.main.{name} as select * from {rel}")
-            table_comment, column_comments = _comments(con, rel)
-            if table_comment:
-                con.execute(f"comment on table serving_build.main.{name} is {_quote(table_comment)}")
-            for column, comment in column_comments.items():
-                con.execute(f'comment on column serving_build.main.{name}."{column}" is {_quote(comment)}')
-            result.tables[name] = con.execute(f"select count(*) from serving_build.main.{name}").fetchone()[0]
-        con.execute(
-            "create table serving_build.main.publication as select ? as run_id, cast(? as date) as as_of, "
-            "current_timestamp as published_at, ? as tables",
-            [run_id, as_of, json.dumps(result.tables)],
-        )
-        con.execute(
-            "comment on table serving_build.main.publication is 'Which segmentation run this database holds, and when it was published.'"
-        )
-    except BaseException:
-        con.execute("detach serving_build")
-        staging.unlink(missing_ok=True)
-        raise
-    con.execute("detach serving_build")
-    with open(staging, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(staging, target)
-    _export_parquet(con, settings.exports_dir, tables)
+    with atomic_target(target) as staging:
+        Path(str(staging) + ".wal").unlink(missing_ok=True)
+        con.execute(f"attach {_quote(str(staging))} as serving_build")
+        try:
+            _fill_serving(con, tables, result, as_of)
+        finally:
+            con.execute("detach serving_build")
+    _publish_exports(con, settings.exports_dir, tables, run_id, keep_export_versions)
     result.seconds = round(time.monotonic() - started, 2)
     return result
 
 
-def write_file_atomically(target: Path, data: bytes) -> Path:
-    """Write `target` next to itself and swap it in with one rename: readers see the old
-    file or the new one, never half of one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    building = target.with_name(f".{target.name}.{os.getpid()}.building")
-    building.write_bytes(data)
-    os.replace(building, target)
-    return target
-
-
-def _export_parquet(con: duckdb.DuckDBPyConnection, folder: Path, tables: dict[str, str]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+def _fill_serving(con: duckdb.DuckDBPyConnection, tables: dict[str, str], result: PublishResult, as_of: dt.date) -> None:
+    """Copy every serving table, with its descriptions, into the attached `serving_build`."""
     for name, rel in tables.items():
-        final = folder / f"{name}.parquet"
-        building = folder / f".{name}.parquet.building"
-        con.execute(f"copy (select * from {rel}) to {_quote(str(building))} (format parquet, compression zstd)")
+        con.execute(f"create table serving_build.main.{name} as select * from {rel}")
+        table_comment, column_comments = _comments(con, rel)
+        if table_comment:
+            con.execute(f"comment on table serving_build.main.{name} is {_quote(table_comment)}")
+        for column, comment in column_comments.items():
+            con.execute(f'comment on column serving_build.main.{name}."{column}" is {_quote(comment)}')
+        result.tables[name] = con.execute(f"select count(*) from serving_build.main.{name}").fetchone()[0]
+    con.execute(
+        "create table serving_build.main.publication as select ? as run_id, cast(? as date) as as_of, "
+        "current_timestamp as published_at, ? as tables",
+        [result.run_id, as_of, json.dumps(result.tables)],
+    )
+    con.execute(
+        "comment on table serving_build.main.publication is 'Which segmentation run this database holds, and when it was published.'"
+    )
+    for column, comment in PUBLICATION_COLUMNS.items():
+        con.execute(f"comment on column serving_build.main.publication.{column} is {_quote(comment)}")
+
+
+# --- the Parquet exports, published as one set ---------------------------------------------
+
+
+def _versions_dir(exports_dir: Path) -> Path:
+    return exports_dir.parent / f".{exports_dir.name}.versions"
+
+
+def _publish_exports(con: duckdb.DuckDBPyConnection, exports_dir: Path, tables: dict[str, str], run_id: str, keep: int) -> Path:
+    """Write every table's Parquet file into a new version folder, then point `exports_dir`
+    (a symbolic link) at it with one rename. A reader that resolves the link once
+    (`Path(exports).resolve()`) reads one version's files only; the previous `keep - 1`
+    versions stay on disk for readers still busy with them."""
+    versions = _versions_dir(exports_dir)
+    versions.mkdir(parents=True, exist_ok=True)
+    version = f"{run_id}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
+    building = versions / f".{version}.{os.getpid()}.building"
+    building.mkdir()
+    try:
+        for name, rel in tables.items():
+            path = building / f"{name}.parquet"
+            con.execute(f"copy (select * from {rel}) to {_quote(str(path))} (format parquet, compression zstd)")
+            fsync_path(path)
+        final = versions / version
         os.replace(building, final)
+        fsync_path(versions)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    _point_link(exports_dir, final)
+    _prune_versions(versions, final, keep)
+    return final
+
+
+def _point_link(link: Path, folder: Path) -> None:
+    """Make `link` a symbolic link to `folder` in one rename. An exports folder of an older
+    needseg (a real folder) is moved into the versions folder first."""
+    if link.exists() and not link.is_symlink():
+        os.replace(link, _versions_dir(link) / f"legacy-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}")
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.building")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(folder, link.parent), tmp)
+    os.replace(tmp, link)
+    fsync_path(link.parent)
+
+
+def _prune_versions(versions: Path, current: Path, keep: int) -> None:
+    done = sorted((p for p in versions.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
+    for old in [p for p in done if p != current][: max(0, len(done) - max(keep, 1))]:
+        shutil.rmtree(old, ignore_errors=True)

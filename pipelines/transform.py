@@ -176,13 +176,37 @@ def build_docs(settings: Settings, config: dict[str, Any], as_of: dt.date, out: 
     """dbt's documentation site as one self-contained HTML file (`dbt docs generate
     --static`: manifest and catalog inlined, nothing fetched from the network), swapped in
     with one rename. The catalog reads the working warehouse, so run it between cycles."""
-    from pipelines.publish import write_file_atomically
+    from pipelines.files import write_file_atomically
 
     target = target_dir(settings)
     result = _invoke(["docs", "generate", "--static", *_project_args(settings, config, as_of, "docs")], settings)
     if not result.success:
         raise DbtFailed(f"dbt docs generate failed: {result.exception or 'see the dbt log in ' + str(target / 'logs')}")
-    return write_file_atomically(out, (target / "docs" / "static_index.html").read_bytes())
+    return write_file_atomically(out, static_docs_as_published(target / "docs").encode("utf-8"))
+
+
+def static_docs_as_published(docs_target: Path) -> str:
+    """dbt's one-file docs (what `--static` writes), with every published table named as
+    analysts query it: `customer_segments` in serving.duckdb (database "serving", schema
+    "main"), not the working warehouse's `warehouse.marts.customer_segments`."""
+    from dbt.task.docs import DOCS_INDEX_FILE_PATH
+
+    from pipelines.publish import SERVING_TABLES
+
+    published = {tuple(rel.split(".")): name for name, rel in SERVING_TABLES.items()}
+    manifest = json.loads((docs_target / "manifest.json").read_text(encoding="utf-8"))
+    catalog = json.loads((docs_target / "catalog.json").read_text(encoding="utf-8"))
+    for unique_id, node in manifest.get("nodes", {}).items():
+        name = published.get((node.get("schema"), node.get("alias") or node.get("name")))
+        if node.get("resource_type") != "model" or name is None:
+            continue
+        node.update(database="serving", schema="main", relation_name=f'"serving"."main"."{name}"')
+        metadata = catalog.get("nodes", {}).get(unique_id, {}).get("metadata")
+        if metadata:
+            metadata.update(database="serving", schema="main", name=name)
+    page = Path(DOCS_INDEX_FILE_PATH).read_text(encoding="utf-8")
+    page = page.replace('"MANIFEST.JSON INLINE DATA"', json.dumps(manifest))
+    return page.replace('"CATALOG.JSON INLINE DATA"', json.dumps(catalog))
 
 
 def ensure_manifest() -> Path:

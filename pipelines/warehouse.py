@@ -58,6 +58,16 @@ META_DDL = [
     )
     """,
     """
+    create table if not exists meta.replayed (
+        batch_id varchar not null,        -- the batch the rows were quarantined in (and now loaded under)
+        table_name varchar not null,
+        file varchar not null,
+        rows bigint not null,             -- rows moved from quarantine to raw once their account arrived
+        run_id varchar,
+        replayed_at timestamp not null
+    )
+    """,
+    """
     create table if not exists meta.file_conflicts (
         file varchar not null,
         loaded_checksum varchar not null,

@@ -21,7 +21,7 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_threads, "1")
 
-from pipelines import airflow_env  # noqa: E402 - after the environment is set
+from pipelines.airflow import env as airflow_env  # noqa: E402 - after the environment is set
 
 airflow_env.configure()
 
@@ -36,6 +36,8 @@ SMALL_WORLD = dict(seed=7, customers=450, prospects=40, start_month="2025-01", e
 # 60, the ingest DAG's gate 60, dbt project 30, Wholesale 25, deployment 25, Online Retail 20; every other file under 15).
 SLOWEST_FIRST = (
     "test_evaluation.py",
+    "test_bench.py",
+    "test_repeatable.py",
     "test_production_airflow.py",
     "test_e2e_airflow.py",
     "test_cycle.py",
@@ -50,15 +52,44 @@ SLOWEST_FIRST = (
     "test_online_retail.py",
     "test_deployment.py",
 )
+# The end-to-end tier: whole pipeline cycles, Airflow, the evaluation world. `make test` runs
+# everything; `make test-fast` (pytest -m "not slow") leaves these out for everyday runs.
+SLOW_TIER = {
+    "test_evaluation.py",
+    "test_bench.py",  # a whole cycle on a bench world
+    "test_repeatable.py",  # two features builds of ~177k order lines
+    "test_production_airflow.py",
+    "test_e2e_airflow.py",
+    "test_cycle.py",
+    "test_taxonomy.py",
+    "test_taxonomy_change.py",
+    "test_key_accounts.py",
+    "test_explain.py",
+    "test_backtest.py",
+    "test_dag_ingest_gate.py",
+    "test_report_browser.py",
+    "test_commands_as_written.py",
+}
 # Files that share a session fixture (cycled_small_world) run on one worker, so it is built once.
 SAME_WORKER_AS = {
-    name: "test_cycle.py" for name in ("test_taxonomy.py", "test_taxonomy_change.py", "test_key_accounts.py", "test_explain.py")
+    name: "test_cycle.py"
+    for name in (
+        "test_taxonomy.py",
+        "test_taxonomy_change.py",
+        "test_key_accounts.py",
+        "test_explain.py",
+        "test_report_browser.py",
+        "test_commands_as_written.py",
+    )
 }
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    for item in items:
+        if item.path.name in SLOW_TIER:
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order
 
 

@@ -49,7 +49,7 @@ def settings(tmp_path, monkeypatch, smtp):
 
 @pytest.fixture(scope="module")
 def airflow_db():
-    from pipelines import airflow_env
+    from pipelines.airflow import env as airflow_env
 
     airflow_env.ensure_metadata_db()
 

@@ -24,7 +24,7 @@ ORDERS = "order_id,line_number,account_id,order_date,quantity,net_price,currency
 @pytest.fixture(scope="module")
 def airflow(session_dir):
     """The ingest DAG, parsed with retries on (2, no delay between tries), on its own data dir."""
-    from pipelines import airflow_env
+    from pipelines.airflow import env as airflow_env
 
     mp = pytest.MonkeyPatch()
     mp.setenv("NEEDSEG_DATA_DIR", str(session_dir / "dag-ingest-gate"))
@@ -137,7 +137,7 @@ def test_a_file_changed_after_loading_fails_the_task_until_accepted(airflow, cap
 def test_only_errors_that_fail_the_same_way_every_time_skip_the_retries():
     from airflow.sdk.exceptions import AirflowFailException
 
-    from pipelines.airflow_support import fails_for_good, run_step
+    from pipelines.airflow.support import fails_for_good, run_step
     from pipelines.errors import ConfigError, NeedsegError
     from pipelines.ingest.http_source import HttpSourceError
     from pipelines.ingest.loader import FilesChanged, FilesNotLoadable, GateFailed, IngestReport, SourcesNotFetched

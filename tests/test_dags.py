@@ -64,6 +64,9 @@ def test_features_run_as_one_cosmos_task_per_dbt_model(dagbag):
     models = {t.task_id.split(".")[1].removesuffix("_model_build") for t in dbt_tasks}
     assert {"stg_crm__order_lines", "int_survey_needs", "int_account_value_tiers", "customer_features"} <= models
     assert all(type(t).__module__.startswith("cosmos.") for t in dbt_tasks)
+    # segmentation rebuilds the same features for its own date as one task
+    build = dagbag.dags["needseg_segmentation"].get_task("build_features")
+    assert type(build).__module__.startswith("cosmos.") and build.select == ["tag:features"]
 
 
 def test_every_task_that_writes_the_warehouse_takes_the_single_writer_pool(dagbag):
@@ -100,7 +103,7 @@ def test_only_a_run_handed_a_date_composes_alerts():
     a timed run has no date of its own and only sends what is pending."""
     from types import SimpleNamespace
 
-    from pipelines.airflow_support import given_as_of
+    from pipelines.airflow.support import given_as_of
 
     at = dt.datetime(2026, 12, 1, 3, 15, tzinfo=dt.UTC)
     timed = {
@@ -143,7 +146,7 @@ def _next_scheduled_run(dag, after: dt.datetime):
 
 
 def test_a_scheduled_monthly_run_describes_the_month_just_completed(dagbag):
-    from pipelines.airflow_support import resolve_as_of
+    from pipelines.airflow.support import resolve_as_of
 
     run = _next_scheduled_run(dagbag.dags["needseg_segmentation"], dt.datetime(2026, 11, 15, tzinfo=dt.UTC))
     assert run["logical_date"] == dt.datetime(2026, 12, 1, 3, tzinfo=dt.UTC)
@@ -156,10 +159,67 @@ def test_a_scheduled_monthly_run_describes_the_month_just_completed(dagbag):
 def test_an_explicit_or_asset_date_beats_the_schedule():
     from types import SimpleNamespace
 
-    from pipelines.airflow_support import resolve_as_of
+    from pipelines.airflow.support import resolve_as_of
 
     at = dt.datetime(2026, 12, 1, 3, tzinfo=dt.UTC)
     assert resolve_as_of({"logical_date": at, "params": {"as_of": "2026-10-31"}}) == dt.date(2026, 10, 31)
     assert resolve_as_of({"logical_date": at, "dag_run": SimpleNamespace(conf={"as_of": "2026-09-30"})}) == dt.date(2026, 9, 30)
     event = SimpleNamespace(extra={"as_of": "2026-11-30"})
     assert resolve_as_of({"logical_date": at, "triggering_asset_events": {"needseg_segments": [event]}}) == dt.date(2026, 11, 30)
+
+
+def test_every_python_task_is_a_needseg_step_and_configuration_errors_are_not_retried(dagbag):
+    """One wrapper for every task: a configuration error fails the task at once (no
+    retries: it fails the same way until someone fixes the file); other errors are retried."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pipelines.airflow.support import step
+    from pipelines.errors import ConfigError
+
+    python_tasks = [(dag_id, t) for dag_id in EXPECTED for t in dagbag.dags[dag_id].tasks if type(t).__name__ == "_PythonDecoratedOperator"]
+    assert len(python_tasks) >= 7
+    for dag_id, t in python_tasks:
+        assert getattr(t.python_callable, "needseg_step", False), (dag_id, t.task_id)
+
+    def broken_mapping():
+        raise ConfigError("config/sources/crm.yaml: tables.order_lines.columns.net_price: expected a number")
+
+    def flaky_api():
+        raise ConnectionError("CRM API down")
+
+    wrapped = step()(broken_mapping)
+    with pytest.raises(AirflowFailException, match=r"not retried.*crm\.yaml"):
+        wrapped.function()
+    with pytest.raises(ConnectionError):
+        step()(flaky_api).function()
+
+
+def test_dag_parsing_never_runs_dbt_and_says_what_to_run_without_a_manifest(monkeypatch, tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from pipelines import transform
+
+    def no_dbt(*args, **kwargs):
+        raise AssertionError("DAG parsing ran dbt")
+
+    monkeypatch.setattr(transform, "_invoke", no_dbt)
+    monkeypatch.setattr(transform, "MANIFEST", tmp_path / "missing" / "manifest.json")
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+    assert bag.import_errors == {}
+    features = bag.dags["needseg_features"]
+    assert "needseg dbt-manifest" in features.doc_md and features.doc_md.startswith("### needseg")
+    stand_in = features.get_task("build_features")
+    assert stand_in.retries == 0
+    # with the manifest, the same files parse into one task per model (and still run no dbt)
+    monkeypatch.undo()
+    monkeypatch.setattr(transform, "_invoke", no_dbt)
+    assert transform.MANIFEST.exists()
+    assert len(DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "needseg_features.py")).dags["needseg_features"].tasks) > 10
+
+
+def test_the_demo_end_date_keeps_the_scheduler_inside_the_world(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("NEEDSEG_SCHEDULE_END", "2026-11-01T23:59")
+    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "needseg_segmentation.py")).dags["needseg_segmentation"]
+    assert dag.end_date == dt.datetime(2026, 11, 1, 23, 59, tzinfo=dt.UTC)

@@ -27,6 +27,7 @@ AS_OF = dt.date(2026, 10, 31)
 
 # The SQL whose logic a reader could get wrong; each has at least one dbt unit test.
 UNIT_TESTED_MODELS = {
+    "stg_crm__order_lines",  # the incremental build: only new loads, the latest of a re-sent line
     "int_account_ticket_behaviour",  # the comparison windows and their edges
     "int_account_order_behaviour",  # run-rate revenue trend, regularity, weighted discount depth
     "int_product_categories",  # premium / service inference

@@ -1,8 +1,9 @@
 """The production deployment (docker-compose.yml, deploy/Dockerfile) without a Docker
-engine: the compose file holds every component DESIGN.md lists, gives every Airflow
+engine: the compose file holds every component docs/design.md lists, gives every Airflow
 component the settings the production-path test runs with on this machine's own
 PostgreSQL and Redis, keeps secrets out of the repository, and starts only commands that
-this Airflow really has."""
+this Airflow really has, logs everyone in (FAB auth manager, admin from secrets), checks
+its Celery worker's health and keeps the unauthenticated mail catcher off the network."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import airflow_env
+from pipelines.airflow import env as airflow_env
 from pipelines.settings import PROJECT_ROOT
 from tests.test_production_airflow import production_environment
 
@@ -58,7 +59,7 @@ def test_airflow_components_get_the_production_settings_the_production_test_runs
     production = production_environment("postgresql+psycopg2://u@h/db", "redis://h:6379/0", "http://h:8080")
     local_defaults = set(airflow_env.defaults(Path("/x")))
     # Paths differ per machine; what must match is that every setting is made.
-    expected = set(production) | (local_defaults - {"AIRFLOW_HOME", "AIRFLOW__LOGGING__BASE_LOG_FOLDER"})
+    expected = set(production) | (local_defaults - {"AIRFLOW_HOME", "AIRFLOW__LOGGING__BASE_LOG_FOLDER"}) | {"AIRFLOW__CORE__AUTH_MANAGER"}
     for name, svc in _airflow_services(compose).items():
         env = svc["environment"]
         assert expected <= set(env), (name, sorted(expected - set(env)))
@@ -111,9 +112,49 @@ def test_the_image_installs_from_the_lock_like_make_install():
     assert {"data", ".env", ".venv", ".airflow"} <= set(ignored)
 
 
-def _airflow_help(*args: str) -> str:
+FAB = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+
+
+def test_the_ui_asks_for_a_login_and_the_admin_comes_from_secrets(compose):
+    """Airflow's SimpleAuthManager is for development only: the deployment uses the FAB
+    auth manager, and airflow-init creates the admin from .env, never from the repository."""
+    import importlib
+
+    for name, svc in _airflow_services(compose).items():
+        assert svc["environment"]["AIRFLOW__CORE__AUTH_MANAGER"] == FAB, name
+    module, _, cls = FAB.rpartition(".")
+    assert hasattr(importlib.import_module(module), cls)  # installed (the production extra)
+    init = compose["services"]["airflow-init"]
+    script = init["command"][-1]
+    assert "airflow users create --role Admin" in script and "$${AIRFLOW_ADMIN_PASSWORD}" in script
+    assert init["environment"]["AIRFLOW_ADMIN_PASSWORD"].startswith("${AIRFLOW_ADMIN_PASSWORD:?")
+    assert "AIRFLOW_ADMIN_PASSWORD=" in (PROJECT_ROOT / "deploy" / "env.example").read_text()
+    help_text = _airflow_help("users", "create", env={"AIRFLOW__CORE__AUTH_MANAGER": FAB})
+    for option in ("--role", "--username", "--password", "--email", "--firstname", "--lastname"):
+        assert option in help_text, option
+
+
+def test_the_celery_worker_has_a_healthcheck_that_pings_it(compose):
+    import importlib
+
+    test = " ".join(compose["services"]["airflow-worker"]["healthcheck"]["test"])
+    app = re.search(r"--app (\S+)\.app inspect ping", test)
+    assert app, test
+    assert importlib.import_module(app.group(1)).app is not None
+    assert "celery@$${HOSTNAME}" in test
+
+
+def test_the_mail_catcher_is_reachable_from_this_host_only(compose):
+    mailpit = compose["services"]["mailpit"]
+    assert mailpit["ports"], "the UI should be reachable from the host"
+    for port in mailpit["ports"]:
+        assert str(port).startswith("127.0.0.1:"), port
+        assert not str(port).endswith(":1025"), "SMTP stays inside the compose network"
+
+
+def _airflow_help(*args: str, env: dict[str, str] | None = None) -> str:
     airflow = str(Path(sys.executable).with_name("airflow"))
-    env = {**os.environ, **airflow_env.defaults()}
+    env = {**os.environ, **airflow_env.defaults(), **(env or {})}
     result = subprocess.run([airflow, *args, "--help"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout

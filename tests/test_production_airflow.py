@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import airflow_env
+from pipelines.airflow import env as airflow_env
 from pipelines.demo.world import deliver
 from pipelines.settings import load_settings
 

@@ -50,7 +50,10 @@ REASON_LABELS = {
     "drift_to_price_sensitive": "drifting towards price sensitivity",
     "leaving_partnership": "moving away from partnership",
     "migration": "changed segment",
+    "lapsing": "likely to stop buying (lapsing)",
 }
+# A lapsing alert moves towards no segment: the account is expected to stop ordering.
+LAPSING_DESTINATION = "no further orders expected"
 
 # Slack rejects a message with more than 50 blocks or a section longer than 3,000
 # characters, and truncates `text` at 40,000; stay below all three.
@@ -199,7 +202,7 @@ def alerts_from_frame(frame: pd.DataFrame) -> list[Alert]:
             reason=_text(row["reason"]) or "unspecified",
             score=_score(row["score"], alert_id),
             from_segment=_text(row["from_segment"]) or "(none)",
-            to_segment=_text(row["to_segment"]) or "(none)",
+            to_segment=_text(row["to_segment"]) or (LAPSING_DESTINATION if _text(row["reason"]) == "lapsing" else "(none)"),
             evidence=_evidence(row["evidence"]),
             action=_text(row["action"]),
             is_new=_flag(row["is_new"]),

@@ -605,6 +605,54 @@ def _mark_failed(
     return _state({**row, "status": status, "attempts": attempts, "next_attempt_at": next_attempt_at, "last_error": str(error)})
 
 
+def _attempt(con: duckdb.DuckDBPyConnection, row: dict[str, Any], sender: Sender, now: dt.datetime) -> DeliveryError | None:
+    """One delivery attempt of an outbox row, recorded before the send; the error, or None."""
+    message = OutgoingMessage(
+        message_id=row["message_id"],
+        run_id=row["run_id"],
+        channel=row["channel"],
+        recipient=row["recipient"],
+        subject=row["subject"],
+        body_text=row["body_text"],
+        body_html=row["body_html"] or "",
+        payload=json.loads(row["payload"]) if row["payload"] else {},
+        alert_ids=tuple(row["alert_ids"]),
+    )
+    _begin_attempt(con, row, now)
+    try:
+        sender.send(message)
+    except DeliveryError as exc:
+        return exc
+    except Exception as exc:
+        # A sender's bug must not strand the other messages: record it like any failure.
+        log.exception("sender for %s raised unexpectedly", row["channel"])
+        return DeliveryError(f"{sender.describe()}: unexpected {type(exc).__name__}: {exc}")
+    return None
+
+
+def _hold_back(
+    con: duckdb.DuckDBPyConnection,
+    not_tried: list[tuple[dict[str, Any], DeliveryError]],
+    down: dict[str, DeliveryError],
+    now: dt.datetime,
+    max_attempts: int,
+    options: AlertOptions,
+) -> list[MessageState]:
+    """Messages held back from a channel that is down: one transaction, one log line per
+    channel; the ones that used their last attempt."""
+    con.begin()
+    try:
+        states = [_mark_failed(con, row, error, now, max_attempts, options) for row, error in not_tried]
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    for channel, error in down.items():
+        held = sum(1 for row, _ in not_tried if row["channel"] == channel)
+        log.warning("%d more %s message(s) not tried in this pass: %s", held, channel, error)
+    return [state for state in states if state.status == "failed"]
+
+
 def deliver_pending(
     con: duckdb.DuckDBPyConnection,
     senders: Mapping[str, Sender],
@@ -673,48 +721,18 @@ def deliver_pending(
             )
             continue
         else:
-            message = OutgoingMessage(
-                message_id=row["message_id"],
-                run_id=row["run_id"],
-                channel=row["channel"],
-                recipient=row["recipient"],
-                subject=row["subject"],
-                body_text=row["body_text"],
-                body_html=row["body_html"] or "",
-                payload=json.loads(row["payload"]) if row["payload"] else {},
-                alert_ids=tuple(row["alert_ids"]),
-            )
-            _begin_attempt(con, row, now)
-            try:
-                sender.send(message)
-            except DeliveryError as exc:
-                error = exc
-                if exc.channel_unavailable:
-                    down[row["channel"]] = exc
-            except Exception as exc:
-                # A sender's bug must not strand the other messages: record it like any failure.
-                log.exception("sender for %s raised unexpectedly", row["channel"])
-                error = DeliveryError(f"{sender.describe()}: unexpected {type(exc).__name__}: {exc}")
-            else:
+            error = _attempt(con, row, sender, now)
+            if error is None:
                 sent([row], count_attempt=False)
                 continue
+            if error.channel_unavailable:
+                down[row["channel"]] = error
         state = _mark_failed(con, row, error, now, max_attempts, options)
         log.warning("alert message %s: %s", "failed for good" if state.status == "failed" else "not delivered yet", state.describe())
         if state.status == "failed":
             report.failed.append(state)
     if not_tried:
-        # Messages held back from a channel that is down: one transaction, one log line.
-        con.begin()
-        try:
-            states = [_mark_failed(con, row, error, now, max_attempts, options) for row, error in not_tried]
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
-        report.failed += [state for state in states if state.status == "failed"]
-        for channel, error in down.items():
-            held = sum(1 for row, _ in not_tried if row["channel"] == channel)
-            log.warning("%d more %s message(s) not tried in this pass: %s", held, channel, error)
+        report.failed += _hold_back(con, not_tried, down, now, max_attempts, options)
     report.pending = [
         _state(r)
         for r in _rows(con, "select * from alerts.outbox where status = 'pending' order by next_attempt_at, created_at, message_id", [])

@@ -1,9 +1,17 @@
-"""`needseg demo`: generate a world and let Airflow run needseg's DAGs over monthly cycles.
+"""`needseg demo`: generate a world and let Airflow's scheduler run needseg's DAGs over monthly cycles.
 
 Time passes month by month: each cycle delivers that month's extracts to the landing
-folder, then Airflow runs the DAGs for that month-end (`dag.test`, which executes the
-real tasks and records the runs in the metadata database, so `make airflow` shows them).
-Airflow's own console output goes to a log file; the terminal gets one line per DAG run.
+folder, then asks Airflow for a backfill of the ingest DAG and of the segmentation DAG
+over the first day of the next month. The scheduler runs them with the logical dates the
+DAGs' timetables make (ingest 00:00, segmentation 03:00), the ingest's `needseg_raw`
+asset triggers the features DAG and the published `needseg_segments` asset triggers the
+alerts DAG, as in production; `make airflow` shows those runs afterwards. The DAGs' end
+date is the end of the world (NEEDSEG_SCHEDULE_END), so the scheduler never runs a month
+the world has no data for; ingest and segmentation are paused when the demo ends.
+
+Airflow's console output goes to a log file; the terminal gets progress (stage, tasks
+done, elapsed) at least every 10 s and one line per finished DAG run. A month already
+published, whose extracts were all delivered before, is skipped, and the demo says so.
 """
 
 from __future__ import annotations
@@ -18,14 +26,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import TextIO
 
 import pandas as pd
 
 from pipelines.demo.world import WorldSpec, deliver, extract_months, generate
 from pipelines.errors import NeedsegError
+from pipelines.progress import Progress, elapsed
 from pipelines.settings import Settings
 
-DEMO_DAGS = ("needseg_ingest", "needseg_segmentation", "needseg_alerts")
+DEMO_DAGS = ("needseg_ingest", "needseg_features", "needseg_segmentation", "needseg_alerts")
+# Scheduled DAGs paused when the demo ends: unpaused, they would run today's schedule on a
+# world whose data ends months ago.
+PAUSED_AFTER = ("needseg_ingest", "needseg_segmentation")
 
 
 def month_end(month: str) -> dt.date:
@@ -50,9 +63,9 @@ def ensure_world(settings: Settings, spec: WorldSpec, say: Callable[[str], None]
 
 
 @contextlib.contextmanager
-def _quiet(log_path: Path) -> Iterator[Callable[[str], None]]:
-    """Send everything written to stdout/stderr (Airflow, dbt) to a log file; yield a
-    function that still prints to the terminal."""
+def _quiet(log_path: Path) -> Iterator[TextIO]:
+    """Send everything written to stdout/stderr (Airflow's and dbt's own logging) to a log
+    file; yield a stream that still writes to the terminal (or wherever stdout went)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -62,7 +75,7 @@ def _quiet(log_path: Path) -> Iterator[Callable[[str], None]]:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
-            yield lambda text: print(text, file=terminal, flush=True)
+            yield terminal
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -91,51 +104,128 @@ def frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
+def published_as_ofs(settings: Settings) -> set[dt.date]:
+    """The as-of dates of the segmentation runs in the published serving database."""
+    if not settings.serving_path.exists():
+        return set()
+    from pipelines.warehouse import connect
+
+    try:
+        with connect(settings.serving_path, read_only=True) as con:
+            return {row[0] for row in con.execute("select as_of from segment_runs").fetchall()}
+    except Exception:  # noqa: BLE001 - an unreadable or older serving database: publish again
+        return set()
+
+
+def _describe(run) -> str:
+    when = f", logical date {run.logical_date:%Y-%m-%d %H:%M}" if run.logical_date else ""
+    state = "ok" if run.state == "success" else run.state.upper()
+    return f"{run.dag_id.removeprefix('needseg_')} {state} in {elapsed(run.seconds)} ({run.run_type.replace('_', '-')}{when}, {run.tasks_total} tasks)"
+
+
+def _run_dag(airflow, progress: Progress, label: str, find) -> object:
+    """Wait for one DAG run, showing its tasks as they go; raise if it failed."""
+    from pipelines.airflow import scheduler
+
+    def show(run) -> None:
+        if run is None:
+            progress.update(detail="waiting for the scheduler")
+            return
+        progress.update(done=run.tasks_done, total=run.tasks_total or None, detail=", ".join(run.running)[:70] or run.state)
+
+    run = scheduler.wait_for_run(find, show, airflow)
+    progress.log(f"  {label}  {_describe(run)}")
+    if run.state != "success":
+        raise NeedsegError(f"{run.dag_id} run {run.run_id} failed; see the task logs in make airflow, or {airflow.log_path}")
+    return run
+
+
+def _cycle(airflow, progress: Progress, label: str, as_of: dt.date) -> dict:
+    """One month: ingest (backfill) -> features (asset) -> segmentation (backfill) -> alerts (asset)."""
+    from pipelines.airflow import scheduler
+
+    day = as_of + dt.timedelta(days=1)
+    runs = {}
+    for dag_id, triggered in (("needseg_ingest", "needseg_features"), ("needseg_segmentation", "needseg_alerts")):
+        asked = dt.datetime.now(dt.UTC)
+        progress.stage(f"{label} {dag_id.removeprefix('needseg_')}", unit="tasks")
+        scheduler.backfill(dag_id, day)
+        run = _run_dag(airflow, progress, label, lambda d=dag_id, t=asked: scheduler.latest_run(d, "backfill", after=t))
+        runs[dag_id] = run
+        progress.stage(f"{label} {triggered.removeprefix('needseg_')}", unit="tasks")
+        runs[triggered] = _run_dag(
+            airflow, progress, label, lambda d=triggered, t=asked: scheduler.latest_run(d, "asset_triggered", after=t)
+        )
+    return {dag_id: {"state": r.state, "seconds": round(r.seconds, 1), "run_id": r.run_id} for dag_id, r in runs.items()}
+
+
 def run_demo(settings: Settings, spec: WorldSpec, cycles: int, say: Callable[[str], None] = print) -> dict:
-    from pipelines import airflow_env
+    from pipelines.airflow import env as airflow_env
 
     os.environ["NEEDSEG_DATA_DIR"] = str(settings.data_dir)
     os.environ.setdefault("NEEDSEG_TASK_RETRIES", "0")  # a demo should fail at once, not retry
-    airflow_env.configure()
     world = ensure_world(settings, spec, say)
     months = extract_months(world)
     if cycles < 1 or cycles > len(months) - 12:
         raise NeedsegError(f"--cycles must be between 1 and {len(months) - 12} for a world of {len(months)} months")
     chosen = months[-cycles:]
+    # The scheduler makes runs up to the end of the world, never for months it has no data for.
+    os.environ["NEEDSEG_SCHEDULE_END"] = f"{month_end(chosen[-1]) + dt.timedelta(days=1)}T23:59"
+    airflow_env.configure()
     log_path = settings.data_dir / "airflow-demo.log"
     started = time.monotonic()
-    airflow_env.ensure_metadata_db()
-    say(f"Airflow: metadata database ready in {os.environ['AIRFLOW_HOME']}; its console output goes to {log_path}")
     timings: list[dict] = []
-    with _quiet(log_path) as tell:
-        from airflow.dag_processing.dagbag import DagBag
+    published = published_as_ofs(settings)
+    if {month_end(m) for m in chosen} <= published and deliver(world, settings.landing_dir, chosen[-1]) == 0:
+        for number, month in enumerate(chosen, start=1):
+            say(f"  cycle {number}/{len(chosen)} as of {month_end(month)}  already published, its extracts unchanged: skipped")
+        say("nothing new to run: every month is published (make clean starts afresh)")
+        return {"world": str(world), "cycles": [{"as_of": month_end(m).isoformat(), "skipped": True} for m in chosen]}
+    with _quiet(log_path) as terminal, Progress("demo", stream=terminal) as progress:
+        from pipelines.transform import ensure_manifest
 
-        bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
-        if bag.import_errors:
-            raise NeedsegError("DAG import errors:\n" + "\n".join(f"- {f}: {e}" for f, e in bag.import_errors.items()))
-        with frozen_heap():
-            for number, month in enumerate(chosen, start=1):
-                as_of = month_end(month)
-                delivered = deliver(world, settings.landing_dir, month)
-                line = f"cycle {number}/{len(chosen)}  as of {as_of}  ({delivered} new files)"
-                cycle = {"as_of": as_of.isoformat(), "files": delivered}
-                for dag_id in DEMO_DAGS:
-                    dag = bag.get_dag(dag_id)
+        progress.stage("dbt manifest (the features DAG's tasks are rendered from it)")
+        ensure_manifest()
+        progress.stage("Airflow metadata database (airflow db migrate)")
+        airflow_env.ensure_metadata_db()
+        progress.log(f"Airflow: metadata database ready in {os.environ['AIRFLOW_HOME']}; Airflow's and dbt's output go to {log_path}")
+        from pipelines.airflow import scheduler
+
+        with contextlib.suppress(Exception):  # a first run has no DAGs stored yet
+            scheduler.set_paused(DEMO_DAGS, True)
+            if closed := scheduler.close_unfinished_backfills(DEMO_DAGS):
+                progress.log(f"Airflow: {closed} backfill(s) an interrupted demo left open were closed")
+        since = dt.datetime.now(dt.UTC)
+        with scheduler.local_airflow(log_path) as airflow:
+            progress.stage(
+                "starting Airflow (API server, scheduler with " + os.environ["AIRFLOW__CORE__PARALLELISM"] + " task slots, DAG processor)"
+            )
+            airflow.wait_ready(DEMO_DAGS, lambda text: progress.update(detail=text), since=since)
+            scheduler.set_paused(DEMO_DAGS, False)
+            progress.log(
+                f"Airflow: scheduler running (LocalExecutor, {os.environ['AIRFLOW__CORE__PARALLELISM']} task slots); API on port {airflow.port}"
+            )
+            published = published_as_ofs(settings)
+            try:
+                for number, month in enumerate(chosen, start=1):
+                    as_of = month_end(month)
+                    label = f"cycle {number}/{len(chosen)} as of {as_of}"
+                    delivered = deliver(world, settings.landing_dir, month)
+                    if delivered == 0 and as_of in published:
+                        progress.log(f"  {label}  already published (run seg-{as_of}), its extracts unchanged: skipped")
+                        timings.append({"as_of": as_of.isoformat(), "skipped": True})
+                        continue
+                    progress.log(f"  {label}  {delivered} new file(s) delivered to {settings.landing_dir}")
                     t0 = time.monotonic()
-                    run = dag.test(
-                        logical_date=dt.datetime.combine(as_of, dt.time(23, 0), tzinfo=dt.UTC),
-                        run_conf={"as_of": as_of.isoformat()},
-                    )
-                    seconds = time.monotonic() - t0
-                    state = str(getattr(run, "state", "unknown"))
-                    cycle[dag_id] = {"state": state, "seconds": round(seconds, 1)}
-                    line += f"  {dag_id.removeprefix('needseg_')} {'ok' if state == 'success' else state.upper()} {seconds:.0f} s"
-                    if state != "success":
-                        tell(line)
-                        raise NeedsegError(f"{dag_id} failed for {as_of}; see {log_path} (search for 'Task failed')")
-                timings.append(cycle)
-                tell(line)
-    say(f"{len(chosen)} cycles in {time.monotonic() - started:.0f} s")
+                    cycle = {"as_of": as_of.isoformat(), "files": delivered, **_cycle(airflow, progress, label, as_of)}
+                    cycle["seconds"] = round(time.monotonic() - t0, 1)
+                    timings.append(cycle)
+            finally:
+                with contextlib.suppress(Exception):
+                    scheduler.set_paused(PAUSED_AFTER, True)
+            progress.stage("stopping Airflow")
+    ran = sum(1 for c in timings if not c.get("skipped"))
+    say(f"{ran} cycle(s) run by Airflow's scheduler, {len(timings) - ran} skipped, in {elapsed(time.monotonic() - started)}")
     return {"world": str(world), "cycles": timings}
 
 

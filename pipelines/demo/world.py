@@ -1,6 +1,6 @@
 """The demo world: a deterministic synthetic B2B company written as monthly CRM extracts.
 
-What it models (DESIGN.md, "The domain in one page"):
+What it models (docs/design.md, "The domain in one page"):
 
 - accounts with heavy-tailed sizes (about 80 % of revenue from 20 % of accounts), Nordic
   names with å/ä/ö, firmographics loosely tied to needs, owners, parent accounts;

@@ -1,6 +1,6 @@
 """Drift per account and run: migrations, early warnings, and the churn-risk score.
 
-(DESIGN.md, "Drift".) After each segmentation run:
+(docs/design.md, "Drift".) After each segmentation run:
 
 1. **Migration**: the account's segment differs from the previous run's (segment ids are
    aligned across runs, so a changed id is a real move). A migration is *confirmed* when
@@ -19,7 +19,13 @@
    profile to the target's that its recent mix has gone). The behavioural model's
    probability for the target segment over recent runs is shown alongside.
 3. **Churn risk**: drift towards price-sensitivity or away from partnership, combined with
-   falling revenue or worsening satisfaction, scored 0-1 with its reasons.
+   falling revenue or worsening satisfaction, scored 0-1 with its reasons. A drift is
+   flagged only with its own evidence: the account still orders, it has a target segment,
+   and at least one of the move's buying-mix signals moves its way (signals moving the
+   other way by more than `CONTRADICTING_Z` are listed as "against: ..."); a fall of the
+   behavioural model's probability for the target (`contradicting_probability_drop`)
+   stops the alert. A customer that stopped buying is lapsing, not drifting: the churn
+   model (pipelines.churn) covers it.
 4. **Lapse risk**, beside the alerts: the chance that the account places no order in the
    next `lapse_horizon_months`, at its own buying rhythm. It ranks every customer (with
    or without needs signals) for whoever works a list; alerts stay drift-based.
@@ -27,10 +33,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -55,6 +61,7 @@ class DriftSettings:
     satisfaction_drop: float = 1.0
     low_nps: float = 6.0
     alert_min_score: float = 0.35
+    contradicting_probability_drop: float = 0.05
     lapse_horizon_months: float = 3.0
     lapse_silence_months: float = 6.0
 
@@ -107,7 +114,14 @@ def _score_towards(
     # no comparable window at all: no movement measured
     shift = np.divide(fraction.sum(axis=1), known, out=np.zeros(len(accounts)), where=known > 0)
     return pd.DataFrame(
-        {"z": composite, "shift": np.nan_to_num(shift), "target": target, "components": [comps] * len(accounts)}, index=accounts
+        {
+            "z": composite,
+            "shift": np.nan_to_num(shift),
+            "target": target,
+            "components": [comps] * len(accounts),
+            "signs": [list(signs)] * len(accounts),
+        },
+        index=accounts,
     )
 
 
@@ -134,10 +148,7 @@ def lapse_risk(features: pd.DataFrame, horizon_months: float, silence_months: fl
     return risk.astype(float).clip(0, 1).round(4)
 
 
-def _fmt_rate(v: float) -> str:
-    return "n/a" if v is None or not np.isfinite(v) else f"{v * 100:.0f} %"
-
-
+CONTRADICTING_Z = 1.0
 UNITS = {
     "discount": "order lines",
     "list_price": "order lines",
@@ -150,31 +161,222 @@ UNITS = {
 }
 
 
-def evidence_lines(account: str, comps: list[str], change: MixChange, windows: Windows) -> list[dict[str, Any]]:
-    rows = []
-    for c in comps:
-        label = COMPONENTS[c][1]
-        before, after = change.baseline.at[account, c], change.recent.at[account, c]
-        z = float(change.z.at[account, c])
-        n_recent, n_before = change.n_recent.at[account, c], change.n_baseline.at[account, c]
-        if not (np.isfinite(before) and np.isfinite(after)):
+def _drift_targets(
+    change: MixChange, levels: pd.DataFrame, spread: pd.Series, segment_of: pd.Series, taxonomy: Taxonomy, settings: DriftSettings
+) -> pd.DataFrame:
+    """Per account: the move it is watched for (kind, target) with its evidence (z, shift)."""
+    price = taxonomy.role("price_sensitive")
+    partnership = taxonomy.role("partnership")
+    segments = list(levels.index)
+    parts = []
+    for seg in segments:
+        members = segment_of.index[segment_of == seg]
+        if members.empty:
             continue
-        rows.append(
-            {
-                "signal": c,
-                "label": label,
-                "before": round(float(before), 4),
-                "recent": round(float(after), 4),
-                "z": round(z, 2),
-                "recent_count": int(n_recent),
-                "before_count": int(n_before),
-                "text": (
-                    f"{label} {_fmt_rate(before)} -> {_fmt_rate(after)} (last {windows.recent_months} months vs the "
-                    f"{windows.baseline_months} before; {int(n_recent)} vs {int(n_before)} {UNITS[c]})"
-                ),
-            }
+        candidates = []
+        if price and seg != price and price in segments:
+            candidates.append((PRICE_KIND, price))
+        if partnership and seg == partnership:
+            candidates += [(AWAY_KIND, s) for s in segments if s not in (seg, price)]
+        if not price and not partnership:
+            candidates += [(OTHER_KIND, s) for s in segments if s != seg]
+        best = None
+        for kind, target in candidates:
+            scored = _score_towards(change, levels, spread, members, seg, target, settings.min_profile_gap).assign(kind=kind)
+            # for a partnership account, the strongest move away counts; price first on ties
+            best = scored if best is None else best.where(~(scored["z"] > best["z"]), scored)
+        if best is not None:
+            parts.append(best)
+    columns = ["z", "shift", "target", "components", "signs", "kind"]
+    drift = pd.concat(parts) if parts else pd.DataFrame(columns=columns)
+    return drift.reindex(segment_of.index)
+
+
+def _migrations(
+    out: pd.DataFrame, change: MixChange, levels: pd.DataFrame, spread: pd.Series, taxonomy: Taxonomy, settings: DriftSettings
+) -> pd.DataFrame:
+    """Kind, evidence and direction of every migration (vectorised per from -> to pair)."""
+    price = taxonomy.role("price_sensitive")
+    partnership = taxonomy.role("partnership")
+    out["migration_kind"] = np.select(
+        [~out["migrated"], (out["segment_id"] == price) & bool(price), (out["previous_segment_id"] == partnership) & bool(partnership)],
+        [None, PRICE_KIND, AWAY_KIND],
+        default=OTHER_KIND,
+    )
+    out["migration_kind"] = out["migration_kind"].where(out["migrated"], None)
+    out["migration_z"] = np.nan
+    out["migration_confirmed"] = False
+    parts = []
+    moved = out[out["migrated"] & out["previous_segment_id"].isin(levels.index) & out["segment_id"].isin(levels.index)]
+    for (before, after), group in moved.groupby(["previous_segment_id", "segment_id"]):
+        parts.append(_score_towards(change, levels, spread, group.index, before, after, settings.min_profile_gap))
+    scored = pd.concat(parts) if parts else pd.DataFrame(columns=["z", "shift", "target", "components", "signs"])
+    scored = scored.reindex(out.index)
+    out["migration_z"] = scored["z"].astype(float).round(3)
+    out["migration_confirmed"] = (
+        out["migrated"]
+        & (scored["z"].astype(float) >= settings.confirm_migration_z)
+        & (scored["shift"].astype(float) >= settings.min_shift)
+    ).fillna(False)
+    return scored
+
+
+def _probabilities(out: pd.DataFrame, history: pd.DataFrame) -> None:
+    """The behavioural model's probability for the target segment, now and 3 runs before."""
+    out["behaviour_probability_now"] = np.nan
+    out["behaviour_probability_before"] = np.nan
+    if not len(history):
+        return
+    runs = sorted(history["as_of"].unique())
+    key = pd.DataFrame({"account_id": out.index, "segment_id": out["toward_segment_id"].to_numpy()})
+    for column, run in (("behaviour_probability_now", runs[-1]), ("behaviour_probability_before", runs[max(0, len(runs) - 4)])):
+        at = history.loc[history["as_of"] == run, ["account_id", "segment_id", "behaviour_probability"]]
+        merged = key.merge(at, on=["account_id", "segment_id"], how="left")
+        out[column] = merged["behaviour_probability"].to_numpy(float)
+
+
+def _fmt_rates(values: pd.Series) -> pd.Series:
+    v = pd.to_numeric(values, errors="coerce").astype(float)
+    return ((v * 100).round(0).astype("Int64").astype(str) + " %").where(v.notna(), "n/a")
+
+
+def _evidence_long(accounts: pd.Index, comps: pd.Series, signs: pd.Series, change: MixChange, windows: Windows) -> pd.DataFrame:
+    """One row per account and buying-mix signal of its move, with the figures and words."""
+    listed = pd.DataFrame(
+        {"account_id": accounts, "signal": comps.reindex(accounts).to_numpy(), "sign": signs.reindex(accounts).to_numpy()}
+    )
+    listed = listed[listed["signal"].str.len().fillna(0).to_numpy() > 0]
+    long = listed.explode(["signal", "sign"], ignore_index=True)
+    if long.empty:
+        return pd.DataFrame(
+            columns=["account_id", "signal", "label", "before", "recent", "z", "recent_count", "before_count", "supports", "text"]
         )
-    return sorted(rows, key=lambda r: -abs(r["z"]))
+    pairs = pd.MultiIndex.from_frame(long[["account_id", "signal"]])
+    for column, frame in (
+        ("before", change.baseline),
+        ("recent", change.recent),
+        ("z", change.z),
+        ("recent_count", change.n_recent),
+        ("before_count", change.n_baseline),
+    ):
+        long[column] = frame.stack(future_stack=True).reindex(pairs).to_numpy(float)
+    long = long[np.isfinite(long["before"]) & np.isfinite(long["recent"])].copy()
+    long["label"] = long["signal"].map({c: v[1] for c, v in COMPONENTS.items()})
+    along = long["z"] * long["sign"].astype(float)
+    long["supports"] = along > 0
+    # a signal that did not move (|z| <= 1 the other way) neither supports nor contradicts
+    long = long[long["supports"] | (along < -CONTRADICTING_Z)].copy()
+    counts = (
+        long["recent_count"].astype(int).astype(str)
+        + " vs "
+        + long["before_count"].astype(int).astype(str)
+        + " "
+        + long["signal"].map(UNITS)
+    )
+    long["text"] = (
+        np.where(long["supports"], "", "against: ")
+        + long["label"]
+        + " "
+        + _fmt_rates(long["before"])
+        + " -> "
+        + _fmt_rates(long["recent"])
+        + f" (last {windows.recent_months} months vs the {windows.baseline_months} before; "
+        + counts
+        + ")"
+    )
+    long["before"] = long["before"].round(4)
+    long["recent"] = long["recent"].round(4)
+    long["z"] = long["z"].round(2)
+    long["recent_count"] = long["recent_count"].astype(int)
+    long["before_count"] = long["before_count"].astype(int)
+    return long.drop(columns="sign")
+
+
+EVIDENCE_SQL = """
+with agg as (
+    select account_id,
+           to_json(list(struct_pack(signal, label, before, recent, z, recent_count, before_count, supports, text)
+                        order by abs(z) desc, signal)) as components,
+           list(text order by abs(z) desc, signal) filter (where supports) as supporting,
+           list(text order by abs(z) desc, signal) filter (where not supports) as against
+    from long group by account_id
+),
+joined as (
+    select acc.account_id, coalesce(agg.components, '[]') as components,
+           list_concat(
+               coalesce(agg.supporting[1:3], []::varchar[]),
+               coalesce(agg.against, []::varchar[]),
+               list_filter([acc.probability_text, acc.revenue_text, acc.satisfaction_text], lambda x: x is not null)
+           ) as lines,
+           list_filter([acc.early, acc.move, acc.revenue, acc.satisfaction], lambda x: x is not null) as why
+    from acc left join agg using (account_id)
+)
+select account_id, components, to_json(lines) as evidence, array_to_string(lines, '; ') as evidence_text,
+       to_json(why) as churn_risk_reasons
+from joined
+"""
+
+
+def _fmt2(values: pd.Series) -> np.ndarray:
+    v = values.to_numpy(float)
+    return np.where(np.isfinite(v), np.char.mod("%.2f", np.nan_to_num(v)), "")
+
+
+def _probability_text(out: pd.DataFrame, names: dict[str, str], settings: DriftSettings) -> pd.Series:
+    """The behavioural model's probability of the target: support when it rose, `against:` when it fell."""
+    target = out["toward_segment_id"].map(names).fillna(out["toward_segment_id"]).fillna("")
+    now, before = out["behaviour_probability_now"], out["behaviour_probability_before"]
+    known = np.isfinite(now) & np.isfinite(before)
+    fell = known & (now <= before - settings.contradicting_probability_drop)
+    out["probability_contradicts"] = fell
+    text = "model probability of " + target + " " + _fmt2(before) + " -> " + _fmt2(now) + " over recent runs"
+    return text.where(~fell, "against: " + text).where(known, None)
+
+
+def _churn_risk(out: pd.DataFrame, settings: DriftSettings) -> pd.DataFrame:
+    """A risky move (its own signals moving its way, nothing contradicting it) plus falling
+    revenue or satisfaction; returns the reason codes and the words for revenue and satisfaction."""
+    risky_early = out["early_warning"] & out["drift_kind"].isin([PRICE_KIND, AWAY_KIND])
+    risky_move = out["migration_confirmed"] & out["migration_kind"].isin([PRICE_KIND, AWAY_KIND]) & out["ordering_recently"]
+    strength = np.maximum(np.where(risky_early, out["drift_shift"].clip(0, 1), 0.0), np.where(risky_move, 0.5, 0.0))
+    revenue = out["revenue_trend"]
+    revenue_drop = np.where(np.isfinite(revenue) & (revenue <= -settings.revenue_drop), (-revenue).clip(0, 1), 0.0)
+    sat = out["satisfaction_change"]
+    satisfaction_drop = np.where(np.isfinite(sat) & (sat <= -settings.satisfaction_drop), (-sat / 2).clip(0, 1), 0.0)
+    low_nps = np.isfinite(out["nps"]) & (out["nps"] <= settings.low_nps)
+    satisfaction_drop = np.where(low_nps, np.maximum(satisfaction_drop, 0.5), satisfaction_drop)
+    supported = out["drift_flag"] & ~out["probability_contradicts"]
+    pressure = np.maximum(revenue_drop, satisfaction_drop)
+    score = np.where((strength > 0) & (pressure > 0) & supported, 0.5 * strength + 0.5 * pressure, 0.0)
+    out["churn_risk_score"] = np.round(score, 3)
+    out["is_churn_risk"] = out["churn_risk_score"] >= settings.alert_min_score
+    revenue_pct = (revenue * 100).round(0).astype("Int64").astype(str)
+    return pd.DataFrame(
+        {
+            "account_id": out.index,
+            "early": np.where(risky_early, out["drift_kind"], None),
+            "move": np.where(risky_move, "migration_" + out["migration_kind"].fillna(""), None),
+            "revenue": np.where(revenue_drop > 0, "falling_revenue", None),
+            "satisfaction": np.where(satisfaction_drop > 0, "worsening_satisfaction", None),
+            "revenue_text": np.where(revenue_drop > 0, "revenue run-rate " + revenue_pct + " % (last 3 months vs the 12 before)", None),
+            "satisfaction_text": np.where(
+                (satisfaction_drop > 0) & np.isfinite(sat),
+                "satisfaction " + np.char.mod("%+.1f", np.nan_to_num(sat.to_numpy(float))) + " since the previous survey wave",
+                None,
+            ),
+        }
+    )
+
+
+def _evidence(out: pd.DataFrame, long: pd.DataFrame, acc: pd.DataFrame) -> None:
+    """Evidence per account in one query: supporting signals first (the three strongest),
+    contradicting ones marked `against:`, then model probability, revenue and satisfaction."""
+    with duckdb.connect() as con:
+        con.register("long", long)
+        con.register("acc", acc)
+        agg = con.execute(EVIDENCE_SQL).df().set_index("account_id").reindex(out.index)
+    for column in ("components", "evidence", "evidence_text", "churn_risk_reasons"):
+        out[column] = agg[column].to_numpy()
 
 
 def detect(
@@ -206,35 +408,7 @@ def detect(
         last_order_months_ago=change.last_order_months_ago.reindex(segment_of.index),
     )
     levels, spread = segment_profiles(features.reindex(segment_of.index), segment_of)
-    price = taxonomy.role("price_sensitive")
-    partnership = taxonomy.role("partnership")
-    segments = list(levels.index)
-    parts = []
-    for seg in segments:
-        members = segment_of.index[segment_of == seg]
-        if members.empty:
-            continue
-        candidates = []
-        if price and seg != price and price in segments:
-            candidates.append((PRICE_KIND, price))
-        if partnership and seg == partnership:
-            candidates += [(AWAY_KIND, s) for s in segments if s not in (seg, price)]
-        if not price and not partnership:
-            candidates += [(OTHER_KIND, s) for s in segments if s != seg]
-        if not candidates:
-            continue
-        best = None
-        for kind, target in candidates:
-            scored = _score_towards(change, levels, spread, members, seg, target, settings.min_profile_gap).assign(kind=kind)
-            if best is None:
-                best = scored
-            else:
-                # for a partnership account, the strongest move away counts; price first on ties
-                better = scored["z"] > best["z"]
-                best = best.where(~better, scored)
-        parts.append(best)
-    drift = pd.concat(parts) if parts else pd.DataFrame(columns=["z", "shift", "target", "components", "kind"])
-    drift = drift.reindex(segment_of.index)
+    drift = _drift_targets(change, levels, spread, segment_of, taxonomy, settings)
 
     out = pd.DataFrame(index=segment_of.index)
     out["segment_id"] = segment_of
@@ -246,44 +420,21 @@ def detect(
     out["drift_shift"] = drift["shift"].astype(float).round(3)
     # An account that stopped ordering altogether has lapsed (a churn question), it is not
     # drifting: a drift shows in what it still buys.
-    out["ordering_recently"] = change.last_order_months_ago < settings.active_within_months
+    out["ordering_recently"] = (change.last_order_months_ago < settings.active_within_months).fillna(False).astype(bool)
     out["early_warning"] = (
         (out["drift_z"] >= settings.early_warning_z) & (out["drift_shift"] >= settings.min_shift) & out["ordering_recently"]
     )
-
-    def migration_kind(row) -> str | None:
-        if not row["migrated"]:
-            return None
-        if price and row["segment_id"] == price:
-            return PRICE_KIND
-        if partnership and row["previous_segment_id"] == partnership:
-            return AWAY_KIND
-        return OTHER_KIND
-
-    out["migration_kind"] = out.apply(migration_kind, axis=1)
-    out["migration_z"] = np.nan
-    out["migration_confirmed"] = False
-    moved = out[out["migrated"] & out["previous_segment_id"].isin(levels.index) & out["segment_id"].isin(levels.index)]
-    for (before, after), group in moved.groupby(["previous_segment_id", "segment_id"]):
-        scored = _score_towards(change, levels, spread, group.index, before, after, settings.min_profile_gap)
-        out.loc[group.index, "migration_z"] = scored["z"].round(3)
-        out.loc[group.index, "migration_confirmed"] = (scored["z"] >= settings.confirm_migration_z) & (
-            scored["shift"] >= settings.min_shift
-        )
-    out["drift_flag"] = (out["early_warning"] & out["drift_kind"].isin([PRICE_KIND, AWAY_KIND])) | (
-        out["migration_confirmed"] & out["migration_kind"].isin([PRICE_KIND, AWAY_KIND])
-    )
-
-    # The behavioural model's probability for the target segment, now and 3 runs before.
-    hist = probability_history
-    runs = sorted(hist["as_of"].unique()) if len(hist) else []
-    now_p = hist[hist["as_of"] == runs[-1]] if runs else hist
-    before_p = hist[hist["as_of"] == runs[max(0, len(runs) - 4)]] if runs else hist
-    key = lambda frame: frame.set_index(["account_id", "segment_id"])["behaviour_probability"]  # noqa: E731
-    now_map, before_map = key(now_p), key(before_p)
-    targets = list(zip(out.index, out["toward_segment_id"], strict=True))
-    out["behaviour_probability_now"] = [now_map.get(t, np.nan) for t in targets]
-    out["behaviour_probability_before"] = [before_map.get(t, np.nan) for t in targets]
+    moved = _migrations(out, change, levels, spread, taxonomy, settings)
+    risky_move = out["migration_confirmed"] & out["migration_kind"].isin([PRICE_KIND, AWAY_KIND]) & out["ordering_recently"]
+    risky_early = out["early_warning"] & out["drift_kind"].isin([PRICE_KIND, AWAY_KIND])
+    # A confirmed risky migration without an early warning: the move is towards its new
+    # segment, and its evidence is the migration's own signals.
+    by_move = risky_move & ~risky_early
+    out.loc[by_move, "drift_kind"] = out.loc[by_move, "migration_kind"]
+    out.loc[by_move, "toward_segment_id"] = out.loc[by_move, "segment_id"]
+    comps = drift["components"].where(~by_move, moved["components"])
+    signs = drift["signs"].where(~by_move, moved["signs"])
+    _probabilities(out, probability_history)
 
     f = features.reindex(out.index)
     out["revenue_trend"] = pd.to_numeric(f["revenue_trend"], errors="coerce")
@@ -291,55 +442,13 @@ def detect(
     out["nps"] = pd.to_numeric(f["nps"], errors="coerce")
     out["lapse_risk"] = lapse_risk(f, settings.lapse_horizon_months, settings.lapse_silence_months)
 
-    evidence, components, risk, reasons = [], [], [], []
-    for account, row in out.iterrows():
-        comps = drift.at[account, "components"] if isinstance(drift.at[account, "components"], list) else []
-        lines = evidence_lines(account, comps, change, windows)
-        text = [line["text"] for line in lines[:3]]
-        target = row["toward_segment_id"]
-        if np.isfinite(row["behaviour_probability_now"]) and np.isfinite(row["behaviour_probability_before"]):
-            text.append(
-                f"model probability of {names.get(target, target)} {row['behaviour_probability_before']:.2f} -> {row['behaviour_probability_now']:.2f} over recent runs"
-            )
-        # churn risk: a risky drift or migration, with falling revenue or satisfaction
-        drift_strength = 0.0
-        why = []
-        if row["early_warning"] and row["drift_kind"] in (PRICE_KIND, AWAY_KIND):
-            drift_strength = float(np.clip(row["drift_shift"], 0, 1))
-            why.append(row["drift_kind"])
-        if row["migration_confirmed"] and row["migration_kind"] in (PRICE_KIND, AWAY_KIND):
-            drift_strength = max(drift_strength, 0.5)
-            why.append("migration_" + row["migration_kind"])
-        revenue_drop = (
-            float(np.clip(-row["revenue_trend"], 0, 1))
-            if np.isfinite(row["revenue_trend"]) and row["revenue_trend"] <= -settings.revenue_drop
-            else 0.0
-        )
-        satisfaction_drop = 0.0
-        if np.isfinite(row["satisfaction_change"]) and row["satisfaction_change"] <= -settings.satisfaction_drop:
-            satisfaction_drop = float(np.clip(-row["satisfaction_change"] / 2, 0, 1))
-        if np.isfinite(row["nps"]) and row["nps"] <= settings.low_nps:
-            satisfaction_drop = max(satisfaction_drop, 0.5)
-        if revenue_drop:
-            why.append("falling_revenue")
-            text.append(f"revenue run-rate {row['revenue_trend'] * 100:+.0f} % (last 3 months vs the 12 before)")
-        if satisfaction_drop:
-            why.append("worsening_satisfaction")
-            if np.isfinite(row["satisfaction_change"]):
-                text.append(f"satisfaction {row['satisfaction_change']:+.1f} since the previous survey wave")
-        score = (
-            0.5 * drift_strength + 0.5 * max(revenue_drop, satisfaction_drop)
-            if drift_strength and (revenue_drop or satisfaction_drop)
-            else 0.0
-        )
-        evidence.append(text)
-        components.append(json.dumps(lines))
-        risk.append(round(score, 3))
-        reasons.append(json.dumps(why))
-    out["evidence"] = [json.dumps(e, ensure_ascii=False) for e in evidence]
-    out["evidence_text"] = ["; ".join(e) for e in evidence]
-    out["components"] = components
-    out["churn_risk_score"] = risk
-    out["churn_risk_reasons"] = reasons
-    out["is_churn_risk"] = out["churn_risk_score"] >= settings.alert_min_score
+    long = _evidence_long(out.index, comps, signs, change, windows)
+    supporting = long[long["supports"]].groupby("account_id").size() if len(long) else pd.Series(dtype=int)
+    out["supporting_signals"] = supporting.reindex(out.index).fillna(0).astype(int)
+    probability_text = _probability_text(out, names, settings)
+    # a drift row always names its target and the signals that carry it
+    out["drift_flag"] = (risky_early | risky_move) & out["toward_segment_id"].notna() & (out["supporting_signals"] > 0)
+    acc = _churn_risk(out, settings)
+    acc["probability_text"] = probability_text.to_numpy()
+    _evidence(out, long, acc)
     return out

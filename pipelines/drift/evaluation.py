@@ -34,7 +34,8 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
     ).df()
     run_ids = list(runs["run_id"])
     drift = con.execute(
-        "select run_id, as_of, account_id, early_warning, drift_flag, migrated, is_churn_risk from drift.customer_drift where run_id in (select unnest(?))",
+        "select run_id, as_of, account_id, early_warning, drift_flag, migrated, is_churn_risk, coalesce(lapsing, false) as lapsing "
+        "from drift.customer_drift where run_id in (select unnest(?))",
         [run_ids],
     ).df()
     customers = set(drift["account_id"])
@@ -71,6 +72,7 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
             "values": sorted(lead),
         },
         "false_flags_on_random_churners": len(set(first_flag.index) & random_churners),
+        "random_churners_flagged_lapsing": len(set(drift.loc[drift["lapsing"], "account_id"]) & random_churners),
         "false_flags_on_promotions": len(set(first_flag.index) & promo),
     }
     n, b = needseg, baseline
@@ -84,5 +86,6 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
         f"  needseg F1 / baseline F1: {result['f1_ratio_vs_baseline']}",
         f"  lead time from first flag to churn (drifters that churned): median {result['lead_time_months']['median']} months over {len(lead)} accounts",
         f"  early warnings on random churners (no drift): {result['false_flags_on_random_churners']} of {len(random_churners)}; on promotion-only accounts: {result['false_flags_on_promotions']} of {len(promo)}",
+        f"  random churners flagged as lapsing by the churn model: {result['random_churners_flagged_lapsing']} of {len(random_churners)}",
     ]
     return result

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 
+from pipelines.churn.run import ChurnResult, ChurnSettings, score_run
 from pipelines.drift.detect import AWAY_KIND, PRICE_KIND, DriftSettings, detect
 from pipelines.drift.episodes import EpisodeRules, episodes
 from pipelines.drift.population import population_changes
@@ -46,6 +48,8 @@ DDL = [
         churn_risk_score double not null, churn_risk_reasons json, is_churn_risk boolean not null,
         lapse_risk double,
         evidence json, evidence_text varchar, components json,
+        supporting_signals integer, probability_contradicts boolean,
+        churn_probability double, churn_rank integer, churn_reasons varchar, churn_model varchar, lapsing boolean,
         primary key (run_id, account_id))""",
     """create table if not exists drift.segment_transitions (
         run_id varchar not null, previous_run_id varchar not null, as_of date not null,
@@ -67,15 +71,57 @@ DDL = [
         last_seen_as_of date not null, resolved_as_of date, runs_flagged integer not null,
         score double, peak_score double, account_name varchar, account_owner varchar,
         from_segment varchar, to_segment varchar, evidence json, action varchar)""",
+    """create table if not exists churn.risk_history (
+        run_id varchar not null, as_of date not null, account_id varchar not null,
+        churn_probability double not null, rank integer not null, reasons varchar not null, model varchar not null,
+        recency_days integer, bgnbd_p_no_purchase double, eligible boolean not null, lapsing boolean not null,
+        primary key (run_id, account_id))""",
+    """create table if not exists churn.model_quality (
+        run_id varchar not null, as_of date not null, evaluated_as_of date not null, model varchar not null,
+        accounts integer not null, churned integer not null, k integer not null, metric varchar not null,
+        needseg double, recency double, bgnbd double,
+        primary key (run_id, evaluated_as_of, metric))""",
+    """create table if not exists churn.model_runs (
+        run_id varchar primary key, as_of date not null, model varchar not null, training_rows integer not null,
+        training_positives integer not null, training_cutoffs integer not null, backtest_runs integer not null,
+        alert_threshold double, threshold_precision double, threshold_source varchar, target_precision double not null,
+        lapsing integer not null, summary varchar not null)""",
 ]
-RUN_TABLES = ("drift.customer_drift", "drift.segment_transitions", "drift.population_changes", "alerts.risk_snapshots")
+RUN_TABLES = (
+    "drift.customer_drift",
+    "drift.segment_transitions",
+    "drift.population_changes",
+    "alerts.risk_snapshots",
+    "churn.risk_history",
+    "churn.model_quality",
+    "churn.model_runs",
+)
 
 REASONS = {PRICE_KIND: "drift_to_price_sensitive", AWAY_KIND: "leaving_partnership"}
+LAPSING = "lapsing"
+LAPSING_ACTION = (
+    "Call the account this week: its buying has slowed or stopped. Ask what changed (a competitor, a "
+    "budget, a problem with us) and agree the next order or a review meeting."
+)
+SNAPSHOT_COLUMNS = [
+    "run_id",
+    "as_of",
+    "account_id",
+    "reason",
+    "score",
+    "account_name",
+    "account_owner",
+    "from_segment",
+    "to_segment",
+    "evidence",
+    "action",
+]
 
 
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("create schema if not exists drift")
     con.execute("create schema if not exists alerts")
+    con.execute("create schema if not exists churn")
     for ddl in DDL:
         ensure_table(con, ddl)
 
@@ -92,6 +138,7 @@ class DriftRunResult:
     new_alerts: int
     population_events: dict[str, int]
     seconds: float
+    churn: str = ""
 
     def summary(self) -> str:
         events = ", ".join(f"{k} {v}" for k, v in sorted(self.population_events.items())) or "first run"
@@ -99,7 +146,7 @@ class DriftRunResult:
             f"{self.run_id}: {self.drift_flags} accounts drifting towards price-sensitivity or away from partnership "
             f"({self.early_warnings} early warnings, {self.migrations} segment changes), "
             f"{self.churn_risks} accounts at churn risk ({self.new_alerts} new alerts, {self.open_alerts} open); "
-            f"segments: {events}; {self.seconds:.1f} s"
+            f"segments: {events}; {self.churn}; {self.seconds:.1f} s"
         )
 
 
@@ -183,46 +230,12 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
     drift.insert(0, "as_of", as_of)
     drift.insert(0, "run_id", run_id)
 
-    # Accounts at churn risk this run: one snapshot per reason.
-    snaps = []
-    for row in drift[drift["is_churn_risk"]].itertuples():
-        reasons = json.loads(row.churn_risk_reasons)
-        kinds = [k for k in (PRICE_KIND, AWAY_KIND) if k in reasons or f"migration_{k}" in reasons]
-        for kind in kinds:
-            to_segment = row.toward_segment_id if kind in reasons else row.segment_id
-            snaps.append(
-                {
-                    "run_id": run_id,
-                    "as_of": as_of,
-                    "account_id": row.account_id,
-                    "reason": REASONS[kind],
-                    "score": row.churn_risk_score,
-                    "account_name": row.account_name,
-                    "account_owner": row.account_owner,
-                    "from_segment": names.get(
-                        row.previous_segment_id if kind not in reasons and row.previous_segment_id else row.segment_id
-                    ),
-                    "to_segment": names.get(to_segment, to_segment),
-                    "evidence": row.evidence,
-                    "action": actions.get(to_segment),
-                }
-            )
-    snapshots = pd.DataFrame(
-        snaps,
-        columns=[
-            "run_id",
-            "as_of",
-            "account_id",
-            "reason",
-            "score",
-            "account_name",
-            "account_owner",
-            "from_segment",
-            "to_segment",
-            "evidence",
-            "action",
-        ],
+    churn_settings = ChurnSettings.from_config(
+        dict(config.get("churn") or {}), seed=int((config.get("segmentation") or {}).get("seed", 42))
     )
+    churn = score_run(con, run_id, as_of, churn_settings, current_drift=drift.set_index("account_id"))
+    drift = _with_churn(drift, churn)
+    snapshots = risk_snapshots(drift, names, actions, churn, churn_settings.lapsing_action or LAPSING_ACTION)
 
     transitions_frame = pd.DataFrame()
     events = pd.DataFrame()
@@ -250,6 +263,12 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
             ("drift.segment_transitions", transitions_frame),
             ("drift.population_changes", events),
             ("alerts.risk_snapshots", snapshots),
+            (
+                "churn.risk_history",
+                churn.scores.drop(columns=["bgnbd_p_no_purchase"]).assign(bgnbd_p_no_purchase=churn.scores["bgnbd_p_no_purchase"]),
+            ),
+            ("churn.model_quality", churn.quality),
+            ("churn.model_runs", _model_run(run_id, as_of, churn)),
         ):
             insert_frame(con, table, frame)
         all_snapshots = con.execute("select * from alerts.risk_snapshots order by as_of, account_id, reason").df()
@@ -273,4 +292,93 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
         new_alerts=int((open_now["opened_run_id"] == run_id).sum()) if len(open_now) else 0,
         population_events=events["event"].value_counts().to_dict() if len(events) else {},
         seconds=round(time.monotonic() - started, 2),
+        churn=churn.line(),
     )
+
+
+def _with_churn(drift: pd.DataFrame, churn: ChurnResult) -> pd.DataFrame:
+    """customer_drift carries the run's churn probability, rank, reasons and lapsing flag."""
+    scores = churn.scores.set_index("account_id")
+    keyed = drift.set_index("account_id")
+    keyed["churn_probability"] = scores["churn_probability"]
+    keyed["churn_rank"] = scores["rank"]
+    keyed["churn_reasons"] = scores["reasons"]
+    keyed["churn_model"] = scores["model"]
+    keyed["lapsing"] = scores["lapsing"].reindex(keyed.index).fillna(False).astype(bool)
+    return keyed.reset_index()
+
+
+def risk_snapshots(
+    drift: pd.DataFrame, names: dict[str, str], actions: dict[str, str], churn: ChurnResult, lapsing_action: str
+) -> pd.DataFrame:
+    """The accounts at churn risk this run, one row per reason (vectorised).
+
+    A drift reason carries the drift's own evidence (detect only raises it when its signals
+    move its way and nothing contradicts it). An account likely to stop buying, without a
+    drift alert, is *lapsing*: its evidence is the churn model's reasons and probability.
+    """
+    risky = drift[drift["is_churn_risk"]]
+    to_segment = risky["toward_segment_id"]
+    moved_in = risky["drift_kind"].eq(risky["migration_kind"]) & risky["toward_segment_id"].eq(risky["segment_id"])
+    from_segment = risky["previous_segment_id"].where(moved_in & risky["previous_segment_id"].notna(), risky["segment_id"])
+    drift_rows = pd.DataFrame(
+        {
+            "account_id": risky["account_id"],
+            "reason": risky["drift_kind"].map(REASONS),
+            "score": risky["churn_risk_score"],
+            "from_segment": from_segment.map(names).fillna(from_segment),
+            "to_segment": to_segment.map(names).fillna(to_segment),
+            "evidence": risky["evidence"],
+            "action": to_segment.map(actions),
+        }
+    )
+    lapsing = drift[drift["lapsing"] & ~drift["is_churn_risk"]]
+    threshold = churn.summary.get("alert_threshold") or 0.0
+    precision = churn.summary.get("threshold_precision") or 0.0
+    probability = lapsing["churn_probability"].to_numpy(float)
+    headline = (
+        "churn probability "
+        + np.char.mod("%.2f", probability)
+        + f" (alert threshold {threshold:.2f}, precision {precision:.2f} in the backtest)"
+    )
+    evidence_frame = pd.DataFrame({"h": headline, "r": lapsing["churn_reasons"].fillna("").to_numpy()})
+    with duckdb.connect() as mem:
+        mem.register("e", evidence_frame)
+        evidence = mem.execute("select to_json(list_concat([h], string_split(r, '; '))) as evidence from e").df()["evidence"]
+    lapse_rows = pd.DataFrame(
+        {
+            "account_id": lapsing["account_id"].to_numpy(),
+            "reason": LAPSING,
+            "score": probability,
+            "from_segment": lapsing["segment_id"].map(names).fillna(lapsing["segment_id"]).to_numpy(),
+            "to_segment": None,
+            "evidence": evidence.to_numpy(),
+            "action": lapsing_action,
+        }
+    )
+    rows = pd.concat([drift_rows, lapse_rows], ignore_index=True)
+    rows = rows[rows["reason"].notna()]
+    rows = rows.merge(drift[["account_id", "account_name", "account_owner"]], on="account_id", how="left")
+    rows.insert(0, "as_of", drift["as_of"].iloc[0] if len(drift) else None)
+    rows.insert(0, "run_id", drift["run_id"].iloc[0] if len(drift) else None)
+    return rows[SNAPSHOT_COLUMNS].sort_values(["account_id", "reason"]).reset_index(drop=True)
+
+
+def _model_run(run_id: str, as_of: dt.date, churn: ChurnResult) -> pd.DataFrame:
+    s = churn.summary
+    row = {
+        k: s.get(k)
+        for k in (
+            "model",
+            "training_rows",
+            "training_positives",
+            "training_cutoffs",
+            "backtest_runs",
+            "alert_threshold",
+            "threshold_precision",
+            "threshold_source",
+            "target_precision",
+            "lapsing",
+        )
+    }
+    return pd.DataFrame([{"run_id": run_id, "as_of": as_of, **row, "summary": churn.line()}])

@@ -26,12 +26,16 @@ format is documented in config/sources/README.md; in short:
         scale: {min: 1, max: 7, items: [price, quality]}   # items on another scale (or a list of these)
         reverse: [price]                                   # reverse-coded items
         unpivot: ...                 # wide -> long, see README
-        read_from: order_lines       # read another table's files (e.g. accounts from lines)
+        read_from: order_lines       # read another folder's files (a table's, or any folder: deals/)
+        where: "Stage = 'Won'"       # keep only the rows of the file this is true for
+        bad_values: {account_owner: "null"}   # optional column: a bad value becomes null (default: quarantine)
         aggregate: {by: [account_id], ...}                 # one row per key from those files
 
 Anything not named falls back to the canonical column of the same name.
 
-`load_mapping_file` checks the whole file before anything is read with it: unknown keys at
+`load_mapping_file` reads the YAML within limits (size, aliases: `pipelines.safe_yaml`) and
+checks every SQL expression against the sandbox's allow-list (`pipelines.ingest.sandbox`).
+It checks the whole file before anything is read with it: unknown keys at
 every level (with the closest known key), the type of every value, contract columns and
 survey items that do not exist, and contradictions (thousands separator = decimal
 separator). All problems are reported at once, each with the file and its key path, as a
@@ -63,10 +67,11 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import yaml
 
 from pipelines.contract import CURRENCY, EMAIL, ISO_COUNTRY, TABLES
 from pipelines.errors import ConfigError
+from pipelines.ingest.sandbox import refusal
+from pipelines.safe_yaml import load_yaml
 
 FORMATS = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".xlsx": "xlsx"}
 ENCODINGS = ("auto", "utf-8", "utf-8-sig", "utf-16", "latin-1", "iso-8859-1", "cp1252")
@@ -83,9 +88,13 @@ _TABLE_KEYS = (
     "unpivot",
     "read_from",
     "aggregate",
+    "where",
+    "bad_values",
     "description",
     *_READ_KEYS,
 )
+# What happens to a row with a bad value in an optional column (`bad_values:`).
+BAD_VALUE_POLICIES = ("quarantine", "null")
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,14 @@ class TableMapping:
     aggregate: Aggregate | None = None
     read: ReadOptions = ReadOptions()
     origin: str = "canonical columns (no mapping file)"
+    where: str | None = None  # an SQL condition on the file's columns: rows it is not true for are left out
+    # Optional column -> "null" (a bad value becomes null, the row loads and is counted) or
+    # "quarantine" (the default: the row goes to quarantine).
+    bad_values: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def nulled_columns(self) -> frozenset[str]:
+        return frozenset(c for c, policy in self.bad_values.items() if policy == "null")
 
     @property
     def folder_table(self) -> str:
@@ -343,60 +360,92 @@ def _date_format_problem(fmt: str) -> str | None:
     return None
 
 
+_MISSING = object()  # a read setting that was refused: left at its default
+
+
+def _format_setting(value: Any, problems: _Problems, at: str) -> Any:
+    if value not in set(FORMATS.values()):
+        problems.add(at, f"expected one of csv, parquet, jsonl, xlsx, not {_shown(value)}")
+        return _MISSING
+    return value
+
+
+def _delimiter_setting(value: Any, problems: _Problems, at: str) -> Any:
+    text = value.replace("\\t", "\t") if isinstance(value, str) else value
+    if not isinstance(text, str) or len(text) != 1 or text in ('"', "\n", "\r"):
+        problems.add(at, f"expected one character such as ';', ',', '|' or '\\t' (tab), not {_shown(value)}")
+        return _MISSING
+    return text
+
+
+def _decimal_setting(value: Any, problems: _Problems, at: str) -> Any:
+    if value not in (".", ","):
+        problems.add(at, f"expected '.' or ',', not {_shown(value)}")
+        return _MISSING
+    return value
+
+
+def _thousands_setting(value: Any, problems: _Problems, at: str) -> Any:
+    if value is not None and value not in THOUSANDS_SEPARATORS:
+        shown = ", ".join(repr(s) for s in THOUSANDS_SEPARATORS)
+        problems.add(at, f"expected one of {shown} (or nothing), not {_shown(value)}")
+        return _MISSING
+    return value
+
+
+def _encoding_setting(value: Any, problems: _Problems, at: str) -> Any:
+    if not isinstance(value, str) or value.lower() not in ENCODINGS:
+        problems.add(at, f"expected one of {', '.join(ENCODINGS)}, not {_shown(value)}")
+        return _MISSING
+    return value.lower()
+
+
+def _date_formats_setting(value: Any, problems: _Problems, at: str) -> Any:
+    formats = _texts(value, problems, at, "a strftime format such as '%d.%m.%Y'")
+    for i, fmt in enumerate(formats):
+        problem = _date_format_problem(fmt)
+        if problem:
+            problems.add(f"{at}[{i}]" if isinstance(value, list) else at, f"{fmt!r} is {problem}")
+    return formats
+
+
+def _missing_values_setting(value: Any, problems: _Problems, at: str) -> Any:
+    return _texts(value, problems, at, "a cell text meaning 'no value', such as '-' or 'n/a'", allow_empty_items=True)
+
+
+def _sheet_setting(value: Any, problems: _Problems, at: str) -> Any:
+    if isinstance(value, str) and value.strip():
+        return value
+    number = _whole_number(value, problems, at, 0)
+    return _MISSING if number is None else number
+
+
+def _header_row_setting(value: Any, problems: _Problems, at: str) -> Any:
+    number = _whole_number(value, problems, at, 1)
+    return _MISSING if number is None else number
+
+
+_READ_SETTINGS = {
+    "format": _format_setting,
+    "delimiter": _delimiter_setting,
+    "decimal": _decimal_setting,
+    "thousands": _thousands_setting,
+    "encoding": _encoding_setting,
+    "date_formats": _date_formats_setting,
+    "missing_values": _missing_values_setting,
+    "sheet": _sheet_setting,
+    "header_row": _header_row_setting,
+}
+
+
 def _read_settings(raw: dict[str, Any], problems: _Problems, where: str) -> dict[str, Any]:
     """The read settings `raw` sets, checked and in ReadOptions' types."""
     out: dict[str, Any] = {}
     for key in _READ_KEYS:
-        if key not in raw:
-            continue
-        value, at = raw[key], _join(where, key)
-        if key == "format":
-            if value not in set(FORMATS.values()):
-                problems.add(at, f"expected one of csv, parquet, jsonl, xlsx, not {_shown(value)}")
-            else:
+        if key in raw:
+            value = _READ_SETTINGS[key](raw[key], problems, _join(where, key))
+            if value is not _MISSING:
                 out[key] = value
-        elif key == "delimiter":
-            text = value.replace("\\t", "\t") if isinstance(value, str) else value
-            if not isinstance(text, str) or len(text) != 1 or text in ('"', "\n", "\r"):
-                problems.add(at, f"expected one character such as ';', ',', '|' or '\\t' (tab), not {_shown(value)}")
-            else:
-                out[key] = text
-        elif key == "decimal":
-            if value not in (".", ","):
-                problems.add(at, f"expected '.' or ',', not {_shown(value)}")
-            else:
-                out[key] = value
-        elif key == "thousands":
-            if value is None:
-                out[key] = None
-            elif value not in THOUSANDS_SEPARATORS:
-                shown = ", ".join(repr(s) for s in THOUSANDS_SEPARATORS)
-                problems.add(at, f"expected one of {shown} (or nothing), not {_shown(value)}")
-            else:
-                out[key] = value
-        elif key == "encoding":
-            if not isinstance(value, str) or value.lower() not in ENCODINGS:
-                problems.add(at, f"expected one of {', '.join(ENCODINGS)}, not {_shown(value)}")
-            else:
-                out[key] = value.lower()
-        elif key == "date_formats":
-            formats = _texts(value, problems, at, "a strftime format such as '%d.%m.%Y'")
-            for i, fmt in enumerate(formats):
-                problem = _date_format_problem(fmt)
-                if problem:
-                    problems.add(f"{at}[{i}]" if isinstance(value, list) else at, f"{fmt!r} is {problem}")
-            out[key] = formats
-        elif key == "missing_values":
-            out[key] = _texts(value, problems, at, "a cell text meaning 'no value', such as '-' or 'n/a'", allow_empty_items=True)
-        elif key == "sheet":
-            if isinstance(value, str) and value.strip():
-                out[key] = value
-            elif (number := _whole_number(value, problems, at, 0)) is not None:
-                out[key] = number
-        elif key == "header_row":
-            number = _whole_number(value, problems, at, 1)
-            if number is not None:
-                out[key] = number
     return out
 
 
@@ -554,10 +603,55 @@ def _columns(
     for name, expression in raw.items():
         if not _contract_column(str(name), table, problems, where):
             continue
-        text = _text(expression, problems, _join(where, name), what)
+        text = _expression(expression, problems, _join(where, name), what)
         if text is not None:
             columns[str(name)] = text
     return columns
+
+
+def _expression(value: Any, problems: _Problems, where: str, what: str) -> str | None:
+    """A column name or SQL expression, refused if it reaches beyond the row (sandbox)."""
+    text = _text(value, problems, where, what)
+    if text is None:
+        return None
+    problem = refusal(text)
+    if problem:
+        problems.add(where, f"refused expression {text!r}: {problem}")
+        return None
+    return text
+
+
+def _bad_values(raw: Any, table: str, problems: _Problems, where: str) -> dict[str, str]:
+    """`bad_values: {<optional column>: null | quarantine}`."""
+    example = '{<optional column>: "null" or "quarantine"}, e.g. {account_owner: "null"}'
+    if not isinstance(raw, dict):
+        problems.add(where, f"expected {example}, not {_shown(raw)}")
+        return {}
+    optional = [c.name for c in TABLES[table].columns if not c.required]
+    policies = {}
+    for column, policy in raw.items():
+        at = _join(where, column)
+        if not _contract_column(str(column), table, problems, where, optional, "an optional column (a required one cannot be null)"):
+            continue
+        # YAML reads an unquoted null as None: that is the policy "null" too.
+        chosen = "null" if policy is None else policy
+        if chosen not in BAD_VALUE_POLICIES:
+            problems.add(at, f"expected one of {', '.join(BAD_VALUE_POLICIES)}, not {_shown(policy)}")
+            continue
+        policies[str(column)] = chosen
+    return policies
+
+
+_FOLDER_NAME = re.compile(r"^[^/\\.\s][^/\\]*$")
+
+
+def _read_from(raw: Any, problems: _Problems, where: str) -> str | None:
+    """The folder (below the source's folder) a table's files are read from."""
+    folder = _text(raw, problems, where, "a folder name (a contract table's or another, e.g. deals)")
+    if folder is not None and not _FOLDER_NAME.match(folder):
+        problems.add(where, f"{folder!r} is not a folder name (no '/', '\\', leading dot or space)")
+        return None
+    return folder
 
 
 def _table_mapping(source: str, table: str, raw: Any, defaults: ReadOptions, path: Path, problems: _Problems) -> TableMapping:
@@ -580,14 +674,9 @@ def _table_mapping(source: str, table: str, raw: Any, defaults: ReadOptions, pat
         )
     unpivot = _unpivot(raw["unpivot"], problems, f"{where}.unpivot") if "unpivot" in raw else None
     aggregate = _aggregate(raw["aggregate"], table, problems, f"{where}.aggregate") if "aggregate" in raw else None
-    read_from = None
-    if "read_from" in raw:
-        read_from = _text(raw["read_from"], problems, f"{where}.read_from", "a contract table")
-        if read_from is not None and read_from not in TABLES:
-            problems.add(
-                f"{where}.read_from", f"{read_from!r} is not a table{_suggest(read_from, TABLES)}; expected one of {', '.join(TABLES)}"
-            )
-            read_from = None
+    read_from = _read_from(raw["read_from"], problems, f"{where}.read_from") if "read_from" in raw else None
+    condition = _expression(raw["where"], problems, f"{where}.where", "an SQL condition on the file's columns") if "where" in raw else None
+    bad_values = _bad_values(raw["bad_values"], table, problems, f"{where}.bad_values") if "bad_values" in raw else {}
     if "description" in raw and raw["description"] is not None and not isinstance(raw["description"], str):
         problems.add(f"{where}.description", f"expected a text, not {_shown(raw['description'])}")
     return TableMapping(
@@ -603,6 +692,8 @@ def _table_mapping(source: str, table: str, raw: Any, defaults: ReadOptions, pat
         aggregate=aggregate,
         read=_read_options(_read_settings(raw, problems, where), defaults, problems, where),
         origin=str(path),
+        where=condition,
+        bad_values=bad_values,
     )
 
 
@@ -721,12 +812,7 @@ def load_mapping_file(path: Path) -> SourceMapping:
     items the contract does not have, and settings that contradict each other (a thousands
     separator equal to the decimal one) are all reported at once, each with its key path.
     """
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start + 1}); save the mapping as UTF-8") from None
+    raw = load_yaml(path, "mapping")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

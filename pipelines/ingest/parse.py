@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.contract import CURRENCY, ISO_COUNTRY, Table
+from pipelines.ingest import sandbox
 from pipelines.ingest.mapping import ReadOptions, TableMapping
 from pipelines.ingest.readers import BatchRejected, RawFrame
 
@@ -80,6 +81,14 @@ class Records(Mapping):
     def __len__(self) -> int:
         return len(self._position()) + sum(1 for line in self._extra if line not in self._position())
 
+    def rows_of(self, lines) -> tuple[pd.DataFrame, dict[int, dict]]:
+        """The rows of `lines` as a frame (the columns as read and `_line`), and the lines
+        kept as raw text ({line: {"_text": ...}}); selected in one vectorised step."""
+        extra = {int(line): self._extra[int(line)] for line in lines if int(line) in self._extra}
+        wanted = np.setdiff1d(np.asarray(lines, dtype="int64"), np.fromiter(extra, dtype="int64", count=len(extra)))
+        rows = self._frame[self._frame["_line"].astype("int64").isin(wanted)]
+        return rows.reset_index(drop=True), extra
+
     def many(self, lines: Iterable[int]) -> list[dict]:
         """The rows of `lines`, in that order ({} for a line not read)."""
         lines = list(lines)
@@ -112,6 +121,10 @@ class ParsedBatch:
     texts: pd.DataFrame | None = None
     # The file has a header (or a schema) but no rows: an empty extract, loaded as 0 rows.
     header_only: bool = False
+    rows_filtered: int = 0  # rows the mapping's `where:` left out (not counted as read)
+    # Bad values of optional columns the mapping's `bad_values` policy set to null (the row loads).
+    nulled: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the reader's notes (e.g. sheets not read)
 
 
 def _quote(name: str) -> str:
@@ -127,7 +140,8 @@ def _column_expression(mapping: TableMapping, column: str, source_columns: list[
     expr = mapping.columns.get(column)
     if expr is None:
         return _quote(column) if column in source_columns else None
-    if expr in source_columns:
+    if expr in source_columns or sandbox.expression_problem(expr):
+        # A name the sandbox would not run is a column name (missing if the file lacks it).
         return _quote(expr)
     return expr
 
@@ -289,29 +303,16 @@ _YEAR = "__needseg_year__"  # prefix of the year an unreadable date's text would
 
 
 def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBatch:
-    """Map and type one file's rows. The work runs in one DuckDB query over the text frame:
-    expressions, recoding, typing and the per-cell checks, so a large file costs seconds,
-    not minutes."""
+    """Map and type one file's rows. The work runs in one DuckDB query over the text frame
+    (in the sandbox: no file or network access): the row filter (`where`), expressions,
+    recoding, typing and the per-cell checks, so a large file costs seconds, not minutes."""
     options = mapping.read
-    frame = raw.frame
-    source_columns = [c for c in frame.columns if c != "_line"]
-
-    # "Don't know", "-", "n/a" ...: declared missing values become empty cells.
-    tokens = {_normalise_missing(t) for t in options.missing_values}
-    if tokens - {""}:
-        frame = frame.copy()
-        for c in source_columns:
-            frame[c] = frame[c].map(lambda v: None if v is None or _normalise_missing(v) in tokens else v)
-
     problems = [Problem(b.line, b.column, b.text[:200] if b.text else None, b.reason, b.expected) for b in raw.bad_rows]
     records: Mapping[int, dict] = Records(raw.frame, {b.line: {"_text": b.text} for b in raw.bad_rows})
     header_only = raw.rows_read == 0
-
-    def reject(message: str, expectation: str) -> BatchRejected:
-        if mapping.aggregate:  # the file's lines are accounted for by the table they were read for
-            return BatchRejected(path, message, expectation=expectation)
-        return BatchRejected(path, message, rows_read=raw.rows_read, expectation=expectation, raw=raw)
-
+    reject = _rejecter(raw, mapping, path)
+    frame = _missing_to_none(raw.frame, options)
+    source_columns = [c for c in frame.columns if c != "_line"]
     if not len(frame) and not source_columns:
         # No row could be read (every line of a JSON Lines file broken): all go to quarantine.
         return ParsedBatch(
@@ -323,22 +324,15 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
             texts=pd.DataFrame(columns=table.column_names),
             header_only=header_only,
         )
-
-    if mapping.unpivot:
-        lines_before = set(frame["_line"].astype(int))
-        frame = _unpivot(frame, mapping, path, raw)
-        source_columns = [c for c in frame.columns if c != "_line"]
-        # A line with nothing to unpivot makes no row: account for it in quarantine.
-        empty = f"empty row: no value in any of the unpivoted columns ({', '.join(mapping.unpivot.columns)})"
-        problems.extend(
-            Problem(line, None, None, empty, "a value in at least one unpivoted column")
-            for line in sorted(lines_before - set(frame["_line"].astype(int)))
-        )
-
-    rows_read = raw.rows_read
-    con = duckdb.connect()
+    con = sandbox.connect()
     try:
         _macros(con, options)
+        frame, filtered = _filter_rows(con, frame, mapping, source_columns, reject)
+        rows_read = raw.rows_read - filtered
+        if mapping.unpivot:
+            frame, empty = _unpivot_lines(frame, mapping, path, raw)
+            problems.extend(empty)
+            source_columns = [c for c in frame.columns if c != "_line"]
         _register_source(con, frame, source_columns)
         if mapping.aggregate:
             frame, source_columns = _aggregate(con, frame, mapping, path)
@@ -346,145 +340,12 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
             records = Records(frame)
             problems = []  # the lines themselves are accounted for by the table they were read for
             rows_read = len(frame)
-
-        expressions: dict[str, str] = {}
-        for col in table.columns:
-            expr = _column_expression(mapping, col.name, source_columns)
-            if expr is not None:
-                expressions[col.name] = expr
-        missing = [c for c in table.required_columns if c not in expressions]
-        if missing:
-            raise reject(
-                f"missing required column(s) {', '.join(missing)} for {table.name}; the file has "
-                f"{', '.join(source_columns) or 'no columns'} (mapping: {mapping.origin}){_delimiter_hint(raw, source_columns)}",
-                "expect_column_to_exist",
-            )
-        ambiguous = sorted(name for name in raw.duplicate_columns if name in _used_columns(list(expressions.values()), [name]))
-        if ambiguous and not mapping.aggregate:
-            raise reject(
-                f"column(s) {', '.join(map(repr, ambiguous))} appear more than once in the header, and the mapping "
-                f"uses them ({mapping.origin}): rename them in the export or map the copy you mean ('{ambiguous[0]}.1' is the second)",
-                "header",
-            )
-        _check_expressions(con, expressions, mapping, table, source_columns, reject, _delimiter_hint(raw, source_columns))
+        expressions = _mapped_expressions(con, raw, mapping, table, source_columns, reject)
         extra = [] if mapping.aggregate else sorted(set(source_columns) - _used_columns(list(expressions.values()), source_columns))
-
-        # Plain columns come as text; derived ones may be typed already (a sum, a date).
-        relation = con.sql("select " + ", ".join(f"({expr}) as {_quote(name)}" for name, expr in expressions.items()) + " from src limit 0")
-        native = {name for name, kind in zip(relation.columns, relation.types, strict=False) if _NUMERIC_TYPES.match(str(kind))}
-
-        # 1. each contract column as text, as the mapping makes it (NULL where unmapped)
-        text_sql = [
-            f"cast(({expressions[name]}) as varchar) as {_quote(name)}"
-            if name in expressions
-            else f"cast(null as varchar) as {_quote(name)}"
-            for name in table.column_names
-        ]
-        # 2. recoded (`values`), keeping the text as read for quarantine
-        recoded_sql = [f"{_recode_sql(mapping, name)} as {_quote(name)}" for name in table.column_names]
-        recoded_sql += [f"{_quote(name)} as {_quote(_TEXT + name)}" for name in table.column_names]
-        # 3. read as numbers and dates (each cell once), keeping the text they were read from
-        # 4. typed, with a flag per cell that does not read as its type
-        parsed_sql, select, checks, flagged = [], [], [], []
-        for col in table.columns:
-            q = _quote(col.name)
-            text = f"nullif(trim({q}), '')"
-            given, value = _quote(_GIVEN + col.name), _quote(_VALUE + col.name)
-            if col.kind == "text":
-                if col.allowed:
-                    typed = f"lower({text})"
-                elif col.pattern in UPPER_CASE_PATTERNS:
-                    typed = f"upper({text})"
-                else:
-                    typed = text
-                parsed_sql.append(f"{typed} as {q}")
-                select.append(q)
-                continue
-            flagged.append(col)
-            parsed_sql.append(f"{text} as {given}")
-            if col.kind in ("number", "money", "integer"):
-                reader = "needseg_native_number" if col.name in native else "needseg_number"
-                parsed_sql.append(f"{reader}({given}) as {value}")
-                num = value
-                scale = next((s for s in mapping.scales if col.name in s.items), None)
-                if scale:
-                    lo, hi = scale.minimum, scale.maximum
-                    checks.append(
-                        (
-                            col.name,
-                            f"{num} is not null and ({num} < {lo} or {num} > {hi})",
-                            f"outside the declared scale {lo:g}-{hi:g}",
-                            f"a value from {lo:g} to {hi:g}",
-                        )
-                    )
-                if col.name in mapping.reverse:
-                    # Reverse-coded: the scale's top answer means the least of this need.
-                    lo, hi = (scale.minimum, scale.maximum) if scale else (col.minimum, col.maximum)
-                    num = f"({lo} + {hi} - {num})"
-                if scale:
-                    lo, hi = scale.minimum, scale.maximum
-                    low, high = col.minimum, col.maximum
-                    num = f"({low} + ({num} - {lo}) * ({high} - {low}) / ({hi} - {lo}))"
-                if col.kind == "integer":
-                    typed = f"case when {num} = round({num}) then try_cast({num} as bigint) end"
-                elif col.kind == "money":
-                    typed = f"try_cast({num} as decimal(18, 4))"
-                else:
-                    typed = num
-            else:
-                parsed_sql.append(f"needseg_date({given}) as {value}")
-                typed = f"cast({value} as date)" if col.kind == "date" else value
-                # A value that reads as a date, but in an implausible year: say which year.
-                select.append(
-                    f"case when {given} is not null and {value} is null then year(needseg_unchecked_date({given})) end as {_quote(_YEAR + col.name)}"
-                )
-            select.append(f"{typed} as {q}")
-            select.append(f"({given} is not null and {typed} is null) as {_quote(_BAD + col.name)}")
-        for i, (_, cond, _, _) in enumerate(checks):
-            select.append(f"({cond}) as {_quote(f'_scale_{i}')}")
-        texts_sql = [_quote(_TEXT + name) for name in table.column_names]
-        sql = (
-            f"with mapped as (select {', '.join(text_sql)}, _line, {_ROW} from src), "
-            f"recoded as (select {', '.join(recoded_sql)}, _line, {_ROW} from mapped), "
-            f"parsed as (select {', '.join(parsed_sql + texts_sql)}, _line, {_ROW} from recoded) "
-            f"select {', '.join(select + texts_sql)}, _line from parsed order by {_ROW}"
-        )
-        try:
-            result = _to_pandas(con.sql(sql).to_arrow_table())
-        except duckdb.Error as exc:
-            raise reject(f"a column expression of the mapping ({mapping.origin}) fails on this file: {exc}", "mapping") from None
+        result, flagged, checks = _typed(con, expressions, mapping, table, reject)
     finally:
         con.close()
-
-    texts = result[[_TEXT + name for name in table.column_names]]
-    texts.columns = table.column_names
-    bad_any = np.zeros(len(result), dtype=bool)
-    lines = result["_line"].to_numpy()
-    for col in flagged:
-        flag = result[_BAD + col.name].fillna(False).to_numpy(dtype=bool)
-        if flag.any():
-            expected = _describe_expected(col.kind, options)
-            years = result[_YEAR + col.name].to_numpy(dtype=object)[flag].tolist() if col.kind in ("date", "timestamp") else None
-            for i, (line, value) in enumerate(
-                zip(lines[flag].tolist(), texts[col.name].to_numpy(dtype=object)[flag].tolist(), strict=True)
-            ):
-                reason = f"wrong type: {value!r} is not {expected}"
-                if years is not None and not pd.isna(years[i]):
-                    reason += f" (it reads as the year {int(years[i])})"
-                problems.append(Problem(int(line), col.name, value, reason, expected))
-            bad_any |= flag
-    for i, (name, _, reason, expected) in enumerate(checks):
-        flag = result[f"_scale_{i}"].fillna(False).to_numpy(dtype=bool)
-        if flag.any():
-            for line, value in zip(lines[flag].tolist(), texts[name].to_numpy(dtype=object)[flag].tolist(), strict=True):
-                problems.append(Problem(int(line), name, value, f"out of range: {value} is {reason}", expected))
-            bad_any |= flag
-    if mapping.unpivot:
-        # One wide line is several rows here; a line loads whole or not at all.
-        bad_any = np.isin(lines, np.unique(lines[bad_any]))
-    keep = ~bad_any
-    typed = result.loc[keep, [*table.column_names, "_line"]].reset_index(drop=True)
-    texts = texts.loc[keep].reset_index(drop=True)
+    typed, texts, nulled = _split_problems(result, flagged, checks, mapping, table, problems)
     return ParsedBatch(
         typed=typed,
         problems=problems,
@@ -494,7 +355,232 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
         encoding=raw.encoding,
         texts=texts,
         header_only=header_only,
+        rows_filtered=filtered,
+        nulled=nulled,
+        notes=list(raw.notes),
     )
+
+
+def _rejecter(raw: RawFrame, mapping: TableMapping, path):
+    def reject(message: str, expectation: str) -> BatchRejected:
+        if mapping.aggregate:  # the file's lines are accounted for by the table they were read for
+            return BatchRejected(path, message, expectation=expectation)
+        return BatchRejected(path, message, rows_read=raw.rows_read, expectation=expectation, raw=raw)
+
+    return reject
+
+
+def _missing_to_none(frame: pd.DataFrame, options: ReadOptions) -> pd.DataFrame:
+    """ "Don't know", "-", "n/a" ...: declared missing values become empty cells."""
+    tokens = {_normalise_missing(t) for t in options.missing_values}
+    if not tokens - {""}:
+        return frame
+    frame = frame.copy()
+    for c in (c for c in frame.columns if c != "_line"):
+        frame[c] = frame[c].map(lambda v: None if v is None or _normalise_missing(v) in tokens else v)
+    return frame
+
+
+def _filter_rows(con, frame: pd.DataFrame, mapping: TableMapping, source_columns: list[str], reject) -> tuple[pd.DataFrame, int]:
+    """The rows the mapping's `where:` is true for (NULL counts as false), and how many it left out."""
+    if not mapping.where:
+        return frame, 0
+    _register_source(con, frame, source_columns)
+    try:
+        keep = con.execute(f"select {_ROW} from src where coalesce(({mapping.where}), false) order by {_ROW}").fetchnumpy()[_ROW]
+    except duckdb.Error as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise reject(
+            f"the mapping's where for {mapping.table} ({mapping.where!r}, {mapping.origin}) does not run on this file: {first_line}. "
+            f"The file has {', '.join(source_columns) or 'no columns'}",
+            "mapping",
+        ) from None
+    kept = frame.iloc[np.asarray(keep, dtype="int64")].reset_index(drop=True)
+    return kept, len(frame) - len(kept)
+
+
+def _unpivot_lines(frame: pd.DataFrame, mapping: TableMapping, path, raw: RawFrame) -> tuple[pd.DataFrame, list[Problem]]:
+    lines_before = set(frame["_line"].astype(int))
+    frame = _unpivot(frame, mapping, path, raw)
+    # A line with nothing to unpivot makes no row: account for it in quarantine.
+    empty = f"empty row: no value in any of the unpivoted columns ({', '.join(mapping.unpivot.columns)})"
+    problems = [
+        Problem(line, None, None, empty, "a value in at least one unpivoted column")
+        for line in sorted(lines_before - set(frame["_line"].astype(int)))
+    ]
+    return frame, problems
+
+
+def _mapped_expressions(con, raw: RawFrame, mapping: TableMapping, table: Table, source_columns: list[str], reject) -> dict[str, str]:
+    """Contract column -> the SQL that gives it on this file; refuses a file that lacks a
+    required column, or whose columns the mapping's expressions cannot use."""
+    expressions: dict[str, str] = {}
+    for col in table.columns:
+        expr = _column_expression(mapping, col.name, source_columns)
+        if expr is not None:
+            expressions[col.name] = expr
+    missing = [c for c in table.required_columns if c not in expressions]
+    if missing:
+        raise reject(
+            f"missing required column(s) {', '.join(missing)} for {table.name}; the file has "
+            f"{', '.join(source_columns) or 'no columns'} (mapping: {mapping.origin}){_delimiter_hint(raw, source_columns)}",
+            "expect_column_to_exist",
+        )
+    ambiguous = sorted(name for name in raw.duplicate_columns if name in _used_columns(list(expressions.values()), [name]))
+    if ambiguous and not mapping.aggregate:
+        raise reject(
+            f"column(s) {', '.join(map(repr, ambiguous))} appear more than once in the header, and the mapping "
+            f"uses them ({mapping.origin}): rename them in the export or map the copy you mean ('{ambiguous[0]}.1' is the second)",
+            "header",
+        )
+    _check_expressions(con, expressions, mapping, table, source_columns, reject, _delimiter_hint(raw, source_columns))
+    return expressions
+
+
+def _number_sql(col, mapping: TableMapping, native: set[str], checks: list) -> tuple[str, str]:
+    """(the SQL reading a number column's text, the typed value) for one column; appends
+    the declared scale's range check to `checks`."""
+    given, value = _quote(_GIVEN + col.name), _quote(_VALUE + col.name)
+    reader = "needseg_native_number" if col.name in native else "needseg_number"
+    num = value
+    scale = next((s for s in mapping.scales if col.name in s.items), None)
+    if scale:
+        lo, hi = scale.minimum, scale.maximum
+        checks.append(
+            (
+                col.name,
+                f"{num} is not null and ({num} < {lo} or {num} > {hi})",
+                f"outside the declared scale {lo:g}-{hi:g}",
+                f"a value from {lo:g} to {hi:g}",
+            )
+        )
+    if col.name in mapping.reverse:
+        # Reverse-coded: the scale's top answer means the least of this need.
+        lo, hi = (scale.minimum, scale.maximum) if scale else (col.minimum, col.maximum)
+        num = f"({lo} + {hi} - {num})"
+    if scale:
+        lo, hi = scale.minimum, scale.maximum
+        num = f"({col.minimum} + ({num} - {lo}) * ({col.maximum} - {col.minimum}) / ({hi} - {lo}))"
+    if col.kind == "integer":
+        typed = f"case when {num} = round({num}) then try_cast({num} as bigint) end"
+    elif col.kind == "money":
+        typed = f"try_cast({num} as decimal(18, 4))"
+    else:
+        typed = num
+    return f"{reader}({given}) as {value}", typed
+
+
+def _column_sql(col, mapping: TableMapping, native: set[str], checks: list) -> tuple[list[str], list[str], bool]:
+    """(parsed-stage SQL, select-stage SQL, whether the column is flagged when unreadable)."""
+    q = _quote(col.name)
+    text = f"nullif(trim({q}), '')"
+    if col.kind == "text":
+        typed = f"lower({text})" if col.allowed else f"upper({text})" if col.pattern in UPPER_CASE_PATTERNS else text
+        return [f"{typed} as {q}"], [q], False
+    given, value = _quote(_GIVEN + col.name), _quote(_VALUE + col.name)
+    parsed = [f"{text} as {given}"]
+    select = []
+    if col.kind in ("number", "money", "integer"):
+        reader, typed = _number_sql(col, mapping, native, checks)
+        parsed.append(reader)
+    else:
+        parsed.append(f"needseg_date({given}) as {value}")
+        typed = f"cast({value} as date)" if col.kind == "date" else value
+        # A value that reads as a date, but in an implausible year: say which year.
+        select.append(
+            f"case when {given} is not null and {value} is null then year(needseg_unchecked_date({given})) end as {_quote(_YEAR + col.name)}"
+        )
+    select.append(f"{typed} as {q}")
+    select.append(f"({given} is not null and {typed} is null) as {_quote(_BAD + col.name)}")
+    return parsed, select, True
+
+
+def _typed(con, expressions: dict[str, str], mapping: TableMapping, table: Table, reject) -> tuple[pd.DataFrame, list, list]:
+    """One query: each contract column as text, recoded, read as its type, with a flag per
+    cell that does not read so. Returns (result, flagged columns, scale checks)."""
+    # Plain columns come as text; derived ones may be typed already (a sum, a date).
+    relation = con.sql("select " + ", ".join(f"({expr}) as {_quote(name)}" for name, expr in expressions.items()) + " from src limit 0")
+    native = {name for name, kind in zip(relation.columns, relation.types, strict=False) if _NUMERIC_TYPES.match(str(kind))}
+    # 1. each contract column as text, as the mapping makes it (NULL where unmapped)
+    text_sql = [
+        f"cast(({expressions[name]}) as varchar) as {_quote(name)}" if name in expressions else f"cast(null as varchar) as {_quote(name)}"
+        for name in table.column_names
+    ]
+    # 2. recoded (`values`), keeping the text as read for quarantine
+    recoded_sql = [f"{_recode_sql(mapping, name)} as {_quote(name)}" for name in table.column_names]
+    recoded_sql += [f"{_quote(name)} as {_quote(_TEXT + name)}" for name in table.column_names]
+    # 3. read as numbers and dates (each cell once); 4. typed, with a flag per unreadable cell
+    parsed_sql, select, checks, flagged = [], [], [], []
+    for col in table.columns:
+        parsed, selected, flag = _column_sql(col, mapping, native, checks)
+        parsed_sql += parsed
+        select += selected
+        if flag:
+            flagged.append(col)
+    for i, (_, cond, _, _) in enumerate(checks):
+        select.append(f"({cond}) as {_quote(f'_scale_{i}')}")
+    texts_sql = [_quote(_TEXT + name) for name in table.column_names]
+    sql = (
+        f"with mapped as (select {', '.join(text_sql)}, _line, {_ROW} from src), "
+        f"recoded as (select {', '.join(recoded_sql)}, _line, {_ROW} from mapped), "
+        f"parsed as (select {', '.join(parsed_sql + texts_sql)}, _line, {_ROW} from recoded) "
+        f"select {', '.join(select + texts_sql)}, _line from parsed order by {_ROW}"
+    )
+    try:
+        return _to_pandas(con.sql(sql).to_arrow_table()), flagged, checks
+    except duckdb.Error as exc:
+        raise reject(f"a column expression of the mapping ({mapping.origin}) fails on this file: {exc}", "mapping") from None
+
+
+def _split_problems(
+    result: pd.DataFrame, flagged: list, checks: list, mapping: TableMapping, table: Table, problems: list[Problem]
+) -> tuple[pd.DataFrame, pd.DataFrame, list[Problem]]:
+    """(typed rows without problems, their texts as read, the values set to null by the
+    mapping's `bad_values` policy); appends each cell that does not read as its type, or
+    lies outside its declared scale, to `problems`."""
+    options = mapping.read
+    texts = result[[_TEXT + name for name in table.column_names]]
+    texts.columns = table.column_names
+    bad_any = np.zeros(len(result), dtype=bool)
+    lines = result["_line"].to_numpy()
+    nulled: list[Problem] = []
+    for col in flagged:
+        flag = result[_BAD + col.name].fillna(False).to_numpy(dtype=bool)
+        if not flag.any():
+            continue
+        expected = _describe_expected(col.kind, options)
+        years = result[_YEAR + col.name].to_numpy(dtype=object)[flag].tolist() if col.kind in ("date", "timestamp") else None
+        found = []
+        for i, (line, value) in enumerate(zip(lines[flag].tolist(), texts[col.name].to_numpy(dtype=object)[flag].tolist(), strict=True)):
+            reason = f"wrong type: {value!r} is not {expected}"
+            if years is not None and not pd.isna(years[i]):
+                reason += f" (it reads as the year {int(years[i])})"
+            found.append(Problem(int(line), col.name, value, reason, expected))
+        if col.name in mapping.nulled_columns:
+            nulled += found  # the typed value is null already
+        else:
+            problems += found
+            bad_any |= flag
+    for i, (name, _, reason, expected) in enumerate(checks):
+        flag = result[f"_scale_{i}"].fillna(False).to_numpy(dtype=bool)
+        if not flag.any():
+            continue
+        found = [
+            Problem(int(line), name, value, f"out of range: {value} is {reason}", expected)
+            for line, value in zip(lines[flag].tolist(), texts[name].to_numpy(dtype=object)[flag].tolist(), strict=True)
+        ]
+        if name in mapping.nulled_columns:
+            result.loc[flag, name] = None
+            nulled += found
+        else:
+            problems += found
+            bad_any |= flag
+    if mapping.unpivot:
+        # One wide line is several rows here; a line loads whole or not at all.
+        bad_any = np.isin(lines, np.unique(lines[bad_any]))
+    keep = ~bad_any
+    typed = result.loc[keep, [*table.column_names, "_line"]].reset_index(drop=True)
+    return typed, texts.loc[keep].reset_index(drop=True), nulled
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:

@@ -84,6 +84,7 @@ class RawFrame:
     # Header names that appeared more than once: name -> the names its later copies got.
     duplicate_columns: dict[str, list[str]] = field(default_factory=dict)
     delimiter: str | None = None  # CSV: the field separator used
+    notes: list[str] = field(default_factory=list)  # what a user should know (sheets not read)
 
     @property
     def rows_read(self) -> int:
@@ -289,6 +290,20 @@ _SEP_LINE = re.compile(r'^"?sep=(.)"?\s*$')
 
 def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None, strict_header: bool = True) -> RawFrame:
     buffer = io.StringIO(text, newline="")
+    named, delimiter, skipped = _csv_header(buffer, path, text, options, used, strict_header)
+    header, duplicates = _clean_header(named, path, skipped)
+    rows, lines, bad = _csv_rows(buffer, text, delimiter, header, skipped)
+    frame = pd.DataFrame(rows, columns=header, dtype=object)
+    frame = _drop_empty_unnamed(frame, header, named)
+    frame["_line"] = pd.Series(lines, dtype="int64")
+    # No rows after the header is an empty extract, not a broken file: 0 rows read.
+    return RawFrame(frame, bad, used, duplicates, delimiter)
+
+
+def _csv_header(buffer: io.StringIO, path: Path, text: str, options: ReadOptions, used, strict_header: bool) -> tuple[list[str], str, int]:
+    """(the header's names, the delimiter, the physical line of the header); `buffer` is left
+    at the first row. A header that cannot be split refuses the file (with its rows, where
+    they can still be read)."""
     skipped = 0  # physical lines before the header record
     for _ in range(options.header_row - 1):
         buffer.readline()
@@ -304,7 +319,6 @@ def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None, st
     else:
         delimiter = options.delimiter or _sniff_delimiter(first)
     buffer.seek(position)
-    header_line = skipped + 1
     header_reader = csv.reader(buffer, delimiter=delimiter, strict=strict_header)
     try:
         named = next(header_reader)
@@ -312,19 +326,23 @@ def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None, st
         raise BatchRejected(path, "the file has no header line: expected a line with the column names", expectation=NO_ROWS) from None
     except csv.Error as exc:
         record = text[position : buffer.tell()]
-        if "expected after" in str(exc) and _only_blanks_after_quotes(record, delimiter):
-            named = next(csv.reader(io.StringIO(record, newline=""), delimiter=delimiter, strict=False))
-        else:
+        if not ("expected after" in str(exc) and _only_blanks_after_quotes(record, delimiter)):
             problem = _stray_quote(record, delimiter) if "expected after" in str(exc) else str(exc)
             refused = BatchRejected(
-                path, f"line {header_line}: the header line cannot be split into column names: {problem}", expectation="header"
+                path, f"line {skipped + 1}: the header line cannot be split into column names: {problem}", expectation="header"
             )
             if not strict_header:
                 raise refused from None
             # The rows may still be readable: account for them in quarantine.
             raise _rejected_with_rows(refused, lambda: _split_csv(path, text, options, used, strict_header=False)) from None
-    header, duplicates = _clean_header(named, path, header_line)
-    skipped += header_reader.line_num  # physical lines up to the first row
+        named = next(csv.reader(io.StringIO(record, newline=""), delimiter=delimiter, strict=False))
+        return named, delimiter, skipped + header_reader.line_num
+    return named, delimiter, skipped + header_reader.line_num
+
+
+def _csv_rows(buffer: io.StringIO, text: str, delimiter: str, header: list[str], skipped: int):
+    """(rows of text, their first physical line, the records that are not rows) from the
+    buffer's position on; `skipped` physical lines came before."""
     # Strict: text after a closing quote ("5" Screws AB) is an error, not silently joined.
     reader = csv.reader(buffer, delimiter=delimiter, strict=True)
     width = len(header)
@@ -337,14 +355,12 @@ def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None, st
     previous_pos = buffer.tell()
     while True:
         try:
-            fields = next(reader)
-            error = None
+            fields, error = next(reader), None
         except StopIteration:
             break
         except csv.Error as exc:
             fields, error = None, str(exc)
-        start = skipped + previous_end + 1
-        end = skipped + reader.line_num
+        start, end = skipped + previous_end + 1, skipped + reader.line_num
         record_start, pos = previous_pos, buffer.tell()
         record_text = text[record_start:pos]
         previous_end, previous_pos = reader.line_num, pos
@@ -352,18 +368,9 @@ def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None, st
             # Only blanks after a closing quote ("Smith" ,): the value is plain, read it leniently.
             fields, error = next(csv.reader(io.StringIO(record_text, newline=""), delimiter=delimiter, strict=False)), None
         if error is not None:
-            if "unexpected end of data" in error:  # the file ends inside a quoted field
-                reason = (
-                    "truncated last line: the file ends inside a quoted field"
-                    if start == end and not ends_cleanly
-                    else f"unterminated quote: the quoted field on line {start} runs to the end of the file (lines {start}-{end})"
-                )
-                bad.append(BadRow(start, reason, record_text.rstrip("\r\n"), expected=expected))
-            elif "expected after" in error:  # a quoted field followed by more text
-                column = _stray_quote_column(record_text, delimiter, header)
-                bad.append(BadRow(start, _stray_quote(record_text, delimiter), record_text.rstrip("\r\n"), column, _QUOTING))
-            else:
-                bad.append(BadRow(start, f"unreadable CSV from here on: {error}", text[record_start : record_start + 500]))
+            bad.append(_unsplittable(error, record_text, (start, end), ends_cleanly, delimiter, header, expected))
+            if bad[-1].reason.startswith("unreadable CSV"):
+                bad[-1].text = text[record_start : record_start + 500]
                 break
             continue
         if not fields or all(not f.strip() for f in fields):
@@ -371,19 +378,33 @@ def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None, st
         if len(fields) == width + 1 and not fields[-1].strip():
             fields = fields[:-1]  # a trailing delimiter the header line does not have
         if len(fields) != width:
-            if pos >= len(text) and not ends_cleanly and len(fields) < width:
-                reason = f"truncated last line: {len(fields)} of {width} fields (the file ends mid-row)"
-            else:
-                reason = f"expected {width} fields, found {len(fields)}"
+            truncated = pos >= len(text) and not ends_cleanly and len(fields) < width
+            reason = (
+                f"truncated last line: {len(fields)} of {width} fields (the file ends mid-row)"
+                if truncated
+                else f"expected {width} fields, found {len(fields)}"
+            )
             bad.append(BadRow(start, reason, record_text.rstrip("\r\n"), expected=expected))
             continue
         rows.append([f if f.strip() != "" else None for f in fields])
         lines.append(start)
-    frame = pd.DataFrame(rows, columns=header, dtype=object)
-    frame = _drop_empty_unnamed(frame, header, named)
-    frame["_line"] = pd.Series(lines, dtype="int64")
-    # No rows after the header is an empty extract, not a broken file: 0 rows read.
-    return RawFrame(frame, bad, used, duplicates, delimiter)
+    return rows, lines, bad
+
+
+def _unsplittable(error: str, record_text: str, span: tuple[int, int], ends_cleanly: bool, delimiter: str, header, expected) -> BadRow:
+    """A record the CSV reader could not split into fields, with why."""
+    start, end = span
+    if "unexpected end of data" in error:  # the file ends inside a quoted field
+        reason = (
+            "truncated last line: the file ends inside a quoted field"
+            if start == end and not ends_cleanly
+            else f"unterminated quote: the quoted field on line {start} runs to the end of the file (lines {start}-{end})"
+        )
+        return BadRow(start, reason, record_text.rstrip("\r\n"), expected=expected)
+    if "expected after" in error:  # a quoted field followed by more text
+        column = _stray_quote_column(record_text, delimiter, header)
+        return BadRow(start, _stray_quote(record_text, delimiter), record_text.rstrip("\r\n"), column, _QUOTING)
+    return BadRow(start, f"unreadable CSV from here on: {error}", record_text)
 
 
 _QUOTING = 'a quoted field ending at the delimiter; quotes inside a value are doubled: """5"" Screws AB"'
@@ -577,20 +598,8 @@ def read_xlsx(path: Path, options: ReadOptions) -> RawFrame:
     except Exception as exc:  # noqa: BLE001 - openpyxl raises many types for a damaged file
         raise BatchRejected(path, f"not a readable .xlsx workbook: {exc}", expectation="file_format") from None
     try:
-        if options.sheet is None:
-            sheet = book.worksheets[0]
-        elif isinstance(options.sheet, int):
-            if not 0 <= options.sheet < len(book.worksheets):
-                raise BatchRejected(
-                    path, f"no sheet number {options.sheet} (counting from 0); the workbook has {len(book.worksheets)}", expectation="sheet"
-                )
-            sheet = book.worksheets[options.sheet]
-        else:
-            if options.sheet not in book.sheetnames:
-                raise BatchRejected(
-                    path, f"no sheet named {options.sheet!r}; the workbook has {', '.join(book.sheetnames)}", expectation="sheet"
-                )
-            sheet = book[options.sheet]
+        sheet = _choose_sheet(book, options, path)
+        others = [ws.title for ws in book.worksheets if ws.title != sheet.title and _has_data(ws)]
         rows_iter = sheet.iter_rows(values_only=True)
         header = named = None
         duplicates: dict[str, list[str]] = {}
@@ -616,8 +625,41 @@ def read_xlsx(path: Path, options: ReadOptions) -> RawFrame:
     frame = pd.DataFrame(records, columns=header, dtype=object)
     frame = _drop_empty_unnamed(frame, header, named)
     frame["_line"] = pd.Series(lines, dtype="int64")
+    # Other sheets with data are not read (the mapping names this one), and the batch says so.
+    notes = [f"sheet(s) {', '.join(map(repr, others))} not read: the mapping reads sheet {sheet.title!r}"] if others else []
     # No rows after the header is an empty extract, not a broken file: 0 rows read.
-    return RawFrame(frame, [], None, duplicates)
+    return RawFrame(frame, [], None, duplicates, notes=notes)
+
+
+def _has_data(sheet) -> bool:
+    return any(v is not None and str(v).strip() != "" for row in sheet.iter_rows(values_only=True) for v in row)
+
+
+def _choose_sheet(book, options: ReadOptions, path: Path):
+    """The sheet the mapping names (`sheet:`), else the workbook's only sheet with data. A
+    workbook with data on several sheets and no `sheet:` is refused naming them: which one
+    holds the table is not guessed, and no sheet is ignored without a word."""
+    if options.sheet is None:
+        with_data = [ws for ws in book.worksheets if _has_data(ws)]
+        if len(with_data) > 1:
+            names = ", ".join(repr(ws.title) for ws in with_data)
+            raise BatchRejected(
+                path,
+                f"the workbook has data on {len(with_data)} sheets ({names}); needseg reads one sheet per file. Declare which "
+                f"one holds this table in the source's mapping (e.g. 'sheet: {with_data[0].title}'), and deliver each other "
+                "sheet as a file of its own table",
+                expectation="sheet",
+            )
+        return with_data[0] if with_data else book.worksheets[0]
+    if isinstance(options.sheet, int):
+        if not 0 <= options.sheet < len(book.worksheets):
+            raise BatchRejected(
+                path, f"no sheet number {options.sheet} (counting from 0); the workbook has {len(book.worksheets)}", expectation="sheet"
+            )
+        return book.worksheets[options.sheet]
+    if options.sheet not in book.sheetnames:
+        raise BatchRejected(path, f"no sheet named {options.sheet!r}; the workbook has {', '.join(book.sheetnames)}", expectation="sheet")
+    return book[options.sheet]
 
 
 def _cell_text(value, options: ReadOptions) -> str | None:

@@ -46,6 +46,7 @@ import pandas as pd
 
 from pipelines.contract import TABLES, Table
 from pipelines.errors import ConfigError
+from pipelines.files import write_file_atomically
 from pipelines.ingest.parse import Problem
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def write_suites(folder: Path) -> list[Path]:
         if path.exists():
             current = json.loads(path.read_text())
             suite["expectations"] += [e for e in current.get("expectations", []) if not (e.get("meta") or {}).get("generated")]
-        path.write_text(json.dumps(suite, indent=2) + "\n")
+        write_file_atomically(path, json.dumps(suite, indent=2) + "\n")
         written.append(path)
     return written
 
@@ -282,96 +283,108 @@ class QualityGate:
                 texts = None
         if "_file_index" not in frame.columns:
             frame = frame.assign(_file_index=0)
-        lines = frame["_line"].to_numpy()
-        file_index = frame["_file_index"].to_numpy()
-        files = sorted({int(i) for i in file_index.tolist()})
-        problems: list[Problem] = []
-        failures: dict[int, list[str]] = {}
-        unknown_accounts: set[int] = set()
-        entries: list[dict[str, Any]] = []
+        found = _Findings(frame, texts)
+        if self._row_suites[table].expectations:
+            self._validate_rows(table, found, parameters)
+        if self._batch_suites[table].expectations:
+            self._validate_files(table, found, parameters)
+        document = {"suite_name": table, "results": found.entries, "meta": {}}
+        restate(document)
+        success = not found.failures and not found.problems
+        return GateResult(table, success, found.problems, found.failures, found.unknown_accounts, document)
 
-        row_suite = self._row_suites[table]
-        if row_suite.expectations:
-            batch = self._batch_definitions[table].get_batch(batch_parameters={"dataframe": frame})
-            result = batch.validate(row_suite, expectation_parameters=parameters, result_format={"result_format": "COMPLETE"})
-            rows_of: dict[int, list[dict[str, Any]]] = {}  # result number -> its failing rows, for data docs
-            for number, r in enumerate(result.results):
+    def _validate_rows(self, table: str, found: _Findings, parameters: dict[str, Any]) -> None:
+        """The row-level expectations, once over the rows of every file."""
+        batch = self._batch_definitions[table].get_batch(batch_parameters={"dataframe": found.frame})
+        result = batch.validate(self._row_suites[table], expectation_parameters=parameters, result_format={"result_format": "COMPLETE"})
+        rows_of: dict[int, list[dict[str, Any]]] = {}  # result number -> its failing rows, for data docs
+        for number, r in enumerate(result.results):
+            if not r.success:
+                rows = found.row_result(r)
+                if rows is not None:
+                    rows_of[number] = rows
+        document = result.to_json_dict()
+        for number, rows in rows_of.items():
+            # Which file and line each failing value came from: GE only knows frame positions.
+            document["results"][number]["result"]["needseg_unexpected_rows"] = rows
+        found.entries.extend(document["results"])
+
+    def _validate_files(self, table: str, found: _Findings, parameters: dict[str, Any]) -> None:
+        """The batch-level expectations, per file: a file is a batch, its row count, columns
+        and aggregates are its own."""
+        for f in found.files:
+            rows = found.frame[found.file_index == f].reset_index(drop=True)
+            batch = self._batch_definitions[table].get_batch(batch_parameters={"dataframe": rows})
+            result = batch.validate(
+                self._batch_suites[table], expectation_parameters=parameters, result_format={"result_format": "SUMMARY"}
+            )
+            for r in result.results:
                 if r.success:
                     continue
                 cfg = r.expectation_config
-                kind, kwargs = cfg.type, cfg.kwargs
-                column = _column_of(kwargs)
+                column = _column_of(cfg.kwargs)
                 if r.exception_info and r.exception_info.get("raised_exception"):
-                    for f in files:
-                        failures.setdefault(f, []).append(
-                            f"{kind}({column}): could not be checked: {r.exception_info.get('exception_message')}"
-                        )
-                    continue
-                if "unexpected_index_list" not in r.result:
-                    # Judged on the column as a whole (a dtype): it holds for every file alike.
-                    for f in files:
-                        failures.setdefault(f, []).append(f"{kind}({column or ''}) failed: {_describe(kind, kwargs, r.result)}")
-                    continue
-                reason = (cfg.meta or {}).get("reason") or REASONS.get(kind, kind)
-                parameters = (cfg.meta or {}).get("needseg_parameters") or {}
-                expected = _expected(kind, {**kwargs, **{k: {"$PARAMETER": v} for k, v in parameters.items()}})
-                # One pass per expectation over its failing rows (a real export can have 100,000s).
-                index = np.asarray(
-                    [i if isinstance(i, (int, np.integer)) else i.get("index", i) for i in r.result["unexpected_index_list"]], dtype="int64"
-                )
-                values = _values(frame, texts, kind, kwargs, index)
-                for i, line, value in zip(index.tolist(), lines[index].tolist(), values, strict=True):
-                    problems.append(
-                        Problem(
-                            line=int(line),
-                            column=column,
-                            value=value,
-                            reason=f"{reason}: {column} {value!r}" if value is not None else f"{reason}: {column}",
-                            expected=expected,
-                            check=kind,
-                            index=i,
-                        )
-                    )
-                if parameters.get("value_set") == "known_account_ids":
-                    unknown_accounts.update(index.tolist())
-                kept = index[:ROWS_KEPT_PER_EXPECTATION]
-                rows_of[number] = [
-                    {"file_index": int(f), "line": int(line), "value": value}
-                    for f, line, value in zip(
-                        file_index[kept].tolist(), lines[kept].tolist(), values[:ROWS_KEPT_PER_EXPECTATION], strict=True
-                    )
-                ]
-                _trim_lists(r.result)
-            document = result.to_json_dict()
-            for number, rows in rows_of.items():
-                # Which file and line each failing value came from: GE only knows frame positions.
-                document["results"][number]["result"]["needseg_unexpected_rows"] = rows
-            entries.extend(document["results"])
+                    message = f"{cfg.type}({column or ''}): could not be checked: {r.exception_info.get('exception_message')}"
+                else:
+                    message = f"{cfg.type}({column or ''}) failed: {_describe(cfg.type, cfg.kwargs, r.result)}"
+                found.failures.setdefault(f, []).append(message)
+            for entry in result.to_json_dict()["results"]:
+                entry["result"] = {**(entry.get("result") or {}), "needseg_file_index": f}
+                found.entries.append(entry)
 
-        batch_suite = self._batch_suites[table]
-        if batch_suite.expectations:
-            for f in files:
-                # A file is a batch: its row count, columns and aggregates are its own.
-                rows = frame[file_index == f].reset_index(drop=True)
-                batch = self._batch_definitions[table].get_batch(batch_parameters={"dataframe": rows})
-                result = batch.validate(batch_suite, expectation_parameters=parameters, result_format={"result_format": "SUMMARY"})
-                for r in result.results:
-                    if r.success:
-                        continue
-                    cfg = r.expectation_config
-                    column = _column_of(cfg.kwargs)
-                    if r.exception_info and r.exception_info.get("raised_exception"):
-                        failures.setdefault(f, []).append(
-                            f"{cfg.type}({column or ''}): could not be checked: {r.exception_info.get('exception_message')}"
-                        )
-                    else:
-                        failures.setdefault(f, []).append(f"{cfg.type}({column or ''}) failed: {_describe(cfg.type, cfg.kwargs, r.result)}")
-                for entry in result.to_json_dict()["results"]:
-                    entry["result"] = {**(entry.get("result") or {}), "needseg_file_index": f}
-                    entries.append(entry)
-        document = {"suite_name": table, "results": entries, "meta": {}}
-        restate(document)
-        return GateResult(table, not failures and not problems, problems, failures, unknown_accounts, document)
+
+class _Findings:
+    """What one validation finds, collected over its expectations."""
+
+    def __init__(self, frame: pd.DataFrame, texts: pd.DataFrame | None):
+        self.frame, self.texts = frame, texts
+        self.lines = frame["_line"].to_numpy()
+        self.file_index = frame["_file_index"].to_numpy()
+        self.files = sorted({int(i) for i in self.file_index.tolist()})
+        self.problems: list[Problem] = []
+        self.failures: dict[int, list[str]] = {}
+        self.unknown_accounts: set[int] = set()
+        self.entries: list[dict[str, Any]] = []
+
+    def row_result(self, r) -> list[dict[str, Any]] | None:
+        """Record a failed row-level expectation; returns its first failing rows (file, line,
+        value) for the kept result, or None when it judged no rows."""
+        cfg = r.expectation_config
+        kind, kwargs = cfg.type, cfg.kwargs
+        column = _column_of(kwargs)
+        if r.exception_info and r.exception_info.get("raised_exception"):
+            for f in self.files:
+                self.failures.setdefault(f, []).append(
+                    f"{kind}({column}): could not be checked: {r.exception_info.get('exception_message')}"
+                )
+            return None
+        if "unexpected_index_list" not in r.result:
+            # Judged on the column as a whole (a dtype): it holds for every file alike.
+            for f in self.files:
+                self.failures.setdefault(f, []).append(f"{kind}({column or ''}) failed: {_describe(kind, kwargs, r.result)}")
+            return None
+        reason = (cfg.meta or {}).get("reason") or REASONS.get(kind, kind)
+        parameters = (cfg.meta or {}).get("needseg_parameters") or {}
+        expected = _expected(kind, {**kwargs, **{k: {"$PARAMETER": v} for k, v in parameters.items()}})
+        # One pass per expectation over its failing rows (a real export can have 100,000s).
+        index = np.asarray(
+            [i if isinstance(i, (int, np.integer)) else i.get("index", i) for i in r.result["unexpected_index_list"]], dtype="int64"
+        )
+        values = _values(self.frame, self.texts, kind, kwargs, index)
+        for i, line, value in zip(index.tolist(), self.lines[index].tolist(), values, strict=True):
+            text = f"{reason}: {column} {value!r}" if value is not None else f"{reason}: {column}"
+            self.problems.append(Problem(line=int(line), column=column, value=value, reason=text, expected=expected, check=kind, index=i))
+        if parameters.get("value_set") == "known_account_ids":
+            self.unknown_accounts.update(index.tolist())
+        kept = index[:ROWS_KEPT_PER_EXPECTATION]
+        rows = [
+            {"file_index": int(f), "line": int(line), "value": value}
+            for f, line, value in zip(
+                self.file_index[kept].tolist(), self.lines[kept].tolist(), values[:ROWS_KEPT_PER_EXPECTATION], strict=True
+            )
+        ]
+        _trim_lists(r.result)
+        return rows
 
 
 def restate(document: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline, make_pipeline
 
-# Behavioural proxies (DESIGN.md) used as they are: shares, rates and trends.
+# Behavioural proxies (docs/design.md) used as they are: shares, rates and trends.
 BEHAVIOUR_COLUMNS = [
     "discount_depth_12m",
     "discount_depth_trend",

@@ -317,7 +317,7 @@ def _segment_key_tier(
     previous: list[PreviousSegment],
 ) -> KeyTier:
     """Segment the key tier on its own when it is large enough and its profile differs from
-    the other customers' (DESIGN.md, the 80/20 rule).
+    the other customers' (docs/design.md, the 80/20 rule).
 
     It differs when its own segments describe key accounts at least `min_gain` better than
     the other customers' segments do (held-out mean squared distance to the nearest centre,

@@ -79,10 +79,15 @@ regularity as (
     select
         account_id,
         count(*) filter (where in_trailing and orders > 0) as active_months_12m,
-        -- 1 for the same number of orders every month, towards 0 for bursts and gaps;
-        -- null for a window without orders
+        -- 1 for the same number of orders every month, towards 0 for bursts and gaps (1 / (1 +
+        -- the coefficient of variation)); null for a window without orders. Written with
+        -- integer sums, sd / mean = sqrt(n * sum(x^2) - sum(x)^2) / sum(x), which are exact
+        -- in any order, where stddev_pop's last digits depend on how threads combine.
         {% call(window) per_window('order_regularity') %}
-            1 / (1 + stddev_pop(orders) filter (where {{ window }}) / nullif(avg(orders) filter (where {{ window }}), 0))
+            1 / (1 + sqrt(
+                count(*) filter (where {{ window }}) * sum(orders * orders) filter (where {{ window }})
+                - sum(orders) filter (where {{ window }}) * sum(orders) filter (where {{ window }})
+            ) / nullif(sum(orders) filter (where {{ window }}), 0))
         {% endcall %}
     from (select *, {{ window_flags() }} from monthly_orders)
     group by account_id

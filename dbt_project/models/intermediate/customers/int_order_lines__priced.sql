@@ -3,7 +3,8 @@
 -- counted by the test on this model (ingest quarantines them first).
 -- Money is DECIMAL(38, 6) from here on: a line's amount is rounded once, on its own row,
 -- and sums of decimals are exact whatever order dbt's threads add them in, so shares of a
--- total stay within [0, 1] and every build of the same inputs gives the same figures.
+-- total stay within [0, 1] and every build of the same inputs gives the same figures, to the
+-- bit (tests/test_repeatable.py).
 with
 
 lines as (
@@ -32,8 +33,9 @@ select
     lines.channel,
     cast(lines.net_amount * fx.rate_to_reporting as decimal(38, 6)) as revenue,
     cast(lines.list_amount * fx.rate_to_reporting as decimal(38, 6)) as list_revenue,
+    -- DECIMAL too (to 1e-9), so discount sums are exact in any order
     case
-        when lines.list_price > 0 then greatest(1 - lines.net_price / lines.list_price, 0)
+        when lines.list_price > 0 then cast(greatest(1 - lines.net_price / lines.list_price, 0) as decimal(18, 9))
     end as discount,
     datesub('month', lines.order_date, {{ as_of() }}) as months_ago
 from lines

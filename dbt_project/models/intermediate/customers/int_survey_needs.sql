@@ -25,9 +25,14 @@ responses as (
 
 long as (
 
-    unpivot responses
-    on {{ (core + extra) | join(', ') }}
-    into name item value score
+    -- scores as exact decimals: sums and spreads below do not depend on the order threads
+    -- add in, so every build of the same answers gives the same needs to the bit
+    select response_id, item, cast(score as decimal(18, 9)) as score
+    from (
+        unpivot responses
+        on {{ (core + extra) | join(', ') }}
+        into name item value score
+    )
 
 ),
 
@@ -36,11 +41,12 @@ respondent_scale as (
     select
         response_id,
         avg(score) as mean_score,
-        stddev_pop(score) as score_spread,
+        -- the population standard deviation, sqrt(n * sum(x^2) - sum(x)^2) / n, from exact sums
+        sqrt(count(*) * sum(score * score) - sum(score) * sum(score)) / count(*) as score_spread,
         count(*) < 4 as has_too_few_items,
-        count(*) >= 4 and stddev_pop(score) = 0 as is_straightlining,
+        count(*) >= 4 and count(*) * sum(score * score) - sum(score) * sum(score) = 0 as is_straightlining,
         -- usable: enough core items answered, and not all the same (a straight-liner)
-        count(*) >= 4 and stddev_pop(score) > 0 as is_usable
+        count(*) >= 4 and count(*) * sum(score * score) - sum(score) * sum(score) > 0 as is_usable
     from long
     where item in ('{{ core | join("', '") }}')
     group by response_id
@@ -52,7 +58,7 @@ normalised as (
     select
         long.response_id,
         long.item,
-        (long.score - s.mean_score) / greatest(s.score_spread, 0.5) as relative_importance
+        cast((long.score - s.mean_score) / greatest(s.score_spread, 0.5) as decimal(18, 9)) as relative_importance
     from long
     inner join respondent_scale as s on s.response_id = long.response_id
     where s.is_usable
@@ -85,7 +91,7 @@ waves as (
         max(submitted_at) as submitted_at,
         count(*) filter (where is_usable) as usable_respondents,
         count(*) filter (where not is_usable) as unusable_respondents,
-        avg(satisfaction) as satisfaction,
+        avg(cast(satisfaction as decimal(18, 9))) as satisfaction,
         avg(nps) as nps
     from usable_responses
     group by account_id, wave

@@ -23,6 +23,7 @@ order_months as (
         count(*) as order_lines,
         count(distinct order_id) as orders,
         count(discount) as discounted_lines,
+        -- discounts are DECIMAL: exact sums, the same in every build
         coalesce(sum(discount), 0) as discount_sum,
         coalesce(sum(discount * discount), 0) as discount_square_sum,
         count(*) filter (where discount <= 0.005) as list_price_lines,

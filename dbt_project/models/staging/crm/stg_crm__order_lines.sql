@@ -1,8 +1,23 @@
+-- Incremental: the order lines are the one table that grows by millions of rows a month.
+-- A build reads only the lines loaded since the last one (raw is append-only, each load
+-- later than the one before), keeps the latest of each line among them, and replaces the
+-- earlier version of a re-sent line (delete+insert on the line's key). A new month costs
+-- its own lines, not the 24 months before it; `dbt build --full-refresh` rebuilds it all.
+{{
+    config(
+        materialized='incremental',
+        unique_key=['order_id', 'line_number'],
+        incremental_strategy='delete+insert',
+    )
+}}
 with
 
 source as (
 
     select * from {{ source('crm', 'order_lines') }}
+    {% if is_incremental() %}
+    where _loaded_at > (select coalesce(max(loaded_at), timestamp '0001-01-01') from {{ this }})
+    {% endif %}
 
 ),
 
@@ -48,5 +63,7 @@ select
     currency,
     channel,
     quantity * net_price as net_amount,
-    quantity * coalesce(list_price, net_price) as list_amount
+    quantity * coalesce(list_price, net_price) as list_amount,
+    loaded_at,
+    batch_id
 from latest

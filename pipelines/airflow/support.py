@@ -8,6 +8,7 @@ reading configuration, so DAG parsing stays fast.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -40,21 +41,48 @@ def schedule(env_name: str, default: str) -> str | None:
     return None if value.strip().lower() in ("none", "manual", "") else value
 
 
+def schedule_end() -> dt.datetime | None:
+    """The last moment the timetables make runs for (NEEDSEG_SCHEDULE_END, an ISO date or
+    time, UTC; empty: no end). The demo sets it to the end of its world, so Airflow's
+    scheduler runs the world's months (as backfills) and never a month the world has no
+    data for; a deployment leaves it unset."""
+    value = os.environ.get("NEEDSEG_SCHEDULE_END", "").strip()
+    if not value:
+        return None
+    try:
+        end = dt.datetime.fromisoformat(value)
+    except ValueError:
+        from pipelines.errors import ConfigError
+
+        raise ConfigError(f"NEEDSEG_SCHEDULE_END={value!r} is not an ISO date or time (e.g. 2026-11-01T23:59)") from None
+    return end if end.tzinfo else end.replace(tzinfo=dt.UTC)
+
+
 def dag_arguments(dag_id: str, schedule: Any, doc: str, tags: list[str], extra_params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What every needseg DAG shares: start, no catch-up, one run at a time, retries,
-    the as-of param (and `extra_params`), docs, tags, and the failure notice to the data team."""
+    """What every needseg DAG shares: start (and end, see `schedule_end`), no catch-up, one
+    run at a time, retries, the as-of param (and `extra_params`), docs, tags, and the
+    failure notice to the data team."""
     return {
         "dag_id": dag_id,
         "schedule": schedule,
         "start_date": START_DATE,
+        "end_date": schedule_end(),
         "catchup": False,
         "max_active_runs": 1,
         "default_args": default_args(),
         "params": {**params(), **(extra_params or {})},
-        "doc_md": doc,
+        "doc_md": _with_note(doc, manifest_note()),
         "tags": ["needseg", *tags],
         "on_failure_callback": on_dag_failure,
     }
+
+
+def _with_note(doc: str, note: str) -> str:
+    """The note after the docs' first line (the title stays first)."""
+    if not note:
+        return doc
+    title, _, rest = doc.strip().partition("\n")
+    return f"{title}{note}\n{rest}"
 
 
 def default_args() -> dict[str, Any]:
@@ -173,6 +201,24 @@ def fails_for_good(exc: BaseException) -> bool:
     return isinstance(exc, (InputError, ConfigError))
 
 
+def step(**task_kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+    """Airflow's `@task`, the one way every needseg DAG task is written: the function runs
+    through `run_step`, so an error that fails the same way on every retry (bad input, a
+    configuration error: pipelines.errors.ConfigError) fails the task at once without
+    retries, and anything else is retried. Takes `@task`'s arguments (pool, inlets, ...)."""
+    from airflow.sdk import task
+
+    def decorate(function: Callable[..., Any]) -> Any:
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return run_step(function, *args, **kwargs)
+
+        run.needseg_step = True  # type: ignore[attr-defined]
+        return task(**task_kwargs)(run)
+
+    return decorate
+
+
 def run_step(step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run a pipeline step inside a task: an error that fails for good fails the task at
     once (AirflowFailException: no retries, the message naming file and expectation);
@@ -221,12 +267,15 @@ def dbt_task_group(group_id: str, select: str, **kwargs: Any):
 
     from pipelines import transform
 
+    if not transform.MANIFEST.exists():
+        return manifest_missing(group_id)
     profile, env, variables = _dbt_settings()
     return DbtTaskGroup(
         group_id=group_id,
         project_config=ProjectConfig(
             dbt_project_path=DBT_PROJECT_DIR,
-            manifest_path=transform.ensure_manifest(),
+            # Read, never made, at parse time: DAG parsing does not run dbt.
+            manifest_path=transform.MANIFEST,
             install_dbt_deps=False,
             env_vars=env,
         ),
@@ -242,6 +291,36 @@ def dbt_task_group(group_id: str, select: str, **kwargs: Any):
         operator_args={"vars": variables, "pool": WAREHOUSE_POOL, "install_deps": False, **_cosmos_operator_args()},
         **kwargs,
     )
+
+
+MANIFEST_MISSING = (
+    "dbt's manifest ({path}) is missing, so the dbt models cannot be shown as tasks: run "
+    "`.venv/bin/needseg dbt-manifest` (make install does; the Docker image does at build), then let the DAG processor parse again."
+)
+
+
+def manifest_note() -> str:
+    """A line for a DAG's docs when dbt's manifest is missing, saying what to run."""
+    from pipelines import transform
+
+    if transform.MANIFEST.exists():
+        return ""
+    return "\n\n**Not runnable yet**: " + MANIFEST_MISSING.format(path=transform.MANIFEST) + "\n"
+
+
+def manifest_missing(task_id: str):
+    """Stands in for a cosmos task group while dbt's manifest is missing: the DAG file
+    still imports (parsing never runs dbt) and the task fails at once, saying what to run."""
+    from airflow.sdk import task
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pipelines import transform
+
+    @task(task_id=task_id, retries=0)
+    def dbt_manifest_missing():
+        raise AirflowFailException(MANIFEST_MISSING.format(path=transform.MANIFEST))
+
+    return dbt_manifest_missing()
 
 
 def dbt_build_task(task_id: str, select: str, **kwargs: Any):

@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pipelines import airflow_env
+from pipelines.airflow import env as airflow_env
 
 
 def _password(home: Path) -> str | None:
@@ -39,6 +39,52 @@ def _healthy(port: int) -> bool:
         return False
 
 
+def _environment() -> dict[str, str]:
+    """This process's environment, with this venv's `airflow` first on PATH: standalone
+    starts its components as `airflow <component>` (uv is not on PATH after make)."""
+    env = os.environ.copy()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def what_to_look_at(port: int) -> list[str]:
+    """Where the UI shows what the demo (or the schedules) did, with the runs so far."""
+    from pipelines.airflow.history import run_counts
+
+    base = f"http://localhost:{port}"
+    pages = (
+        (
+            "/dags",
+            "the four DAGs and their schedules: ingest daily, segmentation monthly (1st, 03:00 UTC), "
+            "features on the needseg_raw asset, alerts on needseg_segments or every 15 minutes",
+        ),
+        (
+            "/dags/needseg_segmentation",
+            "runs with the logical dates the timetable made (a month's run is the 1st at 03:00) "
+            "and real durations; Grid: each task's duration and log",
+        ),
+        ("/dags/needseg_features", "runs triggered by the needseg_raw asset, one task per dbt model"),
+        ("/assets", "needseg_raw -> needseg_customer_features -> needseg_segments, each event with its as_of"),
+        ("/pools", "needseg_warehouse: 1 slot, one writer at a time on the DuckDB warehouse"),
+    )
+    width = max(len(base + path) for path, _ in pages)
+    lines = [f"Airflow with {airflow_env.parallelism()} task slots (LocalExecutor, one per core); what to look at:"]
+    lines += [f"  {base + path:<{width}}  {text}" for path, text in pages]
+    counts = run_counts()
+    if counts:
+        lines.append(
+            "  runs so far: "
+            + "; ".join(
+                f"{dag.removeprefix('needseg_')} {', '.join(f'{n} {kind}' for kind, n in kinds.items())}" for dag, kinds in counts.items()
+            )
+        )
+        lines.append(
+            "  after make demo, ingest and segmentation are paused (the demo world ends months ago); unpause them to run today's schedule"
+        )
+    lines.append("Ctrl-C stops Airflow.")
+    return lines
+
+
 def serve(port: int = 8080, ready_timeout: float = 180.0) -> int:
     env = airflow_env.configure()
     os.environ["AIRFLOW__API__PORT"] = str(port)
@@ -53,7 +99,7 @@ def serve(port: int = 8080, ready_timeout: float = 180.0) -> int:
     print(f"starting Airflow standalone on http://localhost:{port} (log: {log_path}) ...", flush=True)
     with open(log_path, "a") as log:
         process = subprocess.Popen(
-            [str(exe), "standalone"], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True
+            [str(exe), "standalone"], stdout=log, stderr=subprocess.STDOUT, env=_environment(), start_new_session=True
         )
 
     def stop(*_):
@@ -88,11 +134,8 @@ def serve(port: int = 8080, ready_timeout: float = 180.0) -> int:
             f"Airflow UI: http://localhost:{port}  login: admin / {_password(home) or '(see ' + str(home) + '/simple_auth_manager_passwords.json.generated)'}",
             flush=True,
         )
-        print(
-            "DAGs: needseg_ingest, needseg_features, needseg_segmentation, needseg_alerts (paused until you switch them on; "
-            "the demo's runs are listed). Ctrl-C stops Airflow.",
-            flush=True,
-        )
+        for line in what_to_look_at(port):
+            print(line, flush=True)
         process.wait()
         return process.returncode or 0
     except KeyboardInterrupt:

@@ -19,14 +19,26 @@ def airflow_home() -> Path:
     return Path(os.environ.get("AIRFLOW_HOME", PROJECT_ROOT / ".airflow"))
 
 
+def parallelism() -> int:
+    """Task slots for a local Airflow: one per core, at least 2 (a task that only reads can
+    run beside the one writer the warehouse pool lets through)."""
+    return max(2, os.cpu_count() or 2)
+
+
 def defaults(home: Path | None = None) -> dict[str, str]:
     home = home or airflow_home()
     return {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # Task slots sized to the machine: Airflow's default, 32 LocalExecutor workers,
+        # is about 6 GB of forked processes on a 2-core laptop for no gain.
+        "AIRFLOW__CORE__PARALLELISM": str(parallelism()),
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
         "AIRFLOW__CORE__DAG_FILE_PROCESSOR_TIMEOUT": "180",
+        # needseg_preload: the scheduler imports dbt and the pipeline once, so LocalExecutor's
+        # forked task processes start with them (see the plugin's docstring).
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "pipelines" / "airflow" / "plugins"),
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
         "AIRFLOW__COSMOS__CACHE_DIR": str(home / "cosmos_cache"),
         "AIRFLOW__COSMOS__PROPAGATE_LOGS": "False",
@@ -37,9 +49,21 @@ def defaults(home: Path | None = None) -> dict[str, str]:
     }
 
 
+# How long SQLite waits for a lock before "database is locked" (Python's default is 5 s):
+# on 2 busy cores the scheduler's write transactions can take longer than that.
+SQLITE_CONNECT_ARGS = {"timeout": 60}
+
+
+def sqlite_settings() -> dict[str, str]:
+    """Local SQLite metadata only (a deployment's PostgreSQL takes no such argument)."""
+    if os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite").startswith("sqlite"):
+        return {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "pipelines.airflow.env.SQLITE_CONNECT_ARGS"}
+    return {}
+
+
 def configure(home: Path | None = None) -> dict[str, str]:
     """Set the defaults into os.environ (keeping what is already set); before importing airflow."""
-    env = defaults(home)
+    env = {**defaults(home), **sqlite_settings()}
     for key, value in env.items():
         os.environ.setdefault(key, value)
     Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)

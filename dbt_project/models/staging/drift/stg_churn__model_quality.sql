@@ -1,0 +1,1 @@
+select * from {{ source('churn', 'model_quality') }}

@@ -1,0 +1,249 @@
+"""Point-in-time churn features and labels, from the company's own history (DuckDB SQL).
+
+Every figure of an account at a cutoff is computed from what was known on that date only:
+order lines dated on or before it (`intermediate.int_order_lines__priced`, the lines up to
+the run's as-of date in the reporting currency), tickets opened, quotes created and survey
+answers submitted by then, and the drift step's stored row for a run on that date (drift
+strength, migrations, segment). The label of an account at a cutoff is what happened in
+the `horizon_months` after it: no order at all (lapsed), or a CRM record marking it
+churned. A label is *closed* only when the whole window lies on or before the run's as-of
+date; training and the backtest read closed labels only (see `labels`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+ORDER_FEATURES = """
+with cutoffs as (select unnest(?::date[]) as cutoff),
+lines as (
+    select account_id, order_id, order_date::date as day, revenue::double as revenue, is_return,
+           discount, category_class
+    from intermediate.int_order_lines__priced
+),
+per_day as (
+    select c.cutoff, l.account_id, l.day,
+           sum(l.revenue) filter (where not l.is_return) as revenue,
+           count(distinct l.order_id) filter (where not l.is_return) as orders,
+           count(*) filter (where not l.is_return) as lines,
+           count(*) filter (where l.is_return) as returns,
+           sum(l.discount) filter (where not l.is_return) as discount_sum,
+           count(l.discount) filter (where not l.is_return) as discounted,
+           count(*) filter (where not l.is_return and l.category_class = 'premium') as premium_lines,
+           count(*) filter (where not l.is_return and l.category_class = 'service') as service_lines
+    from lines as l join cutoffs as c on l.day <= c.cutoff and l.day > c.cutoff - interval 24 month
+    group by all
+),
+buying as (
+    select *, datediff('day', day, cutoff) as age,
+           datediff('day', lag(day) over (partition by cutoff, account_id order by day), day) as gap
+    from per_day where orders > 0
+)
+select cutoff, account_id,
+    min(age) as recency_days,
+    max(age) as first_purchase_age_days,
+    count(*) as purchase_days,
+    count(*) filter (where age < 91) as purchase_days_3m,
+    count(*) filter (where age >= 91 and age < 182) as purchase_days_prior_3m,
+    count(*) filter (where age < 182) as purchase_days_6m,
+    count(*) filter (where age < 365) as purchase_days_12m,
+    count(distinct date_trunc('month', day)) filter (where age < 365) as active_months_12m,
+    sum(orders) as orders,
+    sum(revenue) as revenue,
+    coalesce(sum(revenue) filter (where age < 91), 0) as revenue_3m,
+    coalesce(sum(revenue) filter (where age >= 91 and age < 182), 0) as revenue_prior_3m,
+    coalesce(sum(revenue) filter (where age < 365), 0) as revenue_12m,
+    sum(revenue) / nullif(sum(orders), 0) as order_value,
+    sum(lines) / nullif(sum(orders), 0) as lines_per_order,
+    avg(gap) as mean_gap_days,
+    stddev_samp(gap) as gap_sd_days,
+    median(gap) as median_gap_days,
+    arg_min(gap, age) as last_gap_days,
+    sum(discount_sum) / nullif(sum(discounted), 0) as discount_depth,
+    sum(discount_sum) filter (where age < 91) / nullif(sum(discounted) filter (where age < 91), 0)
+      - sum(discount_sum) filter (where age >= 91) / nullif(sum(discounted) filter (where age >= 91), 0) as discount_trend,
+    sum(premium_lines) / nullif(sum(lines), 0) as premium_share,
+    sum(service_lines) / nullif(sum(lines), 0) as service_share
+from buying
+group by all
+"""
+
+RETURNS = """
+with cutoffs as (select unnest(?::date[]) as cutoff)
+select c.cutoff, l.account_id,
+       count(*) filter (where l.is_return) / count(*) as return_share
+from intermediate.int_order_lines__priced as l join cutoffs as c
+  on l.order_date::date <= c.cutoff and l.order_date::date > c.cutoff - interval 12 month
+group by all
+"""
+
+TICKETS = """
+with cutoffs as (select unnest(?::date[]) as cutoff)
+select c.cutoff, t.account_id,
+       count(*) filter (where t.opened_at::date > c.cutoff - interval 12 month) as tickets_12m,
+       count(*) filter (where t.opened_at::date > c.cutoff - interval 3 month) as tickets_3m,
+       count(*) filter (where t.priority = 'critical' and t.opened_at::date > c.cutoff - interval 12 month) as critical_tickets_12m,
+       count(*) filter (where t.category = 'price' and t.opened_at::date > c.cutoff - interval 12 month) as price_tickets_12m
+from staging.stg_crm__support_tickets as t join cutoffs as c
+  on t.opened_at::date <= c.cutoff and t.opened_at::date > c.cutoff - interval 12 month
+group by all
+"""
+
+QUOTES = """
+with cutoffs as (select unnest(?::date[]) as cutoff)
+select c.cutoff, q.account_id,
+       count(*) filter (where q.status in ('won', 'lost')) as quotes_decided_12m,
+       count(*) filter (where q.status = 'lost' and q.loss_reason = 'price')
+         / nullif(count(*) filter (where q.status in ('won', 'lost')), 0) as lost_on_price_share_12m
+from staging.stg_crm__quotes as q join cutoffs as c
+  on q.created_at::date <= c.cutoff and q.created_at::date > c.cutoff - interval 12 month
+group by all
+"""
+
+SURVEY = """
+with cutoffs as (select unnest(?::date[]) as cutoff),
+waves as (
+    select c.cutoff, s.account_id, s.wave, max(s.submitted_at) as submitted_at,
+           avg(s.satisfaction) as satisfaction, avg(s.nps) as nps
+    from staging.stg_survey__survey_responses as s join cutoffs as c on s.submitted_at::date <= c.cutoff
+    group by all
+),
+ranked as (
+    select *, row_number() over (partition by cutoff, account_id order by submitted_at desc, wave desc) as n
+    from waves
+)
+select cutoff, account_id,
+       max(satisfaction) filter (where n = 1) as satisfaction,
+       max(nps) filter (where n = 1) as nps,
+       max(satisfaction) filter (where n = 1) - max(satisfaction) filter (where n = 2) as satisfaction_change
+from ranked where n <= 2
+group by all
+"""
+
+# Accounts known as customers at the cutoff: the latest CRM record on or before it.
+ACCOUNTS = """
+with cutoffs as (select unnest(?::date[]) as cutoff),
+records as (
+    select c.cutoff, a.account_id, a.status, a.customer_since, a.updated_at
+    from staging.stg_crm__accounts as a join cutoffs as c on coalesce(a.updated_at::date, c.cutoff) <= c.cutoff
+    qualify row_number() over (partition by c.cutoff, a.account_id order by a.updated_at desc nulls last, a.loaded_at desc) = 1
+)
+select cutoff, account_id, status, datediff('day', customer_since::date, cutoff) as tenure_days
+from records
+"""
+
+# The drift step's row for a run on the cutoff date, and the migrations before it.
+DRIFT = """
+with cutoffs as (select unnest(?::date[]) as cutoff),
+migrations as (
+    select c.cutoff, m.account_id, count(*) as migrations_6m
+    from drift.customer_drift as m join cutoffs as c
+      on m.migrated and m.as_of <= c.cutoff and m.as_of > c.cutoff - interval 6 month
+    group by all
+)
+select c.cutoff, d.account_id, d.segment_id, d.drift_z, d.drift_shift,
+       d.early_warning::int as early_warning, d.drift_flag::int as drift_flag,
+       d.migration_confirmed::int as migration_confirmed, coalesce(m.migrations_6m, 0) as migrations_6m
+from drift.customer_drift as d join cutoffs as c on d.as_of = c.cutoff
+left join migrations as m on m.cutoff = c.cutoff and m.account_id = d.account_id
+"""
+
+LABELS = """
+with cutoffs as (select unnest(?::date[]) as cutoff),
+buying as (
+    select distinct account_id, order_date::date as day from intermediate.int_order_lines__priced where not is_return
+),
+churned as (
+    select account_id, min(updated_at::date) as churned_on
+    from staging.stg_crm__accounts where status = 'churned' group by all
+)
+select c.cutoff, b.account_id,
+       count(*) filter (where b.day > c.cutoff and b.day <= c.cutoff + to_months(?)) = 0
+       or coalesce(bool_or(ch.churned_on > c.cutoff and ch.churned_on <= c.cutoff + to_months(?)), false) as churned
+from cutoffs as c
+join buying as b on b.day <= c.cutoff + to_months(?)
+left join churned as ch on ch.account_id = b.account_id
+group by all
+having count(*) filter (where b.day <= c.cutoff) > 0
+"""
+
+
+def _exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    return bool(
+        con.execute("select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]).fetchone()[
+            0
+        ]
+    )
+
+
+def _frame(con: duckdb.DuckDBPyConnection, sql: str, cutoffs: list[dt.date], table: tuple[str, str]) -> pd.DataFrame | None:
+    if not _exists(con, *table):
+        return None
+    frame = con.execute(sql, [cutoffs]).df()
+    return frame.set_index(["cutoff", "account_id"]) if len(frame) else None
+
+
+def window_closed(cutoff: dt.date, as_of: dt.date, horizon_months: int) -> bool:
+    """True when the whole outcome window (cutoff, cutoff + horizon] lies on or before `as_of`."""
+    return (pd.Timestamp(cutoff) + pd.DateOffset(months=horizon_months)).date() <= as_of
+
+
+def features(con: duckdb.DuckDBPyConnection, cutoffs: list[dt.date]) -> pd.DataFrame:
+    """One row per (cutoff, account) that bought on or before the cutoff and is a customer then."""
+    cutoffs = sorted(set(cutoffs))
+    frame = con.execute(ORDER_FEATURES, [cutoffs]).df().set_index(["cutoff", "account_id"])
+    accounts = _frame(con, ACCOUNTS, cutoffs, ("staging", "stg_crm__accounts"))
+    if accounts is not None:
+        frame = frame.join(accounts, how="left")
+        frame = frame[frame["status"].fillna("customer").eq("customer")].drop(columns="status")
+    for sql, table in (
+        (RETURNS, ("intermediate", "int_order_lines__priced")),
+        (TICKETS, ("staging", "stg_crm__support_tickets")),
+        (QUOTES, ("staging", "stg_crm__quotes")),
+        (SURVEY, ("staging", "stg_survey__survey_responses")),
+        (DRIFT, ("drift", "customer_drift")),
+    ):
+        part = _frame(con, sql, cutoffs, table)
+        if part is not None:
+            frame = frame.join(part, how="left")
+    # a fixed row order: DuckDB returns rows in any order, and the model's bagging and folds follow it
+    return _derived(frame.reset_index()).sort_values(["cutoff", "account_id"], ignore_index=True)
+
+
+def _derived(frame: pd.DataFrame) -> pd.DataFrame:
+    """Ratios that describe the account against its own rhythm and its peers."""
+    f = frame
+    f["cutoff"] = pd.to_datetime(f["cutoff"]).dt.date
+    rhythm = f["mean_gap_days"].where(f["purchase_days"] > 1)
+    f["overdue_ratio"] = f["recency_days"] / rhythm
+    f["recency_vs_last_gap"] = f["recency_days"] / f["last_gap_days"]
+    f["revenue_trend"] = (f["revenue_3m"] - f["revenue_prior_3m"]) / (f["revenue_3m"] + f["revenue_prior_3m"]).replace(0, np.nan)
+    f["purchase_days_trend"] = f["purchase_days_3m"] - f["purchase_days_prior_3m"]
+    observed_months = np.clip(f["first_purchase_age_days"] / 30.44, 1, 12)
+    f["purchase_rate_12m"] = f["purchase_days_12m"] / observed_months
+    # value tier: the account's revenue percentile among the customers at that cutoff
+    f["value_percentile"] = f.groupby("cutoff")["revenue_12m"].rank(pct=True)
+    if "tenure_days" not in f:
+        f["tenure_days"] = f["first_purchase_age_days"]
+    f["tenure_days"] = f["tenure_days"].fillna(f["first_purchase_age_days"])
+    return f
+
+
+def labels(con: duckdb.DuckDBPyConnection, cutoffs: list[dt.date], as_of: dt.date, horizon_months: int) -> pd.DataFrame:
+    """The outcome of every account that had bought by each cutoff whose window has closed by `as_of`.
+
+    A cutoff whose window (cutoff, cutoff + horizon] is not over on `as_of` gets no labels at
+    all: an account that has not ordered *yet* has not lapsed, and reading it as lapsed
+    would teach the model the future.
+    """
+    closed = [c for c in sorted(set(cutoffs)) if window_closed(c, as_of, horizon_months)]
+    if not closed:
+        return pd.DataFrame(columns=["cutoff", "account_id", "churned"])
+    frame = con.execute(LABELS, [closed, horizon_months, horizon_months, horizon_months]).df()
+    frame["churned"] = frame["churned"].astype(bool)
+    frame["cutoff"] = pd.to_datetime(frame["cutoff"]).dt.date
+    return frame
