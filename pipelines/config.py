@@ -118,6 +118,8 @@ class DriftConfig(_Section):
     satisfaction_drop: Positive = 1.0
     low_nps: Annotated[float, Field(ge=0, le=10)] = 6.0
     alert_min_score: Share = 0.35
+    # a drift alert whose target's model probability fell this much over recent runs is stopped
+    contradicting_probability_drop: Share = 0.05
     resolve_after_runs: Annotated[int, Field(ge=1)] = 2
     cooldown_days: Count = 60
     # lapse risk: no order within the horizon, at the account's own rhythm
@@ -126,6 +128,24 @@ class DriftConfig(_Section):
     # MONIC population transitions
     survive_overlap: Share = 0.5
     split_overlap: Share = 0.25
+
+
+class ChurnConfig(_Section):
+    # label: no order within the horizon after a run, or churned in the CRM within it
+    horizon_months: Months = 3
+    # monthly cutoffs with a closed outcome window the model learns from
+    training_cutoffs: Annotated[int, Field(ge=1)] = 12
+    # fewer closed outcomes (or churned ones) than this: BG/NBD alone (cold start)
+    min_training_rows: Count = 500
+    min_training_positives: Count = 50
+    # backtest over the latest earlier runs whose window has closed; precision@k
+    backtest_runs: Count = 6
+    top_k: Annotated[int, Field(ge=1)] = 100
+    # lapsing alerts from the lowest probability whose backtest precision reaches this
+    target_precision: Share = 0.6
+    min_alerts_for_threshold: Annotated[int, Field(ge=1)] = 10
+    # the playbook action of a lapsing alert (null: the built-in text)
+    lapsing_action: str | None = None
 
 
 class AlertsConfig(_Section):
@@ -152,6 +172,7 @@ class NeedsegConfig(_Section):
     features: FeaturesConfig = FeaturesConfig()
     segmentation: SegmentationConfig = SegmentationConfig()
     drift: DriftConfig = DriftConfig()
+    churn: ChurnConfig = ChurnConfig()
     alerts: AlertsConfig = AlertsConfig()
     publish: PublishConfig = PublishConfig()
 

@@ -24,8 +24,9 @@ import duckdb
 import pandas as pd
 
 from pipelines import report_charts as charts
+from pipelines.churn.run import QUALITY_SQL, quality_summary
 from pipelines.errors import NeedsegError
-from pipelines.publish import write_file_atomically
+from pipelines.files import write_file_atomically
 from pipelines.settings import Settings
 from pipelines.warehouse import connect
 
@@ -270,14 +271,15 @@ def _alerts_section(con: duckdb.DuckDBPyConnection) -> tuple[str, int]:
         con,
         """
         select coalesce(account_owner, '(no owner)') as account_owner, account_name,
-               from_segment || ' → ' || to_segment as move, round(score, 2) as score,
+               from_segment || ' → ' || coalesce(to_segment, 'no further orders (lapsing)') as move, round(score, 2) as score,
                strftime(opened_as_of, '%Y-%m-%d') as opened_as_of, runs_flagged, evidence, action
         from churn_risk_alerts where status = 'open' order by account_owner, score desc, account_name
         """,
     )
     intro = f"""<p>{int(drift["drifting"])} customers drifting towards price-sensitivity or away from partnership
 ({int(drift["early_warnings"])} early warnings before any segment change), {int(drift["migrated"])} segment changes,
-{int(drift["churn_risk"])} at churn risk; {len(alerts)} open churn-risk alerts, by account owner below.</p>"""
+{int(drift["churn_risk"])} at churn risk; {len(alerts)} open churn-risk alerts, by account owner below.</p>
+<p>{_e(quality_summary(_read(con, QUALITY_SQL.format(table="churn_model_quality"))))}.</p>"""
     if alerts.empty:
         return f"<section><h2>Drift and churn risk</h2>{intro}<p>No open churn-risk alerts.</p></section>", 0
     columns = {
