@@ -184,48 +184,48 @@ STATUS_LABELS = {
 PROBLEM_LINES_SHOWN = 5  # lines shown per file x column x reason (all of them up to twice that)
 
 
+def _print_file(f) -> None:
+    """One file's outcome line, its quarantine reasons and its message."""
+    if f.status in ("loaded", "rejected", "valid"):
+        detail = f"{f.rows_read} read, {f.rows_loaded} to raw, {f.rows_quarantined} quarantined"
+    elif f.status == "held":
+        detail = f"{f.rows_read} read, nothing written"
+    else:
+        detail = ""
+    print(f"{STATUS_LABELS.get(f.status, f.status):>14}  {f.file}  {detail}".rstrip())
+    for reason, n in sorted((f.quarantine_reasons or {}).items(), key=lambda x: -x[1]):
+        print(f"{'':>16}{n:>6} x {reason}")
+    if f.message:
+        print(f"{'':>16}{f.message}")
+
+
+def _print_problems(f) -> None:
+    """One file's row-level problems by column and reason, with example lines."""
+    whole = {"rejected": "  (refused: no row loaded)", "held": "  (held back: no row written)"}.get(f.status, "")
+    print(f"  {f.file}{whole}")
+    for group in f.problems:
+        expected = f"; expected {group['expected']}" if group.get("expected") else ""
+        print(f"    {group['column'] or '(whole line)'}: {group['reason']}, {group['count']} row(s){expected}")
+        shown = group["lines"] if group["count"] <= 2 * PROBLEM_LINES_SHOWN else group["lines"][:PROBLEM_LINES_SHOWN]
+        for example in shown:
+            value = "(empty)" if example["value"] is None else repr(example["value"])
+            print(f"      line {example['line']}: {value}")
+        if group["count"] > len(shown):
+            print(f"      ... and {group['count'] - len(shown)} more")
+
+
 def _print_report(report, verbose: bool = False, quality_dir: Path | None = None) -> None:
     """What the run did to every file, then its row-level problems by file, column and reason."""
     for fetched in report.fetched:
         print(f"{'fetched':>14}  {fetched}")
     for f in report.files:
-        if f.status in ("already_loaded", "ignored") and not verbose:
-            continue
-        if f.status in ("loaded", "rejected", "valid"):
-            detail = f"{f.rows_read} read, {f.rows_loaded} to raw, {f.rows_quarantined} quarantined"
-        elif f.status == "held":
-            detail = f"{f.rows_read} read, nothing written"
-        else:
-            detail = ""
-        print(f"{STATUS_LABELS.get(f.status, f.status):>14}  {f.file}  {detail}".rstrip())
-        if f.quarantine_reasons:
-            for reason, n in sorted(f.quarantine_reasons.items(), key=lambda x: -x[1]):
-                print(f"{'':>16}{n:>6} x {reason}")
-        if f.message:
-            print(f"{'':>16}{f.message}")
+        if verbose or f.status not in ("already_loaded", "ignored"):
+            _print_file(f)
     with_problems = [f for f in report.files if f.problems]
     if with_problems:
         print("\nrow-level problems, by file, column and reason:")
         for f in with_problems:
-            print(
-                f"  {f.file}"
-                + (
-                    "  (refused: no row loaded)"
-                    if f.status == "rejected"
-                    else "  (held back: no row written)"
-                    if f.status == "held"
-                    else ""
-                )
-            )
-            for group in f.problems:
-                expected = f"; expected {group['expected']}" if group.get("expected") else ""
-                print(f"    {group['column'] or '(whole line)'}: {group['reason']}, {group['count']} row(s){expected}")
-                shown = group["lines"] if group["count"] <= 2 * PROBLEM_LINES_SHOWN else group["lines"][:PROBLEM_LINES_SHOWN]
-                for example in shown:
-                    value = "(empty)" if example["value"] is None else repr(example["value"])
-                    print(f"      line {example['line']}: {value}")
-                if group["count"] > len(shown):
-                    print(f"      ... and {group['count'] - len(shown)} more")
+            _print_problems(f)
         if report.problems_file:
             print(f"every row-level problem of this dry run: {report.problems_file}")
         elif any(f.rows_quarantined for f in with_problems):
@@ -291,6 +291,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.evaluate import evaluate
+    from pipelines.files import write_file_atomically
     from pipelines.progress import Progress
 
     settings = _settings(args)
@@ -304,7 +305,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for line in report.lines():
         print(line)
     out = settings.data_dir / "evaluation.json"
-    out.write_text(json.dumps(report.as_dict(), indent=1, default=str))
+    write_file_atomically(out, json.dumps(report.as_dict(), indent=1, default=str))
     print(f"\nfigures as JSON: {out}")
     return 0
 
@@ -399,7 +400,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     spec = WorldSpec(seed=args.seed, customers=args.customers, prospects=args.prospects)
-    print(f"needseg demo: a synthetic B2B company, {args.cycles} monthly cycles run by Airflow; data in {settings.data_dir}")
+    print(f"needseg demo: a synthetic B2B company, {args.cycles} monthly cycles run by Airflow's scheduler; data in {settings.data_dir}")
     run_demo(settings, spec, args.cycles)
     for line in summary_lines(settings):
         print(line)

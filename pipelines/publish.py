@@ -16,17 +16,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
 from pipelines.errors import NeedsegError
+from pipelines.files import atomic_target, fsync_path, remove_stale_builds
 from pipelines.settings import Settings
 
 # serving table -> relation in the working warehouse
@@ -177,80 +175,6 @@ def _fill_serving(con: duckdb.DuckDBPyConnection, tables: dict[str, str], result
     )
     for column, comment in PUBLICATION_COLUMNS.items():
         con.execute(f"comment on column serving_build.main.publication.{column} is {_quote(comment)}")
-
-
-# --- atomic files -------------------------------------------------------------------------
-
-BUILDING = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.building(\.wal)?$")
-
-
-def _building_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}.{os.getpid()}.building")
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file, or a folder's entries, to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_target(target: Path) -> Iterator[Path]:
-    """A path to build `target` at (beside it, named after this process); once the block
-    ends without an error it is flushed to disk and renamed over `target`, and the folder's
-    entry flushed too: readers see the old file or the new one, never half of one, and a
-    crash leaves the old one. On an error the half-built file is removed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    building = _building_path(target)
-    building.unlink(missing_ok=True)
-    try:
-        yield building
-        fsync_path(building)
-        os.replace(building, target)
-        fsync_path(target.parent)
-    except BaseException:
-        building.unlink(missing_ok=True)
-        raise
-
-
-def write_file_atomically(target: Path, data: bytes) -> Path:
-    """Write `target` next to itself and swap it in with one rename (see `atomic_target`)."""
-    with atomic_target(target) as building:
-        building.write_bytes(data)
-    return target
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_builds(folder: Path) -> list[Path]:
-    """Remove what killed publishes left in `folder`: `.<name>.<pid>.building` files (and their
-    DuckDB `.wal`) and folders of processes that no longer run. Returns what was removed."""
-    removed: list[Path] = []
-    if not folder.is_dir():
-        return removed
-    for path in folder.iterdir():
-        match = BUILDING.match(path.name)
-        if not match or _alive(int(match.group("pid"))):
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
 
 
 # --- the Parquet exports, published as one set ---------------------------------------------

@@ -26,7 +26,7 @@ import pandas as pd
 from pipelines import report_charts as charts
 from pipelines.churn.run import QUALITY_SQL, quality_summary
 from pipelines.errors import NeedsegError
-from pipelines.publish import write_file_atomically
+from pipelines.files import write_file_atomically
 from pipelines.settings import Settings
 from pipelines.warehouse import connect
 

@@ -86,7 +86,7 @@ def heatmap(rows: list[str], columns: list[str], values: dict[tuple[str, str], f
     figure = Figure(figsize=(max(4.5, 0.95 * len(columns) + 2.2), 0.55 * len(rows) + 1.9))
     ax = figure.add_subplot()
     image = ax.imshow(matrix, cmap="RdBu", norm=TwoSlopeNorm(0.0, -limit or -1, limit or 1), aspect="auto")
-    ax.set_xticks(range(len(columns)), [_wrap(humanise(c), 14) for c in columns], rotation=0, fontsize=9)
+    ax.set_xticks(range(len(columns)), [_wrap(humanise(c), 12) for c in columns], rotation=0, fontsize=9)
     ax.xaxis.tick_top()
     ax.set_yticks(range(len(rows)), [_wrap(r, 28) for r in rows])
     ax.tick_params(length=0)

@@ -176,7 +176,7 @@ def build_docs(settings: Settings, config: dict[str, Any], as_of: dt.date, out: 
     """dbt's documentation site as one self-contained HTML file (`dbt docs generate
     --static`: manifest and catalog inlined, nothing fetched from the network), swapped in
     with one rename. The catalog reads the working warehouse, so run it between cycles."""
-    from pipelines.publish import write_file_atomically
+    from pipelines.files import write_file_atomically
 
     target = target_dir(settings)
     result = _invoke(["docs", "generate", "--static", *_project_args(settings, config, as_of, "docs")], settings)

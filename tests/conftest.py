@@ -36,6 +36,8 @@ SMALL_WORLD = dict(seed=7, customers=450, prospects=40, start_month="2025-01", e
 # 60, the ingest DAG's gate 60, dbt project 30, Wholesale 25, deployment 25, Online Retail 20; every other file under 15).
 SLOWEST_FIRST = (
     "test_evaluation.py",
+    "test_bench.py",
+    "test_repeatable.py",
     "test_production_airflow.py",
     "test_e2e_airflow.py",
     "test_cycle.py",
@@ -54,6 +56,8 @@ SLOWEST_FIRST = (
 # everything; `make test-fast` (pytest -m "not slow") leaves these out for everyday runs.
 SLOW_TIER = {
     "test_evaluation.py",
+    "test_bench.py",  # a whole cycle on a bench world
+    "test_repeatable.py",  # two features builds of ~177k order lines
     "test_production_airflow.py",
     "test_e2e_airflow.py",
     "test_cycle.py",

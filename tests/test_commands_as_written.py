@@ -121,8 +121,9 @@ def test_analysts_documentation_matches_the_database_they_query(cycled_small_wor
     out = tmp_path / "dbt_docs.html"
     assert main(["dbt-docs", "--data-dir", str(settings.data_dir), "--out", str(out)]) == 0
     page = out.read_text(encoding="utf-8")
-    assert r"\"serving\".\"main\".\"customer_segments\"" in page
-    assert r"\"marts\".\"customer_segments\"" not in page
+    relation = re.compile(r'"relation_name": "([^"\\]|\\.)*customer_segments\\""')
+    relations = {m.group(0) for m in relation.finditer(page)}
+    assert relations == {r'"relation_name": "\"serving\".\"main\".\"customer_segments\""'}, relations
     assert '"exposure.needseg.segment_report"' in page and '"exposure.needseg.churn_risk_alert_digests"' in page
     assert "serving.duckdb" in page
     con = duckdb.connect(str(settings.serving_path), read_only=True)

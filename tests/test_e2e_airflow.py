@@ -16,6 +16,10 @@ from pipelines.segmentation.taxonomy import load_taxonomy
 from pipelines.settings import load_settings
 from tests.conftest import SMALL_WORLD
 
+# Two monthly cycles through Airflow's real scheduler took more than the suite's default
+# 15 min limit on 2 cores shared with other work (load average about 20).
+pytestmark = pytest.mark.timeout(3600)
+
 
 @pytest.fixture(scope="module")
 def airflow_runs(small_world, session_dir):
@@ -54,7 +58,7 @@ def _runs(since: dt.datetime) -> list[tuple]:
 
     with create_session() as session:
         return [
-            (r.dag_id, str(r.run_type.value), r.logical_date, r.start_date, r.end_date)
+            (r.dag_id, str(getattr(r.run_type, "value", r.run_type)), r.logical_date, r.start_date, r.end_date)
             for r in session.query(DagRun).filter(DagRun.queued_at >= since).order_by(DagRun.id)
         ]
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.publish import _publish_exports, atomic_target, remove_stale_builds, write_file_atomically
+from pipelines.files import atomic_target, remove_stale_builds, write_file_atomically
+from pipelines.publish import _publish_exports
 
 TABLES = {"customer_segments": "marts.customer_segments", "segments": "marts.segments"}
 

@@ -49,9 +49,21 @@ def defaults(home: Path | None = None) -> dict[str, str]:
     }
 
 
+# How long SQLite waits for a lock before "database is locked" (Python's default is 5 s):
+# on 2 busy cores the scheduler's write transactions can take longer than that.
+SQLITE_CONNECT_ARGS = {"timeout": 60}
+
+
+def sqlite_settings() -> dict[str, str]:
+    """Local SQLite metadata only (a deployment's PostgreSQL takes no such argument)."""
+    if os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite").startswith("sqlite"):
+        return {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "pipelines.airflow.env.SQLITE_CONNECT_ARGS"}
+    return {}
+
+
 def configure(home: Path | None = None) -> dict[str, str]:
     """Set the defaults into os.environ (keeping what is already set); before importing airflow."""
-    env = defaults(home)
+    env = {**defaults(home), **sqlite_settings()}
     for key, value in env.items():
         os.environ.setdefault(key, value)
     Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)

@@ -111,6 +111,9 @@ class LocalAirflow:
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
+            errors = import_errors(since)
+            if errors:
+                raise NeedsegError("DAG import errors:\n" + "\n".join(f"- {f}: {e.strip().splitlines()[-1]}" for f, e in errors.items()))
             missing = unparsed_dags(dag_ids, since)
             api = _healthy(self.port)
             if api and not missing:
@@ -130,6 +133,17 @@ def local_airflow(log_path: Path) -> Iterator[LocalAirflow]:
         yield airflow
     finally:
         airflow.stop()
+
+
+def import_errors(since: dt.datetime) -> dict[str, str]:
+    """DAG files the DAG processor could not import since a moment, with the error."""
+    from airflow.models.errors import ParseImportError
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(select(ParseImportError).where(ParseImportError.timestamp >= since))
+        return {row.filename: row.stacktrace or "" for row in rows}
 
 
 def unparsed_dags(dag_ids: tuple[str, ...], since: dt.datetime) -> list[str]:
@@ -152,22 +166,55 @@ def set_paused(dag_ids: tuple[str, ...], paused: bool) -> None:
         session.execute(update(DagModel).where(DagModel.dag_id.in_(dag_ids)).values(is_paused=paused))
 
 
-def backfill(dag_id: str, day: dt.date) -> None:
+def _busy(exc: BaseException) -> bool:
+    """SQLite's "database is locked", or a backfill the scheduler has not marked complete yet."""
+    return "database is locked" in str(exc) or type(exc).__name__ == "AlreadyRunningBackfill"
+
+
+def close_unfinished_backfills(dag_ids: tuple[str, ...]) -> int:
+    """Backfills an interrupted demo left open: their unfinished runs are marked failed and
+    the backfills complete, so they neither run later nor block a new backfill."""
+    from airflow.models.backfill import Backfill
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select, update
+
+    with create_session() as session:
+        open_ids = list(session.scalars(select(Backfill.id).where(Backfill.dag_id.in_(dag_ids), Backfill.completed_at.is_(None))))
+        if open_ids:
+            session.execute(
+                update(DagRun).where(DagRun.backfill_id.in_(open_ids), DagRun.state.in_(("queued", "running"))).values(state="failed")
+            )
+            session.execute(update(Backfill).where(Backfill.id.in_(open_ids)).values(completed_at=dt.datetime.now(dt.UTC)))
+    return len(open_ids)
+
+
+def backfill(dag_id: str, day: dt.date, attempts: int = 15) -> None:
     """A backfill of `dag_id` over one day (UTC): the runs its timetable makes that day,
-    re-running any that exist already."""
+    re-running any that exist already. A busy SQLite database is waited for, not failed."""
     from airflow.models.backfill import ReprocessBehavior, _create_backfill
 
     start = dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC)
-    _create_backfill(
-        dag_id=dag_id,
-        from_date=start,
-        to_date=start + dt.timedelta(hours=23, minutes=59),
-        max_active_runs=1,
-        reverse=False,
-        dag_run_conf=None,
-        triggering_user_name="needseg demo",
-        reprocess_behavior=ReprocessBehavior.COMPLETED,
-    )
+    for attempt in range(attempts):
+        try:
+            _create_backfill(
+                dag_id=dag_id,
+                from_date=start,
+                to_date=start + dt.timedelta(hours=23, minutes=59),
+                max_active_runs=1,
+                reverse=False,
+                dag_run_conf=None,
+                triggering_user_name="needseg demo",
+                reprocess_behavior=ReprocessBehavior.COMPLETED,
+            )
+            return
+        except Exception as exc:
+            if not _busy(exc):
+                raise
+            # A backfill row written before the lock hit would block the next attempt.
+            close_unfinished_backfills((dag_id,))
+            time.sleep(min(2 + attempt, 10))
+    raise NeedsegError(f"could not create the backfill of {dag_id}: Airflow's metadata database stayed busy")
 
 
 def latest_run(dag_id: str, run_type: str | None = None, after: dt.datetime | None = None) -> RunState | None:
@@ -213,7 +260,12 @@ def wait_for_run(
     deadline = time.monotonic() + timeout
     while True:
         airflow.check_alive()
-        state = find()
+        try:
+            state = find()
+        except Exception as exc:
+            if not _busy(exc):
+                raise
+            state = None
         on_poll(state)
         if state is not None and state.finished:
             return state

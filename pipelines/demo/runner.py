@@ -193,6 +193,8 @@ def run_demo(settings: Settings, spec: WorldSpec, cycles: int, say: Callable[[st
 
         with contextlib.suppress(Exception):  # a first run has no DAGs stored yet
             scheduler.set_paused(DEMO_DAGS, True)
+            if closed := scheduler.close_unfinished_backfills(DEMO_DAGS):
+                progress.log(f"Airflow: {closed} backfill(s) an interrupted demo left open were closed")
         since = dt.datetime.now(dt.UTC)
         with scheduler.local_airflow(log_path) as airflow:
             progress.stage(

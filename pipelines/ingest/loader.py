@@ -55,17 +55,18 @@ import pandas as pd
 from pipelines.config import load_config
 from pipelines.contract import TABLES
 from pipelines.errors import ConfigError, InputError
+from pipelines.files import write_file_atomically
+from pipelines.ingest.discover import LOAD_ORDER, Found, checksum, discover
 from pipelines.ingest.mapping import (
-    TableMapping,
     FORMATS,
     SourceMapping,
+    TableMapping,
     file_format,
     load_mappings,
 )
-from pipelines.ingest.discover import LOAD_ORDER, Found, checksum, discover
-from pipelines.ingest.replay import replay_late_rows
 from pipelines.ingest.parse import ParsedBatch, Problem, parse
 from pipelines.ingest.readers import BatchRejected, RawFrame, read_file
+from pipelines.ingest.replay import replay_late_rows
 from pipelines.ingest.report import (
     FileOutcome,
     FilesChanged,
@@ -557,4 +558,4 @@ def _save_validation(settings: Settings, run_id: str, table: str, document: dict
     }
     folder = settings.quality_dir / run_id
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{table}.json").write_text(json.dumps(document, indent=1, default=str, ensure_ascii=False))
+    write_file_atomically(folder / f"{table}.json", json.dumps(document, indent=1, default=str, ensure_ascii=False))

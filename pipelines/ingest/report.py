@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipelines.csv_output import neutralise_text
 from pipelines.errors import InputError
+from pipelines.files import write_file_atomically
 from pipelines.ingest.parse import Problem
 from pipelines.settings import Settings
 
@@ -280,4 +281,4 @@ def save_report(settings: Settings, run_id: str, report: IngestReport, dry_run: 
         "exit_code": problem.exit_code if problem else 0,
         **report.as_dict(),
     }
-    (folder / "ingest.json").write_text(json.dumps(document, indent=1, default=str, ensure_ascii=False))
+    write_file_atomically(folder / "ingest.json", json.dumps(document, indent=1, default=str, ensure_ascii=False))

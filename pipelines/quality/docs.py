@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 from jinja2 import DictLoader, Environment
 
+from pipelines.files import write_file_atomically
 from pipelines.quality.gate import READABLE_ROWS
 
 log = logging.getLogger(__name__)
@@ -124,11 +125,11 @@ def build_data_docs(quality_dir: Path | str, out_dir: Path | str | None = None) 
     for run in runs:
         folder = out / run.run_id
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "index.html").write_text(env.get_template("run").render(run=run, css=CSS), encoding="utf-8")
+        write_file_atomically(folder / "index.html", env.get_template("run").render(run=run, css=CSS))
         for table in run.tables:
-            (folder / f"{table.table}.html").write_text(env.get_template("table").render(run=run, table=table, css=CSS), encoding="utf-8")
+            write_file_atomically(folder / f"{table.table}.html", env.get_template("table").render(run=run, table=table, css=CSS))
     index = out / "index.html"
-    index.write_text(env.get_template("index").render(runs=runs, css=CSS, quality_dir=str(quality_dir)), encoding="utf-8")
+    write_file_atomically(index, env.get_template("index").render(runs=runs, css=CSS, quality_dir=str(quality_dir)))
     return index
 
 

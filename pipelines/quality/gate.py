@@ -46,6 +46,7 @@ import pandas as pd
 
 from pipelines.contract import TABLES, Table
 from pipelines.errors import ConfigError
+from pipelines.files import write_file_atomically
 from pipelines.ingest.parse import Problem
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def write_suites(folder: Path) -> list[Path]:
         if path.exists():
             current = json.loads(path.read_text())
             suite["expectations"] += [e for e in current.get("expectations", []) if not (e.get("meta") or {}).get("generated")]
-        path.write_text(json.dumps(suite, indent=2) + "\n")
+        write_file_atomically(path, json.dumps(suite, indent=2) + "\n")
         written.append(path)
     return written
 
