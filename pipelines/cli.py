@@ -736,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, as_of=False)
     p.add_argument("--accounts", type=int, action="append", help="world size; repeat for several (default: 10000, 100000 and 1000000)")
     p.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format of the generated landing files")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="random seed of the generated worlds (default 7)")
     p.add_argument("--out", type=Path, help="folder for the worlds and runs (default: <data-dir>/bench); a world is reused")
     p.add_argument("--no-peer", action="store_true", help="skip the pandas + scikit-learn peer (it holds every line in memory)")
     p.add_argument("--no-incremental", action="store_true", help="run the full cycle only")
