@@ -410,34 +410,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
-    settings = _settings(args)
-    if not settings.serving_path.exists():
-        raise NeedsegError(f"{settings.serving_path} does not exist yet: run a cycle first (needseg run or make demo)")
-    con = duckdb.connect(str(settings.serving_path), read_only=True)
-    try:
-        relation = con.sql(args.sql)
-        if relation is None:
-            return 0
-        if args.csv:
-            from pipelines.csv_output import write_csv
+    from pipelines.warehouse import open_serving
 
-            write_csv(relation.df(), sys.stdout)
-        else:
-            relation.show(max_width=args.width, max_rows=args.limit)
-    except duckdb.Error as exc:
-        raise NeedsegError(f"query failed: {exc}") from None
-    finally:
-        con.close()
+    with open_serving(_settings(args).serving_path) as con:
+        try:
+            relation = con.sql(args.sql)
+            if relation is None:
+                return 0
+            if args.csv:
+                from pipelines.csv_output import write_csv
+
+                write_csv(relation.df(), sys.stdout)
+            else:
+                relation.show(max_width=args.width, max_rows=args.limit)
+        except duckdb.Error as exc:
+            raise NeedsegError(f"query failed: {exc}") from None
     return 0
 
 
 def _publication(settings: Settings) -> tuple[list[str], dt.datetime | None]:
     """What analysts see now: the published run, when, and its verdict when recorded."""
-    from pipelines.warehouse import connect
+    from pipelines.warehouse import open_serving
 
     if not settings.serving_path.exists():
         return [f"published: nothing yet ({settings.serving_path} does not exist: needseg run, or make demo)"], None
-    with connect(settings.serving_path, read_only=True) as con:
+    with open_serving(settings.serving_path) as con:
         run_id, as_of, published_at = con.execute("select run_id, as_of, published_at from publication").fetchone()
         columns = {c for (c,) in con.execute("select column_name from duckdb_columns() where table_name = 'segment_runs'").fetchall()}
         verdict = None

@@ -231,10 +231,9 @@ def run_demo(settings: Settings, spec: WorldSpec, cycles: int, say: Callable[[st
 
 def summary_lines(settings: Settings) -> list[str]:
     """What the demo produced, read from the published serving database."""
-    import duckdb
+    from pipelines.warehouse import open_serving
 
-    con = duckdb.connect(str(settings.serving_path), read_only=True)
-    try:
+    with open_serving(settings.serving_path) as con:
         run_id, as_of = con.execute("select run_id, as_of from publication").fetchone()
         k, _reason, jaccard = con.execute("select k, k_reason, min_jaccard from segment_runs where is_latest").fetchone()
         runs = con.execute("select count(*) from segment_runs").fetchone()[0]
@@ -253,8 +252,7 @@ def summary_lines(settings: Settings) -> list[str]:
         example = con.execute(
             "select account_name, segment, toward_segment, evidence from customer_drift where is_churn_risk order by churn_risk_score desc limit 1"
         ).fetchone()
-    finally:
-        con.close()
+
     total = sum(r[1] for r in rows)
     lines = [
         "",
