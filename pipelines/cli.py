@@ -13,9 +13,9 @@ import os
 import sys
 from pathlib import Path
 
+from pipelines import clock
 from pipelines.errors import NeedsegError
 from pipelines.settings import Settings, load_settings
-
 
 EXIT_CODES = """exit codes:
   0    done
@@ -53,7 +53,7 @@ default to the latest segmentation run."""
 
 def yesterday() -> dt.date:
     """The default as-of of a command that makes a run: the last complete day (UTC)."""
-    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    return clock.utc_now().date() - dt.timedelta(days=1)
 
 
 def version() -> str:
@@ -343,7 +343,7 @@ def cmd_dbt_docs(args: argparse.Namespace) -> int:
         raise NeedsegError(f"no warehouse at {settings.warehouse_path} yet: run a cycle first (needseg run)")
     with open_warehouse(settings.warehouse_path) as con:
         latest = con.execute("select max(as_of) from segments.segment_runs").fetchone()[0]
-    as_of = args.as_of or latest or dt.date.today()
+    as_of = args.as_of or latest or clock.utc_today()
     out = args.out or settings.report_dir / "dbt_docs.html"
     print(f"dbt docs (as of {as_of}): {transform.build_docs(settings, load_config(settings.config_path), as_of, out)}")
     return 0
