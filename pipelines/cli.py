@@ -13,9 +13,9 @@ import os
 import sys
 from pathlib import Path
 
+from pipelines import clock
 from pipelines.errors import NeedsegError
 from pipelines.settings import Settings, load_settings
-
 
 EXIT_CODES = """exit codes:
   0    done
@@ -53,7 +53,7 @@ default to the latest segmentation run."""
 
 def yesterday() -> dt.date:
     """The default as-of of a command that makes a run: the last complete day (UTC)."""
-    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    return clock.utc_now().date() - dt.timedelta(days=1)
 
 
 def version() -> str:
@@ -348,7 +348,7 @@ def cmd_dbt_docs(args: argparse.Namespace) -> int:
         raise NeedsegError(f"no warehouse at {settings.warehouse_path} yet: run a cycle first (needseg run)")
     with open_warehouse(settings.warehouse_path) as con:
         latest = con.execute("select max(as_of) from segments.segment_runs").fetchone()[0]
-    as_of = args.as_of or latest or dt.date.today()
+    as_of = args.as_of or latest or clock.utc_today()
     out = args.out or settings.report_dir / "dbt_docs.html"
     print(f"dbt docs (as of {as_of}): {transform.build_docs(settings, load_config(settings.config_path), as_of, out)}")
     return 0
@@ -415,34 +415,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
-    settings = _settings(args)
-    if not settings.serving_path.exists():
-        raise NeedsegError(f"{settings.serving_path} does not exist yet: run a cycle first (needseg run or make demo)")
-    con = duckdb.connect(str(settings.serving_path), read_only=True)
-    try:
-        relation = con.sql(args.sql)
-        if relation is None:
-            return 0
-        if args.csv:
-            from pipelines.csv_output import write_csv
+    from pipelines.warehouse import open_serving
 
-            write_csv(relation.df(), sys.stdout)
-        else:
-            relation.show(max_width=args.width, max_rows=args.limit)
-    except duckdb.Error as exc:
-        raise NeedsegError(f"query failed: {exc}") from None
-    finally:
-        con.close()
+    with open_serving(_settings(args).serving_path) as con:
+        try:
+            relation = con.sql(args.sql)
+            if relation is None:
+                return 0
+            if args.csv:
+                from pipelines.csv_output import write_csv
+
+                write_csv(relation.df(), sys.stdout)
+            else:
+                relation.show(max_width=args.width, max_rows=args.limit)
+        except duckdb.Error as exc:
+            raise NeedsegError(f"query failed: {exc}") from None
     return 0
 
 
 def _publication(settings: Settings) -> tuple[list[str], dt.datetime | None]:
     """What analysts see now: the published run, when, and its verdict when recorded."""
-    from pipelines.warehouse import connect
+    from pipelines.warehouse import open_serving
 
     if not settings.serving_path.exists():
         return [f"published: nothing yet ({settings.serving_path} does not exist: needseg run, or make demo)"], None
-    with connect(settings.serving_path, read_only=True) as con:
+    with open_serving(settings.serving_path) as con:
         run_id, as_of, published_at = con.execute("select run_id, as_of, published_at from publication").fetchone()
         columns = {c for (c,) in con.execute("select column_name from duckdb_columns() where table_name = 'segment_runs'").fetchall()}
         verdict = None
@@ -747,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, as_of=False)
     p.add_argument("--accounts", type=int, action="append", help="world size; repeat for several (default: 10000, 100000 and 1000000)")
     p.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format of the generated landing files")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="random seed of the generated worlds (default 7)")
     p.add_argument("--out", type=Path, help="folder for the worlds and runs (default: <data-dir>/bench); a world is reused")
     p.add_argument("--no-peer", action="store_true", help="skip the pandas + scikit-learn peer (it holds every line in memory)")
     p.add_argument("--no-incremental", action="store_true", help="run the full cycle only")

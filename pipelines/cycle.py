@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines import transform
+from pipelines import clock, transform
 from pipelines.config import load_config
 from pipelines.drift.run import run_drift
 from pipelines.errors import NeedsegError
@@ -107,7 +107,7 @@ def data_dir_lock(data_dir, command: str, wait: bool = False) -> Iterator[None]:
                 log.info("taking over the lock of %s: pid %s is no longer running", data_dir, stale.get("pid"))
         handle.seek(0)
         handle.truncate()
-        since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        since = clock.utc_now().isoformat(timespec="seconds")
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": since}))
         handle.flush()
         try:
@@ -129,7 +129,7 @@ def parse_date(value: str | dt.date) -> dt.date:
 
 @contextmanager
 def _timed(settings: Settings, as_of: dt.date, stage: str, detail: dict[str, Any]) -> Iterator[None]:
-    started_at = dt.datetime.now()
+    started_at = clock.utc_naive_now()
     started = time.monotonic()
     yield
     seconds = round(time.monotonic() - started, 3)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import duckdb
 
+from pipelines import clock
 from pipelines.errors import NeedsegError
 from pipelines.files import atomic_target, fsync_path, remove_stale_builds
 from pipelines.settings import Settings
@@ -191,7 +192,7 @@ def _publish_exports(con: duckdb.DuckDBPyConnection, exports_dir: Path, tables: 
     versions stay on disk for readers still busy with them."""
     versions = _versions_dir(exports_dir)
     versions.mkdir(parents=True, exist_ok=True)
-    version = f"{run_id}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
+    version = f"{run_id}-{clock.utc_now():%Y%m%dT%H%M%S%f}"
     building = versions / f".{version}.{os.getpid()}.building"
     building.mkdir()
     try:
@@ -214,7 +215,7 @@ def _point_link(link: Path, folder: Path) -> None:
     """Make `link` a symbolic link to `folder` in one rename. An exports folder of an older
     needseg (a real folder) is moved into the versions folder first."""
     if link.exists() and not link.is_symlink():
-        os.replace(link, _versions_dir(link) / f"legacy-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}")
+        os.replace(link, _versions_dir(link) / f"legacy-{clock.utc_now():%Y%m%dT%H%M%S%f}")
     tmp = link.with_name(f".{link.name}.{os.getpid()}.building")
     tmp.unlink(missing_ok=True)
     os.symlink(os.path.relpath(folder, link.parent), tmp)

@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from pipelines import clock
 from pipelines import report_charts as charts
 from pipelines.churn.run import QUALITY_SQL, quality_summary
 from pipelines.errors import NeedsegError
@@ -361,7 +362,7 @@ def render(con: duckdb.DuckDBPyConnection) -> tuple[str, dict]:
 <title>needseg segment report {as_of}</title>
 <style>{STYLE}</style></head><body>
 <h1>Needs segments as of {as_of}</h1>
-<p class="meta">needseg · run {_e(run_id)} · generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from the published serving database</p>
+<p class="meta">needseg · run {_e(run_id)} · generated {clock.utc_now():%Y-%m-%d %H:%M} UTC from the published serving database</p>
 {"".join(sections)}
 </body></html>
 """

@@ -213,6 +213,21 @@ def open_warehouse(path: Path | str, read_only: bool = False) -> Iterator[duckdb
 
 
 @contextmanager
+def open_serving(path: Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The published serving database as analysts get it: read-only, and with DuckDB's file
+    access switched off and locked, so SQL a user wrote (`needseg query`) can read the
+    published tables and nothing else on the machine, and write nothing anywhere."""
+    path = Path(path)
+    if not path.exists():
+        raise NeedsegError(f"{path} does not exist yet: run a cycle first (needseg run or make demo)")
+    con = duckdb.connect(str(path), read_only=True, config={"enable_external_access": False, "lock_configuration": True})
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@contextmanager
 def open_scratch_copy(path: Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory warehouse with needseg's schema and what a dry run reads from the working
     one (the batches loaded, the accounts known), for checks that must behave exactly as a

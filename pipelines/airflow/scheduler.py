@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines import clock
 from pipelines.errors import NeedsegError
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
@@ -185,7 +186,7 @@ def close_unfinished_backfills(dag_ids: tuple[str, ...]) -> int:
             session.execute(
                 update(DagRun).where(DagRun.backfill_id.in_(open_ids), DagRun.state.in_(("queued", "running"))).values(state="failed")
             )
-            session.execute(update(Backfill).where(Backfill.id.in_(open_ids)).values(completed_at=dt.datetime.now(dt.UTC)))
+            session.execute(update(Backfill).where(Backfill.id.in_(open_ids)).values(completed_at=clock.utc_now()))
     return len(open_ids)
 
 
@@ -239,7 +240,7 @@ def latest_run(dag_id: str, run_type: str | None = None, after: dt.datetime | No
         done = sum(1 for _, state in tasks if state in ("success", "skipped", "failed", "upstream_failed"))
         running = [task for task, state in tasks if state == "running"]
         start = run.start_date or run.queued_at
-        end = run.end_date or dt.datetime.now(dt.UTC)
+        end = run.end_date or clock.utc_now()
         return RunState(
             dag_id=dag_id,
             run_id=run.run_id,

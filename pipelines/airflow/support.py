@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from pipelines import clock
 from pipelines.settings import DBT_PROJECT_DIR, load_settings
 
 log = logging.getLogger("needseg.airflow")
@@ -123,7 +124,7 @@ def resolve_as_of(context: dict[str, Any]) -> dt.date:
     start = context.get("data_interval_start")
     if end is not None and start is not None and end > start:
         return (end - dt.timedelta(microseconds=1)).date()
-    started = context.get("logical_date") or dt.datetime.now(dt.UTC)
+    started = context.get("logical_date") or clock.utc_now()
     return started.date() - dt.timedelta(days=1)
 
 
@@ -253,7 +254,7 @@ def _dbt_settings() -> tuple[Any, Any, dict[str, Any]]:
 
     settings = load_settings()
     config = load_config(settings.config_path)
-    variables = transform.dbt_vars(config, dt.date.today())
+    variables = transform.dbt_vars(config, clock.utc_today())
     variables["as_of"] = AS_OF_XCOM
     profile = ProfileConfig(profile_name="needseg", target_name="local", profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml")
     return profile, transform.profile_env(settings), variables

@@ -25,7 +25,6 @@ webhook URL, because they are stored in `alerts.outbox.last_error` and logged.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import smtplib
 import ssl
@@ -39,6 +38,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from pipelines import clock
 from pipelines.errors import ConfigError, NeedsegError
 
 SMTP_CONNECTION_ID = "needseg_smtp"
@@ -121,7 +121,7 @@ class SmtpSender:
         email["From"] = self.sender
         email["To"] = message.recipient
         email["Subject"] = message.subject
-        email["Date"] = format_datetime(dt.datetime.now(dt.UTC))
+        email["Date"] = format_datetime(clock.utc_now())
         # The same id on every attempt: a repeat after a crash is recognisable as the same mail.
         email["Message-ID"] = message_id_header(message.message_id)
         email["Auto-Submitted"] = "auto-generated"

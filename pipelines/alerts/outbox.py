@@ -72,6 +72,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from pipelines import clock
 from pipelines.alerts.channels import DeliveryError, OutgoingMessage, Sender, TableSender
 from pipelines.alerts.digest import Alert, alerts_from_frame, compose_digest
 from pipelines.errors import ConfigError, NeedsegError
@@ -196,7 +197,7 @@ def is_address(value: str | None) -> bool:
 def utc_naive(moment: dt.datetime | None) -> dt.datetime:
     """`now` as stored: UTC without tzinfo. A naive value is taken to be UTC already."""
     if moment is None:
-        return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        return clock.utc_naive_now()
     if isinstance(moment, pd.Timestamp):
         moment = moment.to_pydatetime()
     if moment.tzinfo is not None:

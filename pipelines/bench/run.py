@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines import clock
 from pipelines.bench import floors
 from pipelines.bench.world import BenchSpec, BenchWorld, generate
 from pipelines.config import load_config
@@ -190,7 +191,7 @@ def format_result(result: BenchResult) -> str:
     out = [
         f"needseg bench: {result.accounts:,} accounts, {w.rows['order_lines']:,} order lines "
         f"({w.spec.months} months, {w.spec.file_format}, {w.bytes / 2**20:,.0f} MB); "
-        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; {machine()}",
+        f"{clock.utc_now():%Y-%m-%d %H:%M} UTC; {machine()}",
         "",
         head,
         rule,

@@ -30,6 +30,7 @@ from typing import TextIO
 
 import pandas as pd
 
+from pipelines import clock
 from pipelines.demo.world import WorldSpec, deliver, extract_months, generate
 from pipelines.errors import NeedsegError
 from pipelines.progress import Progress, elapsed
@@ -147,7 +148,7 @@ def _cycle(airflow, progress: Progress, label: str, as_of: dt.date) -> dict:
     day = as_of + dt.timedelta(days=1)
     runs = {}
     for dag_id, triggered in (("needseg_ingest", "needseg_features"), ("needseg_segmentation", "needseg_alerts")):
-        asked = dt.datetime.now(dt.UTC)
+        asked = clock.utc_now()
         progress.stage(f"{label} {dag_id.removeprefix('needseg_')}", unit="tasks")
         scheduler.backfill(dag_id, day)
         run = _run_dag(airflow, progress, label, lambda d=dag_id, t=asked: scheduler.latest_run(d, "backfill", after=t))
@@ -195,7 +196,7 @@ def run_demo(settings: Settings, spec: WorldSpec, cycles: int, say: Callable[[st
             scheduler.set_paused(DEMO_DAGS, True)
             if closed := scheduler.close_unfinished_backfills(DEMO_DAGS):
                 progress.log(f"Airflow: {closed} backfill(s) an interrupted demo left open were closed")
-        since = dt.datetime.now(dt.UTC)
+        since = clock.utc_now()
         with scheduler.local_airflow(log_path) as airflow:
             progress.stage(
                 "starting Airflow (API server, scheduler with " + os.environ["AIRFLOW__CORE__PARALLELISM"] + " task slots, DAG processor)"
@@ -231,10 +232,9 @@ def run_demo(settings: Settings, spec: WorldSpec, cycles: int, say: Callable[[st
 
 def summary_lines(settings: Settings) -> list[str]:
     """What the demo produced, read from the published serving database."""
-    import duckdb
+    from pipelines.warehouse import open_serving
 
-    con = duckdb.connect(str(settings.serving_path), read_only=True)
-    try:
+    with open_serving(settings.serving_path) as con:
         run_id, as_of = con.execute("select run_id, as_of from publication").fetchone()
         k, _reason, jaccard, verdict, reasons = con.execute(
             "select k, k_reason, min_jaccard, verdict, verdict_reasons from segment_runs where is_latest"
@@ -255,8 +255,7 @@ def summary_lines(settings: Settings) -> list[str]:
         example = con.execute(
             "select account_name, segment, toward_segment, evidence from customer_drift where is_churn_risk order by churn_risk_score desc limit 1"
         ).fetchone()
-    finally:
-        con.close()
+
     total = sum(r[1] for r in rows)
     lines = [
         "",

@@ -63,6 +63,7 @@ from typing import Any
 import duckdb
 import httpx
 
+from pipelines import clock
 from pipelines.errors import NeedsegError
 from pipelines.ingest.mapping import HttpEndpoint, HttpRetry, HttpSource, SourceMapping, load_mappings
 from pipelines.settings import Settings
@@ -204,7 +205,7 @@ def fetch_source(
     http = mapping.http
     if http is None:
         raise HttpSourceError(f"{mapping.source}: {mapping.origin} has no 'http' section, so there is nothing to fetch")
-    now = _utc_naive(now or dt.datetime.now(dt.UTC))
+    now = _utc_naive(now or clock.utc_now())
     stamp = now.strftime("%Y%m%dT%H%M%S")
     ensure_watermark_table(con)
     base_url, token, token_origin = _resolve_access(mapping.source, http)
@@ -543,7 +544,7 @@ def _retry_after(value: str | None) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+    return max(0.0, (when - clock.utc_now()).total_seconds())
 
 
 def _make_dirs(folder: Path, created: list[Path]) -> None:

@@ -52,6 +52,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from pipelines import clock
 from pipelines.config import load_config
 from pipelines.contract import TABLES
 from pipelines.errors import ConfigError, InputError
@@ -103,7 +104,7 @@ __all__ = [
 def new_run_id(quality_dir: Path, label: str) -> str:
     """`<label>-<UTC time>`, unique under `quality_dir` (its folder is created here, so two
     runs in the same second get `-2`, `-3`...)."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = clock.utc_now().strftime("%Y%m%dT%H%M%SZ")
     quality_dir.mkdir(parents=True, exist_ok=True)
     for n in range(1, 1000):
         run_id = f"{label}-{stamp}" + (f"-{n}" if n > 1 else "")
@@ -239,7 +240,7 @@ def _start(settings: Settings, con, as_of: dt.date, label: str, options: IngestO
         as_of=as_of.isoformat(),
         run_id=new_run_id(settings.quality_dir, label),
         dry_run=options.dry_run,
-        started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        started_at=clock.utc_now().isoformat(timespec="seconds"),
     )
     return _Run(
         settings=settings,
@@ -322,7 +323,7 @@ def _known_file(run: _Run, item: Found, loaded: dict, by_file: dict) -> FileOutc
         if not run.options.dry_run:
             run.con.execute(
                 "insert or ignore into meta.file_conflicts values (?, ?, ?, ?, ?)",
-                [rel, old_digest, item.digest, old_batch, dt.datetime.now()],
+                [rel, old_digest, item.digest, old_batch, clock.utc_naive_now()],
             )
         return FileOutcome(
             source,

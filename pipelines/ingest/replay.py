@@ -25,6 +25,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from pipelines import clock
 from pipelines.contract import TABLES
 from pipelines.ingest.mapping import SourceMapping, mapping_for
 from pipelines.ingest.parse import ParsedBatch, parse
@@ -57,7 +58,7 @@ def replay_late_rows(
         return []
     parameters = {**parameters, "known_account_ids": [r[0] for r in con.execute("select account_id from raw.accounts").fetchall()]}
     replayed = []
-    now = dt.datetime.now()
+    now = clock.utc_naive_now()
     con.execute("begin transaction")
     try:
         for (batch_id, source, table, file), rows in candidates.groupby(["batch_id", "source", "table_name", "file"], sort=True):

@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from pipelines import clock
 from pipelines.contract import TABLES
 from pipelines.errors import InputError
 from pipelines.ingest.mapping import TableMapping
@@ -87,7 +88,7 @@ def write_batch(
     the problems of each line. A dry run writes the same and rolls back."""
     table = item.mapping.table
     batch_id = f"{item.source}.{table}.{item.checksum[:16]}"
-    w = _Write(con, item, context, FileOutcome(item.source, table, item.rel, "loaded", batch_id), dt.datetime.now())
+    w = _Write(con, item, context, FileOutcome(item.source, table, item.rel, "loaded", batch_id), clock.utc_naive_now())
     con.execute("begin transaction")
     try:
         # A refused or held batch is tried again on a later run: replace what its last try left.
