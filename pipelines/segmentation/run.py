@@ -41,6 +41,7 @@ import pandas as pd
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 
+from pipelines import clock
 from pipelines.errors import NeedsegError
 from pipelines.segmentation import explain
 from pipelines.segmentation.clustering import (
@@ -773,7 +774,7 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
     run_row = {
         "run_id": run_id,
         "as_of": as_of,
-        "created_at": dt.datetime.now(),
+        "created_at": clock.utc_naive_now(),
         "model_version": MODEL_VERSION,
         "taxonomy": taxonomy_label(taxonomy),
         "taxonomy_digest": taxonomy.digest,

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from pipelines.contract import EXTRA_NEEDS_ITEMS, NEEDS_ITEMS
 from pipelines.errors import ConfigError
+from pipelines.safe_yaml import load_yaml
 
 SURVEY_ITEMS = NEEDS_ITEMS + EXTRA_NEEDS_ITEMS
 
@@ -197,10 +197,9 @@ def load_taxonomy(path: Path) -> Taxonomy:
     if not path.exists():
         raise ConfigError(f"taxonomy file {path} does not exist (set NEEDSEG_TAXONOMY or restore config/taxonomy.yaml)")
     text = path.read_text(encoding="utf-8")
-    try:
-        raw: dict[str, Any] = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise _fail(path, f"not valid YAML: {exc}") from None
+    raw: dict[str, Any] = load_yaml(path, "taxonomy") or {}
+    if not isinstance(raw, dict):
+        raise _fail(path, "expected a mapping (name, basis, dimensions, segments)")
     basis = raw.get("basis", "survey")
     if basis not in ("survey", "behaviour"):
         raise _fail(path, f"basis must be 'survey' or 'behaviour', not {basis!r}")
