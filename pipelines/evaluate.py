@@ -254,6 +254,16 @@ def best_of(truth: pd.Series, predictions: dict[str, Any]) -> tuple[float, str]:
     return scores[name], name
 
 
+def _segment_jaccard(con, run_id: str) -> dict[str, float]:
+    """Bootstrap Jaccard per segment of a run (its main population), by segment name."""
+    return dict(
+        con.execute(
+            "select segment_name, round(jaccard, 3) from segments.segment_definitions where run_id = ? and population = 'all' order by segment_id",
+            [run_id],
+        ).fetchall()
+    )
+
+
 def segment_quality(con, world: Path, as_of: dt.date, taxonomy: Taxonomy, seed: int = 42) -> SegmentQuality:
     """Score the run as of `as_of` against the world's true segments of that month."""
     from threadpoolctl import threadpool_limits
@@ -317,12 +327,7 @@ def _segment_quality(con, world: Path, as_of: dt.date, taxonomy: Taxonomy, seed:
             naive_ari=round(_ari(group["truth"], naive.loc[group.index]), 4),
         )
 
-    jaccard = dict(
-        con.execute(
-            "select segment_name, round(jaccard, 3) from segments.segment_definitions where run_id = ? and population = 'all' order by segment_id",
-            [run_id],
-        ).fetchall()
-    )
+    jaccard = _segment_jaccard(con, run_id)
     return SegmentQuality(
         as_of=as_of.isoformat(),
         run_id=run_id,
@@ -357,12 +362,7 @@ def _behaviour_only_quality(con, assigned, features, run_id: str, as_of: dt.date
         naive_ari=round(_ari(assigned["truth"], naive_labels), 4),
     )
     k = int(con.execute("select k from segments.segment_runs where run_id = ?", [run_id]).fetchone()[0])
-    jaccard = dict(
-        con.execute(
-            "select segment_name, round(jaccard, 3) from segments.segment_definitions where run_id = ? and population = 'all' order by segment_id",
-            [run_id],
-        ).fetchall()
-    )
+    jaccard = _segment_jaccard(con, run_id)
     return SegmentQuality(
         as_of=as_of.isoformat(),
         run_id=run_id,
