@@ -40,7 +40,6 @@ from pipelines.churn import history
 from pipelines.churn.run import ChurnSettings
 from pipelines.churn.run import score_run as score_run_churn
 from pipelines.config import load_config
-from pipelines.drift.run import ensure_tables
 from pipelines.segmentation.run import run_id_for
 from pipelines.settings import CONFIG_DIR, Settings, load_settings
 from pipelines.warehouse import connect, insert_frame, open_warehouse
@@ -222,7 +221,6 @@ def churn_only(
     cycle.features_step(max(cutoffs), settings, run_tests=False)
     churn_settings = ChurnSettings.from_config(dict(load_config(settings.config_path).get("churn") or {}))
     with open_warehouse(settings.warehouse_path) as con:
-        ensure_tables(con)
         orders = con.execute("select account_id, cast(order_date as date) as order_date from raw.order_lines where quantity > 0").df()
         orders["order_date"] = pd.to_datetime(orders["order_date"])
         for as_of in cutoffs:

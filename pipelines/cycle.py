@@ -268,8 +268,6 @@ def alerts_step(
     """
     from pipelines.alerts.deliver import alerts_to_deliver, deliver_due, deliver_run
     from pipelines.alerts.outbox import requeue_failed
-    from pipelines.drift.run import ensure_tables as ensure_drift_tables
-    from pipelines.segmentation.run import ensure_tables as ensure_segmentation_tables
     from pipelines.segmentation.run import run_id_for
 
     settings = settings or load_settings()
@@ -284,8 +282,6 @@ def alerts_step(
             report = deliver_due(con, config=config, retry_failed=retry_failed)
     else:
         with open_warehouse(settings.warehouse_path) as con:
-            ensure_segmentation_tables(con)
-            ensure_drift_tables(con)
             run_as_of = _segmentation_run_as_of(con, as_of)
         run_id = run_id_for(run_as_of)
         with _timed(settings, run_as_of, "alerts", detail):

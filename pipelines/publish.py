@@ -23,29 +23,11 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines import clock
+from pipelines import clock, transform
 from pipelines.errors import NeedsegError
 from pipelines.files import atomic_target, fsync_path, remove_stale_builds
 from pipelines.settings import Settings
 
-# serving table -> relation in the working warehouse
-SERVING_TABLES = {
-    "customer_segments": "marts.customer_segments",
-    "segments": "marts.segments",
-    "segment_profiles": "marts.segment_profiles",
-    "segment_history": "marts.segment_history",
-    "segment_runs": "marts.segment_runs",
-    "prospect_segments": "marts.prospect_segments",
-    "key_account_lookalikes": "marts.key_account_lookalikes",
-    "customer_drift": "marts.customer_drift",
-    "segment_transitions": "marts.segment_transitions",
-    "segment_population_changes": "marts.segment_population_changes",
-    "churn_risk_alerts": "marts.churn_risk_alerts",
-    "churn_risk_history": "marts.churn_risk_history",
-    "churn_model_quality": "marts.churn_model_quality",
-    "customer_features": "marts.customer_features",
-}
-OPTIONAL_TABLES: dict[str, str] = {}
 # The publication table's columns as analysts read them (dbt's overview page says the same).
 PUBLICATION_COLUMNS = {
     "run_id": "The segmentation run this database holds (e.g. seg-2026-10-31).",
@@ -124,10 +106,7 @@ def publish(
     keep_export_versions: int = 3,
 ) -> PublishResult:
     started = time.monotonic()
-    tables = dict(tables or SERVING_TABLES)
-    for name, rel in OPTIONAL_TABLES.items():
-        if _relation_exists(con, rel):
-            tables[name] = rel
+    tables = dict(tables or transform.serving_tables())
     latest = con.execute("select max(as_of) from segments.segment_runs").fetchone()[0]
     if latest is not None and as_of < latest:
         # A re-run of an earlier date (retry, backfill) recomputed its own run; the

@@ -29,7 +29,7 @@ from pipelines.churn.run import QUALITY_SQL, quality_summary
 from pipelines.errors import NeedsegError
 from pipelines.files import write_file_atomically
 from pipelines.settings import Settings
-from pipelines.warehouse import connect
+from pipelines.warehouse import open_serving
 
 REPORT_NAME = "segment_report.html"
 PALETTE = charts.PALETTE
@@ -373,7 +373,7 @@ def write_report(settings: Settings, out: Path | None = None) -> ReportResult:
     """Render the report from the serving database and swap it in with one rename."""
     if not settings.serving_path.exists():
         raise NeedsegError(f"no serving database at {settings.serving_path}: publish a run first (needseg run or needseg publish)")
-    with connect(settings.serving_path, read_only=True) as con:
+    with open_serving(settings.serving_path) as con:
         page, figures = render(con)
     target = write_file_atomically(out or report_path(settings), page.encode("utf-8"))
     return ReportResult(path=str(target), **figures)

@@ -160,6 +160,8 @@ def build(
 
 
 MANIFEST = DBT_PROJECT_DIR / "target" / "manifest.json"
+# dbt models carrying this tag are what analysts get: the serving database and the exports.
+PUBLISHED_TAG = "published"
 
 
 def manifest_is_stale() -> bool:
@@ -191,9 +193,7 @@ def static_docs_as_published(docs_target: Path) -> str:
     "main"), not the working warehouse's `warehouse.marts.customer_segments`."""
     from dbt.task.docs import DOCS_INDEX_FILE_PATH
 
-    from pipelines.publish import SERVING_TABLES
-
-    published = {tuple(rel.split(".")): name for name, rel in SERVING_TABLES.items()}
+    published = {tuple(rel.split(".")): name for name, rel in serving_tables(docs_target / "manifest.json").items()}
     manifest = json.loads((docs_target / "manifest.json").read_text(encoding="utf-8"))
     catalog = json.loads((docs_target / "catalog.json").read_text(encoding="utf-8"))
     for unique_id, node in manifest.get("nodes", {}).items():
@@ -207,6 +207,38 @@ def static_docs_as_published(docs_target: Path) -> str:
     page = Path(DOCS_INDEX_FILE_PATH).read_text(encoding="utf-8")
     page = page.replace('"MANIFEST.JSON INLINE DATA"', json.dumps(manifest))
     return page.replace('"CATALOG.JSON INLINE DATA"', json.dumps(catalog))
+
+
+def serving_tables(manifest: Path | None = None) -> dict[str, str]:
+    """serving table -> relation in the working warehouse: every dbt model tagged
+    `published`, read from dbt's manifest (parsed again when the project changed), in name
+    order. A model joins the serving database by its tag, never by a list kept here."""
+    path = manifest or ensure_manifest()
+    nodes = json.loads(path.read_text(encoding="utf-8")).get("nodes", {})
+    tables = {
+        node.get("alias") or node["name"]: f"{node['schema']}.{node.get('alias') or node['name']}"
+        for node in nodes.values()
+        if node.get("resource_type") == "model" and PUBLISHED_TAG in (node.get("tags") or [])
+    }
+    if not tables:
+        raise NeedsegError(f"{path}: no dbt model is tagged '{PUBLISHED_TAG}'; nothing could be published")
+    return dict(sorted(tables.items()))
+
+
+@dataclass
+class PublishResult:
+    serving_path: str
+    exports_dir: str
+    as_of: str
+    run_id: str
+    tables: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    skipped: str = ""
+
+    def summary(self) -> str:
+        if self.skipped:
+            return f"nothing to publish for {self.as_of}: {self.skipped}"
+        return f"published {len(self.tables)} tables to {self.serving_path} (run {self.run_id}) in {self.seconds:.1f} s"
 
 
 def ensure_manifest() -> Path:

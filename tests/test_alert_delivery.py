@@ -457,10 +457,8 @@ def episode(alert_id: str, owner: str, opened: dt.date, last_seen: dt.date, stat
 
 def drift_wrote(con, *rows: dict) -> None:
     """What a drift run leaves: the alert episodes, replaced whole."""
-    from pipelines.drift.run import ensure_tables
     from pipelines.warehouse import insert_frame
 
-    ensure_tables(con)
     con.execute("delete from alerts.churn_risk_alerts")
     insert_frame(con, "alerts.churn_risk_alerts", pd.DataFrame(list(rows)))
 

@@ -127,9 +127,6 @@ def test_a_run_without_a_date_sends_what_is_pending_and_composes_nothing(alerts_
 
 
 def segmentation_ran(con, as_of: dt.date) -> None:
-    from pipelines.segmentation.run import ensure_tables
-
-    ensure_tables(con)
     con.execute(
         "insert into segments.segment_runs (run_id, as_of, created_at, model_version, taxonomy, taxonomy_digest, basis, k, "
         "k_reason, k_evidence, key_account_mode, customers, surveyed, inferred, prospects, key_accounts) "
@@ -199,9 +196,6 @@ def test_the_cli_sends_pending_digests_requeues_failed_ones_and_status_shows_the
     assert code == 1 and "no segmentation run yet" in err and "--pending-only still sends" in err
     with open_warehouse(settings.warehouse_path) as con:
         segmentation_ran(con, AS_OF)
-        from pipelines.drift.run import ensure_tables
-
-        ensure_tables(con)
         insert_frame(con, "alerts.churn_risk_alerts", pd.DataFrame([open_episode("B-1", "bo.lind@example.com", AS_OF)]))
     code, _, err = needseg(capsys, "alerts", "--as-of", "2026-09-30")
     assert code == 1 and "no segmentation run as of 2026-09-30" in err and "latest run is as of 2026-10-31" in err

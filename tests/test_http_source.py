@@ -19,7 +19,6 @@ import yaml
 from pipelines.errors import ConfigError
 from pipelines.ingest.http_source import (
     HttpSourceError,
-    ensure_watermark_table,
     fetch_http_sources,
     fetch_source,
     read_watermark,
@@ -403,7 +402,6 @@ def test_http_settings_are_checked(tmp_path):
 
 def test_the_watermark_table_has_the_documented_shape(settings):
     with open_warehouse(settings.warehouse_path) as con:
-        ensure_watermark_table(con)
         columns = con.execute(
             "select column_name, data_type from duckdb_columns() where schema_name = 'meta' and table_name = 'http_watermarks'"
         ).fetchall()

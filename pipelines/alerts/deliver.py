@@ -41,12 +41,12 @@ from pipelines.alerts.outbox import (
     MessageState,
     deliver_pending,
     enqueue,
-    ensure_alert_tables,
     mark_failures_reported,
     requeue_failed,
     unreported_failures,
     utc_naive,
 )
+from pipelines.warehouse import ensure_schema
 
 log = logging.getLogger("needseg.alerts")
 
@@ -186,7 +186,7 @@ def report_failures(
     no channel other than the log is configured; otherwise the next pass tries again."""
     from pipelines import notify
 
-    ensure_alert_tables(con)
+    ensure_schema(con)
     failed = unreported_failures(con)
     if not failed:
         return []

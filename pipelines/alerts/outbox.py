@@ -75,66 +75,33 @@ import pandas as pd
 from pipelines import clock
 from pipelines.alerts.channels import DeliveryError, OutgoingMessage, Sender, TableSender
 from pipelines.alerts.digest import Alert, alerts_from_frame, compose_digest
+from pipelines.config import AlertsConfig
 from pipelines.errors import ConfigError, NeedsegError
-from pipelines.warehouse import ensure_table
+from pipelines.warehouse import ensure_schema, insert_frame, transaction
 
 log = logging.getLogger("needseg.alerts")
 
-SCHEMA = "alerts"
 CHANNELS = ("table", "email", "webhook")
 DEFAULT_FALLBACK_RECIPIENT = "needseg-data-team@localhost"
 INTERRUPTED = "did not finish"  # in last_error of an attempt that never recorded its outcome
 
-OUTBOX_DDL = """
-create table if not exists alerts.outbox (
-    message_id varchar primary key,   -- deterministic from run_id, channel, recipient, part
-    run_id varchar not null,
-    as_of date,
-    channel varchar not null,         -- table | email | webhook
-    recipient varchar not null,       -- the account owner (or the fallback recipient)
-    alert_ids varchar[] not null,
-    subject varchar not null,
-    body_text varchar not null,
-    body_html varchar,                -- e-mail and table
-    payload json,                     -- webhook: the JSON posted
-    status varchar not null,          -- pending | sent | failed
-    attempts integer not null,
-    last_error varchar,
-    next_attempt_at timestamp,
-    created_at timestamp not null,
-    last_attempt_at timestamp,
-    sent_at timestamp,
-    part integer,                     -- 1: the run's digest; 2, 3, ...: addenda (null: 1, older outboxes)
-    failure_notified_at timestamp     -- when the data team was told the message failed for good
-)
-"""
-
-DELIVERIES_DDL = """
-create table if not exists alerts.deliveries (
-    alert_id varchar not null,
-    channel varchar not null,
-    run_id varchar not null,
-    message_id varchar not null,
-    recipient varchar not null,
-    delivered_at timestamp not null,
-    as_of date,                       -- the run's as-of date: reminders count from it (null: older outboxes)
-    primary key (alert_id, channel, run_id)
-)
-"""
-
 _ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.?[^@\s<>,;\"]*$")
+
+
+# Defaults come from the typed configuration (pipelines/config.py): one place per key.
+_DEFAULTS = AlertsConfig()
 
 
 @dataclass(frozen=True)
 class AlertOptions:
     """The `alerts:` section of config/needseg.yaml."""
 
-    fallback_recipient: str | None = None
-    renotify_after_days: int | None = 60
-    renotify_tolerance_days: int = 3
-    max_attempts: int = 12
-    retry_base_seconds: float = 60.0
-    retry_max_seconds: float = 21600.0
+    fallback_recipient: str | None = _DEFAULTS.fallback_recipient
+    renotify_after_days: int | None = _DEFAULTS.renotify_after_days
+    renotify_tolerance_days: int = _DEFAULTS.renotify_tolerance_days
+    max_attempts: int = _DEFAULTS.max_attempts
+    retry_base_seconds: float = _DEFAULTS.retry_base_seconds
+    retry_max_seconds: float = _DEFAULTS.retry_max_seconds
 
     @classmethod
     def from_config(cls, config: AlertOptions | Mapping[str, Any] | None) -> AlertOptions:
@@ -203,12 +170,6 @@ def utc_naive(moment: dt.datetime | None) -> dt.datetime:
     if moment.tzinfo is not None:
         moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
     return moment
-
-
-def ensure_alert_tables(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(f"create schema if not exists {SCHEMA}")
-    ensure_table(con, OUTBOX_DDL)
-    ensure_table(con, DELIVERIES_DDL)
 
 
 def message_id_for(run_id: str, channel: str, recipient: str, part: int = 1) -> str:
@@ -395,13 +356,12 @@ def enqueue(
     unknown = [c for c in channels if c not in CHANNELS]
     if unknown:
         raise ConfigError(f"unknown alert channel(s) {', '.join(unknown)}; expected {', '.join(CHANNELS)}")
-    ensure_alert_tables(con)
+    ensure_schema(con)
     alerts = alerts_from_frame(alerts_df)
     fallback = options.fallback(environ)
     routed = [(alert, *route(alert.account_owner, fallback)) for alert in alerts]
     messages: list[dict[str, Any]] = []
-    con.begin()
-    try:
+    with transaction(con):
         for channel in channels:
             history = _history(con, channel)
             groups: dict[tuple[str, str], list[tuple[Alert, bool]]] = {}
@@ -449,22 +409,7 @@ def enqueue(
                     )
         if messages:
             # One statement for all messages: a row-by-row insert costs DuckDB milliseconds each.
-            con.register("_needseg_new_messages", pd.DataFrame(messages))
-            try:
-                con.execute(
-                    """
-                    insert into alerts.outbox by name
-                    select * replace (cast(alert_ids as varchar[]) as alert_ids, cast(payload as json) as payload,
-                                      cast(as_of as date) as as_of)
-                    from _needseg_new_messages
-                    """
-                )
-            finally:
-                con.unregister("_needseg_new_messages")
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
+            insert_frame(con, "alerts.outbox", pd.DataFrame(messages))
     created = [m["message_id"] for m in messages]
     return created
 
@@ -478,7 +423,7 @@ def requeue_failed(con: duckdb.DuckDBPyConnection, now: dt.datetime | None = Non
     carries it): sending it now would repeat that alert.
     """
     now = utc_naive(now)
-    ensure_alert_tables(con)
+    ensure_schema(con)
     rows = con.execute(
         """
         select o.message_id,
@@ -552,29 +497,27 @@ def _mark_sent(con: duckdb.DuckDBPyConnection, rows: list[Mapping[str, Any]], no
     """Sent and delivered are one fact: both or neither. `count_attempt`: the attempt was not
     recorded before the send (the table channel, where nothing travels)."""
     ids = [row["message_id"] for row in rows]
-    con.begin()
     try:
-        con.execute(
-            """
-            update alerts.outbox
-            set status = 'sent', sent_at = ?, last_attempt_at = ?, last_error = null, next_attempt_at = null,
-                attempts = attempts + ?
-            where list_contains(?, message_id)
-            """,
-            [now, now, 1 if count_attempt else 0, ids],
-        )
-        con.execute(
-            """
-            insert into alerts.deliveries (alert_id, channel, run_id, message_id, recipient, delivered_at, as_of)
-            select unnest(alert_ids), channel, run_id, message_id, recipient, ?, as_of
-            from alerts.outbox where list_contains(?, message_id)
-            on conflict do nothing
-            """,
-            [now, ids],
-        )
-        con.commit()
+        with transaction(con):
+            con.execute(
+                """
+                update alerts.outbox
+                set status = 'sent', sent_at = ?, last_attempt_at = ?, last_error = null, next_attempt_at = null,
+                    attempts = attempts + ?
+                where list_contains(?, message_id)
+                """,
+                [now, now, 1 if count_attempt else 0, ids],
+            )
+            con.execute(
+                """
+                insert into alerts.deliveries (alert_id, channel, run_id, message_id, recipient, delivered_at, as_of)
+                select unnest(alert_ids), channel, run_id, message_id, recipient, ?, as_of
+                from alerts.outbox where list_contains(?, message_id)
+                on conflict do nothing
+                """,
+                [now, ids],
+            )
     except BaseException:
-        con.rollback()
         log.error(
             "%d message(s) (%s) were accepted but could not be recorded as sent; they will be sent again with the same id on the next pass",
             len(ids),
@@ -641,13 +584,8 @@ def _hold_back(
 ) -> list[MessageState]:
     """Messages held back from a channel that is down: one transaction, one log line per
     channel; the ones that used their last attempt."""
-    con.begin()
-    try:
+    with transaction(con):
         states = [_mark_failed(con, row, error, now, max_attempts, options) for row, error in not_tried]
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
     for channel, error in down.items():
         held = sum(1 for row, _ in not_tried if row["channel"] == channel)
         log.warning("%d more %s message(s) not tried in this pass: %s", held, channel, error)
@@ -676,7 +614,7 @@ def deliver_pending(
     if max_attempts < 1:
         raise ConfigError(f"max_attempts must be at least 1, not {max_attempts}")
     now = utc_naive(now)
-    ensure_alert_tables(con)
+    ensure_schema(con)
     report = DeliveryReport(channels=sorted(senders))
     due = _rows(
         con,
@@ -747,7 +685,7 @@ def deliver_pending(
 
 def unreported_failures(con: duckdb.DuckDBPyConnection) -> list[MessageState]:
     """Messages that failed for good and the data team has not been told about yet."""
-    ensure_alert_tables(con)
+    ensure_schema(con)
     return [
         _state(r)
         for r in _rows(

@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 
 from pipelines.demo.world import CATEGORIES
+from pipelines.warehouse import in_memory
 
 
 @dataclass
@@ -126,14 +126,11 @@ def run_duckdb(name: str, sql: str, rows: int, threads: int | None = None) -> Me
     """A query on a fresh in-memory DuckDB, measured in this process."""
     reset_peak_rss()
     cpu, wall = time.process_time(), time.monotonic()
-    con = duckdb.connect()
-    try:
+    with in_memory() as con:
         con.execute("set enable_progress_bar = false")
         if threads:
             con.execute(f"set threads = {threads}")
         con.execute(sql).fetchall()
-    finally:
-        con.close()
     return Measured(name, time.monotonic() - wall, time.process_time() - cpu, _peak_rss(), rows)
 
 

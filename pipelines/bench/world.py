@@ -32,6 +32,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.demo.world import CATEGORIES, COUNTRIES, INDUSTRIES, NAME_FIRST, NAME_SECOND, PROTOTYPES, ROLES
+from pipelines.warehouse import in_memory
 
 NEEDS = ("price", "quality", "brand", "service", "delivery", "reliability", "partnership")
 TWO_64 = "18446744073709551616.0"
@@ -489,8 +490,7 @@ def generate(
     started = time.monotonic()
     world = BenchWorld(out, spec)
     r = _Rand(spec.seed)
-    con = duckdb.connect()
-    try:
+    with in_memory() as con:
         con.execute("set enable_progress_bar = false")
         con.execute(f"set memory_limit = '{memory_limit}'")
         con.execute(f"set threads = {threads}")
@@ -508,8 +508,6 @@ def generate(
                     f"generate: month {m + 1}/{spec.months + 1}, {world.rows.get('order_lines', 0):,} order lines, "
                     f"{time.monotonic() - started:.0f} s"
                 )
-    finally:
-        con.close()
         shutil.rmtree(out / ".tmp", ignore_errors=True)
     world.bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     world.seconds = round(time.monotonic() - started, 1)

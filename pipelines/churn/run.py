@@ -32,6 +32,7 @@ from sklearn.metrics import roc_auc_score
 from pipelines.churn import bgnbd, history
 from pipelines.churn.model import ChurnModel, fit
 from pipelines.churn.reasons import cold_start_reasons, model_reasons
+from pipelines.config import ChurnConfig
 
 log = logging.getLogger("needseg")
 
@@ -40,18 +41,22 @@ COLD_START = "bgnbd_cold_start"
 DRIFT_COLUMNS = ("drift_z", "drift_shift", "early_warning", "drift_flag", "migration_confirmed")
 
 
+# Defaults come from the typed configuration (pipelines/config.py): one place per key.
+_DEFAULTS = ChurnConfig()
+
+
 @dataclass(frozen=True)
 class ChurnSettings:
-    horizon_months: int = 3
-    training_cutoffs: int = 12
-    min_training_rows: int = 500
-    min_training_positives: int = 50
-    top_k: int = 100
-    target_precision: float = 0.6
-    min_alerts_for_threshold: int = 10
-    backtest_runs: int = 6
+    horizon_months: int = _DEFAULTS.horizon_months
+    training_cutoffs: int = _DEFAULTS.training_cutoffs
+    min_training_rows: int = _DEFAULTS.min_training_rows
+    min_training_positives: int = _DEFAULTS.min_training_positives
+    top_k: int = _DEFAULTS.top_k
+    target_precision: float = _DEFAULTS.target_precision
+    min_alerts_for_threshold: int = _DEFAULTS.min_alerts_for_threshold
+    backtest_runs: int = _DEFAULTS.backtest_runs
     seed: int = 42
-    lapsing_action: str = ""
+    lapsing_action: str = _DEFAULTS.lapsing_action or ""
 
     @classmethod
     def from_config(cls, section: dict[str, Any], seed: int = 42) -> ChurnSettings:

@@ -35,6 +35,7 @@ from pipelines.demo.world import WorldSpec, deliver, extract_months, generate
 from pipelines.errors import NeedsegError
 from pipelines.progress import Progress, elapsed
 from pipelines.settings import Settings
+from pipelines.warehouse import open_serving
 
 DEMO_DAGS = ("needseg_ingest", "needseg_features", "needseg_segmentation", "needseg_alerts")
 # Scheduled DAGs paused when the demo ends: unpaused, they would run today's schedule on a
@@ -109,10 +110,8 @@ def published_as_ofs(settings: Settings) -> set[dt.date]:
     """The as-of dates of the segmentation runs in the published serving database."""
     if not settings.serving_path.exists():
         return set()
-    from pipelines.warehouse import connect
-
     try:
-        with connect(settings.serving_path, read_only=True) as con:
+        with open_serving(settings.serving_path) as con:
             return {row[0] for row in con.execute("select as_of from segment_runs").fetchall()}
     except Exception:  # noqa: BLE001 - an unreadable or older serving database: publish again
         return set()
@@ -232,8 +231,6 @@ def run_demo(settings: Settings, spec: WorldSpec, cycles: int, say: Callable[[st
 
 def summary_lines(settings: Settings) -> list[str]:
     """What the demo produced, read from the published serving database."""
-    from pipelines.warehouse import open_serving
-
     with open_serving(settings.serving_path) as con:
         run_id, as_of = con.execute("select run_id, as_of from publication").fetchone()
         k, _reason, jaccard, verdict, reasons = con.execute(

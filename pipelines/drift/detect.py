@@ -36,34 +36,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
 
+from pipelines.config import DriftConfig
 from pipelines.drift.signals import COMPONENTS, LEVEL_SCALE, MixChange, Windows, mix_change
 from pipelines.segmentation.taxonomy import Taxonomy
+from pipelines.warehouse import in_memory
 
 PRICE_KIND = "toward_price_sensitive"
 AWAY_KIND = "away_from_partnership"
 OTHER_KIND = "toward_other_segment"
 
 
+# Defaults come from the typed configuration (pipelines/config.py): one place per key.
+_DEFAULTS = DriftConfig()
+
+
 @dataclass(frozen=True)
 class DriftSettings:
-    recent_months: int = 6
-    baseline_months: int = 12
-    early_warning_z: float = 3.5
-    min_shift: float = 0.25
-    confirm_migration_z: float = 2.5
-    active_within_months: int = 4
-    min_profile_gap: float = 0.7
-    revenue_drop: float = 0.2
-    satisfaction_drop: float = 1.0
-    low_nps: float = 6.0
-    alert_min_score: float = 0.35
-    contradicting_probability_drop: float = 0.05
-    lapse_horizon_months: float = 3.0
-    lapse_silence_months: float = 6.0
+    recent_months: int = _DEFAULTS.recent_months
+    baseline_months: int = _DEFAULTS.baseline_months
+    early_warning_z: float = _DEFAULTS.early_warning_z
+    min_shift: float = _DEFAULTS.min_shift
+    confirm_migration_z: float = _DEFAULTS.confirm_migration_z
+    active_within_months: int = _DEFAULTS.active_within_months
+    min_profile_gap: float = _DEFAULTS.min_profile_gap
+    revenue_drop: float = _DEFAULTS.revenue_drop
+    satisfaction_drop: float = _DEFAULTS.satisfaction_drop
+    low_nps: float = _DEFAULTS.low_nps
+    alert_min_score: float = _DEFAULTS.alert_min_score
+    contradicting_probability_drop: float = _DEFAULTS.contradicting_probability_drop
+    lapse_horizon_months: float = _DEFAULTS.lapse_horizon_months
+    lapse_silence_months: float = _DEFAULTS.lapse_silence_months
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> DriftSettings:
@@ -371,7 +376,7 @@ def _churn_risk(out: pd.DataFrame, settings: DriftSettings) -> pd.DataFrame:
 def _evidence(out: pd.DataFrame, long: pd.DataFrame, acc: pd.DataFrame) -> None:
     """Evidence per account in one query: supporting signals first (the three strongest),
     contradicting ones marked `against:`, then model probability, revenue and satisfaction."""
-    with duckdb.connect() as con:
+    with in_memory() as con:
         con.register("long", long)
         con.register("acc", acc)
         agg = con.execute(EVIDENCE_SQL).df().set_index("account_id").reindex(out.index)

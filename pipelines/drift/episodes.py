@@ -21,11 +21,16 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from pipelines.config import DriftConfig
+
+# Defaults come from the typed configuration (pipelines/config.py): one place per key.
+_DEFAULTS = DriftConfig()
+
 
 @dataclass(frozen=True)
 class EpisodeRules:
-    resolve_after_runs: int = 2
-    cooldown_days: int = 60
+    resolve_after_runs: int = _DEFAULTS.resolve_after_runs
+    cooldown_days: int = _DEFAULTS.cooldown_days
 
 
 def alert_id(account_id: str, reason: str, opened_as_of: dt.date) -> str:

@@ -29,64 +29,10 @@ from pipelines.drift.detect import AWAY_KIND, PRICE_KIND, DriftSettings, detect
 from pipelines.drift.episodes import EpisodeRules, episodes
 from pipelines.drift.population import population_changes
 from pipelines.errors import NeedsegError
-from pipelines.segmentation.run import ensure_tables as ensure_segmentation_tables
 from pipelines.segmentation.run import run_id_for
 from pipelines.segmentation.taxonomy import Taxonomy
-from pipelines.warehouse import ensure_table, insert_frame
+from pipelines.warehouse import ensure_schema, in_memory, insert_frame, transaction
 
-DDL = [
-    """create table if not exists drift.customer_drift (
-        run_id varchar not null, as_of date not null, account_id varchar not null,
-        account_name varchar, account_owner varchar,
-        segment_id varchar not null, segment_name varchar, previous_segment_id varchar, previous_segment_name varchar,
-        migrated boolean not null, migration_kind varchar, migration_z double, migration_confirmed boolean,
-        drift_flag boolean,
-        drift_kind varchar, toward_segment_id varchar, toward_segment_name varchar,
-        drift_z double, drift_shift double, ordering_recently boolean, early_warning boolean not null,
-        behaviour_probability_now double, behaviour_probability_before double,
-        revenue_trend double, satisfaction_change double, nps double,
-        churn_risk_score double not null, churn_risk_reasons json, is_churn_risk boolean not null,
-        lapse_risk double,
-        evidence json, evidence_text varchar, components json,
-        supporting_signals integer, probability_contradicts boolean,
-        churn_probability double, churn_rank integer, churn_reasons varchar, churn_model varchar, lapsing boolean,
-        primary key (run_id, account_id))""",
-    """create table if not exists drift.segment_transitions (
-        run_id varchar not null, previous_run_id varchar not null, as_of date not null,
-        from_segment_id varchar not null, to_segment_id varchar not null,
-        accounts integer not null, share_of_from double not null)""",
-    """create table if not exists drift.population_changes (
-        run_id varchar not null, previous_run_id varchar not null, as_of date not null,
-        event varchar not null, from_segments varchar[], to_segments varchar[],
-        overlap double, size_before integer, size_after integer, size_change double,
-        centre_shift double, detail json)""",
-    """create table if not exists alerts.risk_snapshots (
-        run_id varchar not null, as_of date not null, account_id varchar not null, reason varchar not null,
-        score double not null, account_name varchar, account_owner varchar,
-        from_segment varchar, to_segment varchar, evidence json, action varchar,
-        primary key (run_id, account_id, reason))""",
-    """create table if not exists alerts.churn_risk_alerts (
-        alert_id varchar primary key, account_id varchar not null, reason varchar not null, status varchar not null,
-        opened_run_id varchar not null, opened_as_of date not null, last_seen_run_id varchar not null,
-        last_seen_as_of date not null, resolved_as_of date, runs_flagged integer not null,
-        score double, peak_score double, account_name varchar, account_owner varchar,
-        from_segment varchar, to_segment varchar, evidence json, action varchar)""",
-    """create table if not exists churn.risk_history (
-        run_id varchar not null, as_of date not null, account_id varchar not null,
-        churn_probability double not null, rank integer not null, reasons varchar not null, model varchar not null,
-        recency_days integer, bgnbd_p_no_purchase double, eligible boolean not null, lapsing boolean not null,
-        primary key (run_id, account_id))""",
-    """create table if not exists churn.model_quality (
-        run_id varchar not null, as_of date not null, evaluated_as_of date not null, model varchar not null,
-        accounts integer not null, churned integer not null, k integer not null, metric varchar not null,
-        needseg double, recency double, bgnbd double,
-        primary key (run_id, evaluated_as_of, metric))""",
-    """create table if not exists churn.model_runs (
-        run_id varchar primary key, as_of date not null, model varchar not null, training_rows integer not null,
-        training_positives integer not null, training_cutoffs integer not null, backtest_runs integer not null,
-        alert_threshold double, threshold_precision double, threshold_source varchar, target_precision double not null,
-        lapsing integer not null, summary varchar not null)""",
-]
 RUN_TABLES = (
     "drift.customer_drift",
     "drift.segment_transitions",
@@ -116,14 +62,6 @@ SNAPSHOT_COLUMNS = [
     "evidence",
     "action",
 ]
-
-
-def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("create schema if not exists drift")
-    con.execute("create schema if not exists alerts")
-    con.execute("create schema if not exists churn")
-    for ddl in DDL:
-        ensure_table(con, ddl)
 
 
 @dataclass
@@ -159,8 +97,7 @@ def drift_settings(config: dict[str, Any]) -> tuple[DriftSettings, EpisodeRules,
 
 def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, config: dict[str, Any]) -> DriftRunResult:
     started = time.monotonic()
-    ensure_tables(con)
-    ensure_segmentation_tables(con)
+    ensure_schema(con)
     settings, rules, monic = drift_settings(config)
     run_id = run_id_for(as_of)
     if not con.execute("select count(*) from segments.segment_runs where run_id = ?", [run_id]).fetchone()[0]:
@@ -254,8 +191,7 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
             frame.insert(0, "previous_run_id", prev[0])
             frame.insert(0, "run_id", run_id)
 
-    con.execute("begin transaction")
-    try:
+    with transaction(con):
         for table in RUN_TABLES:
             con.execute(f"delete from {table} where run_id = ?", [run_id])
         for table, frame in (
@@ -276,10 +212,6 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
         alerts = episodes(all_snapshots, runs, rules)
         con.execute("delete from alerts.churn_risk_alerts")
         insert_frame(con, "alerts.churn_risk_alerts", alerts)
-        con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        raise
     open_now = alerts[(alerts["status"] == "open") & (alerts["last_seen_run_id"] == run_id)] if len(alerts) else alerts
     return DriftRunResult(
         run_id=run_id,
@@ -342,7 +274,7 @@ def risk_snapshots(
         + f" (alert threshold {threshold:.2f}, precision {precision:.2f} in the backtest)"
     )
     evidence_frame = pd.DataFrame({"h": headline, "r": lapsing["churn_reasons"].fillna("").to_numpy()})
-    with duckdb.connect() as mem:
+    with in_memory() as mem:
         mem.register("e", evidence_frame)
         evidence = mem.execute("select to_json(list_concat([h], string_split(r, '; '))) as evidence from e").df()["evidence"]
     lapse_rows = pd.DataFrame(

@@ -67,21 +67,9 @@ from pipelines import clock
 from pipelines.errors import NeedsegError
 from pipelines.ingest.mapping import HttpEndpoint, HttpRetry, HttpSource, SourceMapping, load_mappings
 from pipelines.settings import Settings
-from pipelines.warehouse import ensure_table
+from pipelines.warehouse import ensure_schema, transaction
 
 log = logging.getLogger(__name__)
-
-WATERMARK_DDL = """
-create table if not exists meta.http_watermarks (
-    source varchar not null,
-    table_name varchar not null,
-    watermark timestamp,           -- largest updated_at fetched so far (UTC when the API sends offsets)
-    fetched_at timestamp not null,  -- when the fetch that moved it ran (UTC)
-    records bigint not null,        -- records that fetch wrote
-    file varchar,                   -- the landing file it wrote, relative to the landing folder
-    primary key (source, table_name)
-)
-"""
 
 # 408 is the server saying our request took too long: as transient as a 503.
 RETRYABLE_STATUS = frozenset({408, 429, *range(500, 600)})
@@ -207,7 +195,7 @@ def fetch_source(
         raise HttpSourceError(f"{mapping.source}: {mapping.origin} has no 'http' section, so there is nothing to fetch")
     now = _utc_naive(now or clock.utc_now())
     stamp = now.strftime("%Y%m%dT%H%M%S")
-    ensure_watermark_table(con)
+    ensure_schema(con)
     base_url, token, token_origin = _resolve_access(mapping.source, http)
     report = FetchReport(mapping.source)
 
@@ -254,11 +242,6 @@ def fetch_source(
     report.seconds = time.monotonic() - started
     log.info("%s", report.summary())
     return report
-
-
-def ensure_watermark_table(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("create schema if not exists meta")
-    ensure_table(con, WATERMARK_DDL)
 
 
 def read_watermark(con: duckdb.DuckDBPyConnection, source: str, table: str) -> dt.datetime | None:
@@ -573,17 +556,15 @@ def _save_watermarks(con: duckdb.DuckDBPyConnection, source: str, report: FetchR
     rows = [(source, t.table, t.watermark_after, now, t.records, t.file) for t in report.tables if t.file]
     if not rows:
         return
-    con.execute("begin transaction")
     try:
-        con.executemany(
-            "insert into meta.http_watermarks (source, table_name, watermark, fetched_at, records, file) values (?, ?, ?, ?, ?, ?) "
-            "on conflict (source, table_name) do update set watermark = excluded.watermark, "
-            "fetched_at = excluded.fetched_at, records = excluded.records, file = excluded.file",
-            rows,
-        )
-        con.execute("commit")
+        with transaction(con):
+            con.executemany(
+                "insert into meta.http_watermarks (source, table_name, watermark, fetched_at, records, file) values (?, ?, ?, ?, ?, ?) "
+                "on conflict (source, table_name) do update set watermark = excluded.watermark, "
+                "fetched_at = excluded.fetched_at, records = excluded.records, file = excluded.file",
+                rows,
+            )
     except duckdb.Error as exc:
-        con.execute("rollback")
         raise HttpSourceError(
             f"{source}: the fetched files {', '.join(report.files)} are in place, but the watermark could not be saved "
             f"({exc}); the next fetch will ask for the same records again."

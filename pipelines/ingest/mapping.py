@@ -72,6 +72,7 @@ from pipelines.contract import CURRENCY, EMAIL, ISO_COUNTRY, TABLES
 from pipelines.errors import ConfigError
 from pipelines.ingest.sandbox import refusal
 from pipelines.safe_yaml import load_yaml
+from pipelines.warehouse import in_memory
 
 FORMATS = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".xlsx": "xlsx"}
 ENCODINGS = ("auto", "utf-8", "utf-8-sig", "utf-16", "latin-1", "iso-8859-1", "cp1252")
@@ -352,7 +353,7 @@ def _date_format_problem(fmt: str) -> str | None:
         return "not a strftime format (use codes such as %d.%m.%Y for 31.12.2025)"
     if not any(d in fmt for d in _YEAR_DIRECTIVES):
         return "a format without a year (%Y or %y): such a date cannot be placed"
-    with duckdb.connect() as con:
+    with in_memory() as con:
         try:
             con.execute("select try_strptime('', ?)", [fmt])
         except duckdb.Error as exc:

@@ -29,6 +29,7 @@ from pipelines.contract import CURRENCY, ISO_COUNTRY, Table
 from pipelines.ingest import sandbox
 from pipelines.ingest.mapping import ReadOptions, TableMapping
 from pipelines.ingest.readers import BatchRejected, RawFrame
+from pipelines.warehouse import sandboxed
 
 # Codes written in capitals by the standard they come from; "se" and "sek" mean SE and SEK.
 UPPER_CASE_PATTERNS = (ISO_COUNTRY, CURRENCY)
@@ -324,7 +325,7 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path) -> ParsedBat
             texts=pd.DataFrame(columns=table.column_names),
             header_only=header_only,
         )
-    con = sandbox.connect()
+    con = sandboxed()
     try:
         _macros(con, options)
         frame, filtered = _filter_rows(con, frame, mapping, source_columns, reject)

@@ -31,6 +31,7 @@ from pipelines.ingest.mapping import SourceMapping, mapping_for
 from pipelines.ingest.parse import ParsedBatch, parse
 from pipelines.ingest.readers import BatchRejected, RawFrame
 from pipelines.quality.gate import QualityGate
+from pipelines.warehouse import insert_frame, registered, transaction
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +60,12 @@ def replay_late_rows(
     parameters = {**parameters, "known_account_ids": [r[0] for r in con.execute("select account_id from raw.accounts").fetchall()]}
     replayed = []
     now = clock.utc_naive_now()
-    con.execute("begin transaction")
-    try:
+    with transaction(con):
         for (batch_id, source, table, file), rows in candidates.groupby(["batch_id", "source", "table_name", "file"], sort=True):
             lines = _replay_batch(con, mapping_for(source, mappings).for_table(table), gate, parameters, rows, now)
             if lines:
                 _move(con, batch_id, table, file, lines, run_id, now)
                 replayed.append({"batch_id": batch_id, "table": table, "file": file, "rows": len(lines)})
-        con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        raise
     return replayed
 
 
@@ -90,20 +86,17 @@ def _replay_batch(con, mapping, gate: QualityGate, parameters: dict[str, Any], r
         return []
     key = list(table.key)
     columns = [*table.column_names, "_line"]
-    con.register("replayed_rows", good[columns])
-    new = con.execute(
-        f"select * from replayed_rows r where not exists (select 1 from raw.{table.name} t where "
-        + " and ".join(f"t.{k} = r.{k}" for k in key)
-        + ")"
-    ).df()
-    con.unregister("replayed_rows")
+    with registered(con, "replayed_rows", good[columns]):
+        new = con.execute(
+            f"select * from replayed_rows r where not exists (select 1 from raw.{table.name} t where "
+            + " and ".join(f"t.{k} = r.{k}" for k in key)
+            + ")"
+        ).df()
     if new.empty:
         return []
     insert = new.assign(_batch_id=rows["batch_id"].iloc[0], _source=rows["source"].iloc[0], _file=file, _loaded_at=now)
     names = [*table.column_names, "_batch_id", "_source", "_file", "_line", "_loaded_at"]
-    con.register("replayed_insert", insert[names])
-    con.execute(f"insert into raw.{table.name} ({', '.join(names)}) select {', '.join(names)} from replayed_insert")
-    con.unregister("replayed_insert")
+    insert_frame(con, f"raw.{table.name}", insert[names])
     return sorted(set(new["_line"].astype(int).tolist()))
 
 

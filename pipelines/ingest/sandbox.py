@@ -23,7 +23,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-import duckdb
+from pipelines.warehouse import sandboxed
 
 # Functions that are scalar but tell more than a file's columns.
 DENIED_FUNCTIONS = frozenset({"current_setting", "current_query", "current_query_id", "getenv", "getvariable"})
@@ -50,23 +50,11 @@ ALLOWED_CLASSES = frozenset(
 )
 
 
-def connect() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB that cannot touch files, the network or extensions."""
-    return duckdb.connect(
-        config={
-            "enable_external_access": False,
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-            "lock_configuration": True,
-        }
-    )
-
-
 @lru_cache(maxsize=1)
 def _refused_functions() -> frozenset[str]:
     """Table functions, pragmas and the denied scalar ones (a name that is also a scalar
     function, e.g. `range`, is allowed as the scalar)."""
-    with connect() as con:
+    with sandboxed() as con:
         rows = con.execute(
             "select lower(function_name), bool_or(function_type in ('scalar', 'aggregate', 'macro', 'window')) "
             "from duckdb_functions() group by 1"
@@ -80,7 +68,7 @@ _SYNTAX = "not a valid SQL expression"
 @lru_cache(maxsize=4096)
 def expression_problem(expression: str) -> str | None:
     """Why `expression` is not allowed in a mapping (None: it is)."""
-    with connect() as con:
+    with sandboxed() as con:
         parsed = json.loads(con.execute("select json_serialize_sql(?)", [f"select ({expression}) as needseg_value"]).fetchone()[0])
     if parsed.get("error"):
         message = str(parsed.get("error_message", "")).splitlines()[0]

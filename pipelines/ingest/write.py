@@ -21,6 +21,7 @@ from pipelines.ingest.mapping import TableMapping
 from pipelines.ingest.parse import ParsedBatch, Problem, Records
 from pipelines.ingest.readers import BatchRejected
 from pipelines.ingest.report import FileOutcome
+from pipelines.warehouse import insert_frame, registered, transaction
 
 
 @dataclass
@@ -89,8 +90,7 @@ def write_batch(
     table = item.mapping.table
     batch_id = f"{item.source}.{table}.{item.checksum[:16]}"
     w = _Write(con, item, context, FileOutcome(item.source, table, item.rel, "loaded", batch_id), clock.utc_naive_now())
-    con.execute("begin transaction")
-    try:
+    with transaction(con) as tx:
         # A refused or held batch is tried again on a later run: replace what its last try left.
         con.execute("delete from meta.quarantine where batch_id = ?", [batch_id])
         con.execute("delete from meta.batches where batch_id = ?", [batch_id])
@@ -106,14 +106,9 @@ def write_batch(
                 failures = _batch_failures(batch, problems_by_line, batch_failures, context.share_rule)
                 good = _write_refused(w, batch, problems_by_line, failures) if failures else _write_loaded(w, batch, problems_by_line)
         if context.dry_run:
-            con.execute("rollback")  # everything was checked and written inside the transaction; throw it away
+            tx.discard()  # everything was checked and written inside the transaction; throw it away
             if w.outcome.status == "loaded":
                 w.outcome.status = "valid"
-        else:
-            con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        raise
     return w.outcome, good, problems_by_line
 
 
@@ -185,9 +180,7 @@ def _write_loaded(w: _Write, batch: ParsedBatch, problems_by_line: dict[int, lis
     if len(good):
         insert = good.assign(_batch_id=w.batch_id, _source=item.source, _file=item.rel, _loaded_at=w.now)
         columns = [*TABLES[table].column_names, "_batch_id", "_source", "_file", "_line", "_loaded_at"]
-        w.con.register("incoming", insert[columns])
-        w.con.execute(f"insert into raw.{table} ({', '.join(columns)}) select {', '.join(columns)} from incoming")
-        w.con.unregister("incoming")
+        insert_frame(w.con, f"raw.{table}", insert[columns])
     quarantined = _quarantine(w.con, item, w.batch_id, batch.records, problems_by_line, w.now)
     # Counted in input rows: an unpivoted line is several raw rows but one row read.
     w.outcome.rows_loaded = int(good["_line"].nunique())
@@ -328,13 +321,9 @@ def _quarantine(con, item: Pending, batch_id: str, records: Mapping[int, dict], 
     ]
     problems = pd.DataFrame(flat, columns=["line", "position", "column_name", "value", "reason", "expected", "check_name"])
     problems = problems.astype({"line": "int64", "position": "int64"})
-    con.register("quarantined_problems", problems)
-    con.register("quarantined_records", _records_as_json(con, records, problems["line"].unique()))
-    try:
+    as_json = _records_as_json(con, records, problems["line"].unique())
+    with registered(con, "quarantined_problems", problems), registered(con, "quarantined_records", as_json):
         con.execute(_QUARANTINE_SQL, [batch_id, item.source, item.mapping.table, item.rel, now])
-    finally:
-        con.unregister("quarantined_problems")
-        con.unregister("quarantined_records")
     return len(problems_by_line)
 
 
@@ -346,15 +335,12 @@ def _records_as_json(con, records: Mapping[int, dict], lines) -> pd.DataFrame:
     rows, extra = records.rows_of(lines)
     out = [pd.DataFrame({"line": list(extra), "record": [_JSON.encode(record) for record in extra.values()]}, dtype=object)]
     if len(rows):
-        con.register("quarantined_rows", rows)
-        try:
+        with registered(con, "quarantined_rows", rows):
             out.append(
                 con.execute(
                     "select _line as line, cast(json_merge_patch(to_json(r), '{\"_line\": null}') as varchar) as record from quarantined_rows r"
                 ).df()
             )
-        finally:
-            con.unregister("quarantined_rows")
     return pd.concat(out, ignore_index=True).astype({"line": "int64"})
 
 

@@ -62,56 +62,10 @@ from pipelines.segmentation.dimensions import Dimensions, dimension_matrix, miss
 from pipelines.segmentation.inference import BEHAVIOUR_COLUMNS, fit_and_score
 from pipelines.segmentation.taxonomy import Taxonomy, load_taxonomy
 from pipelines.segmentation.verdict import Evidence, VerdictSettings, judge
-from pipelines.warehouse import ensure_table, insert_frame
+from pipelines.warehouse import ensure_schema, insert_frame, transaction
 
 MODEL_VERSION = "needseg-segmentation/1"
 
-DDL = [
-    """create table if not exists segments.segment_runs (
-        run_id varchar primary key, as_of date not null, created_at timestamp not null,
-        model_version varchar not null, taxonomy varchar not null, taxonomy_digest varchar not null,
-        lineage_digest varchar, lineage_id varchar, previous_run_id varchar, taxonomy_change varchar,
-        basis varchar not null, k integer not null, k_reason varchar not null, k_evidence json not null,
-        silhouette double, min_jaccard double, classifier_cv_accuracy double,
-        key_account_mode varchar not null, key_account_evidence json,
-        customers integer not null, surveyed integer not null, inferred integer not null,
-        prospects integer not null, key_accounts integer not null, seconds double,
-        k_preferred integer, verdict varchar, verdict_reasons json, published boolean, fallback_reason varchar,
-        feature_missing json, survey_unusable_customers integer, excluded_respondents json, accounts_held integer)""",
-    """create table if not exists segments.segment_definitions (
-        run_id varchar not null, segment_id varchar not null, segment_name varchar not null,
-        taxonomy_id varchar, is_emerging boolean not null, population varchar not null,
-        centre json not null, size integer not null, fitted integer, jaccard double, similarity double,
-        aligned_from varchar, renamed_from varchar, description varchar,
-        offer varchar, serve varchar, action varchar)""",
-    """create table if not exists segments.assignments (
-        run_id varchar not null, as_of date not null, account_id varchar not null,
-        account_name varchar, account_owner varchar, country varchar, industry varchar,
-        segment_id varchar not null, segment_name varchar not null, segment_source varchar not null,
-        probability double not null, behaviour_segment_id varchar, behaviour_probability double,
-        value_tier varchar, is_key_account boolean not null, drivers json, drivers_text varchar,
-        preferred_segment_id varchar, survey_status varchar,
-        primary key (run_id, account_id))""",
-    """create table if not exists segments.assignment_probabilities (
-        run_id varchar not null, account_id varchar not null, segment_id varchar not null,
-        probability double not null, behaviour_probability double,
-        primary key (run_id, account_id, segment_id))""",
-    """create table if not exists segments.profiles (
-        run_id varchar not null, segment_id varchar not null, population varchar not null,
-        dimension varchar not null, kind varchar not null, segment_value double,
-        overall_value double, index_vs_overall double)""",
-    """create table if not exists segments.prospect_predictions (
-        run_id varchar not null, as_of date not null, account_id varchar not null,
-        account_name varchar, account_owner varchar, country varchar, industry varchar,
-        segment_id varchar not null, segment_name varchar not null, probability double not null,
-        probabilities json not null, offer varchar, serve varchar)""",
-    """create table if not exists segments.lookalikes (
-        run_id varchar not null, as_of date not null, account_id varchar not null,
-        account_name varchar, account_owner varchar,
-        segment_id varchar not null, similarity double not null, rank_in_segment integer not null,
-        nearest_key_account_id varchar not null, nearest_key_account_name varchar, revenue_12m double,
-        key_account_median_revenue_12m double)""",
-]
 RUN_TABLES = (
     "segment_runs",
     "segment_definitions",
@@ -138,13 +92,6 @@ LOOKALIKE_COLUMNS = [
     "active_months_12m",
     "quote_win_rate_12m",
 ]
-
-
-def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("create schema if not exists segments")
-    for ddl in DDL:
-        ensure_table(con, ddl)
-    _backfill_lineage(con)
 
 
 def run_id_for(as_of: dt.date) -> str:
@@ -247,32 +194,6 @@ def _lineage(con: duckdb.DuckDBPyConnection, as_of: dt.date, run_id: str, taxono
 
 def taxonomy_label(taxonomy: Taxonomy) -> str:
     return f"{taxonomy.name} v{taxonomy.version}"
-
-
-def _backfill_lineage(con: duckdb.DuckDBPyConnection) -> None:
-    """Runs written before lineages existed: consecutive runs with the same taxonomy file form one."""
-    if not con.execute("select count(*) from segments.segment_runs where lineage_id is null").fetchone()[0]:
-        return
-    con.execute(
-        """
-        update segments.segment_runs as r
-        set previous_run_id = l.previous_run_id, lineage_id = l.lineage_id
-        from (
-            select run_id, case when starts then null else prev_id end as previous_run_id,
-                   first_value(run_id) over (partition by lineage order by as_of) as lineage_id
-            from (
-                select *, sum(starts::int) over (order by as_of) as lineage
-                from (
-                    select run_id, as_of,
-                           lag(run_id) over (order by as_of) as prev_id,
-                           coalesce(lag(taxonomy_digest) over (order by as_of) != taxonomy_digest, true) as starts
-                    from segments.segment_runs
-                )
-            )
-        ) as l
-        where r.run_id = l.run_id and r.lineage_id is null
-        """
-    )
 
 
 def _previous_segments(
@@ -687,7 +608,7 @@ def _evidence(fit: Fit, inference, taxonomy: Taxonomy, survey: Survey, prospect_
 
 def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, config: dict[str, Any]) -> SegmentRunResult:
     started = time.monotonic()
-    ensure_tables(con)
+    ensure_schema(con)
     cfg = config["segmentation"]
     settings = _cluster_settings(cfg)
     run_id = run_id_for(as_of)
@@ -1020,8 +941,7 @@ def _profiles(run_id, customers, dims, assigned, fit_index, is_key, key_mode, ta
 
 
 def _store(con, run_id, run_row, definitions, assignments, long, profiles, prospects, lookalikes) -> None:
-    con.execute("begin transaction")
-    try:
+    with transaction(con):
         for table in RUN_TABLES:
             con.execute(f"delete from segments.{table} where run_id = ?", [run_id])
         insert_frame(con, "segments.segment_runs", pd.DataFrame([run_row]))
@@ -1034,7 +954,3 @@ def _store(con, run_id, run_row, definitions, assignments, long, profiles, prosp
             ("lookalikes", lookalikes),
         ):
             insert_frame(con, f"segments.{table}", frame)
-        con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        raise

@@ -28,20 +28,27 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.config import SegmentationConfig, VerdictConfig
+
 SEVERITY = {"note": 0, "provisional": 1, "withheld": 2}
 VERDICTS = ("trusted", "provisional", "withheld")
 
 
+# Defaults come from the typed configuration (pipelines/config.py): one place per key.
+_DEFAULTS = VerdictConfig()
+_SEGMENTATION = SegmentationConfig()
+
+
 @dataclass
 class VerdictSettings:
-    min_stability: float = 0.75
-    withhold_stability: float = 0.5
-    min_cluster_share: float = 0.04
-    classifier_margin: float = 0.1
-    min_recall: float = 0.3
-    max_excluded_share: float = 0.2
-    min_prospect_spread: float = 0.02
-    publish_withheld: bool = False
+    min_stability: float = _SEGMENTATION.min_stability
+    withhold_stability: float = _DEFAULTS.withhold_stability
+    min_cluster_share: float = _SEGMENTATION.min_cluster_share
+    classifier_margin: float = _DEFAULTS.classifier_margin
+    min_recall: float = _DEFAULTS.min_recall
+    max_excluded_share: float = _DEFAULTS.max_excluded_share
+    min_prospect_spread: float = _DEFAULTS.min_prospect_spread
+    publish_withheld: bool = _DEFAULTS.publish_withheld
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> VerdictSettings:

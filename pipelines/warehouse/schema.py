@@ -1,0 +1,118 @@
+"""needseg's own tables, declared in one place and applied by one function.
+
+Every schema's DDL is a SQL file in `ddl/` (meta, segments, drift, alerts, churn); the raw
+tables come from the input contract (pipelines/contract.py). `ensure_schema` creates what is
+missing and adds the columns a table written by an older needseg lacks, so a warehouse keeps
+working after an upgrade. It reads the catalogue once, so opening a warehouse that is up to
+date costs one query. dbt owns the staging, intermediate and marts schemas.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+import duckdb
+
+from pipelines.contract import LINEAGE_COLUMNS, TABLES
+
+DDL_DIR = Path(__file__).with_name("ddl")
+# Order matters only for readers of the catalogue: raw first, then the stages' own schemas.
+SCHEMAS = ("raw", "meta", "segments", "drift", "alerts", "churn")
+_CREATE = re.compile(r"create table if not exists\s+(\w+)\.(\w+)\s*\(", re.IGNORECASE)
+
+
+def raw_table_ddl(name: str) -> str:
+    spec = TABLES[name]
+    cols = [f"{c.name} {c.sql_type}" for c in spec.columns]
+    cols += [f"{n} {t}" for n, t in LINEAGE_COLUMNS]
+    return f"create table if not exists raw.{name} (\n    " + ",\n    ".join(cols) + "\n)"
+
+
+@cache
+def statements(schema: str) -> tuple[str, ...]:
+    """The create-table statements of one schema, in file order."""
+    if schema == "raw":
+        return tuple(raw_table_ddl(name) for name in TABLES)
+    path = DDL_DIR / f"{schema}.sql"
+    text = re.sub(r"--[^\n]*", "", path.read_text(encoding="utf-8"))  # DDL holds no string with "--"
+    out = []
+    for chunk in text.split(";"):
+        body = chunk.strip()
+        if not body:
+            continue
+        match = _CREATE.match(body)
+        if not match or match.group(1) != schema:
+            raise ValueError(f"{path}: expected 'create table if not exists {schema}.<name> (...)', got {body[:80]!r}")
+        out.append(body)
+    return tuple(out)
+
+
+def table_names() -> list[str]:
+    """Every table needseg itself creates, as schema.table."""
+    return [".".join(_CREATE.search(ddl).groups()) for schema in SCHEMAS for ddl in statements(schema)]
+
+
+@cache
+def _declared_columns(ddl: str) -> tuple[tuple[str, str], ...]:
+    """(column, type) as DuckDB reads the DDL, learnt once per process on a scratch database."""
+    schema, table = _CREATE.search(ddl).groups()
+    with duckdb.connect() as scratch:
+        scratch.execute(f"create schema {schema}")
+        scratch.execute(ddl)
+        return tuple(
+            scratch.execute(
+                "select column_name, data_type from duckdb_columns() where schema_name = ? and table_name = ? order by column_index",
+                [schema, table],
+            ).fetchall()
+        )
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create needseg's schemas and tables where missing and add missing columns."""
+    have: dict[tuple[str, str], set[str]] = {}
+    for schema, table, column in con.execute(
+        "select schema_name, table_name, column_name from duckdb_columns() where database_name = current_database()"
+    ).fetchall():
+        have.setdefault((schema, table), set()).add(column)
+    schemas = {r[0] for r in con.execute("select schema_name from duckdb_schemas() where database_name = current_database()").fetchall()}
+    for schema in SCHEMAS:
+        if schema not in schemas:
+            con.execute(f"create schema if not exists {schema}")
+        for ddl in statements(schema):
+            key = _CREATE.search(ddl).groups()
+            if key not in have:
+                con.execute(ddl)
+                continue
+            for column, data_type in _declared_columns(ddl):
+                if column not in have[key]:
+                    con.execute(f'alter table {key[0]}.{key[1]} add column "{column}" {data_type}')
+    _backfill_lineage(con)
+
+
+def _backfill_lineage(con: duckdb.DuckDBPyConnection) -> None:
+    """Segmentation runs written before lineages existed: consecutive runs with the same
+    taxonomy file form one lineage."""
+    if not con.execute("select count(*) from segments.segment_runs where lineage_id is null").fetchone()[0]:
+        return
+    con.execute(
+        """
+        update segments.segment_runs as r
+        set previous_run_id = l.previous_run_id, lineage_id = l.lineage_id
+        from (
+            select run_id, case when starts then null else prev_id end as previous_run_id,
+                   first_value(run_id) over (partition by lineage order by as_of) as lineage_id
+            from (
+                select *, sum(starts::int) over (order by as_of) as lineage
+                from (
+                    select run_id, as_of,
+                           lag(run_id) over (order by as_of) as prev_id,
+                           coalesce(lag(taxonomy_digest) over (order by as_of) != taxonomy_digest, true) as starts
+                    from segments.segment_runs
+                )
+            )
+        ) as l
+        where r.run_id = l.run_id and r.lineage_id is null
+        """
+    )
