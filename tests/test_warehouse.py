@@ -1,0 +1,91 @@
+"""The warehouse layer (pipelines/warehouse): needseg's tables from one place, upgrades that
+keep data, all-or-nothing writes, frames inserted by name with the table's types."""
+
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+import pytest
+
+from pipelines.warehouse import ensure_schema, insert_frame, open_warehouse, table_names, transaction
+from pipelines.warehouse.schema import DDL_DIR, SCHEMAS
+
+
+def _tables(con) -> set[str]:
+    return {
+        f"{s}.{t}"
+        for s, t in con.execute("select schema_name, table_name from duckdb_tables() where database_name = current_database()").fetchall()
+    }
+
+
+def test_a_new_warehouse_has_every_declared_table_and_opening_it_again_changes_nothing(tmp_path):
+    path = tmp_path / "warehouse.duckdb"
+    with open_warehouse(path) as con:
+        created = _tables(con)
+        columns = con.execute("select count(*) from duckdb_columns() where database_name = current_database()").fetchone()[0]
+    assert set(table_names()) <= created
+    assert {name.split(".")[0] for name in table_names()} == set(SCHEMAS)
+    # every schema but raw (from the input contract) is declared in its own file
+    assert sorted(p.stem for p in DDL_DIR.glob("*.sql")) == sorted(s for s in SCHEMAS if s != "raw")
+    with open_warehouse(path) as con:
+        assert _tables(con) == created
+        assert con.execute("select count(*) from duckdb_columns() where database_name = current_database()").fetchone()[0] == columns
+
+
+def test_a_warehouse_written_by_an_older_needseg_gains_the_new_columns_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "warehouse.duckdb"
+    with duckdb.connect(str(path)) as con:  # an outbox from before `part` and `failure_notified_at`
+        con.execute("create schema alerts")
+        con.execute(
+            "create table alerts.deliveries (alert_id varchar not null, channel varchar not null, run_id varchar not null, "
+            "message_id varchar not null, recipient varchar not null, delivered_at timestamp not null)"
+        )
+        con.execute("insert into alerts.deliveries values ('a1', 'email', 'seg-2026-01-31', 'm1', 'x@example.com', '2026-02-01')")
+    with open_warehouse(path) as con:
+        columns = [c for (c,) in con.execute("select column_name from duckdb_columns() where table_name = 'deliveries'").fetchall()]
+        rows = con.execute("select alert_id, as_of from alerts.deliveries").fetchall()
+    assert columns[-1] == "as_of" and rows == [("a1", None)]
+
+
+def test_a_transaction_commits_whole_rolls_back_on_error_and_discards_on_request():
+    with duckdb.connect() as con:
+        ensure_schema(con)
+        row = ["f.csv", "c1", "c2", "b1", "2026-01-01"]
+        with transaction(con):
+            con.execute("insert into meta.file_conflicts values (?, ?, ?, ?, ?)", row)
+        with pytest.raises(RuntimeError), transaction(con):
+            con.execute("insert into meta.file_conflicts values ('g.csv', 'c1', 'c2', 'b1', '2026-01-01')")
+            raise RuntimeError("a step failed half way")
+        with transaction(con) as tx:  # a dry run: written exactly as for real, then thrown away
+            con.execute("insert into meta.file_conflicts values ('h.csv', 'c1', 'c2', 'b1', '2026-01-01')")
+            tx.discard()
+        with pytest.raises(duckdb.ConstraintException), transaction(con):  # the same key again: nothing of it stays
+            con.execute("insert into meta.file_conflicts values ('i.csv', 'c1', 'c2', 'b1', '2026-01-01')")
+            con.execute("insert into meta.file_conflicts values (?, ?, ?, ?, ?)", row)
+        assert con.execute("select file from meta.file_conflicts").fetchall() == [("f.csv",)]
+
+
+def test_a_frame_is_inserted_by_name_with_the_tables_types_and_an_unknown_column_is_refused():
+    with duckdb.connect() as con:
+        ensure_schema(con)
+        message = {
+            "message_id": "m1",
+            "run_id": "seg-2026-01-31",
+            "as_of": "2026-01-31",
+            "channel": "webhook",
+            "recipient": "x@example.com",
+            "alert_ids": ["a1", "a2"],
+            "subject": "2 alerts",
+            "body_text": "...",
+            "payload": '{"alerts": 2}',
+            "status": "pending",
+            "attempts": 0,
+            "created_at": pd.Timestamp("2026-02-01 06:00"),
+        }
+        assert insert_frame(con, "alerts.outbox", pd.DataFrame([message])) == 1
+        assert insert_frame(con, "alerts.outbox", pd.DataFrame()) == 0
+        alert_ids, payload, as_of = con.execute("select alert_ids, payload->>'alerts', as_of from alerts.outbox").fetchone()
+        assert alert_ids == ["a1", "a2"] and payload == "2" and str(as_of) == "2026-01-31"
+        with pytest.raises(duckdb.BinderException, match="colour"):
+            insert_frame(con, "alerts.outbox", pd.DataFrame([{**message, "message_id": "m2", "colour": "red"}]))
+        assert con.execute("select count(*) from alerts.outbox").fetchone()[0] == 1
