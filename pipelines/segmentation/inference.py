@@ -128,8 +128,24 @@ def model(seed: int, classifier: str = "forest"):
         raise ValueError(f"segmentation.classifier must be one of {', '.join(CLASSIFIERS)}, not {classifier!r}")
     return make_pipeline(
         SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
-        RandomForestClassifier(n_estimators=200, min_samples_leaf=3, max_features=0.3, random_state=seed, n_jobs=2),
+        OrderedForest(n_estimators=200, min_samples_leaf=3, max_features=0.3, random_state=seed, n_jobs=2),
     )
+
+
+class OrderedForest(RandomForestClassifier):
+    """A random forest whose probabilities are the same to the bit on every run: it fits its
+    trees in parallel (each tree has its own seed) but adds their votes in tree order. With
+    n_jobs > 1 scikit-learn adds them in whatever order its threads finish, so the last bit
+    of a probability, and every figure computed from it, could differ between two runs of the
+    same inputs."""
+
+    def predict_proba(self, X):
+        n_jobs = self.n_jobs
+        self.n_jobs = 1
+        try:
+            return super().predict_proba(X)
+        finally:
+            self.n_jobs = n_jobs
 
 
 @dataclass
