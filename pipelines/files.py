@@ -44,12 +44,19 @@ def atomic_target(target: Path) -> Iterator[Path]:
     building.unlink(missing_ok=True)
     try:
         yield building
-        fsync_path(building)
-        os.replace(building, target)
-        fsync_path(target.parent)
+        move_into_place(building, target)
     except BaseException:
         building.unlink(missing_ok=True)
         raise
+
+
+def move_into_place(built: Path, target: Path) -> Path:
+    """Flush a finished file (or folder of flushed files) to disk, rename it to `target` in
+    one step and flush the folder's entry: the one way a built file becomes visible."""
+    fsync_path(built)
+    os.replace(built, target)
+    fsync_path(target.parent)
+    return target
 
 
 def write_file_atomically(target: Path, data: bytes | str) -> Path:

@@ -25,7 +25,7 @@ import duckdb
 
 from pipelines import clock, transform
 from pipelines.errors import NeedsegError
-from pipelines.files import atomic_target, fsync_path, remove_stale_builds
+from pipelines.files import atomic_target, fsync_path, move_into_place, remove_stale_builds
 from pipelines.settings import Settings
 
 # The publication table's columns as analysts read them (dbt's overview page says the same).
@@ -180,8 +180,7 @@ def _publish_exports(con: duckdb.DuckDBPyConnection, exports_dir: Path, tables: 
             con.execute(f"copy (select * from {rel}) to {_quote(str(path))} (format parquet, compression zstd)")
             fsync_path(path)
         final = versions / version
-        os.replace(building, final)
-        fsync_path(versions)
+        move_into_place(building, final)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
@@ -194,12 +193,11 @@ def _point_link(link: Path, folder: Path) -> None:
     """Make `link` a symbolic link to `folder` in one rename. An exports folder of an older
     needseg (a real folder) is moved into the versions folder first."""
     if link.exists() and not link.is_symlink():
-        os.replace(link, _versions_dir(link) / f"legacy-{clock.utc_now():%Y%m%dT%H%M%S%f}")
+        move_into_place(link, _versions_dir(link) / f"legacy-{clock.utc_now():%Y%m%dT%H%M%S%f}")
     tmp = link.with_name(f".{link.name}.{os.getpid()}.building")
     tmp.unlink(missing_ok=True)
     os.symlink(os.path.relpath(folder, link.parent), tmp)
-    os.replace(tmp, link)
-    fsync_path(link.parent)
+    move_into_place(tmp, link)
 
 
 def _prune_versions(versions: Path, current: Path, keep: int) -> None:

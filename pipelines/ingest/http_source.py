@@ -14,7 +14,7 @@ example is config/sources/examples/crm_api.yaml.
 Rules kept here:
 - **A source is fetched whole or not at all.** Records are streamed to dot-files in the
   table's folder (the loader ignores dot-files); only after every endpoint of the source
-  has been read to its last page are they renamed (`os.replace`) to their final names. Any
+  has been read to its last page are they moved into place (`files.move_into_place`: flushed, then renamed) under their final names. Any
   failure removes the dot-files, so the landing folder holds no partial file of a source.
 - **Incremental by `updated_at`.** `meta.http_watermarks` keeps, per (source, table), the
   largest `updated_at` fetched so far; the next fetch sends it as `updated_since` (ISO 8601,
@@ -65,6 +65,7 @@ import httpx
 
 from pipelines import clock
 from pipelines.errors import NeedsegError
+from pipelines.files import move_into_place
 from pipelines.ingest.mapping import HttpEndpoint, HttpRetry, HttpSource, SourceMapping, load_mappings
 from pipelines.settings import Settings
 from pipelines.warehouse import ensure_schema, transaction
@@ -220,7 +221,7 @@ def fetch_source(
         for result, temp in staged:
             if result.records:
                 final = _free_name(temp.parent, result.table, stamp)
-                os.replace(temp, final)
+                move_into_place(temp, final)
                 result.file = str(final.relative_to(settings.landing_dir))
             else:
                 temp.unlink()

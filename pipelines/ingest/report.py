@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipelines.csv_output import neutralise_text
 from pipelines.errors import InputError
-from pipelines.files import write_file_atomically
+from pipelines.files import atomic_target, write_file_atomically
 from pipelines.ingest.parse import Problem
 from pipelines.settings import Settings
 
@@ -262,7 +262,7 @@ def problem_rows(file: str, table: str, problems_by_line: dict[int, list[Problem
 def save_problems(settings: Settings, run_id: str, rows: list[tuple]) -> Path:
     """Every row-level problem of a dry run, as CSV (a real run has them in meta.quarantine)."""
     path = settings.quality_dir / run_id / "problems.csv"
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_target(path) as building, building.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(PROBLEM_COLUMNS)
         writer.writerows(tuple(neutralise_text(v) for v in row) for row in rows)
