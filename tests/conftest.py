@@ -80,6 +80,8 @@ SAME_WORKER_AS = {
         "test_explain.py",
         "test_report_browser.py",
         "test_commands_as_written.py",
+        "test_no_survey.py",
+        "test_alert_consistency.py",
     )
 }
 
