@@ -92,6 +92,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_TIER:
             item.add_marker(pytest.mark.slow)
+        shared = "cycled_small_world" in getattr(item, "fixturenames", ())
+        if shared and item.path.name != "test_cycle.py" and item.path.name not in SAME_WORKER_AS:
+            raise pytest.UsageError(f"{item.path.name} uses cycled_small_world: add it to SAME_WORKER_AS in tests/conftest.py")
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order
 
 
