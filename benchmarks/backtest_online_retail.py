@@ -28,7 +28,8 @@ def main() -> int:
     parser.add_argument(
         "--churn-only",
         action="store_true",
-        help="score the churn step alone at every cutoff on one feature build (no segmentation or drift; minutes instead of a full replay)",
+        help="a quick look: the churn step alone at every cutoff on one feature build (no segmentation or drift, so no drift "
+        "inputs to the model and no backtest of earlier runs for the alert threshold); the full replay is the measurement",
     )
     args = parser.parse_args()
     if not args.data.exists():

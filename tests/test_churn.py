@@ -148,3 +148,48 @@ def test_the_threshold_is_the_lowest_probability_that_still_reaches_the_precisio
     settings = ChurnSettings(target_precision=0.75, min_alerts_for_threshold=2)
     assert _threshold(p, y, settings) == (0.5, 0.8)
     assert _threshold(p, y, ChurnSettings(target_precision=0.99, min_alerts_for_threshold=4)) == (None, None)
+
+
+def test_a_run_scores_the_same_whatever_happened_after_its_date(orders):
+    """The whole churn step for a date (features, BG/NBD, training, threshold, reasons) on a
+    warehouse that already holds later orders equals the one on the history up to that date:
+    an outcome window still open on the date never reaches a label."""
+    when = dt.date(2025, 3, 31)
+    results = [score_run(_warehouse(frame), "seg-2025-03-31", when, SETTINGS) for frame in (orders, orders[orders["order_date"] <= when])]
+    assert results[0].summary["model"] == LIGHTGBM
+    pd.testing.assert_frame_equal(results[0].scores, results[1].scores)
+    assert results[0].summary == results[1].summary
+
+
+def test_cold_start_without_enough_accounts_for_bgnbd_uses_the_purchase_rhythm_and_says_so(orders):
+    few = orders[orders["account_id"].isin(sorted(orders["account_id"].unique())[:12])]
+    result = score_run(_warehouse(few), "seg-2025-06-30", dt.date(2025, 6, 30), SETTINGS)
+    scores = result.scores
+    assert result.summary["model"] == COLD_START and "cold start" in result.line()
+    assert scores["bgnbd_p_no_purchase"].isna().all()  # too few accounts to fit BG/NBD
+    assert scores["churn_probability"].between(0, 1).all() and len(scores) == 12
+    assert scores["reasons"].str.startswith("cold start, too little history to learn from").all()
+
+
+def test_kept_bgnbd_fits_give_the_same_figures_and_a_changed_history_fits_afresh(orders):
+    from pipelines.churn import bgnbd
+
+    con = _warehouse(orders)
+    cutoffs = [dt.date(2024, 12, 31), dt.date(2025, 3, 31)]
+    data = history.features(con, cutoffs)
+    fresh = bgnbd.per_cutoff(data, 91.3)
+    first = bgnbd.per_cutoff(data, 91.3, con)
+    kept = con.execute("select cutoff, converged from churn.bgnbd_fits order by cutoff").fetchall()
+    assert kept == [(c, True) for c in cutoffs]
+    again = bgnbd.per_cutoff(data, 91.3, con)
+    pd.testing.assert_frame_equal(fresh, first)
+    pd.testing.assert_frame_equal(fresh, again)
+    assert con.execute("select count(*) from churn.bgnbd_fits").fetchone()[0] == 2  # reused, not refitted
+    # a late-loaded order changes one cutoff's history: that cutoff is fitted again
+    changed = data.copy()
+    changed.loc[changed["cutoff"] == cutoffs[1], "purchase_days"] += 1
+    pd.testing.assert_frame_equal(bgnbd.per_cutoff(changed, 91.3, con), bgnbd.per_cutoff(changed, 91.3))
+    assert con.execute("select cutoff, count(*) from churn.bgnbd_fits group by all order by all").fetchall() == [
+        (cutoffs[0], 1),
+        (cutoffs[1], 2),
+    ]

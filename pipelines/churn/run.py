@@ -2,7 +2,8 @@
 
 1. **Cutoffs**: monthly dates back from the run's as-of date (and the earlier runs' dates).
    At each, every customer that had bought gets its point-in-time features
-   (`pipelines.churn.history`) and BG/NBD's figures fitted on that date's history.
+   (`pipelines.churn.history`) and BG/NBD's figures fitted on that date's history (each
+   cutoff's fit kept in `churn.bgnbd_fits` and reused while that history is unchanged).
 2. **Training** reads only labels whose outcome window has closed by the date the model is
    for: for the run on date D, cutoffs c with c + horizon <= D. Too few closed labels
    (`min_training_rows`, `min_training_positives`): the churn probability is BG/NBD's
@@ -208,7 +209,7 @@ def load(
                 data[column] = pd.to_numeric(data[column], errors="coerce").astype(float) if column in data else np.nan
                 data.loc[now, column] = values.to_numpy()
     horizon_days = settings.horizon_months * 30.44
-    data[["bgnbd_p_alive", "bgnbd_expected", "bgnbd_p_no_purchase"]] = bgnbd.per_cutoff(data, horizon_days)
+    data[["bgnbd_p_alive", "bgnbd_expected", "bgnbd_p_no_purchase"]] = bgnbd.per_cutoff(data, horizon_days, con)
     outcomes = history.labels(con, cutoffs, as_of, settings.horizon_months)
     data = data.merge(outcomes, on=["cutoff", "account_id"], how="left")
     data["eligible"] = _eligible(data, settings.horizon_months)

@@ -6,6 +6,14 @@ or away from partnership); the naive baseline flags every account whose assigned
 changed between two consecutive runs. Both are compared with the planted drifters that
 were customers during the runs (precision, recall, F1). For drifters that went on to
 churn, the lead time is the months from needseg's first flag to the churn month.
+
+The churn-risk alerts themselves (alerts.risk_snapshots) are scored the same way: drift
+alerts (towards price-sensitivity or away from partnership) against the planted drifters,
+the months from an account's first alert of any reason to its churn month for every
+churner that was alerted, and the random churners (no drift planted) alerted as drifting
+against those alerted as lapsing. `targets` holds issue 11's three checks on generated
+worlds: a median lead of at least 2 months, drift precision at least 0.9, and random
+churners flagged as lapsing rather than as drifting.
 """
 
 from __future__ import annotations
@@ -15,6 +23,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from pipelines.drift.run import LAPSING, REASONS
+
+DRIFT_REASONS = tuple(REASONS.values())
 
 
 def _prf(flagged: set[str], positives: set[str]) -> dict[str, float]:
@@ -56,6 +68,7 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
         if account in positives and churn.get(account):
             lead.append((pd.Period(churn[account], "M") - pd.Period(flagged_on, "M")).n)
     random_churners = set(truth[truth["churn_kind"] == "random"]["account_id"]) & customers
+    alerts = _alert_quality(con, run_ids, positives, churn, random_churners, set(first_flag.index))
     promo = set(truth[truth["promo_start"] != ""]["account_id"]) & customers - positives
     result = {
         "runs": len(run_ids),
@@ -74,6 +87,16 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
         "false_flags_on_random_churners": len(set(first_flag.index) & random_churners),
         "random_churners_flagged_lapsing": len(set(drift.loc[drift["lapsing"], "account_id"]) & random_churners),
         "false_flags_on_promotions": len(set(first_flag.index) & promo),
+        "alerts": alerts,
+    }
+    lead_median = result["lead_time_months"]["median"]
+    random_drifting = alerts["random_churners_flagged_or_alerted_drifting"]
+    random_lapsing = alerts["random_churners_alerted_lapsing"]
+    result["targets"] = {
+        "lead_time_at_least_2_months": lead_median is not None and lead_median >= 2,
+        "drift_precision_at_least_0_9": needseg["precision"] >= 0.9 and alerts["drift_alerts"]["precision"] >= 0.9,
+        # at most 2 drifting, as tests/test_evaluation.py holds the default world to
+        "random_churners_lapsing_not_drifting": random_drifting <= 2 and random_lapsing > random_drifting,
     }
     n, b = needseg, baseline
     result["lines"] = [
@@ -87,5 +110,56 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
         f"  lead time from first flag to churn (drifters that churned): median {result['lead_time_months']['median']} months over {len(lead)} accounts",
         f"  early warnings on random churners (no drift): {result['false_flags_on_random_churners']} of {len(random_churners)}; on promotion-only accounts: {result['false_flags_on_promotions']} of {len(promo)}",
         f"  random churners flagged as lapsing by the churn model: {result['random_churners_flagged_lapsing']} of {len(random_churners)}",
+        *alerts["lines"],
+        f"  issue 11 on this world: median lead {lead_median} months (target >= 2: {_yes(result['targets']['lead_time_at_least_2_months'])}); "
+        f"drift precision {needseg['precision']:.2f} flags / {alerts['drift_alerts']['precision']:.2f} alerts "
+        f"(target >= 0.9: {_yes(result['targets']['drift_precision_at_least_0_9'])}); random churners {random_lapsing} of "
+        f"{len(random_churners)} lapsing, {random_drifting} drifting (target: lapsing, not drifting: "
+        f"{_yes(result['targets']['random_churners_lapsing_not_drifting'])})",
+    ]
+    return result
+
+
+def _yes(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def _alert_quality(
+    con, run_ids: list[str], positives: set[str], churn: pd.Series, random_churners: set[str], drift_flagged: set[str]
+) -> dict[str, Any]:
+    """The churn-risk alerts the runs raised (alerts.risk_snapshots), against the truth."""
+    snapshots = con.execute(
+        "select account_id, as_of, reason from alerts.risk_snapshots where run_id in (select unnest(?))", [run_ids]
+    ).df()
+    drifting = set(snapshots.loc[snapshots["reason"].isin(DRIFT_REASONS), "account_id"])
+    lapsing = set(snapshots.loc[snapshots["reason"].eq(LAPSING), "account_id"])
+    first_alert = snapshots.groupby("account_id")["as_of"].min()
+    lead = sorted(
+        (pd.Period(churn[a], "M") - pd.Period(on, "M")).n
+        for a, on in first_alert.items()
+        if churn.get(a) and pd.Period(on, "M") <= pd.Period(churn[a], "M")
+    )
+    late = sum(1 for a, on in first_alert.items() if churn.get(a) and pd.Period(on, "M") > pd.Period(churn[a], "M"))
+    drift_alerts = _prf(drifting, positives)
+    result = {
+        "drift_alerts": drift_alerts,
+        "lapsing_alerts": len(lapsing),
+        "lead_time_months": {
+            "median": float(np.median(lead)) if lead else None,
+            "churners_alerted": len(lead),
+            "alerted_after_churn": late,
+        },
+        "random_churners_alerted_drifting": len(drifting & random_churners),
+        "random_churners_alerted_lapsing": len(lapsing & random_churners),
+        "random_churners_flagged_or_alerted_drifting": len((drifting | drift_flagged) & random_churners),
+    }
+    d = drift_alerts
+    result["lines"] = [
+        f"  churn-risk alerts (alerts.risk_snapshots): drift alerts {d['flagged']} accounts, precision {d['precision']:.2f}, recall "
+        f"{d['recall']:.2f}; lapsing alerts {len(lapsing)} accounts",
+        f"  lead time from first alert of any reason to churn (every churner alerted before it): median "
+        f"{result['lead_time_months']['median']} months over {len(lead)} accounts ({late} first alerted after their churn month)",
+        f"  random churners alerted as drifting: {result['random_churners_alerted_drifting']} of {len(random_churners)}; as lapsing: "
+        f"{result['random_churners_alerted_lapsing']} of {len(random_churners)}",
     ]
     return result

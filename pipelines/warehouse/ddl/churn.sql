@@ -20,3 +20,10 @@ create table if not exists churn.model_runs (
     training_positives integer not null, training_cutoffs integer not null, backtest_runs integer not null,
     alert_threshold double, threshold_precision double, threshold_source varchar, target_precision double not null,
     lapsing integer not null, summary varchar not null);
+
+-- BG/NBD parameters per cutoff, keyed by a fingerprint of exactly the inputs, so a history
+-- fitted once is not fitted again on the next run (pipelines/churn/bgnbd.py).
+create table if not exists churn.bgnbd_fits (
+    cutoff date not null, fingerprint varchar not null, accounts integer not null, converged boolean not null,
+    penalizer double, r double, alpha double, a double, b double, fitted_at timestamp,
+    primary key (cutoff, fingerprint));
