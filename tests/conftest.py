@@ -69,6 +69,8 @@ SLOW_TIER = {
     "test_dag_ingest_gate.py",
     "test_report_browser.py",
     "test_commands_as_written.py",
+    "test_no_survey.py",  # a whole cycle without surveys, and the cycled small world
+    "test_alert_consistency.py",  # the cycled small world
 }
 # Files that share a session fixture (cycled_small_world) run on one worker, so it is built once.
 SAME_WORKER_AS = {

@@ -101,6 +101,7 @@ def an_outage_left_a_digest_behind(settings, smtp, **config) -> None:
     smtp.start()
 
 
+@pytest.mark.slow  # Airflow runs the DAG (dag.test)
 def test_a_failed_alerts_run_tells_the_data_team_which_dag_task_and_run_and_where_the_log_is(alerts_dag, smtp):
     # Triggered for a month that was never segmented: the task fails, so does the run.
     run = alerts_dag.test(run_conf={"as_of": AS_OF.isoformat()})
@@ -113,6 +114,7 @@ def test_a_failed_alerts_run_tells_the_data_team_which_dag_task_and_run_and_wher
     assert "Log: http" in body
 
 
+@pytest.mark.slow  # Airflow runs the DAG (dag.test)
 def test_a_run_without_a_date_sends_what_is_pending_and_composes_nothing(alerts_dag, settings, smtp):
     """What the retry timer's runs do: the digest left behind by an outage goes out, once."""
     an_outage_left_a_digest_behind(settings, smtp)
