@@ -80,10 +80,13 @@ class SegmentationConfig(_Section):
     # is left out of clustering (segment_runs.feature_missing says why)
     max_missing_share: Share = 0.3
     # identity hysteresis: k is kept unless another k was preferred in k_switch_runs
-    # consecutive runs by k_switch_margin of min Jaccard; warm start from the previous
-    # centres unless a fresh fit is warm_start_tolerance better (inertia)
+    # consecutive runs by k_switch_margin of min Jaccard; the previous run's centres (in the
+    # dimensions' own units) are kept unchanged while their inertia is within
+    # anchor_tolerance of a fresh fit's; else warm start from them unless a fresh fit is
+    # warm_start_tolerance better (inertia)
     k_switch_runs: Annotated[int, Field(ge=1)] = 2
     k_switch_margin: NonNegative = 0.05
+    anchor_tolerance: NonNegative = 0.1
     warm_start_tolerance: NonNegative = 0.02
     # an account moves to another segment only when its probability there beats its old
     # segment's by switch_margin, or it preferred the new one switch_runs runs in a row;

@@ -154,3 +154,58 @@ def test_emerging_names_say_what_sets_each_apart_and_never_repeat():
     same = np.array([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [-2.0, -2.0, 0.0, 0.0]])
     twins = distinguishing_names(same, [0, 1], dims, "Emerging")
     assert twins[0] != twins[1]
+
+
+def _blobs(rng: np.random.Generator, centres: list[list[float]], n: int = 150) -> np.ndarray:
+    return np.vstack([rng.normal(c, 0.6, size=(n, len(c))) for c in centres])
+
+
+def test_segment_centres_are_kept_across_runs_until_the_population_really_changes():
+    from pipelines.segmentation.clustering import choose_k
+
+    rng = np.random.default_rng(3)
+    settings = ClusterSettings(bootstrap_samples=3, n_init=5)
+    first = _blobs(rng, [[0, 0], [3, 0], [1.5, 2.5]])
+    run1 = choose_k(first, 3, 3, settings)
+    # a month later: a fifth of the accounts moved a little; the rest did not change
+    second = first.copy()
+    moved = rng.choice(len(first), len(first) // 5, replace=False)
+    second[moved] += rng.normal(0, 0.3, size=(len(moved), 2))
+    run2 = choose_k(second, 3, 3, settings, KHold(3, [3], run1.centres))
+    assert run2.centres_from == "kept" and "centres kept" in run2.centres_note
+    np.testing.assert_array_equal(run2.centres, run1.centres)
+    unchanged = np.setdiff1d(np.arange(len(first)), moved)
+    assert (run2.labels[unchanged] == run1.labels[unchanged]).all()
+    # a real change: one group moved far away - the old centres no longer describe the
+    # accounts, so they are refitted and the group's accounts follow it
+    third = first.copy()
+    group = run1.labels == run1.labels[0]
+    third[group] += np.array([0.0, -6.0])
+    run3 = choose_k(third, 3, 3, settings, KHold(3, [3], run1.centres))
+    assert run3.centres_from != "kept" and "refitted" in run3.centres_note
+    nearest_old = ((run1.centres - third[group].mean(axis=0)) ** 2).sum(axis=1).min()
+    nearest_new = ((run3.centres - third[group].mean(axis=0)) ** 2).sum(axis=1).min()
+    assert nearest_new < 0.5 < nearest_old
+
+
+def test_behaviour_centres_are_compared_in_the_dimensions_own_units_across_runs():
+    from pipelines.config import DEFAULTS
+    from pipelines.segmentation.dimensions import dimension_matrix
+    from pipelines.segmentation.taxonomy import load_taxonomy
+    from pipelines.settings import CONFIG_DIR
+
+    taxonomy = load_taxonomy(CONFIG_DIR / "taxonomies" / "online_retail_engagement.yaml")
+    columns = ["active_months_12m", "order_regularity_12m", "orders_12m", "average_order_value_12m"]
+    rng = np.random.default_rng(5)
+    before = pd.DataFrame(rng.uniform(1, 10, size=(200, 4)), columns=columns, index=[f"a{i}" for i in range(200)])
+    # the next run: the same accounts plus many busier new ones - the average customer moved
+    newcomers = pd.DataFrame(rng.uniform(5, 20, size=(100, 4)), columns=columns, index=[f"n{i}" for i in range(100)])
+    after = pd.concat([before, newcomers])
+    share = DEFAULTS["segmentation"]["max_missing_share"]
+    dims_before = dimension_matrix(None, before, taxonomy, before.index, share, 42)
+    dims_after = dimension_matrix(None, after, taxonomy, after.index, share, 42)
+    account = dims_before.values.loc[["a0"]].to_numpy()
+    # a centre placed on an unchanged account in the first run still sits on it in the next
+    carried = dims_after.from_raw(dims_before.to_raw(account))
+    np.testing.assert_allclose(carried, dims_after.values.loc[["a0"]].to_numpy(), atol=1e-9)
+    assert not np.allclose(account, carried)  # while its z-scores moved with the population

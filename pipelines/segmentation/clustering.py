@@ -29,6 +29,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 
+from pipelines.config import SegmentationConfig
 from pipelines.segmentation.taxonomy import Taxonomy
 
 
@@ -54,6 +55,8 @@ class Clustering:
     candidates: list[Candidate]
     reason: str
     preferred_k: int | None = None  # what the stability rule preferred (k differs when the previous k was kept)
+    centres_from: str = "fit"  # fit | warm start | kept: where the centres came from (see anchor)
+    centres_note: str | None = None  # why, when the previous run's centres were kept or left
 
 
 @dataclass
@@ -74,22 +77,28 @@ class PreviousSegment:
     centre: np.ndarray
 
 
+# Defaults come from the typed configuration (pipelines/config.py): one place per key.
+_DEFAULTS = SegmentationConfig()
+
+
 @dataclass
 class ClusterSettings:
-    seed: int = 42
-    bootstrap_samples: int = 20
-    min_stability: float = 0.75
-    choose_stability: float = 0.85
-    min_cluster_share: float = 0.04
+    seed: int = _DEFAULTS.seed
+    bootstrap_samples: int = _DEFAULTS.bootstrap_samples
+    min_stability: float = _DEFAULTS.min_stability
+    choose_stability: float = _DEFAULTS.choose_stability
+    min_cluster_share: float = _DEFAULTS.min_cluster_share
     n_init: int = 20
-    # identity hysteresis (see hold_k) and the warm start from the previous centres
-    k_switch_runs: int = 2
-    k_switch_margin: float = 0.05
-    warm_start_tolerance: float = 0.02
+    # identity hysteresis (see hold_k), the previous centres kept (see anchor) and the
+    # warm start from them
+    k_switch_runs: int = _DEFAULTS.k_switch_runs
+    k_switch_margin: float = _DEFAULTS.k_switch_margin
+    anchor_tolerance: float = _DEFAULTS.anchor_tolerance
+    warm_start_tolerance: float = _DEFAULTS.warm_start_tolerance
     # silhouette on a sample of at most this many accounts (it is quadratic)
-    silhouette_sample: int = 5000
+    silhouette_sample: int = _DEFAULTS.silhouette_sample
     # a larger population is fitted on a stratified sample of this many, then assigned
-    fit_sample: int = 20000
+    fit_sample: int = _DEFAULTS.fit_sample
     notes: list[str] = field(default_factory=list)
 
 
@@ -254,25 +263,69 @@ def choose_k(X: np.ndarray, k_min: int, k_max: int, settings: ClusterSettings, h
     preferred, reason = _rule_choice(candidates, k_min, k_max, settings)
     k, held = hold_k(preferred, candidates, settings, hold)
     model, jac = fits[k]
-    if hold is not None and hold.centres is not None and len(hold.centres) == k:
-        # warm start from the previous run's centres: the same local optimum, unless the
-        # data moved so far that a fresh fit is clearly better
-        warm = KMeans(n_clusters=k, init=hold.centres, n_init=1, random_state=settings.seed).fit(X)
-        if warm.inertia_ <= model.inertia_ * (1 + settings.warm_start_tolerance):
-            model = warm
-    labels = model.labels_
+    centres, source, note = anchor(X, model, hold, settings)
+    labels = sq_distances(X, centres).argmin(axis=1) if source == "kept" else model.labels_
     chosen = next(c for c in candidates if c.k == k)
     return Clustering(
         k=k,
-        centres=model.cluster_centers_,
+        centres=centres,
         labels=labels,
-        probabilities=soft_assign(X, model.cluster_centers_, labels),
+        probabilities=soft_assign(X, centres, labels),
         jaccard=jac,
         silhouette=chosen.silhouette,
         candidates=candidates,
         reason=held or reason,
         preferred_k=preferred.k,
+        centres_from=source,
+        centres_note=note,
     )
+
+
+def anchor(X: np.ndarray, fresh: KMeans, hold: KHold | None, settings: ClusterSettings) -> tuple[np.ndarray, str, str | None]:
+    """The centres to use: the previous run's, unchanged, while they describe the data
+    nearly as well as a fresh fit; else a k-means warm-started from them; else the fresh fit.
+
+    Kept centres mean an account changes segment only when its own behaviour moved across
+    a boundary, never because the boundaries were redrawn around it. They are kept while
+    their inertia (squared distances to the nearest centre) is within `anchor_tolerance`
+    of the fresh fit's: a real change in the population - a group that grew, split or
+    moved - makes the fresh fit clearly better, and the centres are refitted. Returns the
+    centres, where they came from (kept | warm start | fit) and why."""
+    k = len(fresh.cluster_centers_)
+    if hold is None or hold.centres is None or not len(hold.centres):
+        return fresh.cluster_centers_, "fit", None
+    if len(hold.centres) != k:
+        # k changed: start from the previous centres that continue (matched to the fresh
+        # fit's) and the fresh centres that are new, so continuing segments keep their members
+        fresh_rows, old_rows = linear_sum_assignment(sq_distances(fresh.cluster_centers_, hold.centres))
+        init = fresh.cluster_centers_.copy()
+        init[fresh_rows] = hold.centres[old_rows]
+        warm = KMeans(n_clusters=k, init=init, n_init=1, random_state=settings.seed).fit(X)
+        if warm.inertia_ <= fresh.inertia_ * (1 + settings.warm_start_tolerance):
+            return (
+                warm.cluster_centers_,
+                "warm start",
+                f"k changed from {len(hold.centres)} to {k}: started from the previous run's centres that continue",
+            )
+        return fresh.cluster_centers_, "fit", None
+    kept = float(sq_distances(X, hold.centres).min(axis=1).sum())
+    excess = kept / fresh.inertia_ - 1 if fresh.inertia_ > 0 else 0.0
+    if excess <= settings.anchor_tolerance:
+        return (
+            hold.centres,
+            "kept",
+            (
+                f"the previous run's {k} segment centres kept: they describe this run's accounts within {excess:.1%} of a fresh "
+                f"fit (inertia; segmentation.anchor_tolerance {settings.anchor_tolerance:.0%})"
+            ),
+        )
+    refitted = f"the previous run's segment centres describe this run's accounts {excess:.1%} worse than a fresh fit (more than segmentation.anchor_tolerance {settings.anchor_tolerance:.0%}): refitted"
+    # warm start from the previous run's centres: the same local optimum, unless the data
+    # moved so far that a fresh fit is clearly better
+    warm = KMeans(n_clusters=k, init=hold.centres, n_init=1, random_state=settings.seed).fit(X)
+    if warm.inertia_ <= fresh.inertia_ * (1 + settings.warm_start_tolerance):
+        return warm.cluster_centers_, "warm start", refitted + ", starting from them"
+    return fresh.cluster_centers_, "fit", refitted
 
 
 def k_bounds(n: int, k_min: int, k_max: int) -> tuple[int, int]:

@@ -11,7 +11,9 @@
   imputed cells are remembered: explanations never cite an imputed value, and a cluster
   whose members mostly had one dimension imputed (`missingness_segments`) makes the run
   drop that dimension and cluster again, so missingness alone never defines a segment.
-- Behavioural dimensions are standardised (z-scores, the scale of the prototypes). A
+- Behavioural dimensions are standardised (z-scores, the scale of the prototypes); the mean
+  and sd are kept (`scale`), so a run's centres can be stored in the dimensions' own units
+  and read by the next run on its own scale (`to_raw`, `from_raw`). A
   taxonomy with `whiten: within` is clustered in a space whitened by the pooled
   within-segment covariance of a first k-means (correlated proxies of one need then count
   once, not once per proxy); centres, profiles and drivers stay on the z-score scale.
@@ -42,6 +44,9 @@ class Dimensions:
     left_out: dict[str, str]  # dimension -> why it is not clustered on
     taxonomy: Taxonomy  # restricted to the kept dimensions
     transform: np.ndarray  # values @ transform = the clustering space (identity unless whitened)
+    # behavioural dimensions: the mean and sd (rows) each z-score was taken with, per
+    # dimension (columns); None for survey needs, which have no raw units
+    scale: pd.DataFrame | None = None
 
     def space(self, index: pd.Index) -> np.ndarray:
         return self.values.loc[index].to_numpy() @ self.transform
@@ -51,6 +56,20 @@ class Dimensions:
 
     def to_space(self, centres: np.ndarray) -> np.ndarray:
         return centres @ self.transform
+
+    def to_raw(self, centres: np.ndarray) -> np.ndarray:
+        """Centres on the values' scale in the dimensions' own units (before standardising):
+        comparable across runs, whose populations standardise differently."""
+        if self.scale is None:
+            return centres
+        cols = list(self.values.columns)
+        return centres * self.scale.loc["sd", cols].to_numpy() + self.scale.loc["mean", cols].to_numpy()
+
+    def from_raw(self, raw: np.ndarray) -> np.ndarray:
+        if self.scale is None:
+            return raw
+        cols = list(self.values.columns)
+        return (raw - self.scale.loc["mean", cols].to_numpy()) / self.scale.loc["sd", cols].to_numpy()
 
     def observed(self) -> pd.DataFrame:
         """The values with every imputed cell blank: what explanations may cite."""
@@ -67,7 +86,8 @@ class Dimensions:
         transform = (
             within_whitening(values.loc[fit_index].to_numpy(), len(taxonomy.segments), seed) if taxonomy.whiten else np.eye(len(keep))
         )
-        return Dimensions(values, self.imputed[keep], self.missing_share, {**self.left_out, **dropped}, taxonomy, transform)
+        scale = self.scale[keep] if self.scale is not None else None
+        return Dimensions(values, self.imputed[keep], self.missing_share, {**self.left_out, **dropped}, taxonomy, transform, scale)
 
 
 def raw_dimensions(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
@@ -128,6 +148,7 @@ def dimension_matrix(
         )
     kept = raw[keep]
     imputed = kept.isna()
+    scale = None
     if taxonomy.basis == "survey":
         # an item the account's respondents skipped counts as average for them
         values = kept.fillna(0.0)
@@ -136,8 +157,9 @@ def dimension_matrix(
         filled = kept.fillna(reference.median())
         mean, sd = filled.loc[fit_index].mean(), filled.loc[fit_index].std(ddof=0).replace(0, 1.0)
         values = (filled - mean) / sd
+        scale = pd.DataFrame([mean, sd], index=["mean", "sd"])
     restricted = dataclasses.replace(taxonomy, dimensions=tuple(d for d in taxonomy.dimensions if d.name in keep))
-    dims = Dimensions(values, imputed, {k: round(float(v), 4) for k, v in share.items()}, left_out, restricted, np.eye(len(keep)))
+    dims = Dimensions(values, imputed, {k: round(float(v), 4) for k, v in share.items()}, left_out, restricted, np.eye(len(keep)), scale)
     if taxonomy.whiten:
         dims.transform = within_whitening(values.loc[fit_index].to_numpy(), len(taxonomy.segments), seed)
     return dims

@@ -142,6 +142,7 @@ def _cluster_settings(cfg: dict[str, Any]) -> ClusterSettings:
         min_cluster_share=float(cfg["min_cluster_share"]),
         k_switch_runs=int(cfg["k_switch_runs"]),
         k_switch_margin=float(cfg["k_switch_margin"]),
+        anchor_tolerance=float(cfg["anchor_tolerance"]),
         warm_start_tolerance=float(cfg["warm_start_tolerance"]),
         silhouette_sample=int(cfg["silhouette_sample"]),
         fit_sample=int(cfg["fit_sample"]),
@@ -197,22 +198,30 @@ def taxonomy_label(taxonomy: Taxonomy) -> str:
 
 
 def _previous_segments(
-    con: duckdb.DuckDBPyConnection, previous_run_id: str | None, population: str, dimensions: list[str]
+    con: duckdb.DuckDBPyConnection, previous_run_id: str | None, population: str, dims: Dimensions
 ) -> list[PreviousSegment]:
-    """The previous run's segments, their centres on this run's dimensions (none when a
-    dimension clustered now was left out then: the centres are not comparable)."""
+    """The previous run's segments, their centres on this run's dimensions and scale (none
+    when a dimension clustered now was left out then: the centres are not comparable).
+
+    Behavioural centres are read in the dimensions' own units (`raw`) and standardised as
+    this run standardises: a customer whose behaviour did not change is as far from them as
+    it was, whatever the population around it did."""
     if previous_run_id is None:
         return []
     defs = con.execute(
         "select segment_id, segment_name, taxonomy_id, centre from segments.segment_definitions where run_id = ? and population = ? order by segment_id",
         [previous_run_id, population],
     ).fetchall()
+    dimensions = list(dims.values.columns)
     out = []
     for segment_id, name, taxonomy_id, centre in defs:
-        values = dict(zip(json.loads(centre)["dimensions"], json.loads(centre)["values"], strict=True))
+        stored = json.loads(centre)
+        raw = dims.scale is not None and "raw" in stored
+        values = dict(zip(stored["dimensions"], stored["raw" if raw else "values"], strict=True))
         if any(d not in values for d in dimensions):
             return []
-        out.append(PreviousSegment(segment_id, name, taxonomy_id, np.array([values[d] for d in dimensions])))
+        point = np.array([values[d] for d in dimensions], dtype=float)
+        out.append(PreviousSegment(segment_id, name, taxonomy_id, dims.from_raw(point) if raw else point))
     return out
 
 
@@ -237,6 +246,7 @@ def _segment_key_tier(
     min_profiles: int,
     min_gain: float,
     previous: list[PreviousSegment],
+    hold: KHold | None = None,
 ) -> KeyTier:
     """Segment the key tier on its own when it is large enough and its profile differs from
     the other customers' (docs/design.md, the 80/20 rule).
@@ -246,7 +256,8 @@ def _segment_key_tier(
     see clustering.held_out_distance); when they do not, key accounts are better served by
     the main segments, fitted on more accounts. Its own k is chosen within the taxonomy's
     bounds with the same evidence and stability rule as the main run, and must differ too.
-    Each key cluster is then named after the prototype it resembles, or emerging."""
+    Each key cluster is then named after the prototype it resembles, or emerging. `hold`
+    keeps the tier's previous k and centres (identity hysteresis), as for the main run."""
     n = len(key_dims)
     profile = "a survey response" if taxonomy.basis == "survey" else "a behaviour profile"
     evidence: dict[str, Any] = {"key_accounts": key_accounts, "key_accounts_profiled": n, "profiled_needed": min_profiles}
@@ -284,12 +295,14 @@ def _segment_key_tier(
     if gain[best] < min_gain:
         evidence["why"] = f"{not_different} (at best {fit_words(best)}){nearest}"
         return KeyTier("nearest", evidence, key_dims.index)
-    clustering = choose_k(X, taxonomy.k_min, taxonomy.k_max, settings)
+    clustering = choose_k(X, taxonomy.k_min, taxonomy.k_max, settings, hold)
     chosen = next(c for c in clustering.candidates if c.k == clustering.k)
     sizes = np.bincount(clustering.labels, minlength=clustering.k)
     evidence.update(
         k=clustering.k,
+        k_preferred=clustering.preferred_k,
         k_reason=clustering.reason,
+        centres_from=clustering.centres_from,
         k_evidence=[c.__dict__ for c in clustering.candidates],
         silhouette=clustering.silhouette,
         jaccard=[round(float(j), 4) for j in clustering.jaccard],
@@ -382,13 +395,14 @@ class History:
     preferred_k: list[int] = field(default_factory=list)  # latest first
     preferred_segments: pd.DataFrame | None = None  # account x earlier run (latest first): preferred segment
     assigned: pd.Series | None = None  # previous run's segment per account
+    key_preferred_k: list[int] = field(default_factory=list)  # the key tier's own segmentation, latest first
 
 
 def _history(con: duckdb.DuckDBPyConnection, lineage: Lineage, runs: int) -> History:
     if lineage.previous_run_id is None:
         return History()
     rows = con.execute(
-        "select run_id, k, coalesce(k_preferred, k) from segments.segment_runs where lineage_id = ? and as_of <= "
+        "select run_id, k, coalesce(k_preferred, k), key_account_evidence from segments.segment_runs where lineage_id = ? and as_of <= "
         "(select as_of from segments.segment_runs where run_id = ?) order by as_of desc limit ?",
         [lineage.lineage_id, lineage.previous_run_id, max(runs, 1)],
     ).fetchall()
@@ -402,7 +416,13 @@ def _history(con: duckdb.DuckDBPyConnection, lineage: Lineage, runs: int) -> His
     ).df()
     preferred = prev.pivot(index="account_id", columns="run_id", values="preferred").reindex(columns=ids)
     assigned = prev[prev["run_id"] == ids[0]].set_index("account_id")["segment_id"]
-    return History(int(rows[0][1]), [int(r[2]) for r in rows], preferred, assigned)
+    key_preferred = []
+    for row in rows:
+        evidence = json.loads(row[3]) if row[3] else {}
+        if "k" not in evidence:
+            break
+        key_preferred.append(int(evidence.get("k_preferred") or evidence["k"]))
+    return History(int(rows[0][1]), [int(r[2]) for r in rows], preferred, assigned, key_preferred)
 
 
 def _k_hold(history: History, previous: list[PreviousSegment], dims: Dimensions, steady: bool) -> KHold | None:
@@ -509,8 +529,14 @@ def _fit(con, dims: Dimensions, customers, fit_index, is_key, lineage: Lineage, 
     taxonomy = dims.taxonomy
     key_fit = fit_index[is_key.loc[fit_index].to_numpy()]
     other_fit = fit_index[~is_key.loc[fit_index].to_numpy()]
-    hold = _k_hold(history, _previous_segments(con, lineage.previous_run_id, "all", list(dims.values.columns)), dims, warm)
+    hold = _k_hold(history, _previous_segments(con, lineage.previous_run_id, "all", dims), dims, warm)
     main, dims = _cluster_main(dims, fit_index, settings, hold, customers["value_tier"])
+    # (on the dimensions kept by the main clustering)
+    previous_key = _previous_segments(con, lineage.previous_run_id, "key", dims)
+    key_hold = None
+    if warm and previous_key and history.key_preferred_k:
+        # the key tier clusters on the values themselves (not whitened): its centres as stored
+        key_hold = KHold(len(previous_key), history.key_preferred_k, np.array([p.centre for p in previous_key]))
     cap = settings.fit_sample
     key_sample = key_fit[bounded_sample(len(key_fit), cap, np.zeros(len(key_fit)), settings.seed)]
     other_sample = other_fit[bounded_sample(len(other_fit), cap, np.zeros(len(other_fit)), settings.seed)]
@@ -523,7 +549,8 @@ def _fit(con, dims: Dimensions, customers, fit_index, is_key, lineage: Lineage, 
         settings,
         max(int(cfg["key_accounts_min"]), 10 * taxonomy.k_min),
         float(cfg["key_accounts_min_gain"]),
-        _previous_segments(con, lineage.previous_run_id, "key", list(dims.values.columns)),
+        previous_key,
+        key_hold,
     )
     separate = key.mode == "separate"
     if separate and len(key_sample) < len(key_fit):
@@ -532,9 +559,7 @@ def _fit(con, dims: Dimensions, customers, fit_index, is_key, lineage: Lineage, 
     if separate:
         main, _ = _cluster_main(dims, main_index, settings, hold, customers["value_tier"])
     main.centres = dims.to_values(main.centres)
-    identities = resolve_identities(
-        main.centres, dims.taxonomy, _previous_segments(con, lineage.previous_run_id, "all", list(dims.values.columns))
-    )
+    identities = resolve_identities(main.centres, dims.taxonomy, _previous_segments(con, lineage.previous_run_id, "all", dims))
     id_of = np.array([i.segment_id for i in identities])
     segment_of = pd.Series(id_of[main.labels], index=main_index)
     cluster_probs = pd.DataFrame(main.probabilities, index=main_index, columns=id_of)
@@ -599,6 +624,8 @@ def _evidence(fit: Fit, inference, taxonomy: Taxonomy, survey: Survey, prospect_
     evidence.not_found = [s.name for s in taxonomy.segments if s.id not in found]
     if main.preferred_k is not None and main.preferred_k != main.k:
         evidence.notes.append(main.reason)
+    if main.centres_note:
+        evidence.notes.append(main.centres_note)
     if held:
         evidence.notes.append(
             f"{held} account(s) kept their previous segment: the new one was not clearly better (segmentation.switch_margin, switch_runs)"
@@ -639,7 +666,7 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
         source.loc[fit_index] = "surveyed"
 
     # 3. Names, playbooks, explanations.
-    definitions = _definitions(run_id, main, fit.identities, key, dims.taxonomy, assigned, fit.population)
+    definitions = _definitions(run_id, main, fit.identities, key, dims, assigned, fit.population)
     name_of = {d["segment_id"]: d["segment_name"] for d in definitions}
     drivers_json, drivers_text = _drivers(customers, dims.observed(), dims.taxonomy, assigned, fit_index, fit.segment_of, inference)
 
@@ -774,13 +801,18 @@ def _drivers(customers, dims, taxonomy, assigned, fit_index, segment_of, inferen
 
 
 def _definitions(
-    run_id: str, main: Clustering, identities: list[Identity], key: KeyTier, taxonomy: Taxonomy, assigned: pd.Series, population: pd.Series
+    run_id: str, main: Clustering, identities: list[Identity], key: KeyTier, dims: Dimensions, assigned: pd.Series, population: pd.Series
 ) -> list[dict[str, Any]]:
     rows = []
+    taxonomy = dims.taxonomy
 
     def row(ident, centre, fitted, jaccard, name):
         seg = taxonomy.segment(ident.taxonomy_id) if ident.taxonomy_id else None
         playbook = seg.playbook if seg else {}
+        stored = {"dimensions": taxonomy.dimension_names, "values": [round(float(v), 6) for v in centre]}
+        if dims.scale is not None:
+            # the centre in the dimensions' own units, for the next run to compare with
+            stored["raw"] = [round(float(v), 6) for v in dims.to_raw(np.asarray(centre)[None, :])[0]]
         return {
             "run_id": run_id,
             "segment_id": ident.segment_id,
@@ -788,7 +820,7 @@ def _definitions(
             "taxonomy_id": ident.taxonomy_id,
             "is_emerging": ident.taxonomy_id is None,
             "population": name,
-            "centre": json.dumps({"dimensions": taxonomy.dimension_names, "values": [round(float(v), 6) for v in centre]}),
+            "centre": json.dumps(stored),
             "size": int((assigned.eq(ident.segment_id) & population.eq(name)).sum()),
             "fitted": fitted,
             "jaccard": round(jaccard, 4),
