@@ -40,6 +40,8 @@ from pipelines.churn import history
 from pipelines.churn.run import ChurnSettings
 from pipelines.churn.run import score_run as score_run_churn
 from pipelines.config import load_config
+from pipelines.files import write_file_atomically
+from pipelines.safe_yaml import load_yaml
 from pipelines.segmentation.run import run_id_for
 from pipelines.settings import CONFIG_DIR, Settings, load_settings
 from pipelines.warehouse import connect, insert_frame, open_warehouse
@@ -145,10 +147,9 @@ def prepare(parquet: Path, data_dir: Path) -> Settings:
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
         shutil.copy(parquet, target)
-    config = yaml.safe_load(settings.config_path.read_text())
+    config = load_yaml(settings.config_path) or {}
     config.setdefault("drift", {}).update(DRIFT_WINDOWS)
-    config_path = data_dir / "needseg.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    config_path = write_file_atomically(data_dir / "needseg.yaml", yaml.safe_dump(config, sort_keys=False))
     return settings.with_overrides(mappings_dir=mappings, taxonomy_path=TAXONOMY, config_path=config_path)
 
 
