@@ -373,7 +373,7 @@ def write_report(settings: Settings, out: Path | None = None) -> ReportResult:
     """Render the report from the serving database and swap it in with one rename."""
     if not settings.serving_path.exists():
         raise NeedsegError(f"no serving database at {settings.serving_path}: publish a run first (needseg run or needseg publish)")
-    with open_serving(settings.serving_path) as con:
+    with open_serving(settings.serving_path, user_sql=False) as con:
         page, figures = render(con)
     target = write_file_atomically(out or report_path(settings), page.encode("utf-8"))
     return ReportResult(path=str(target), **figures)

@@ -149,6 +149,17 @@ def data_dir(tmp_path: Path):
     return load_settings(tmp_path / "data")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _environment_restored():
+    """Each test file starts from the environment the session started with. Some code sets
+    variables for the processes it starts (`needseg demo` sets NEEDSEG_SCHEDULE_END and
+    NEEDSEG_DATA_DIR for Airflow's); left behind, a later file's DAGs would end in the past."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def cycled_small_world(session_dir: Path, small_world: Path):
     """The small world run through full CLI cycles for its last three months."""

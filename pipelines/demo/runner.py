@@ -111,7 +111,7 @@ def published_as_ofs(settings: Settings) -> set[dt.date]:
     if not settings.serving_path.exists():
         return set()
     try:
-        with open_serving(settings.serving_path) as con:
+        with open_serving(settings.serving_path, user_sql=False) as con:
             return {row[0] for row in con.execute("select as_of from segment_runs").fetchall()}
     except Exception:  # noqa: BLE001 - an unreadable or older serving database: publish again
         return set()

@@ -173,14 +173,19 @@ def open_warehouse(path: Path | str, read_only: bool = False) -> Iterator[duckdb
 
 
 @contextmanager
-def open_serving(path: Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
-    """The published serving database as analysts get it: read-only, and with DuckDB's file
-    access switched off and locked, so SQL a user wrote (`needseg query`) can read the
-    published tables and nothing else on the machine, and write nothing anywhere."""
+def open_serving(path: Path | str, *, user_sql: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The published serving database, read-only. For SQL a user wrote (`needseg query`, the
+    default) DuckDB's file access is also switched off and locked, so it can read the
+    published tables and nothing else on the machine, and write nothing anywhere. needseg's
+    own readers (the report, the demo's summary) pass `user_sql=False`: a plain read-only
+    connection, which can share the process with another connection to the same file."""
     path = Path(path)
     if not path.exists():
         raise NeedsegError(f"{path} does not exist yet: run a cycle first (needseg run or make demo)")
-    con = duckdb.connect(str(path), read_only=True, config={"enable_external_access": False, "lock_configuration": True})
+    if user_sql:
+        con = duckdb.connect(str(path), read_only=True, config={"enable_external_access": False, "lock_configuration": True})
+    else:
+        con = connect(path, read_only=True)
     try:
         yield con
     finally:
