@@ -225,22 +225,6 @@ def serving_tables(manifest: Path | None = None) -> dict[str, str]:
     return dict(sorted(tables.items()))
 
 
-@dataclass
-class PublishResult:
-    serving_path: str
-    exports_dir: str
-    as_of: str
-    run_id: str
-    tables: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    skipped: str = ""
-
-    def summary(self) -> str:
-        if self.skipped:
-            return f"nothing to publish for {self.as_of}: {self.skipped}"
-        return f"published {len(self.tables)} tables to {self.serving_path} (run {self.run_id}) in {self.seconds:.1f} s"
-
-
 def ensure_manifest() -> Path:
     """dbt's manifest, which cosmos renders the DAGs from; parsed again when the project changed."""
     if manifest_is_stale():
