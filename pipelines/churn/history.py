@@ -21,8 +21,10 @@ import pandas as pd
 ORDER_FEATURES = """
 with cutoffs as (select unnest(?::date[]) as cutoff),
 lines as (
-    select account_id, order_id, order_date::date as day, revenue::double as revenue, is_return,
-           discount, category_class
+    -- money stays DECIMAL and discounts become DECIMAL: sums are exact in any thread order,
+    -- so the same history gives the same features, and the same model, to the bit
+    select account_id, order_id, order_date::date as day, revenue, is_return,
+           discount::decimal(18, 6) as discount, category_class
     from intermediate.int_order_lines__priced
 ),
 per_day as (
@@ -53,19 +55,20 @@ select cutoff, account_id,
     count(*) filter (where age < 365) as purchase_days_12m,
     count(distinct date_trunc('month', day)) filter (where age < 365) as active_months_12m,
     sum(orders) as orders,
-    sum(revenue) as revenue,
-    coalesce(sum(revenue) filter (where age < 91), 0) as revenue_3m,
-    coalesce(sum(revenue) filter (where age >= 91 and age < 182), 0) as revenue_prior_3m,
-    coalesce(sum(revenue) filter (where age < 365), 0) as revenue_12m,
-    sum(revenue) / nullif(sum(orders), 0) as order_value,
+    sum(revenue)::double as revenue,
+    coalesce(sum(revenue) filter (where age < 91), 0)::double as revenue_3m,
+    coalesce(sum(revenue) filter (where age >= 91 and age < 182), 0)::double as revenue_prior_3m,
+    coalesce(sum(revenue) filter (where age < 365), 0)::double as revenue_12m,
+    (sum(revenue) / nullif(sum(orders), 0))::double as order_value,
     sum(lines) / nullif(sum(orders), 0) as lines_per_order,
     avg(gap) as mean_gap_days,
-    stddev_samp(gap) as gap_sd_days,
+    -- the sample standard deviation from exact integer sums (stddev_samp adds doubles in thread order)
+    sqrt((count(gap) * sum(gap * gap) - sum(gap) * sum(gap))::double / nullif(count(gap) * (count(gap) - 1), 0)) as gap_sd_days,
     median(gap) as median_gap_days,
     arg_min(gap, age) as last_gap_days,
-    sum(discount_sum) / nullif(sum(discounted), 0) as discount_depth,
-    sum(discount_sum) filter (where age < 91) / nullif(sum(discounted) filter (where age < 91), 0)
-      - sum(discount_sum) filter (where age >= 91) / nullif(sum(discounted) filter (where age >= 91), 0) as discount_trend,
+    (sum(discount_sum) / nullif(sum(discounted), 0))::double as discount_depth,
+    (sum(discount_sum) filter (where age < 91) / nullif(sum(discounted) filter (where age < 91), 0)
+      - sum(discount_sum) filter (where age >= 91) / nullif(sum(discounted) filter (where age >= 91), 0))::double as discount_trend,
     sum(premium_lines) / nullif(sum(lines), 0) as premium_share,
     sum(service_lines) / nullif(sum(lines), 0) as service_share
 from buying
@@ -108,7 +111,7 @@ SURVEY = """
 with cutoffs as (select unnest(?::date[]) as cutoff),
 waves as (
     select c.cutoff, s.account_id, s.wave, max(s.submitted_at) as submitted_at,
-           avg(s.satisfaction) as satisfaction, avg(s.nps) as nps
+           avg(s.satisfaction::decimal(18, 6))::double as satisfaction, avg(s.nps::decimal(18, 6))::double as nps
     from staging.stg_survey__survey_responses as s join cutoffs as c on s.submitted_at::date <= c.cutoff
     group by all
 ),
