@@ -88,7 +88,7 @@ def test_data_docs_render_every_run_and_table_offline(two_runs, monkeypatch):
         ]
     )
     home = index.read_text()
-    assert home.index(second) < home.index(first)  # newest first
+    assert home.index(f"{second}/index.html") < home.index(f"{first}/index.html")  # newest first (an id may be the other plus "-2")
     assert f'href="{first}/order_lines.html"' in home
     assert "GateFailed" in home and "(exit 3)" in home
 
