@@ -14,10 +14,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from pipelines.airflow import env as airflow_env
+from pipelines.airflow.scheduler import healthy
 
 
 def _password(home: Path) -> str | None:
@@ -29,14 +29,6 @@ def _password(home: Path) -> str | None:
             except ValueError:
                 return None
     return None
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _environment() -> dict[str, str]:
@@ -121,7 +113,7 @@ def serve(port: int = 8080, ready_timeout: float = 180.0) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     try:
         deadline = time.monotonic() + ready_timeout
-        while not _healthy(port):
+        while not healthy(port):
             if process.poll() is not None:
                 print(f"Airflow exited with code {process.returncode}; see {log_path}", file=sys.stderr)
                 return 1

@@ -37,7 +37,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _healthy(port: int) -> bool:
+def healthy(port: int) -> bool:
+    """Airflow's API server on `port` answers its health check."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2) as response:
             return response.status == 200
@@ -116,7 +117,7 @@ class LocalAirflow:
             if errors:
                 raise NeedsegError("DAG import errors:\n" + "\n".join(f"- {f}: {e.strip().splitlines()[-1]}" for f, e in errors.items()))
             missing = unparsed_dags(dag_ids, since)
-            api = _healthy(self.port)
+            api = healthy(self.port)
             if api and not missing:
                 return
             if time.monotonic() > deadline:
