@@ -11,6 +11,7 @@ all of them into plain HTML files:
                                         not loadable / changed) and their row-level problems
     <out>/<run_id>/<table>.html         each expectation: success, counts, failing values with
                                         file and line; batch-level ones once per file
+                                        (those about a file's columns once per table)
 
 Each expectation is described with great_expectations' own prescriptive renderer (the
 sentence its data docs would show, e.g. "price values must be greater than or equal to 1
@@ -217,6 +218,8 @@ def _expectation_view(entry: dict[str, Any]) -> ExpectationView:
         notes.append(f"declared in {meta['declared_in']}")
     if meta.get("notes"):
         notes.append(str(meta["notes"]))
+    if result.get("needseg_files"):
+        notes.append("about a file's columns or having rows, the same for every file: checked once over all of them")
     return ExpectationView(
         type=config.get("type", "?"),
         column=column or "(table)",
