@@ -65,7 +65,7 @@ from pipelines.ingest.mapping import (
     file_format,
     load_mappings,
 )
-from pipelines.ingest.parse import ParsedBatch, Problem, parse
+from pipelines.ingest.parse import ParsedBatch, Problem, Sandbox, parse
 from pipelines.ingest.readers import BatchRejected, RawFrame, read_file
 from pipelines.ingest.replay import replay_late_rows
 from pipelines.ingest.report import (
@@ -163,6 +163,7 @@ class _Run:
     reads: dict[tuple, RawFrame | BatchRejected] = field(default_factory=dict)
     readers_left: dict[tuple, int] = field(default_factory=dict)
     dry_run_problems: list[tuple] = field(default_factory=list)  # every row-level problem of a dry run
+    sandbox: Sandbox = field(default_factory=Sandbox)  # where every file's mapping runs
 
     @property
     def run_id(self) -> str:
@@ -209,9 +210,10 @@ def ingest(
         run.accounts_missing += _fetch(settings, con, run.mappings, run.options.sources, run.report)
     if settings.landing_dir.is_dir():
         pending = _pending(run)
-        for table in LOAD_ORDER:
-            if pending[table]:
-                _load_table(run, table, pending[table])
+        with run.sandbox:
+            for table in LOAD_ORDER:
+                if pending[table]:
+                    _load_table(run, table, pending[table])
         if not run.options.dry_run:
             clock = time.monotonic()
             run.report.replayed = replay_late_rows(con, run.mappings, run.gate, run.parameters, run.run_id)
@@ -357,7 +359,7 @@ def _parse_item(run: _Run, item: Pending) -> ParsedBatch | BatchRejected:
     try:
         if isinstance(raw, BatchRejected):
             raise _for_table(raw, item)
-        return parse(raw, item.mapping, TABLES[item.mapping.table], item.path)
+        return parse(raw, item.mapping, TABLES[item.mapping.table], item.path, run.sandbox)
     except BatchRejected as exc:
         return exc
     finally:
