@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 
 from pipelines.errors import InputError
 from pipelines.ingest.mapping import ReadOptions
+from pipelines.warehouse import in_memory
 
 csv.field_size_limit(16 * 1024 * 1024)
 
@@ -292,10 +294,14 @@ def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None, st
     buffer = io.StringIO(text, newline="")
     named, delimiter, skipped = _csv_header(buffer, path, text, options, used, strict_header)
     header, duplicates = _clean_header(named, path, skipped)
-    rows, lines, bad = _csv_rows(buffer, text, delimiter, header, skipped)
-    frame = pd.DataFrame(rows, columns=header, dtype=object)
+    frame = _plain_csv_rows(path, text, buffer.tell(), delimiter, header, skipped) if used in ("utf-8", "utf-8-sig") else None
+    if frame is not None:
+        bad = []
+    else:
+        rows, lines, bad = _csv_rows(buffer, text, delimiter, header, skipped)
+        frame = pd.DataFrame(rows, columns=header, dtype=object)
+        frame["_line"] = pd.Series(lines, dtype="int64")
     frame = _drop_empty_unnamed(frame, header, named)
-    frame["_line"] = pd.Series(lines, dtype="int64")
     # No rows after the header is an empty extract, not a broken file: 0 rows read.
     return RawFrame(frame, bad, used, duplicates, delimiter)
 
@@ -338,6 +344,55 @@ def _csv_header(buffer: io.StringIO, path: Path, text: str, options: ReadOptions
         named = next(csv.reader(io.StringIO(record, newline=""), delimiter=delimiter, strict=False))
         return named, delimiter, skipped + header_reader.line_num
     return named, delimiter, skipped + header_reader.line_num
+
+
+# Python's str.strip() whitespace (str.isspace()) as an RE2 class: a cell of only these is
+# empty, as in `_csv_rows`. (DuckDB's trim() with this set of characters is 10x slower.)
+_BLANK_CELL = r"[\t-\r\x{1c}-\x{20}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]*"
+
+
+def _plain_csv_rows(path: Path, text: str, start: int, delimiter: str, header: list[str], skipped: int) -> pd.DataFrame | None:
+    """The rows after the header split by DuckDB's CSV reader (tens of times faster than
+    Python's), for a plain file: UTF-8, no quote character after the header, no blank
+    line, every line ending alike (LF or CRLF). There each physical line is one record, so
+    a row's line number is its position; DuckDB must also find exactly one row per line,
+    every row with the header's number of fields, and no row of only blanks. Anything else
+    (a quoted field, a short row, a trailing delimiter, a row of bare delimiters) returns
+    None, and `_csv_rows` reads the file and says what is wrong where."""
+    body = text[start:]
+    if not body or '"' in body or "\n\n" in body or body.startswith(("\n", "\r")):
+        return None
+    crlf = body.count("\r\n")
+    if body.count("\r") != crlf or (crlf and (crlf != body.count("\n") or "\r\n\r\n" in body)):
+        return None
+    lines = body.count("\n") + (0 if body.endswith("\n") else 1)
+    if body.count(delimiter) != lines * (len(header) - 1):
+        return None  # some line has more fields (DuckDB drops empty ones past the last column)
+    blank = _sql_text(_BLANK_CELL)
+    # A cell of only blanks is empty (None), as the Python reader makes it.
+    cells = ", ".join(f"case when regexp_full_match(c{i}, {blank}) then null else c{i} end as c{i}" for i in range(len(header)))
+    columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(header))) + "}"
+    sql = (
+        f"select {cells} from read_csv({_sql_text(str(path))}, skip = {skipped}, header = false, delim = {_sql_text(delimiter)}, "
+        f"quote = '', escape = '', columns = {columns}, auto_detect = false, strict_mode = true, null_padding = false, "
+        "ignore_errors = false)"
+    )
+    with in_memory() as con:
+        try:
+            table = con.sql(sql).to_arrow_table()
+        except duckdb.Error:  # anything DuckDB cannot read plainly, the Python reader explains
+            return None
+    if table.num_rows != lines:
+        return None
+    frame = pd.DataFrame({name: table.column(i).to_numpy(zero_copy_only=False) for i, name in enumerate(header)}, dtype=object)
+    if len(header) and frame.isna().all(axis=1).any():
+        return None  # a row of only blanks or bare delimiters: not a row (the Python reader skips it)
+    frame["_line"] = pd.Series(range(skipped + 1, skipped + 1 + len(frame)), dtype="int64")
+    return frame
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _csv_rows(buffer: io.StringIO, text: str, delimiter: str, header: list[str], skipped: int):
