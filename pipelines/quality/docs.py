@@ -267,7 +267,9 @@ def describe(kind: str, kwargs: dict[str, Any], entry: dict[str, Any] | None = N
     shown = dict(kwargs)
     hidden = 0
     if isinstance(shown.get("value_set"), list) and len(shown["value_set"]) > VALUE_SET_SHOWN:
-        hidden = len(shown["value_set"]) - VALUE_SET_SHOWN
+        # a long set (every known account) is kept shortened, with its size
+        size = ((entry or {}).get("result") or {}).get("needseg_value_set_size") or len(shown["value_set"])
+        hidden = size - VALUE_SET_SHOWN
         shown["value_set"] = shown["value_set"][:VALUE_SET_SHOWN]
     text = _ge_sentence(kind, shown, entry)
     if text is None:

@@ -230,6 +230,7 @@ class QualityGate:
         self._row_suites: dict[str, Any] = {}
         self._batch_suites: dict[str, Any] = {}
         self._shape_suites: dict[str, Any] = {}
+        self._set_checks: dict[str, list[dict[str, Any]]] = {}
         self._batch_definitions: dict[str, Any] = {}
 
     def _ctx(self):
@@ -263,6 +264,7 @@ class QualityGate:
                 name = doc.get("name", table)
                 rows, batches = gx.ExpectationSuite(name=name), gx.ExpectationSuite(name=f"{name} (per file)")
                 shapes = gx.ExpectationSuite(name=f"{name} (every file alike)")
+                set_checks = []
                 for exp in doc["expectations"]:
                     if exp["type"] == "expect_compound_columns_to_be_unique":
                         # Keys are unique within a file; several files are validated together.
@@ -271,6 +273,10 @@ class QualityGate:
                     if parameters:
                         # GE hands back the kwargs with the values filled in: keep which were parameters.
                         exp = {**exp, "meta": {**(exp.get("meta") or {}), "needseg_parameters": parameters}}
+                    if _is_run_value_set(exp):
+                        is_row_level(exp["type"])  # an unknown type is still a configuration error
+                        set_checks.append(exp)
+                        continue
                     suite = rows if is_row_level(exp["type"]) else shapes if _same_for_every_file(exp) else batches
                     suite.add_expectation_configuration(_configuration(exp))
             except (ValueError, KeyError, TypeError, ConfigError) as exc:
@@ -278,6 +284,7 @@ class QualityGate:
             self._row_suites[table] = self._ctx().suites.add(rows)
             self._batch_suites[table] = self._ctx().suites.add(batches)
             self._shape_suites[table] = self._ctx().suites.add(shapes)
+            self._set_checks[table] = set_checks
             asset = self._source.add_dataframe_asset(table)
             self._batch_definitions[table] = asset.add_batch_definition_whole_dataframe(f"{table}_batch")
         return self._row_suites[table]
@@ -300,6 +307,8 @@ class QualityGate:
         found = _Findings(frame, texts)
         if self._row_suites[table].expectations:
             self._validate_rows(table, found, parameters)
+        for exp in self._set_checks[table]:
+            found.entries.append(found.in_run_value_set(exp, parameters))
         if self._shape_suites[table].expectations:
             self._validate_shape(table, found, parameters)
         if self._batch_suites[table].expectations:
@@ -386,13 +395,59 @@ class _Findings:
             for f in self.files:
                 self.failures.setdefault(f, []).append(f"{kind}({column or ''}) failed: {_describe(kind, kwargs, r.result)}")
             return None
-        reason = (cfg.meta or {}).get("reason") or REASONS.get(kind, kind)
-        parameters = (cfg.meta or {}).get("needseg_parameters") or {}
-        expected = _expected(kind, {**kwargs, **{k: {"$PARAMETER": v} for k, v in parameters.items()}})
-        # One pass per expectation over its failing rows (a real export can have 100,000s).
         index = np.asarray(
             [i if isinstance(i, (int, np.integer)) else i.get("index", i) for i in r.result["unexpected_index_list"]], dtype="int64"
         )
+        rows = self._failing_rows(kind, kwargs, cfg.meta or {}, index)
+        _trim_lists(r.result)
+        return rows
+
+    def in_run_value_set(self, exp: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
+        """`expect_column_values_to_be_in_set` against a run parameter (`known_account_ids`),
+        checked here with pandas' hash lookup; returns its result in GE's shape. GE copies an
+        expectation's configuration, value set included, about a hundred times per
+        validation: with the 10,000s of known accounts as the set that was most of an
+        ingest's time, and it grows with accounts x rows. Same semantics: a missing value is
+        not judged (the not-null expectation is), every other value must be in the set."""
+        kwargs, meta = exp["kwargs"], exp.get("meta") or {}
+        name = kwargs["value_set"]["$PARAMETER"]
+        column = kwargs["column"]
+        values = self.frame[column] if column in self.frame.columns else None
+        if values is None or name not in parameters:
+            missing = f"column {column!r} is not in the batch" if values is None else f"no value for the parameter {name!r}"
+            for f in self.files:
+                self.failures.setdefault(f, []).append(f"{exp['type']}({column}): could not be checked: {missing}")
+            return _entry(exp["type"], kwargs, meta, stage="gate", success=False, error=missing)
+        judged = values.notna().to_numpy()
+        allowed = pd.Index(list(parameters[name]))
+        failing = judged & ~values.isin(allowed).to_numpy()
+        index = np.flatnonzero(failing)
+        rows = self._failing_rows(exp["type"], kwargs, {**meta, "needseg_parameters": {"value_set": name}}, index)
+        count, element_count = len(index), len(values)
+        # As GE keeps it: the set filled in (its first values only when it is long).
+        shown = sorted(map(str, allowed[:ROWS_KEPT_PER_EXPECTATION] if len(allowed) > ROWS_KEPT_PER_EXPECTATION else allowed))
+        entry = _entry(exp["type"], {**kwargs, "value_set": shown}, meta, stage="gate", success=count == 0)
+        entry["result"] = {
+            "element_count": element_count,
+            "missing_count": int((~judged).sum()),
+            "unexpected_count": count,
+            "unexpected_percent": 100.0 * count / max(int(judged.sum()), 1),
+            "partial_unexpected_list": [r["value"] for r in rows[:20]],
+            "needseg_value_set_size": len(allowed),
+        }
+        if rows:
+            entry["result"]["needseg_unexpected_rows"] = rows
+        return entry
+
+    def _failing_rows(self, kind: str, kwargs: dict[str, Any], meta: dict[str, Any], index: np.ndarray) -> list[dict[str, Any]]:
+        """Record the failing rows `index` of a row-level expectation as problems (the row
+        goes to quarantine with file, line, value and reason); returns the first of them
+        (file, line, value) for the kept result."""
+        column = _column_of(kwargs)
+        reason = meta.get("reason") or REASONS.get(kind, kind)
+        parameters = meta.get("needseg_parameters") or {}
+        expected = _expected(kind, {**kwargs, **{k: {"$PARAMETER": v} for k, v in parameters.items()}})
+        # One pass per expectation over its failing rows (a real export can have 100,000s).
         values = _values(self.frame, self.texts, kind, kwargs, index)
         for i, line, value in zip(index.tolist(), self.lines[index].tolist(), values, strict=True):
             text = f"{reason}: {column} {value!r}" if value is not None else f"{reason}: {column}"
@@ -400,14 +455,12 @@ class _Findings:
         if parameters.get("value_set") == "known_account_ids":
             self.unknown_accounts.update(index.tolist())
         kept = index[:ROWS_KEPT_PER_EXPECTATION]
-        rows = [
+        return [
             {"file_index": int(f), "line": int(line), "value": value}
             for f, line, value in zip(
                 self.file_index[kept].tolist(), self.lines[kept].tolist(), values[:ROWS_KEPT_PER_EXPECTATION], strict=True
             )
         ]
-        _trim_lists(r.result)
-        return rows
 
 
 def restate(document: dict[str, Any]) -> None:
@@ -549,14 +602,30 @@ def _batch_failure(r) -> str:
     return f"{cfg.type}({column or ''}) failed: {_describe(cfg.type, cfg.kwargs, r.result)}"
 
 
-def _entry(kind: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    """A validation result entry in great_expectations' JSON shape, for a check the parser made."""
+def _is_run_value_set(exp: dict[str, Any]) -> bool:
+    """An in-set expectation whose set is a run parameter (the known accounts, currencies)
+    and nothing else (no `mostly`, no other options): checked by `in_run_value_set`."""
+    kwargs = exp.get("kwargs") or {}
+    value_set = kwargs.get("value_set")
+    return (
+        exp["type"] == "expect_column_values_to_be_in_set"
+        and isinstance(value_set, dict)
+        and "$PARAMETER" in value_set
+        and set(kwargs) <= {"column", "value_set"}
+    )
+
+
+def _entry(
+    kind: str, kwargs: dict[str, Any], meta: dict[str, Any], *, stage: str = "parse", success: bool = True, error: str | None = None
+) -> dict[str, Any]:
+    """A validation result entry in great_expectations' JSON shape, for a check needseg made
+    itself (the parser's, or the gate's run value sets)."""
     return {
-        "success": True,
+        "success": success,
         "expectation_config": {"type": kind, "kwargs": kwargs, "meta": meta},
         "result": {},
-        "meta": {"needseg_stage": "parse"},
-        "exception_info": {"raised_exception": False, "exception_traceback": None, "exception_message": None},
+        "meta": {"needseg_stage": stage},
+        "exception_info": {"raised_exception": error is not None, "exception_traceback": None, "exception_message": error},
     }
 
 
