@@ -35,6 +35,10 @@ class IngestConfig(_Section):
     max_quarantine_share: Share = 0.5
     # ... if it has at least this many rows.
     min_rows_for_quarantine_share: Count = 20
+    # A table's new files are read, checked and written in groups of at most this many MB
+    # of input (a larger file is a group of its own): memory stays bounded by the group,
+    # not by how many months arrive at once.
+    group_megabytes: Annotated[int, Field(ge=1)] = 64
 
 
 class FeaturesConfig(_Section):

@@ -82,7 +82,7 @@ from pipelines.ingest.report import (
     save_report,
 )
 from pipelines.ingest.write import BatchContext, Pending, resolve_duplicates, write_batch
-from pipelines.quality.gate import QualityGate, add_parse_results
+from pipelines.quality.gate import QualityGate, add_parse_results, merge_documents, shift_files
 from pipelines.settings import EXPECTATIONS_DIR, Settings
 
 log = logging.getLogger(__name__)
@@ -164,15 +164,20 @@ class _Run:
     readers_left: dict[tuple, int] = field(default_factory=dict)
     dry_run_problems: list[tuple] = field(default_factory=list)  # every row-level problem of a dry run
     sandbox: Sandbox = field(default_factory=Sandbox)  # where every file's mapping runs
+    group_bytes: int = 64 * 2**20  # a table's files are handled in groups of this much input
 
     @property
     def run_id(self) -> str:
         return self.report.run_id
 
+    _sorted_accounts: list[str] = field(default_factory=list)
+
     @property
     def parameters(self) -> dict:
+        if len(self._sorted_accounts) != len(self.known_accounts):  # it only grows
+            self._sorted_accounts = sorted(self.known_accounts)
         return {
-            "known_account_ids": sorted(self.known_accounts),
+            "known_account_ids": self._sorted_accounts,
             "known_currencies": sorted(self.known_currencies),
             "latest_allowed": pd.Timestamp(self.as_of) + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1),
         }
@@ -255,6 +260,7 @@ def _start(settings: Settings, con, as_of: dt.date, label: str, options: IngestO
         share_rule=(share, min_rows),
         known_currencies=list(config["fx_rates"]) if options.known_currencies is None else list(options.known_currencies),
         known_accounts={r[0] for r in con.execute("select distinct account_id from raw.accounts").fetchall()},
+        group_bytes=int(config["ingest"].get("group_megabytes", 64)) * 2**20,
     )
 
 
@@ -431,16 +437,46 @@ def _null_bad_value(mapping: TableMapping, batch: ParsedBatch, problem: Problem,
     return True
 
 
+def _groups(items: list[Pending], limit: int) -> list[list[Pending]]:
+    """The files in order, in groups of at most `limit` bytes (a larger file on its own)."""
+    groups: list[list[Pending]] = []
+    size = 0
+    for item in items:
+        if not groups or size + item.size > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += item.size
+    return groups
+
+
 def _load_table(run: _Run, table: str, items: list[Pending]) -> None:
+    """Read, check and write a table's new files, a group at a time (`ingest.group_megabytes`):
+    every file of a group is validated in one GE run, and what a group holds in memory is
+    written and released before the next is read. The validation result is one per table."""
+    document: dict | None = None
+    files: dict[int, str] = {}
+    for group in _groups(items, run.group_bytes):
+        offset = len(files)
+        files.update({offset + i: item.rel for i, item in enumerate(group)})
+        found = _load_group(run, table, group)
+        if found is not None:
+            document = merge_documents(document, shift_files(found, offset))
+    if document is not None:
+        _save_validation(run.settings, run.run_id, table, document, files, run.as_of)
+        run.report.validation_files.append(str(run.settings.quality_dir / run.run_id / f"{table}.json"))
+
+
+def _load_group(run: _Run, table: str, items: list[Pending]) -> dict | None:
+    """One group of a table's files; returns its validation result (file indices local)."""
     parsed = [(item, _parse_item(run, item)) for item in items]
     checked = _validate(run, table, parsed)
     parse_problems = [(i, p) for i, (_, batch) in enumerate(parsed) if isinstance(batch, ParsedBatch) for p in batch.problems]
     scales = _declared_scales(parsed)
+    document = None
     if checked.document is not None or parse_problems or scales:
         document = checked.document or {"suite_name": table, "results": [], "meta": {}}
         add_parse_results(document, TABLES[table], parse_problems, checked.rows_validated, scales)
-        _save_validation(run.settings, run.run_id, table, document, {i: item.rel for i, (item, _) in enumerate(parsed)}, run.as_of)
-        run.report.validation_files.append(str(run.settings.quality_dir / run.run_id / f"{table}.json"))
     blocking = (
         []
         if table == "accounts"
@@ -467,6 +503,7 @@ def _load_table(run: _Run, table: str, items: list[Pending]) -> None:
             # quarantined here must not vouch for its orders.
             run.known_accounts.update(loaded_rows["account_id"].dropna().astype(str))
     run.report.timed("write", clock)
+    return document
 
 
 def _hold_reason(blocking: list[str], unknown: set[str] | None, failures: list[str] | None) -> str | None:

@@ -463,6 +463,109 @@ class _Findings:
         ]
 
 
+def shift_files(document: dict[str, Any], offset: int) -> dict[str, Any]:
+    """A group's validation result with its file positions moved by `offset` (the files of
+    earlier groups of the table come first)."""
+    if offset:
+        for entry in document.get("results") or []:
+            result = entry.get("result") or {}
+            if "needseg_file_index" in result:
+                result["needseg_file_index"] += offset
+            for row in result.get("needseg_unexpected_rows") or []:
+                row["file_index"] = row.get("file_index", 0) + offset
+    return document
+
+
+_SUMMED = ("element_count", "missing_count", "unexpected_count")
+_LISTS = {"partial_unexpected_list": 20, "unexpected_list": ROWS_KEPT_PER_EXPECTATION, "needseg_unexpected_rows": ROWS_KEPT_PER_EXPECTATION}
+# Positions in one group's frame: they mean nothing across groups (file and line do).
+_POSITIONS = ("unexpected_index_list", "partial_unexpected_index_list", "unexpected_index_query")
+
+
+def merge_documents(first: dict[str, Any] | None, more: dict[str, Any]) -> dict[str, Any]:
+    """One table's validation result from the results of its groups of files: an expectation
+    judged over all rows has one entry, its counts summed and its first failing values kept;
+    one judged per file keeps an entry per file."""
+    if first is None:
+        return more
+    results = first.setdefault("results", [])
+    index = {_entry_key(e): e for e in results if "needseg_file_index" not in (e.get("result") or {})}
+    for entry in more.get("results") or []:
+        key = _entry_key(entry)
+        if "needseg_file_index" in (entry.get("result") or {}) or key not in index:
+            results.append(entry)
+            index.setdefault(key, entry)
+            continue
+        _merge_entry(index[key], entry)
+    restate(first)
+    return first
+
+
+def _entry_key(entry: dict[str, Any]) -> str:
+    config = entry.get("expectation_config") or {}
+    kwargs = {k: v for k, v in (config.get("kwargs") or {}).items() if k not in ("value_set", "batch_id")}
+    return json.dumps([config.get("type"), kwargs], sort_keys=True, default=str)
+
+
+def _merge_entry(into: dict[str, Any], entry: dict[str, Any]) -> None:
+    into["success"] = bool(into.get("success")) and bool(entry.get("success"))
+    stages = {(e.get("meta") or {}).get("needseg_stage") for e in (into, entry)} - {None}
+    if stages:  # checked by the parser in one group and by GE in another: both
+        into.setdefault("meta", {})["needseg_stage"] = "parse and gate" if len(stages) > 1 else stages.pop()
+    if (entry.get("exception_info") or {}).get("raised_exception"):
+        into["exception_info"] = entry["exception_info"]
+    mine, theirs = into.setdefault("result", {}), entry.get("result") or {}
+    for key in _SUMMED:
+        if key in theirs:
+            mine[key] = (mine.get(key) or 0) + (theirs[key] or 0)
+    for key, kept in _LISTS.items():
+        if key in theirs:
+            mine[key] = ((mine.get(key) or []) + list(theirs[key]))[:kept]
+    if "partial_unexpected_counts" in theirs:
+        mine["partial_unexpected_counts"] = _merged_counts(mine.get("partial_unexpected_counts") or [], theirs["partial_unexpected_counts"])
+    for key in _POSITIONS:
+        mine.pop(key, None)
+    _merge_observed(mine, theirs, bool(entry.get("success")))
+    _restate_shares(mine)
+
+
+def _merged_counts(first: list[dict[str, Any]], more: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    counts: dict[str, list] = {}
+    for item in [*first, *more]:
+        key = json.dumps(item.get("value"), default=str)
+        counts.setdefault(key, [item.get("value"), 0])[1] += item.get("count") or 0
+    ranked = sorted(counts.values(), key=lambda vc: -vc[1])[:20]
+    return [{"value": v, "count": c} for v, c in ranked]
+
+
+def _merge_observed(mine: dict[str, Any], theirs: dict[str, Any], their_success: bool) -> None:
+    if "observed_value" in theirs:
+        if isinstance(mine.get("observed_value"), int) and isinstance(theirs["observed_value"], int):
+            mine["observed_value"] += theirs["observed_value"]  # a row count
+        elif not their_success:
+            mine["observed_value"] = theirs["observed_value"]
+    elif mine.get("unexpected_count"):
+        mine.pop("observed_value", None)  # failing rows counted: a dtype observed elsewhere says nothing
+
+
+def _restate_shares(result: dict[str, Any]) -> None:
+    """The percentages of summed counts."""
+    total = result.get("element_count")
+    if not total:
+        return
+    missing = result.get("missing_count") or 0
+    if "missing_percent" in result:
+        result["missing_percent"] = 100.0 * missing / total
+    if "unexpected_count" in result:
+        judged = total - missing
+        share = 100.0 * result["unexpected_count"] / judged if judged else None
+        result["unexpected_percent"] = share
+        if "unexpected_percent_nonmissing" in result:
+            result["unexpected_percent_nonmissing"] = share
+        if "unexpected_percent_total" in result:
+            result["unexpected_percent_total"] = 100.0 * result["unexpected_count"] / total
+
+
 def restate(document: dict[str, Any]) -> None:
     """Set a validation result's success and statistics from its entries."""
     results = document.get("results") or []
@@ -495,6 +598,13 @@ def add_parse_results(
     `problems` are (file index, parse problem); `rows_checked` the rows the gate validated.
     """
     results = document.setdefault("results", [])
+    for entry in results:
+        # A type expectation GE judged on the column's dtype: it covered every row checked
+        # (counted, so results of several groups of files add up).
+        if (entry.get("expectation_config") or {}).get("type") == TYPE_EXPECTATION:
+            result = entry.setdefault("result", {})
+            if result.get("element_count") is None and entry.get("success"):
+                result.update(element_count=rows_checked, unexpected_count=0, unexpected_percent=0.0 if rows_checked else None)
     scale_columns = {column for column, *_ in scales}
     by_entry: dict[tuple, list[tuple[int, Problem]]] = {}
     for f, p in problems:
