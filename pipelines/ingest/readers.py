@@ -641,7 +641,7 @@ def _arrow_text(column, options: ReadOptions) -> pd.Series:
     # Blank text is no value, as in a CSV; done in Arrow, not per value in Python.
     blank = pc.equal(pc.utf8_trim_whitespace(text), "")
     text = pc.if_else(blank, pa.scalar(None, pa.string()), text)
-    return pd.Series(text.to_numpy(zero_copy_only=False), dtype=object)
+    return text.to_pandas()  # Arrow-backed text (pandas str): no Python object per cell
 
 
 # --- Excel ----------------------------------------------------------------------------------
