@@ -98,10 +98,13 @@ class SegmentationConfig(_Section):
     silhouette_sample: Annotated[int, Field(ge=100)] = 5000
     # a larger population is fitted on a sample of this many accounts, stratified by value
     # tier (k, stability, silhouette on the sample); every account is then assigned
-    fit_sample: Annotated[int, Field(ge=100)] = 20000
+    fit_sample: Annotated[int, Field(ge=100)] = 10000
     # the classifier that infers unsurveyed accounts: forest (scikit-learn's random forest)
     # or lightgbm (LightGBM's random-forest mode, fast, its own attributions)
     classifier: Literal["forest", "lightgbm"] = "forest"
+    # more surveyed accounts than this and the classifier learns (and is cross-validated)
+    # on a sample of them stratified by segment; every account is still scored
+    classifier_sample: Annotated[int, Field(ge=100)] = 5000
     # the run's verdict (pipelines/segmentation/verdict.py)
     verdict: VerdictConfig = VerdictConfig()
 
