@@ -98,7 +98,7 @@ class SegmentationConfig(_Section):
     silhouette_sample: Annotated[int, Field(ge=100)] = 5000
     # a larger population is fitted on a sample of this many accounts, stratified by value
     # tier (k, stability, silhouette on the sample); every account is then assigned
-    fit_sample: Annotated[int, Field(ge=100)] = 10000
+    fit_sample: Annotated[int, Field(ge=100)] = 20000
     # the classifier that infers unsurveyed accounts: forest (scikit-learn's random forest)
     # or lightgbm (LightGBM's random-forest mode, fast, its own attributions)
     classifier: Literal["forest", "lightgbm"] = "forest"
