@@ -185,13 +185,20 @@ def training_sample(labels: pd.Series, cap: int | None, seed: int) -> pd.Index:
     return labels.index[bounded_sample(len(labels), cap, labels.astype(str).to_numpy(), seed)]
 
 
-def _score(fitted, frame: pd.DataFrame, kind: str, levels: dict[str, list[str]], features: list[str]) -> tuple[pd.DataFrame, pd.Series]:
-    """Probabilities for `frame`, SCORE_CHUNK accounts at a time; and the count of missing
-    values per model input (for the missing shares)."""
+def _score(
+    fitted, frame: pd.DataFrame, kind: str, levels: dict[str, list[str]], features: list[str], skip: np.ndarray | None = None
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Probabilities for the rows of `frame` not in `skip` (a mask), SCORE_CHUNK rows at a
+    time (no copy of the frame); and the count of missing values per model input among
+    them (for the missing shares)."""
     numeric, logged = INPUTS[kind]
     parts, missing = [], pd.Series(0, index=features, dtype="int64")
     for start in range(0, len(frame), SCORE_CHUNK):
         chunk = frame.iloc[start : start + SCORE_CHUNK]
+        if skip is not None:
+            chunk = chunk[~skip[start : start + SCORE_CHUNK]]
+        if not len(chunk):
+            continue
         X, _ = design_matrix(chunk, numeric, logged, CATEGORICAL_COLUMNS, levels)
         X = X.reindex(columns=features)
         missing += X.isna().sum()
@@ -250,7 +257,7 @@ def fit_and_score(
         )
     # the training accounts get out-of-fold probabilities below: score only the others
     in_train = score.index.isin(train.index)
-    scored, counts = _score(fitted, score[~in_train], kind, levels, features)
+    scored, counts = _score(fitted, score, kind, levels, features, skip=in_train)
     counts += X_train.reindex(index=score.index[in_train]).isna().sum()
     folds = max(2, min(5, int(pd.Series(y).value_counts().min())))
     oof = cross_val_predict(
