@@ -106,6 +106,9 @@ class SegmentationConfig(_Section):
     # the classifier that infers unsurveyed accounts: forest (scikit-learn's random forest)
     # or lightgbm (LightGBM's random-forest mode, fast, its own attributions)
     classifier: Literal["forest", "lightgbm"] = "forest"
+    # more surveyed accounts than this and the classifier learns (and is cross-validated)
+    # on a sample of them stratified by segment; every account is still scored
+    classifier_sample: Annotated[int, Field(ge=100)] = 5000
     # the run's verdict (pipelines/segmentation/verdict.py)
     verdict: VerdictConfig = VerdictConfig()
 

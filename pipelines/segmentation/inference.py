@@ -169,34 +169,96 @@ class Inference:
         return X.reindex(columns=self.features)
 
 
+# Accounts scored (design matrix built and predicted) at a time: memory stays bounded
+# whatever the population.
+SCORE_CHUNK = 50_000
+
+
+def training_sample(labels: pd.Series, cap: int | None, seed: int) -> pd.Index:
+    """At most `cap` of the labelled accounts, each segment in proportion (at least one
+    account per segment); every one of them when there are no more than `cap`. Seeded,
+    in the accounts' own order."""
+    from pipelines.segmentation.clustering import bounded_sample
+
+    if cap is None or len(labels) <= cap:
+        return labels.index
+    return labels.index[bounded_sample(len(labels), cap, labels.astype(str).to_numpy(), seed)]
+
+
+def _score(
+    fitted, frame: pd.DataFrame, kind: str, levels: dict[str, list[str]], features: list[str], skip: np.ndarray | None = None
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Probabilities for the rows of `frame` not in `skip` (a mask), SCORE_CHUNK rows at a
+    time (no copy of the frame); and the count of missing values per model input among
+    them (for the missing shares)."""
+    numeric, logged = INPUTS[kind]
+    parts, missing = [], pd.Series(0, index=features, dtype="int64")
+    for start in range(0, len(frame), SCORE_CHUNK):
+        chunk = frame.iloc[start : start + SCORE_CHUNK]
+        if skip is not None:
+            chunk = chunk[~skip[start : start + SCORE_CHUNK]]
+        if not len(chunk):
+            continue
+        X, _ = design_matrix(chunk, numeric, logged, CATEGORICAL_COLUMNS, levels)
+        X = X.reindex(columns=features)
+        missing += X.isna().sum()
+        parts.append(pd.DataFrame(fitted.predict_proba(X), index=chunk.index, columns=list(fitted.classes_)))
+    if not parts:
+        return pd.DataFrame(columns=list(fitted.classes_), dtype=float), missing
+    return pd.concat(parts), missing
+
+
 def fit_and_score(
-    train: pd.DataFrame, labels: pd.Series, score: pd.DataFrame, seed: int, kind: str = "behaviour", classifier: str = "forest"
+    train: pd.DataFrame,
+    labels: pd.Series,
+    score: pd.DataFrame,
+    seed: int,
+    kind: str = "behaviour",
+    classifier: str = "forest",
+    sample: int | None = None,
 ) -> Inference:
-    """Train on `train` (surveyed accounts with their segment), score `score`.
+    """Train on the rows of `train` that `labels` (their segments) names, score `score`.
 
     With kind="behaviour" the training accounts are scored out of fold too (5-fold), which
     also gives the cross-validated accuracy; prospects (kind="prospect") are never in the
     training set, so that model is fitted once.
+
+    `sample` (segmentation.classifier_sample) bounds the training set: more labelled
+    accounts than that and the model learns from a sample of them stratified by segment,
+    cross-validated on the same sample. Every account is still scored honestly: the
+    sample's accounts out of fold, every other one - the labelled accounts left out
+    included - by the model that never saw it. Accounts are scored in chunks.
     """
     numeric, logged = INPUTS[kind]
+    keep = training_sample(labels, sample, seed)
+    # `train` may hold more rows than the labels (e.g. every customer): the labels say which
+    train, labels = train.loc[keep], labels.loc[keep]
     X_train, levels = design_matrix(train, numeric, logged, CATEGORICAL_COLUMNS)
-    X_score, _ = design_matrix(score, numeric, logged, CATEGORICAL_COLUMNS, levels)
-    X_score = X_score.reindex(columns=X_train.columns)
     y = labels.to_numpy()
     classes = sorted(set(y))
     features = list(X_train.columns)
     base_rate = round(float(pd.Series(y).value_counts(normalize=True).max()), 4) if len(y) else None
-    missing = {
-        c: round(float(v), 4) for c, v in X_score.isna().mean().items() if not c.startswith(tuple(f"{cat}=" for cat in CATEGORICAL_COLUMNS))
-    }
+    categorical = tuple(f"{cat}=" for cat in CATEGORICAL_COLUMNS)
+
+    def missing_shares(counts: pd.Series, n: int) -> dict[str, float]:
+        return {c: round(float(v) / n, 4) if n else 0.0 for c, v in counts.items() if not c.startswith(categorical)}
+
     if len(classes) == 1:
+        X_score, _ = design_matrix(score, numeric, logged, CATEGORICAL_COLUMNS, levels)
+        missing = missing_shares(X_score.reindex(columns=features).isna().sum(), len(score))
         probs = pd.DataFrame(1.0, index=score.index.append(train.index).unique(), columns=classes)
         return Inference(classes, probs, 1.0, len(train), features, None, kind, levels, base_rate, {}, missing)
     fitted = model(seed, classifier).fit(X_train, y)
     classes = list(fitted.classes_)
-    scored = pd.DataFrame(fitted.predict_proba(X_score), index=score.index, columns=classes)
     if kind != "behaviour":
-        return Inference(classes, scored, None, len(train), features, fitted, kind, levels, base_rate, {}, missing)
+        scored, counts = _score(fitted, score, kind, levels, features)
+        return Inference(
+            classes, scored, None, len(train), features, fitted, kind, levels, base_rate, {}, missing_shares(counts, len(score))
+        )
+    # the training accounts get out-of-fold probabilities below: score only the others
+    in_train = score.index.isin(train.index)
+    scored, counts = _score(fitted, score, kind, levels, features, skip=in_train)
+    counts += X_train.reindex(index=score.index[in_train]).isna().sum()
     folds = max(2, min(5, int(pd.Series(y).value_counts().min())))
     oof = cross_val_predict(
         model(seed, classifier), X_train, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), method="predict_proba"
@@ -205,5 +267,17 @@ def fit_and_score(
     cv_accuracy = float((predicted == y).mean())
     recall = {c: round(float((predicted[y == c] == c).mean()), 4) for c in classes}
     in_fold = pd.DataFrame(oof, index=train.index, columns=classes)
-    probs = pd.concat([scored.drop(index=in_fold.index, errors="ignore"), in_fold])
-    return Inference(classes, probs, round(cv_accuracy, 4), len(train), features, fitted, kind, levels, base_rate, recall, missing)
+    probs = pd.concat([scored, in_fold])
+    return Inference(
+        classes,
+        probs,
+        round(cv_accuracy, 4),
+        len(train),
+        features,
+        fitted,
+        kind,
+        levels,
+        base_rate,
+        recall,
+        missing_shares(counts, len(score)),
+    )

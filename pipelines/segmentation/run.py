@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from pipelines import clock
 from pipelines.errors import NeedsegError
@@ -57,9 +58,10 @@ from pipelines.segmentation.clustering import (
     held_out_distance,
     k_bounds,
     resolve_identities,
+    sq_distances,
 )
 from pipelines.segmentation.dimensions import Dimensions, dimension_matrix, missingness_segments
-from pipelines.segmentation.inference import BEHAVIOUR_COLUMNS, fit_and_score
+from pipelines.segmentation.inference import BEHAVIOUR_COLUMNS, CATEGORICAL_COLUMNS, INPUTS, fit_and_score
 from pipelines.segmentation.taxonomy import Taxonomy, load_taxonomy
 from pipelines.segmentation.verdict import Evidence, VerdictSettings, judge
 from pipelines.warehouse import ensure_schema, insert_frame, transaction
@@ -508,16 +510,20 @@ class Fit:
 
 def _load(con: duckdb.DuckDBPyConnection, as_of: dt.date) -> tuple[pd.DataFrame, pd.DataFrame]:
     # A fixed row order: DuckDB returns rows in any order, and k-means seeding, forest
-    # bootstraps and CV folds all depend on it.
-    features = con.execute("select * from marts.customer_features order by account_id").df()
-    if features.empty:
+    # bootstraps and CV folds all depend on it. Customers and prospects are read apart:
+    # never the whole table and a filtered copy of it in memory at once.
+    first = con.execute("select as_of from marts.customer_features order by account_id limit 1").fetchone()
+    if first is None:
         raise NeedsegError("customer_features is empty: load accounts and orders first (needseg ingest, needseg build)")
-    feature_as_of = pd.Timestamp(features["as_of"].iloc[0]).date()
+    feature_as_of = pd.Timestamp(first[0]).date()
     if feature_as_of != as_of:
         raise NeedsegError(f"customer_features describes {feature_as_of}, not {as_of}: build the features for this date first")
-    features = features.set_index("account_id", drop=False)
-    customers = features[features["status"] == "customer"]
-    prospects = features[features["status"] == "prospect"]
+
+    def read(status: str) -> pd.DataFrame:
+        frame = con.execute("select * from marts.customer_features where status = ? order by account_id", [status]).df()
+        return frame.set_index("account_id", drop=False)
+
+    customers, prospects = read("customer"), read("prospect")
     if len(customers) < 20:
         raise NeedsegError(f"only {len(customers)} customers as of {as_of}: too few to segment (at least 20 are needed)")
     return customers, prospects
@@ -634,6 +640,18 @@ def _evidence(fit: Fit, inference, taxonomy: Taxonomy, survey: Survey, prospect_
 
 
 def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, config: dict[str, Any]) -> SegmentRunResult:
+    """One segmentation run (module docstring).
+
+    Native thread pools (OpenMP in k-means, Gaussian mixtures and LightGBM, BLAS) are held
+    to one thread: the samples they work on are small, so a second thread buys little on a
+    quiet machine and costs 20x on a busy one (idle OpenMP threads spin while the cores are
+    taken), and k-means' per-thread partial sums are then added in one order, the same on
+    every machine. The forest builds its trees on two threads of its own (n_jobs)."""
+    with threadpool_limits(limits=1):
+        return _segment(con, as_of, taxonomy, config)
+
+
+def _segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, config: dict[str, Any]) -> SegmentRunResult:
     started = time.monotonic()
     ensure_schema(con)
     cfg = config["segmentation"]
@@ -653,7 +671,12 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
     dims, main, key = fit.dims, fit.main, fit.key
 
     inference = fit_and_score(
-        customers.loc[fit_index], fit.segment_of.loc[fit_index], customers, settings.seed, classifier=cfg["classifier"]
+        customers,  # the training rows are taken from it by the labels' index (no copy of every labelled row)
+        fit.segment_of.loc[fit_index],
+        customers,
+        settings.seed,
+        classifier=cfg["classifier"],
+        sample=int(cfg["classifier_sample"]),
     )
     probs, behaviour = _probabilities(fit, inference, customers, fit_index)
     preferred = probs.idxmax(axis=1)
@@ -708,6 +731,7 @@ def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, 
         settings.seed,
         fit.population_ids["all"],
         cfg["classifier"],
+        int(cfg["classifier_sample"]),
     )
     lookalike_rows = _lookalikes(run_id, as_of, customers, assigned, is_key, int(cfg["lookalikes_per_segment"]))
     profile_rows = _profiles(run_id, customers, dims.values, assigned, fit_index, is_key, key.mode, dims.taxonomy)
@@ -793,8 +817,11 @@ def _drivers(customers, dims, taxonomy, assigned, fit_index, segment_of, inferen
         drivers_json.loc[clustered], drivers_text.loc[clustered] = j, t
     inferred = customers.index.difference(clustered, sort=False)
     if len(inferred) and inference.model is not None:
+        # only the columns the model reads (its inputs' sources): no copy of every column
+        numeric, logged = INPUTS[inference.kind]
+        needed = [c for c in dict.fromkeys([*numeric, *logged, *CATEGORICAL_COLUMNS]) if c in customers.columns]
         j, t = explain.model_drivers(
-            inference, customers.loc[inferred], assigned.loc[inferred], customers.loc[fit_index], segment_of.loc[fit_index]
+            inference, customers.loc[inferred, needed], assigned.loc[inferred], customers.loc[fit_index, needed], segment_of.loc[fit_index]
         )
         drivers_json.loc[inferred], drivers_text.loc[inferred] = j, t
     return drivers_json, drivers_text
@@ -844,7 +871,19 @@ def _definitions(
 
 
 def _prospects(
-    run_id, as_of, customers, fit_index, assigned, prospects, taxonomy, name_of, definitions, seed, segment_ids, classifier="forest"
+    run_id,
+    as_of,
+    customers,
+    fit_index,
+    assigned,
+    prospects,
+    taxonomy,
+    name_of,
+    definitions,
+    seed,
+    segment_ids,
+    classifier="forest",
+    sample: int | None = None,
 ) -> pd.DataFrame:
     columns = [
         "run_id",
@@ -860,7 +899,7 @@ def _prospects(
     ]
     if prospects.empty:
         return pd.DataFrame(columns=columns)
-    result = fit_and_score(customers.loc[fit_index], assigned.loc[fit_index], prospects, seed, kind="prospect", classifier=classifier)
+    result = fit_and_score(customers, assigned.loc[fit_index], prospects, seed, kind="prospect", classifier=classifier, sample=sample)
     # a prospect is no key account: it gets one of the main segments
     p = result.probabilities.reindex(index=prospects.index, columns=segment_ids).fillna(0.0)
     p = p.div(p.sum(axis=1).where(lambda t: t > 0, 1.0), axis=0)
@@ -875,14 +914,48 @@ def _prospects(
             "segment_id": best.values,
             "segment_name": best.map(name_of).values,
             "probability": p.max(axis=1).round(4).values,
-            "probabilities": [json.dumps({k: round(float(v), 4) for k, v in r.items()}) for _, r in p.iterrows()],
-            "offer": best.map(lambda s: playbook.get(s, {}).get("offer")).values,
-            "serve": best.map(lambda s: playbook.get(s, {}).get("serve")).values,
+            "probabilities": _json_objects(p, 4),
+            "offer": best.map({s: d.get("offer") for s, d in playbook.items()}).values,
+            "serve": best.map({s: d.get("serve") for s, d in playbook.items()}).values,
         }
     )[columns]
 
 
+def _json_objects(frame: pd.DataFrame, decimals: int) -> np.ndarray:
+    """Each row as a JSON object of its columns, numbers rounded (as json.dumps(round(v)) writes them)."""
+    out = np.full(len(frame), "{", dtype=object)
+    for i, column in enumerate(frame.columns):
+        out = (
+            out
+            + ("" if i == 0 else ", ")
+            + json.dumps(str(column))
+            + ": "
+            + explain.json_numbers(frame[column].to_numpy(dtype=float), decimals)
+        )
+    return out + "}"
+
+
+# Accounts x key accounts compared at a time in the lookalike search (memory bounded).
+NEAREST_BLOCK = 4_000_000
+
+
+def _nearest(points: np.ndarray, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's nearest reference (first on ties) and the distance to it, in blocks
+    of points so that points x refs stays under NEAREST_BLOCK."""
+    step = max(1, NEAREST_BLOCK // max(len(refs), 1))
+    nearest = np.empty(len(points), dtype=np.int64)
+    distance = np.empty(len(points))
+    for start in range(0, len(points), step):
+        d2 = sq_distances(points[start : start + step], refs)
+        nearest[start : start + step] = d2.argmin(axis=1)
+        distance[start : start + step] = np.sqrt(d2[np.arange(len(d2)), nearest[start : start + step]])
+    return nearest, distance
+
+
 def _lookalikes(run_id, as_of, customers, assigned, is_key, per_segment: int) -> pd.DataFrame:
+    """Per segment, the `per_segment` active non-key customers nearest to one of the
+    segment's key accounts (scale-free behaviour, standardised), with that key account.
+    Vectorised; the nearest key account is found in blocks (memory bounded)."""
     columns = [
         "run_id",
         "as_of",
@@ -900,69 +973,94 @@ def _lookalikes(run_id, as_of, customers, assigned, is_key, per_segment: int) ->
     cols = [c for c in LOOKALIKE_COLUMNS if c in customers.columns]
     values = customers[cols].apply(pd.to_numeric, errors="coerce")
     values = values.fillna(values.median()).fillna(0.0)
-    scaled = pd.DataFrame(StandardScaler().fit_transform(values), index=values.index, columns=cols)
-    rows = []
-    active = customers["revenue_12m"] > 0
+    scaled = StandardScaler().fit_transform(values)
+    active = (customers["revenue_12m"] > 0).to_numpy()
+    key = is_key.to_numpy()
+    segment = assigned.to_numpy()
+    ids = customers.index.to_numpy()
+    parts = []
     for seg in sorted(assigned.unique()):
-        keys = customers.index[(assigned == seg) & is_key]
-        others = customers.index[(assigned == seg) & ~is_key & active]
+        in_segment = segment == seg
+        keys = np.nonzero(in_segment & key)[0]
+        others = np.nonzero(in_segment & ~key & active)[0]
         if len(keys) == 0 or len(others) == 0:
             continue
-        key_rows, other_rows = scaled.loc[keys].to_numpy(), scaled.loc[others].to_numpy()
-        dist = np.sqrt(((other_rows[:, None, :] - key_rows[None, :, :]) ** 2).sum(axis=2))
-        nearest = dist.argmin(axis=1)
-        similarity = 1.0 / (1.0 + dist[np.arange(len(other_rows)), nearest])
-        order = np.lexsort((others.to_numpy(), -similarity))[:per_segment]
-        median_key = float(customers.loc[keys, "revenue_12m"].median())
-        for rank, i in enumerate(order, start=1):
-            account, key_account = others[i], keys[nearest[i]]
-            rows.append(
-                (
-                    run_id,
-                    as_of,
-                    account,
-                    customers.at[account, "account_name"],
-                    customers.at[account, "account_owner"],
-                    seg,
-                    round(float(similarity[i]), 4),
-                    rank,
-                    key_account,
-                    customers.at[key_account, "account_name"],
-                    float(customers.at[account, "revenue_12m"]),
-                    median_key,
-                )
+        nearest, distance = _nearest(scaled[others], scaled[keys])
+        similarity = 1.0 / (1.0 + distance)
+        order = np.lexsort((ids[others], -similarity))[:per_segment]
+        chosen, their_key = others[order], keys[nearest[order]]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "account_id": ids[chosen],
+                    "account_name": customers["account_name"].to_numpy()[chosen],
+                    "account_owner": customers["account_owner"].to_numpy()[chosen],
+                    "segment_id": seg,
+                    "similarity": [round(float(v), 4) for v in similarity[order]],  # at most per_segment
+                    "rank_in_segment": np.arange(1, len(order) + 1),
+                    "nearest_key_account_id": ids[their_key],
+                    "nearest_key_account_name": customers["account_name"].to_numpy()[their_key],
+                    "revenue_12m": customers["revenue_12m"].to_numpy(dtype=float)[chosen],
+                    "key_account_median_revenue_12m": float(customers["revenue_12m"].iloc[keys].median()),
+                }
             )
-    return pd.DataFrame(rows, columns=columns)
+        )
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    out = pd.concat(parts, ignore_index=True)
+    out.insert(0, "as_of", as_of)
+    out.insert(0, "run_id", run_id)
+    return out[columns]
 
 
 def _profiles(run_id, customers, dims, assigned, fit_index, is_key, key_mode, taxonomy) -> pd.DataFrame:
+    """Per population and segment: size, revenue share, each need (clustered accounts) and
+    each behaviour (every member) against the population's own. One group-by per
+    population: linear in the accounts."""
     rows = []
     behaviour_cols = [c for c in [*BEHAVIOUR_COLUMNS, "revenue_12m", "tenure_months", "satisfaction", "nps"] if c in customers.columns]
     values = customers[behaviour_cols].apply(pd.to_numeric, errors="coerce")
-    populations = [("all", customers.index)]
+    revenue = customers["revenue_12m"].clip(lower=0)
+    in_fit = customers.index.isin(fit_index)
+    populations = [("all", np.ones(len(customers), dtype=bool))]
     if key_mode == "separate":
-        populations.append(("key", customers.index[is_key.to_numpy()]))
-    for population, members in populations:
-        seg = assigned.loc[members]
-        fit_members = members.intersection(fit_index)
-        need_overall = dims.loc[fit_members].mean()
-        need_sd = dims.loc[fit_members].std().replace(0, np.nan)
+        populations.append(("key", is_key.to_numpy()))
+    for population, member in populations:
+        seg = assigned[member]
+        n_members = int(member.sum())
+        fit_member = member & in_fit
+        needs = dims.loc[customers.index[fit_member]]
+        need_overall = needs.mean()
+        need_sd = needs.std().replace(0, np.nan)
+        need_by_segment = needs.groupby(assigned[fit_member]).mean()
+        here = values[member]
+        overall, sd = here.mean(), here.std()
+        by_segment = here.groupby(seg).mean()
+        sizes = seg.value_counts()
+        total = revenue[member].sum()
+        revenue_by_segment = revenue[member].groupby(seg).sum()
         for s in sorted(seg.unique()):
-            in_seg = seg.index[seg == s]
-            fit_in_seg = in_seg.intersection(fit_members)
-            rows.append((run_id, s, population, "accounts", "size", float(len(in_seg)), float(len(members)), len(in_seg) / len(members)))
-            total = customers.loc[members, "revenue_12m"].clip(lower=0).sum()
-            share = customers.loc[in_seg, "revenue_12m"].clip(lower=0).sum() / total if total else None
+            size = int(sizes[s])
+            rows.append((run_id, s, population, "accounts", "size", float(size), float(n_members), size / n_members))
+            share = revenue_by_segment[s] / total if total else None
             rows.append((run_id, s, population, "revenue_share", "value", share, 1.0, None))
             for d in dims.columns:
-                v = dims.loc[fit_in_seg, d].mean() if len(fit_in_seg) else None
+                v = need_by_segment.at[s, d] if s in need_by_segment.index else None
                 idx = (v - need_overall[d]) / need_sd[d] if v is not None and pd.notna(need_sd[d]) else None
                 rows.append((run_id, s, population, d, "need", v, float(need_overall[d]), idx))
             for c in behaviour_cols:
-                overall, sd = values.loc[members, c].mean(), values.loc[members, c].std()
-                v = values.loc[in_seg, c].mean()
+                v = by_segment.at[s, c]
                 rows.append(
-                    (run_id, s, population, c, "behaviour", v, overall, (v - overall) / sd if sd and pd.notna(sd) and pd.notna(v) else None)
+                    (
+                        run_id,
+                        s,
+                        population,
+                        c,
+                        "behaviour",
+                        v,
+                        overall[c],
+                        (v - overall[c]) / sd[c] if sd[c] and pd.notna(sd[c]) and pd.notna(v) else None,
+                    )
                 )
     frame = pd.DataFrame(
         rows, columns=["run_id", "segment_id", "population", "dimension", "kind", "segment_value", "overall_value", "index_vs_overall"]
