@@ -20,30 +20,35 @@ import pandas as pd
 
 ORDER_FEATURES = """
 with cutoffs as (select unnest(?::date[]) as cutoff),
-lines as (
+per_day as (
+    -- one row per account and day with an order line: what a cutoff reads of a day does not
+    -- depend on the cutoff (the whole day is in its window or none of it), so the order
+    -- lines are grouped once, not once per cutoff.
     -- money stays DECIMAL and discounts become DECIMAL: sums are exact in any thread order,
     -- so the same history gives the same features, and the same model, to the bit
-    select account_id, order_id, order_date::date as day, revenue, is_return,
-           discount::decimal(18, 6) as discount, category_class
+    select account_id, order_date::date as day,
+           sum(revenue) filter (where not is_return) as revenue,
+           count(distinct order_id) filter (where not is_return) as orders,
+           count(*) filter (where not is_return) as lines,
+           sum(discount::decimal(18, 6)) filter (where not is_return) as discount_sum,
+           count(discount) filter (where not is_return) as discounted,
+           count(*) filter (where not is_return and category_class = 'premium') as premium_lines,
+           count(*) filter (where not is_return and category_class = 'service') as service_lines
     from intermediate.int_order_lines__priced
-),
-per_day as (
-    select c.cutoff, l.account_id, l.day,
-           sum(l.revenue) filter (where not l.is_return) as revenue,
-           count(distinct l.order_id) filter (where not l.is_return) as orders,
-           count(*) filter (where not l.is_return) as lines,
-           count(*) filter (where l.is_return) as returns,
-           sum(l.discount) filter (where not l.is_return) as discount_sum,
-           count(l.discount) filter (where not l.is_return) as discounted,
-           count(*) filter (where not l.is_return and l.category_class = 'premium') as premium_lines,
-           count(*) filter (where not l.is_return and l.category_class = 'service') as service_lines
-    from lines as l join cutoffs as c on l.day <= c.cutoff and l.day > c.cutoff - interval 24 month
+    where order_date::date <= (select max(cutoff) from cutoffs)
+      and order_date::date > (select min(cutoff) from cutoffs) - interval 24 month
     group by all
 ),
-buying as (
-    select *, datediff('day', day, cutoff) as age,
-           datediff('day', lag(day) over (partition by cutoff, account_id order by day), day) as gap
+buying_days as (
+    select *, lag(day) over (partition by account_id order by day) as previous_day
     from per_day where orders > 0
+),
+buying as (
+    -- a cutoff's gaps are between its window's purchase days: the first day in the window
+    -- has none (its previous purchase day, if any, is before the window)
+    select c.cutoff, b.*, datediff('day', b.day, c.cutoff) as age,
+           case when b.previous_day > c.cutoff - interval 24 month then datediff('day', b.previous_day, b.day) end as gap
+    from buying_days as b join cutoffs as c on b.day <= c.cutoff and b.day > c.cutoff - interval 24 month
 )
 select cutoff, account_id,
     min(age) as recency_days,
@@ -76,11 +81,16 @@ group by all
 """
 
 RETURNS = """
-with cutoffs as (select unnest(?::date[]) as cutoff)
-select c.cutoff, l.account_id,
-       count(*) filter (where l.is_return) / count(*) as return_share
-from intermediate.int_order_lines__priced as l join cutoffs as c
-  on l.order_date::date <= c.cutoff and l.order_date::date > c.cutoff - interval 12 month
+with cutoffs as (select unnest(?::date[]) as cutoff),
+per_day as (
+    select account_id, order_date::date as day, count(*) filter (where is_return) as returns, count(*) as lines
+    from intermediate.int_order_lines__priced
+    where order_date::date <= (select max(cutoff) from cutoffs)
+      and order_date::date > (select min(cutoff) from cutoffs) - interval 12 month
+    group by all
+)
+select c.cutoff, l.account_id, sum(l.returns) / sum(l.lines) as return_share
+from per_day as l join cutoffs as c on l.day <= c.cutoff and l.day > c.cutoff - interval 12 month
 group by all
 """
 
@@ -160,18 +170,23 @@ with cutoffs as (select unnest(?::date[]) as cutoff),
 buying as (
     select distinct account_id, order_date::date as day from intermediate.int_order_lines__priced where not is_return
 ),
+known as (
+    -- the accounts that had bought by each cutoff
+    select c.cutoff, f.account_id
+    from (select account_id, min(day) as first_day from buying group by all) as f
+    join cutoffs as c on f.first_day <= c.cutoff
+),
 churned as (
     select account_id, min(updated_at::date) as churned_on
     from staging.stg_crm__accounts where status = 'churned' group by all
 )
-select c.cutoff, b.account_id,
-       count(*) filter (where b.day > c.cutoff and b.day <= c.cutoff + to_months(?)) = 0
-       or coalesce(bool_or(ch.churned_on > c.cutoff and ch.churned_on <= c.cutoff + to_months(?)), false) as churned
-from cutoffs as c
-join buying as b on b.day <= c.cutoff + to_months(?)
-left join churned as ch on ch.account_id = b.account_id
-group by all
-having count(*) filter (where b.day <= c.cutoff) > 0
+-- the first purchase day after the cutoff (an as-of join, not every day against every cutoff)
+select k.cutoff, k.account_id,
+       coalesce(n.day > k.cutoff + to_months(?), true)
+       or coalesce(ch.churned_on > k.cutoff and ch.churned_on <= k.cutoff + to_months(?), false) as churned
+from known as k
+asof left join buying as n on n.account_id = k.account_id and n.day > k.cutoff
+left join churned as ch on ch.account_id = k.account_id
 """
 
 
@@ -246,7 +261,7 @@ def labels(con: duckdb.DuckDBPyConnection, cutoffs: list[dt.date], as_of: dt.dat
     closed = [c for c in sorted(set(cutoffs)) if window_closed(c, as_of, horizon_months)]
     if not closed:
         return pd.DataFrame(columns=["cutoff", "account_id", "churned"])
-    frame = con.execute(LABELS, [closed, horizon_months, horizon_months, horizon_months]).df()
+    frame = con.execute(LABELS, [closed, horizon_months, horizon_months]).df()
     frame["churned"] = frame["churned"].astype(bool)
     frame["cutoff"] = pd.to_datetime(frame["cutoff"]).dt.date
     return frame

@@ -52,6 +52,8 @@ class ChurnSettings:
     training_cutoffs: int = _DEFAULTS.training_cutoffs
     min_training_rows: int = _DEFAULTS.min_training_rows
     min_training_positives: int = _DEFAULTS.min_training_positives
+    max_training_rows: int = _DEFAULTS.max_training_rows
+    bgnbd_max_accounts: int = _DEFAULTS.bgnbd_max_accounts
     top_k: int = _DEFAULTS.top_k
     target_precision: float = _DEFAULTS.target_precision
     min_alerts_for_threshold: int = _DEFAULTS.min_alerts_for_threshold
@@ -120,8 +122,10 @@ def _eligible(frame: pd.DataFrame, horizon_months: int) -> pd.Series:
 
 def predict_at(data: pd.DataFrame, when: dt.date, settings: ChurnSettings) -> Prediction:
     """Scores for the customers at cutoff `when`, from a model trained on what was closed then."""
-    closed = np.array([history.window_closed(c, when, settings.horizon_months) for c in data["cutoff"]], dtype=bool)
-    train = data[closed & data["churned"].notna().to_numpy()]
+    # one test per cutoff date, not per row
+    closed = data["cutoff"].map({c: history.window_closed(c, when, settings.horizon_months) for c in data["cutoff"].unique()})
+    closed = closed.to_numpy(dtype=bool)
+    train = sample_accounts(data[closed & data["churned"].notna().to_numpy()], settings.max_training_rows)
     target = data[data["cutoff"] == when]
     y = train["churned"].astype(int).to_numpy()
     rows, positives, cutoffs = len(train), int(y.sum()), train["cutoff"].nunique()
@@ -132,6 +136,24 @@ def predict_at(data: pd.DataFrame, when: dt.date, settings: ChurnSettings) -> Pr
         return Prediction(p, np.log(np.clip(p, 1e-6, 1 - 1e-6) / np.clip(1 - p, 1e-6, 1)), COLD_START, None, rows, positives, cutoffs)
     model = fit(train, y, settings.seed)
     return Prediction(model.probability(target), model.margin(target), LIGHTGBM, model, rows, positives, cutoffs)
+
+
+def account_order(account_ids: pd.Series) -> np.ndarray:
+    """A fixed pseudo-random rank per account (a hash of its id): the same account keeps its
+    place whatever else is in the population, so a sample is the same accounts every month."""
+    return pd.util.hash_array(account_ids.astype(str).to_numpy(dtype=object))
+
+
+def sample_accounts(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
+    """All rows of the accounts first in `account_order` while they fit in `max_rows`
+    (every row when they all fit); the frame's row order is kept."""
+    if len(frame) <= max_rows:
+        return frame
+    ids = frame["account_id"]
+    per_account = ids.value_counts()
+    ranked = per_account.iloc[np.argsort(account_order(per_account.index.to_series()), kind="stable")]
+    keep = ranked.index[np.cumsum(ranked.to_numpy()) <= max_rows]
+    return frame[ids.isin(keep).to_numpy()]
 
 
 def _rhythm_probability(frame: pd.DataFrame, horizon_months: int) -> np.ndarray:
@@ -209,7 +231,9 @@ def load(
                 data[column] = pd.to_numeric(data[column], errors="coerce").astype(float) if column in data else np.nan
                 data.loc[now, column] = values.to_numpy()
     horizon_days = settings.horizon_months * 30.44
-    data[["bgnbd_p_alive", "bgnbd_expected", "bgnbd_p_no_purchase"]] = bgnbd.per_cutoff(data, horizon_days, con)
+    data[["bgnbd_p_alive", "bgnbd_expected", "bgnbd_p_no_purchase"]] = bgnbd.per_cutoff(
+        data, horizon_days, con, max_accounts=settings.bgnbd_max_accounts
+    )
     outcomes = history.labels(con, cutoffs, as_of, settings.horizon_months)
     data = data.merge(outcomes, on=["cutoff", "account_id"], how="left")
     data["eligible"] = _eligible(data, settings.horizon_months)
