@@ -161,7 +161,8 @@ def test_order_features_and_labels_equal_the_line_by_cutoff_queries(con):
     cutoffs = cutoffs_for(AS_OF, [dt.date(2024, 12, 31)], ChurnSettings(training_cutoffs=8))
     key = ["cutoff", "account_id"]
     for new, old in ((history.ORDER_FEATURES, REFERENCE_ORDER_FEATURES), (history.RETURNS, REFERENCE_RETURNS)):
-        got = con.execute(new, [cutoffs]).df().sort_values(key, ignore_index=True)
+        params = [cutoffs, [True] * len(cutoffs), []] if new is history.ORDER_FEATURES else [cutoffs]
+        got = con.execute(new, params).df().sort_values(key, ignore_index=True)
         want = con.execute(old, [cutoffs]).df().sort_values(key, ignore_index=True)
         assert len(got) > 1000
         pd.testing.assert_frame_equal(got, want, check_exact=True)
@@ -235,3 +236,29 @@ def test_the_model_learns_from_at_most_max_training_rows_and_bgnbd_fits_on_its_s
     assert sampled["bgnbd_p_alive"].notna().all() and not sampled.equals(bgnbd.fit_predict(now, 91.3))
     first = bgnbd._fit_sample(now, 100)
     assert len(first) == 100 and set(first["account_id"]) <= set(now["account_id"])
+
+
+def test_cutoffs_only_learnt_from_hold_the_training_sample_when_the_population_is_over_the_cap(con):
+    from pipelines.churn.run import load
+
+    settings = ChurnSettings(training_cutoffs=6, min_training_rows=100, min_training_positives=10)
+    full = load(con, AS_OF, [], settings, None)
+    assert full["training_sample"].all()  # under the cap: everything, as before
+    small = ChurnSettings(**{**settings.__dict__, "max_training_rows": 600})
+    sampled = load(con, AS_OF, [], small, None)
+    now = sampled["cutoff"] == AS_OF
+    # the run's own date is scored for every account, with the same figures
+    columns = [c for c in full.columns if c not in ("bgnbd_p_alive", "bgnbd_expected", "bgnbd_p_no_purchase", "training_sample")]
+    pd.testing.assert_frame_equal(
+        sampled.loc[now, columns].reset_index(drop=True), full.loc[full["cutoff"] == AS_OF, columns].reset_index(drop=True)
+    )
+    learnt = sampled[~now]
+    assert learnt["training_sample"].all() and learnt["account_id"].nunique() <= 600 // 6
+    assert set(learnt["account_id"]) < set(full.loc[full["cutoff"] != AS_OF, "account_id"])
+    # the figures of a sampled account are its own (the percentile aside: among the sample)
+    keep = ["cutoff", "account_id", "recency_days", "revenue_12m", "median_gap_days", "churned"]
+    merged = learnt[keep].merge(full[keep], on=["cutoff", "account_id"], suffixes=("", "_all"))
+    assert len(merged) == len(learnt)
+    for column in keep[2:]:
+        pd.testing.assert_series_equal(merged[column], merged[f"{column}_all"], check_names=False)
+    assert predict_at(sampled, AS_OF, small).training_rows <= 600

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 ORDER_FEATURES = """
-with cutoffs as (select unnest(?::date[]) as cutoff),
+with cutoffs as (select unnest(?::date[]) as cutoff, unnest(?::boolean[]) as every_account),
+sample as (select unnest(?::varchar[]) as account_id),
 per_day as (
     -- one row per account and day with an order line: what a cutoff reads of a day does not
     -- depend on the cutoff (the whole day is in its window or none of it), so the order
@@ -43,12 +44,22 @@ buying_days as (
     select *, lag(day) over (partition by account_id order by day) as previous_day
     from per_day where orders > 0
 ),
+in_window as (
+    -- a training-only cutoff of a sampled run reads the sampled accounts only (see `features`)
+    select c.cutoff, b.* from buying_days as b
+    join cutoffs as c on b.day <= c.cutoff and b.day > c.cutoff - interval 24 month
+    where c.every_account
+    union all
+    select c.cutoff, b.* from (select * from buying_days where account_id in (select account_id from sample)) as b
+    join cutoffs as c on b.day <= c.cutoff and b.day > c.cutoff - interval 24 month
+    where not c.every_account
+),
 buying as (
     -- a cutoff's gaps are between its window's purchase days: the first day in the window
     -- has none (its previous purchase day, if any, is before the window)
-    select c.cutoff, b.*, datediff('day', b.day, c.cutoff) as age,
-           case when b.previous_day > c.cutoff - interval 24 month then datediff('day', b.previous_day, b.day) end as gap
-    from buying_days as b join cutoffs as c on b.day <= c.cutoff and b.day > c.cutoff - interval 24 month
+    select *, datediff('day', day, cutoff) as age,
+           case when previous_day > cutoff - interval 24 month then datediff('day', previous_day, day) end as gap
+    from in_window
 )
 select cutoff, account_id,
     min(age) as recency_days,
@@ -205,15 +216,38 @@ def _frame(con: duckdb.DuckDBPyConnection, sql: str, cutoffs: list[dt.date], tab
     return frame.set_index(["cutoff", "account_id"]) if len(frame) else None
 
 
+def training_sample(con: duckdb.DuckDBPyConnection, last_cutoff: dt.date, cutoffs: int, max_rows: int) -> list[str] | None:
+    """The accounts a model learns from when every account's history would not fit in
+    `max_rows` (`cutoffs` rows each): the first `max_rows // cutoffs` of the accounts that had
+    bought by `last_cutoff`, in the fixed hash order of their ids; None when all fit."""
+    from pipelines.churn.run import account_order
+
+    buyers = con.execute(
+        "select distinct account_id from intermediate.int_order_lines__priced where not is_return and order_date::date <= ?", [last_cutoff]
+    ).df()["account_id"]
+    if len(buyers) * cutoffs <= max_rows:
+        return None
+    order = np.argsort(account_order(buyers), kind="stable")[: max(max_rows // cutoffs, 1)]
+    return sorted(buyers.iloc[order].astype(str))
+
+
 def window_closed(cutoff: dt.date, as_of: dt.date, horizon_months: int) -> bool:
     """True when the whole outcome window (cutoff, cutoff + horizon] lies on or before `as_of`."""
     return (pd.Timestamp(cutoff) + pd.DateOffset(months=horizon_months)).date() <= as_of
 
 
-def features(con: duckdb.DuckDBPyConnection, cutoffs: list[dt.date]) -> pd.DataFrame:
-    """One row per (cutoff, account) that bought on or before the cutoff and is a customer then."""
+def features(
+    con: duckdb.DuckDBPyConnection, cutoffs: list[dt.date], sample: list[str] | None = None, every_account: set[dt.date] = frozenset()
+) -> pd.DataFrame:
+    """One row per (cutoff, account) that bought on or before the cutoff and is a customer then.
+
+    With a `sample` of accounts, cutoffs not in `every_account` (those only learnt from) hold
+    the sampled accounts only: their figures are the same, except `value_percentile`, which
+    ranks an account among the cutoff's sampled customers instead of all of them.
+    """
     cutoffs = sorted(set(cutoffs))
-    frame = con.execute(ORDER_FEATURES, [cutoffs]).df().set_index(["cutoff", "account_id"])
+    full = [sample is None or c in every_account for c in cutoffs]
+    frame = con.execute(ORDER_FEATURES, [cutoffs, full, sample or []]).df().set_index(["cutoff", "account_id"])
     accounts = _frame(con, ACCOUNTS, cutoffs, ("staging", "stg_crm__accounts"))
     if accounts is not None:
         frame = frame.join(accounts, how="left")

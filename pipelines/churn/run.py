@@ -5,7 +5,10 @@
    (`pipelines.churn.history`) and BG/NBD's figures fitted on that date's history (each
    cutoff's fit kept in `churn.bgnbd_fits` and reused while that history is unchanged).
 2. **Training** reads only labels whose outcome window has closed by the date the model is
-   for: for the run on date D, cutoffs c with c + horizon <= D. Too few closed labels
+   for: for the run on date D, cutoffs c with c + horizon <= D. Above `max_training_rows`
+   it learns from a fixed sample of accounts (`account_order`, a hash of the id): the
+   cutoffs only learnt from are built for the sample alone (`history.training_sample`), the
+   dates scored for every account. Too few closed labels
    (`min_training_rows`, `min_training_positives`): the churn probability is BG/NBD's
    chance of no purchase in the horizon, marked `bgnbd_cold_start`.
 3. **Backtest**: every earlier run whose window has closed by now (the latest
@@ -125,7 +128,8 @@ def predict_at(data: pd.DataFrame, when: dt.date, settings: ChurnSettings) -> Pr
     # one test per cutoff date, not per row
     closed = data["cutoff"].map({c: history.window_closed(c, when, settings.horizon_months) for c in data["cutoff"].unique()})
     closed = closed.to_numpy(dtype=bool)
-    train = sample_accounts(data[closed & data["churned"].notna().to_numpy()], settings.max_training_rows)
+    in_sample = data["training_sample"].to_numpy(bool) if "training_sample" in data else True
+    train = sample_accounts(data[closed & in_sample & data["churned"].notna().to_numpy()], settings.max_training_rows)
     target = data[data["cutoff"] == when]
     y = train["churned"].astype(int).to_numpy()
     rows, positives, cutoffs = len(train), int(y.sum()), train["cutoff"].nunique()
@@ -221,7 +225,13 @@ def load(
     """Features, BG/NBD and (closed) labels for every cutoff the run needs: its own, the
     training cutoffs of `earlier_runs` (scored again) and the dates of `label_dates`."""
     cutoffs = sorted(set(cutoffs_for(as_of, earlier_runs, settings)) | set(label_dates))
-    data = history.features(con, cutoffs)
+    # the dates scored (this run, earlier runs) hold every account; the cutoffs only learnt
+    # from hold the training sample when the whole population would not fit the cap
+    scored = {as_of, *earlier_runs, *label_dates}
+    learnt = [c for c in cutoffs if c not in scored]
+    sample = history.training_sample(con, max(learnt), settings.training_cutoffs, settings.max_training_rows) if learnt else None
+    data = history.features(con, cutoffs, sample, scored)
+    data["training_sample"] = data["account_id"].isin(sample) if sample is not None else True
     if current_drift is not None and len(current_drift):
         now = data["cutoff"] == as_of
         drift = current_drift.reindex(data.loc[now, "account_id"])
