@@ -21,15 +21,11 @@ import pandas as pd
 ORDER_FEATURES = """
 with cutoffs as (select unnest(?::date[]) as cutoff, unnest(?::boolean[]) as every_account),
 sample as (select unnest(?::varchar[]) as account_id),
-per_day as (
-    -- one row per account and day with an order line: what a cutoff reads of a day does not
-    -- depend on the cutoff (the whole day is in its window or none of it), so the order
-    -- lines are grouped once, not once per cutoff.
+per_order as (
     -- money stays DECIMAL and discounts become DECIMAL: sums are exact in any thread order,
     -- so the same history gives the same features, and the same model, to the bit
-    select account_id, order_date::date as day,
+    select account_id, order_date::date as day, order_id,
            sum(revenue) filter (where not is_return) as revenue,
-           count(distinct order_id) filter (where not is_return) as orders,
            count(*) filter (where not is_return) as lines,
            sum(discount::decimal(18, 6)) filter (where not is_return) as discount_sum,
            count(discount) filter (where not is_return) as discounted,
@@ -40,7 +36,18 @@ per_day as (
       and order_date::date > (select min(cutoff) from cutoffs) - interval 24 month
     group by all
 ),
-buying_days as (
+per_day as (
+    -- one row per account and day with an order line: what a cutoff reads of a day does not
+    -- depend on the cutoff (the whole day is in its window or none of it), so the order
+    -- lines are grouped once, not once per cutoff (orders counted from one row per order,
+    -- not with a distinct count per day, which held a hash table per account and day)
+    select account_id, day, sum(revenue) as revenue, count(*) filter (where lines > 0) as orders, sum(lines) as lines,
+           sum(discount_sum) as discount_sum, sum(discounted) as discounted,
+           sum(premium_lines) as premium_lines, sum(service_lines) as service_lines
+    from per_order
+    group by all
+),
+buying_days as materialized (
     select *, lag(day) over (partition by account_id order by day) as previous_day
     from per_day where orders > 0
 ),
