@@ -184,15 +184,17 @@ left join migrations as m on m.cutoff = c.cutoff and m.account_id = d.account_id
 """
 
 LABELS = """
-with cutoffs as (select unnest(?::date[]) as cutoff),
+with cutoffs as (select unnest(?::date[]) as cutoff, unnest(?::boolean[]) as every_account),
+sample as (select unnest(?::varchar[]) as account_id),
 buying as (
     select distinct account_id, order_date::date as day from intermediate.int_order_lines__priced where not is_return
 ),
 known as (
-    -- the accounts that had bought by each cutoff
+    -- the accounts that had bought by each cutoff (a cutoff only learnt from: the sample's)
     select c.cutoff, f.account_id
     from (select account_id, min(day) as first_day from buying group by all) as f
     join cutoffs as c on f.first_day <= c.cutoff
+    where c.every_account or f.account_id in (select account_id from sample)
 ),
 churned as (
     select account_id, min(updated_at::date) as churned_on
@@ -292,8 +294,16 @@ def _derived(frame: pd.DataFrame) -> pd.DataFrame:
     return f
 
 
-def labels(con: duckdb.DuckDBPyConnection, cutoffs: list[dt.date], as_of: dt.date, horizon_months: int) -> pd.DataFrame:
-    """The outcome of every account that had bought by each cutoff whose window has closed by `as_of`.
+def labels(
+    con: duckdb.DuckDBPyConnection,
+    cutoffs: list[dt.date],
+    as_of: dt.date,
+    horizon_months: int,
+    sample: list[str] | None = None,
+    every_account: set[dt.date] = frozenset(),
+) -> pd.DataFrame:
+    """The outcome of every account that had bought by each cutoff whose window has closed by `as_of`
+    (with a `sample`, only its accounts at cutoffs not in `every_account`, as in `features`).
 
     A cutoff whose window (cutoff, cutoff + horizon] is not over on `as_of` gets no labels at
     all: an account that has not ordered *yet* has not lapsed, and reading it as lapsed
@@ -302,7 +312,8 @@ def labels(con: duckdb.DuckDBPyConnection, cutoffs: list[dt.date], as_of: dt.dat
     closed = [c for c in sorted(set(cutoffs)) if window_closed(c, as_of, horizon_months)]
     if not closed:
         return pd.DataFrame(columns=["cutoff", "account_id", "churned"])
-    frame = con.execute(LABELS, [closed, horizon_months, horizon_months]).df()
+    full = [sample is None or c in every_account for c in closed]
+    frame = con.execute(LABELS, [closed, full, sample or [], horizon_months, horizon_months]).df()
     frame["churned"] = frame["churned"].astype(bool)
     frame["cutoff"] = pd.to_datetime(frame["cutoff"]).dt.date
     return frame

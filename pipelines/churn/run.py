@@ -244,7 +244,7 @@ def load(
     data[["bgnbd_p_alive", "bgnbd_expected", "bgnbd_p_no_purchase"]] = bgnbd.per_cutoff(
         data, horizon_days, con, max_accounts=settings.bgnbd_max_accounts
     )
-    outcomes = history.labels(con, cutoffs, as_of, settings.horizon_months)
+    outcomes = history.labels(con, cutoffs, as_of, settings.horizon_months, sample, scored)
     data = data.merge(outcomes, on=["cutoff", "account_id"], how="left")
     data["eligible"] = _eligible(data, settings.horizon_months)
     return data
