@@ -144,7 +144,7 @@ class ChurnConfig(_Section):
     # at scale, learn from a fixed sample of accounts (by a hash of the account id, so the
     # same accounts month after month): LightGBM on at most this many closed outcomes, BG/NBD
     # fitted on at most this many accounts per cutoff (every account is still scored)
-    max_training_rows: Annotated[int, Field(ge=1)] = 20000
+    max_training_rows: Annotated[int, Field(ge=1)] = 60000
     bgnbd_max_accounts: Annotated[int, Field(ge=20)] = 5000
     # backtest over the latest earlier runs whose window has closed; precision@k
     backtest_runs: Count = 6
