@@ -148,6 +148,11 @@ class ChurnConfig(_Section):
     # fewer closed outcomes (or churned ones) than this: BG/NBD alone (cold start)
     min_training_rows: Count = 500
     min_training_positives: Count = 50
+    # at scale, learn from a fixed sample of accounts (by a hash of the account id, so the
+    # same accounts month after month): LightGBM on at most this many closed outcomes, BG/NBD
+    # fitted on at most this many accounts per cutoff (every account is still scored)
+    max_training_rows: Annotated[int, Field(ge=1)] = 60000
+    bgnbd_max_accounts: Annotated[int, Field(ge=20)] = 5000
     # backtest over the latest earlier runs whose window has closed; precision@k
     backtest_runs: Count = 6
     top_k: Annotated[int, Field(ge=1)] = 100

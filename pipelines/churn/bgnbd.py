@@ -18,6 +18,11 @@ connection, the fitted parameters are kept in `churn.bgnbd_fits`, keyed by the c
 a fingerprint of exactly the inputs (repeat purchases, ages, the penalties tried): the
 same history reuses its fit (the same parameters, so the same figures); any change to it,
 such as a late-loaded order, fits afresh. A read-only connection fits without keeping.
+
+At scale the four parameters are fitted on a fixed sample of accounts (`churn.bgnbd_max_accounts`,
+the churn model's hash order of account ids) and applied to every account; the fingerprint
+is of the sample's inputs, so a kept fit is reused exactly when the sample's history is
+unchanged. Below the cap every account is fitted, as before.
 """
 
 from __future__ import annotations
@@ -112,25 +117,44 @@ def _kept(row: tuple):
     return model
 
 
-def fit_predict(frame: pd.DataFrame, horizon_days: float, cache: FitCache | None = None) -> pd.DataFrame:
-    """Per row of `frame` (purchase_days, recency_days, first_purchase_age_days, one cutoff):
-    bgnbd_p_alive, bgnbd_expected (purchases in the horizon) and bgnbd_p_no_purchase."""
+def _inputs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Repeat purchases, age at the last purchase and age now (weeks)."""
     x = (frame["purchase_days"].to_numpy(float) - 1).clip(min=0)
     T = frame["first_purchase_age_days"].to_numpy(float) / WEEK
     t_x = (frame["first_purchase_age_days"] - frame["recency_days"]).to_numpy(float) / WEEK
+    return x, t_x, T
+
+
+def _fit_sample(frame: pd.DataFrame, max_accounts: int | None) -> pd.DataFrame:
+    """The accounts the parameters are fitted on: all, or the first `max_accounts` in the
+    churn model's fixed account order (pipelines.churn.run.account_order)."""
+    if max_accounts is None or len(frame) <= max_accounts or "account_id" not in frame:
+        return frame
+    from pipelines.churn.run import account_order
+
+    order = np.argsort(account_order(frame["account_id"]), kind="stable")[:max_accounts]
+    return frame.iloc[np.sort(order)]
+
+
+def fit_predict(frame: pd.DataFrame, horizon_days: float, cache: FitCache | None = None, max_accounts: int | None = None) -> pd.DataFrame:
+    """Per row of `frame` (purchase_days, recency_days, first_purchase_age_days, one cutoff):
+    bgnbd_p_alive, bgnbd_expected (purchases in the horizon) and bgnbd_p_no_purchase.
+    Fitted on at most `max_accounts` of the rows (a fixed sample), applied to all."""
+    x, t_x, T = _inputs(frame)
     t = horizon_days / WEEK
     out = pd.DataFrame(index=frame.index, columns=["bgnbd_p_alive", "bgnbd_expected", "bgnbd_p_no_purchase"], dtype=float)
     if len(frame) < 20 or (x > 0).sum() < 5:
         return out
+    fx, ft_x, fT = _inputs(_fit_sample(frame, max_accounts))
     cutoff = frame["cutoff"].iloc[0] if cache is not None and "cutoff" in frame else None
-    key = _fingerprint(x, t_x, T) if cutoff is not None else None
+    key = _fingerprint(fx, ft_x, fT) if cutoff is not None else None
     row = cache.get(cutoff, key) if key is not None else None
     if row is not None:
         model = _kept(row)
     else:
-        model = _fit(x, t_x, T)
+        model = _fit(fx, ft_x, fT)
         if key is not None:
-            cache.put(cutoff, key, len(x), model)
+            cache.put(cutoff, key, len(fx), model)
     if model is None:
         return out
     r, alpha = model.params_["r"], model.params_["alpha"]
@@ -144,10 +168,13 @@ def fit_predict(frame: pd.DataFrame, horizon_days: float, cache: FitCache | None
     return out
 
 
-def per_cutoff(frame: pd.DataFrame, horizon_days: float, con: duckdb.DuckDBPyConnection | None = None) -> pd.DataFrame:
-    """BG/NBD fitted separately at every cutoff of `frame` (each on what was known then);
-    with `con`, fits are kept in and reused from the warehouse (`churn.bgnbd_fits`)."""
+def per_cutoff(
+    frame: pd.DataFrame, horizon_days: float, con: duckdb.DuckDBPyConnection | None = None, max_accounts: int | None = None
+) -> pd.DataFrame:
+    """BG/NBD fitted separately at every cutoff of `frame` (each on what was known then, on at
+    most `max_accounts` accounts); with `con`, fits are kept in and reused from the warehouse
+    (`churn.bgnbd_fits`)."""
     cache = FitCache(con) if con is not None else None
-    parts = [fit_predict(group, horizon_days, cache) for _, group in frame.groupby("cutoff", sort=True)]
+    parts = [fit_predict(group, horizon_days, cache, max_accounts) for _, group in frame.groupby("cutoff", sort=True)]
     columns = ["bgnbd_p_alive", "bgnbd_expected", "bgnbd_p_no_purchase"]
     return pd.concat(parts).reindex(frame.index) if parts else pd.DataFrame(index=frame.index, columns=columns, dtype=float)

@@ -19,31 +19,54 @@ import numpy as np
 import pandas as pd
 
 ORDER_FEATURES = """
-with cutoffs as (select unnest(?::date[]) as cutoff),
-lines as (
+with cutoffs as (select unnest(?::date[]) as cutoff, unnest(?::boolean[]) as every_account),
+sample as (select unnest(?::varchar[]) as account_id),
+per_order as (
     -- money stays DECIMAL and discounts become DECIMAL: sums are exact in any thread order,
     -- so the same history gives the same features, and the same model, to the bit
-    select account_id, order_id, order_date::date as day, revenue, is_return,
-           discount::decimal(18, 6) as discount, category_class
+    select account_id, order_date::date as day, order_id,
+           sum(revenue) filter (where not is_return) as revenue,
+           count(*) filter (where not is_return) as lines,
+           sum(discount::decimal(18, 6)) filter (where not is_return) as discount_sum,
+           count(discount) filter (where not is_return) as discounted,
+           count(*) filter (where not is_return and category_class = 'premium') as premium_lines,
+           count(*) filter (where not is_return and category_class = 'service') as service_lines
     from intermediate.int_order_lines__priced
-),
-per_day as (
-    select c.cutoff, l.account_id, l.day,
-           sum(l.revenue) filter (where not l.is_return) as revenue,
-           count(distinct l.order_id) filter (where not l.is_return) as orders,
-           count(*) filter (where not l.is_return) as lines,
-           count(*) filter (where l.is_return) as returns,
-           sum(l.discount) filter (where not l.is_return) as discount_sum,
-           count(l.discount) filter (where not l.is_return) as discounted,
-           count(*) filter (where not l.is_return and l.category_class = 'premium') as premium_lines,
-           count(*) filter (where not l.is_return and l.category_class = 'service') as service_lines
-    from lines as l join cutoffs as c on l.day <= c.cutoff and l.day > c.cutoff - interval 24 month
+    where order_date::date <= (select max(cutoff) from cutoffs)
+      and order_date::date > (select min(cutoff) from cutoffs) - interval 24 month
     group by all
 ),
-buying as (
-    select *, datediff('day', day, cutoff) as age,
-           datediff('day', lag(day) over (partition by cutoff, account_id order by day), day) as gap
+per_day as (
+    -- one row per account and day with an order line: what a cutoff reads of a day does not
+    -- depend on the cutoff (the whole day is in its window or none of it), so the order
+    -- lines are grouped once, not once per cutoff (orders counted from one row per order,
+    -- not with a distinct count per day, which held a hash table per account and day)
+    select account_id, day, sum(revenue) as revenue, count(*) filter (where lines > 0) as orders, sum(lines) as lines,
+           sum(discount_sum) as discount_sum, sum(discounted) as discounted,
+           sum(premium_lines) as premium_lines, sum(service_lines) as service_lines
+    from per_order
+    group by all
+),
+buying_days as materialized (
+    select *, lag(day) over (partition by account_id order by day) as previous_day
     from per_day where orders > 0
+),
+in_window as (
+    -- a training-only cutoff of a sampled run reads the sampled accounts only (see `features`)
+    select c.cutoff, b.* from buying_days as b
+    join cutoffs as c on b.day <= c.cutoff and b.day > c.cutoff - interval 24 month
+    where c.every_account
+    union all
+    select c.cutoff, b.* from (select * from buying_days where account_id in (select account_id from sample)) as b
+    join cutoffs as c on b.day <= c.cutoff and b.day > c.cutoff - interval 24 month
+    where not c.every_account
+),
+buying as (
+    -- a cutoff's gaps are between its window's purchase days: the first day in the window
+    -- has none (its previous purchase day, if any, is before the window)
+    select *, datediff('day', day, cutoff) as age,
+           case when previous_day > cutoff - interval 24 month then datediff('day', previous_day, day) end as gap
+    from in_window
 )
 select cutoff, account_id,
     min(age) as recency_days,
@@ -76,11 +99,16 @@ group by all
 """
 
 RETURNS = """
-with cutoffs as (select unnest(?::date[]) as cutoff)
-select c.cutoff, l.account_id,
-       count(*) filter (where l.is_return) / count(*) as return_share
-from intermediate.int_order_lines__priced as l join cutoffs as c
-  on l.order_date::date <= c.cutoff and l.order_date::date > c.cutoff - interval 12 month
+with cutoffs as (select unnest(?::date[]) as cutoff),
+per_day as (
+    select account_id, order_date::date as day, count(*) filter (where is_return) as returns, count(*) as lines
+    from intermediate.int_order_lines__priced
+    where order_date::date <= (select max(cutoff) from cutoffs)
+      and order_date::date > (select min(cutoff) from cutoffs) - interval 12 month
+    group by all
+)
+select c.cutoff, l.account_id, sum(l.returns) / sum(l.lines) as return_share
+from per_day as l join cutoffs as c on l.day <= c.cutoff and l.day > c.cutoff - interval 12 month
 group by all
 """
 
@@ -156,22 +184,29 @@ left join migrations as m on m.cutoff = c.cutoff and m.account_id = d.account_id
 """
 
 LABELS = """
-with cutoffs as (select unnest(?::date[]) as cutoff),
+with cutoffs as (select unnest(?::date[]) as cutoff, unnest(?::boolean[]) as every_account),
+sample as (select unnest(?::varchar[]) as account_id),
 buying as (
     select distinct account_id, order_date::date as day from intermediate.int_order_lines__priced where not is_return
+),
+known as (
+    -- the accounts that had bought by each cutoff (a cutoff only learnt from: the sample's)
+    select c.cutoff, f.account_id
+    from (select account_id, min(day) as first_day from buying group by all) as f
+    join cutoffs as c on f.first_day <= c.cutoff
+    where c.every_account or f.account_id in (select account_id from sample)
 ),
 churned as (
     select account_id, min(updated_at::date) as churned_on
     from staging.stg_crm__accounts where status = 'churned' group by all
 )
-select c.cutoff, b.account_id,
-       count(*) filter (where b.day > c.cutoff and b.day <= c.cutoff + to_months(?)) = 0
-       or coalesce(bool_or(ch.churned_on > c.cutoff and ch.churned_on <= c.cutoff + to_months(?)), false) as churned
-from cutoffs as c
-join buying as b on b.day <= c.cutoff + to_months(?)
-left join churned as ch on ch.account_id = b.account_id
-group by all
-having count(*) filter (where b.day <= c.cutoff) > 0
+-- the first purchase day after the cutoff (an as-of join, not every day against every cutoff)
+select k.cutoff, k.account_id,
+       coalesce(n.day > k.cutoff + to_months(?), true)
+       or coalesce(ch.churned_on > k.cutoff and ch.churned_on <= k.cutoff + to_months(?), false) as churned
+from known as k
+asof left join buying as n on n.account_id = k.account_id and n.day > k.cutoff
+left join churned as ch on ch.account_id = k.account_id
 """
 
 
@@ -190,15 +225,38 @@ def _frame(con: duckdb.DuckDBPyConnection, sql: str, cutoffs: list[dt.date], tab
     return frame.set_index(["cutoff", "account_id"]) if len(frame) else None
 
 
+def training_sample(con: duckdb.DuckDBPyConnection, last_cutoff: dt.date, cutoffs: int, max_rows: int) -> list[str] | None:
+    """The accounts a model learns from when every account's history would not fit in
+    `max_rows` (`cutoffs` rows each): the first `max_rows // cutoffs` of the accounts that had
+    bought by `last_cutoff`, in the fixed hash order of their ids; None when all fit."""
+    from pipelines.churn.run import account_order
+
+    buyers = con.execute(
+        "select distinct account_id from intermediate.int_order_lines__priced where not is_return and order_date::date <= ?", [last_cutoff]
+    ).df()["account_id"]
+    if len(buyers) * cutoffs <= max_rows:
+        return None
+    order = np.argsort(account_order(buyers), kind="stable")[: max(max_rows // cutoffs, 1)]
+    return sorted(buyers.iloc[order].astype(str))
+
+
 def window_closed(cutoff: dt.date, as_of: dt.date, horizon_months: int) -> bool:
     """True when the whole outcome window (cutoff, cutoff + horizon] lies on or before `as_of`."""
     return (pd.Timestamp(cutoff) + pd.DateOffset(months=horizon_months)).date() <= as_of
 
 
-def features(con: duckdb.DuckDBPyConnection, cutoffs: list[dt.date]) -> pd.DataFrame:
-    """One row per (cutoff, account) that bought on or before the cutoff and is a customer then."""
+def features(
+    con: duckdb.DuckDBPyConnection, cutoffs: list[dt.date], sample: list[str] | None = None, every_account: set[dt.date] = frozenset()
+) -> pd.DataFrame:
+    """One row per (cutoff, account) that bought on or before the cutoff and is a customer then.
+
+    With a `sample` of accounts, cutoffs not in `every_account` (those only learnt from) hold
+    the sampled accounts only: their figures are the same, except `value_percentile`, which
+    ranks an account among the cutoff's sampled customers instead of all of them.
+    """
     cutoffs = sorted(set(cutoffs))
-    frame = con.execute(ORDER_FEATURES, [cutoffs]).df().set_index(["cutoff", "account_id"])
+    full = [sample is None or c in every_account for c in cutoffs]
+    frame = con.execute(ORDER_FEATURES, [cutoffs, full, sample or []]).df().set_index(["cutoff", "account_id"])
     accounts = _frame(con, ACCOUNTS, cutoffs, ("staging", "stg_crm__accounts"))
     if accounts is not None:
         frame = frame.join(accounts, how="left")
@@ -236,8 +294,16 @@ def _derived(frame: pd.DataFrame) -> pd.DataFrame:
     return f
 
 
-def labels(con: duckdb.DuckDBPyConnection, cutoffs: list[dt.date], as_of: dt.date, horizon_months: int) -> pd.DataFrame:
-    """The outcome of every account that had bought by each cutoff whose window has closed by `as_of`.
+def labels(
+    con: duckdb.DuckDBPyConnection,
+    cutoffs: list[dt.date],
+    as_of: dt.date,
+    horizon_months: int,
+    sample: list[str] | None = None,
+    every_account: set[dt.date] = frozenset(),
+) -> pd.DataFrame:
+    """The outcome of every account that had bought by each cutoff whose window has closed by `as_of`
+    (with a `sample`, only its accounts at cutoffs not in `every_account`, as in `features`).
 
     A cutoff whose window (cutoff, cutoff + horizon] is not over on `as_of` gets no labels at
     all: an account that has not ordered *yet* has not lapsed, and reading it as lapsed
@@ -246,7 +312,8 @@ def labels(con: duckdb.DuckDBPyConnection, cutoffs: list[dt.date], as_of: dt.dat
     closed = [c for c in sorted(set(cutoffs)) if window_closed(c, as_of, horizon_months)]
     if not closed:
         return pd.DataFrame(columns=["cutoff", "account_id", "churned"])
-    frame = con.execute(LABELS, [closed, horizon_months, horizon_months, horizon_months]).df()
+    full = [sample is None or c in every_account for c in closed]
+    frame = con.execute(LABELS, [closed, full, sample or [], horizon_months, horizon_months]).df()
     frame["churned"] = frame["churned"].astype(bool)
     frame["cutoff"] = pd.to_datetime(frame["cutoff"]).dt.date
     return frame

@@ -7,6 +7,13 @@
 - `reasons` turns LightGBM's per-account contributions (`pred_contrib`, in log-odds) into
   words: the feature groups that push this account's probability up most, each said with
   the account's own figures.
+- `contributions` computes those TreeSHAP values once per *decision pattern* and tree,
+  not once per account (`tree_contributions`): LightGBM's path-dependent TreeSHAP for a
+  tree depends on a row only through which child it takes at each of the tree's splits,
+  and among 100,000 accounts a 15-leaf tree sees a few hundred such patterns. Same values
+  as `pred_contrib` on every row up to the last bits of the sum over trees (each tree's
+  share is added to the total instead of inside LightGBM's loop); checked against the
+  model's margin on every call, with `pred_contrib` on all rows as the fallback.
 """
 
 from __future__ import annotations
@@ -105,8 +112,86 @@ class ChurnModel:
         return self.platt.predict_proba(self.margin(frame).reshape(-1, 1))[:, 1]
 
     def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
-        contrib = self.booster.predict(design(frame), pred_contrib=True)
+        contrib = tree_contributions(self.booster, design(frame).to_numpy(float))
         return pd.DataFrame(contrib[:, :-1], columns=list(FEATURES), index=frame.index)
+
+
+# LightGBM's kZeroThreshold: |x| at most this is zero (a zero-missing split's default side)
+_ZERO = 1e-35
+
+
+def _splits(node: dict, out: list[dict]) -> list[dict]:
+    """The internal nodes of a dumped tree (any order: a pattern only has to tell rows apart)."""
+    if "split_feature" in node:
+        out.append(node)
+        _splits(node["left_child"], out)
+        _splits(node["right_child"], out)
+    return out
+
+
+def _goes_left(split: dict, X: np.ndarray) -> np.ndarray:
+    """LightGBM's numerical decision (Tree::NumericalDecision) for every row."""
+    if split["decision_type"] != "<=":
+        raise ValueError("categorical split")
+    values = X[:, split["split_feature"]]
+    missing = np.isnan(values)
+    if split["missing_type"] != "NaN":
+        values = np.where(missing, 0.0, values)
+    if split["missing_type"] == "Zero":
+        default = np.abs(values) <= _ZERO
+    elif split["missing_type"] == "NaN":
+        default = missing
+    else:
+        default = np.zeros(len(values), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        left = values <= split["threshold"]
+    return np.where(default, bool(split["default_left"]), left)
+
+
+def _patterns(splits: list[dict], X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the index of its decision pattern; and one row (the first) per pattern."""
+    n = len(X)
+    if not splits:
+        return np.zeros(n, dtype=np.int64), np.zeros(1 if n else 0, dtype=np.int64)
+    if len(splits) > 20:
+        bits = np.column_stack([_goes_left(s, X) for s in splits])
+        _, first, inverse = np.unique(bits, axis=0, return_index=True, return_inverse=True)
+        return inverse.reshape(-1), first
+    code = np.zeros(n, dtype=np.int64)
+    for k, split in enumerate(splits):
+        code |= _goes_left(split, X).astype(np.int64) << k
+    first = np.full(1 << len(splits), n, dtype=np.int64)
+    np.minimum.at(first, code, np.arange(n, dtype=np.int64))
+    used = np.flatnonzero(first < n)
+    lookup = np.empty(len(first), dtype=np.int64)
+    lookup[used] = np.arange(len(used))
+    return lookup[code], first[used]
+
+
+def tree_contributions(booster: lgb.Booster, X: np.ndarray) -> np.ndarray:
+    """`booster.predict(X, pred_contrib=True)` (features, then the bias) for a binary model,
+    computed per tree on one row per decision pattern (see the module's notes)."""
+    if not len(X):
+        return booster.predict(X, pred_contrib=True)
+    trees = booster.dump_model()["tree_info"]
+    # column-major: a tree adds to the few columns of the features it splits on (TreeSHAP
+    # gives every other feature exactly 0) and to the bias, the same for every row
+    total = np.zeros((len(X), X.shape[1] + 1), order="F")
+    try:
+        for i, tree in enumerate(trees):
+            splits = _splits(tree["tree_structure"], [])
+            inverse, first = _patterns(splits, X)
+            part = booster.predict(X[first], pred_contrib=True, start_iteration=i, num_iteration=1, num_threads=1)
+            for j in sorted({s["split_feature"] for s in splits}):
+                total[:, j] += part[inverse, j]
+            total[:, -1] += part[0, -1]
+    except ValueError:
+        return booster.predict(X, pred_contrib=True)
+    # local accuracy: a row's contributions add up to its margin; anything else (a decision
+    # read differently from LightGBM's) falls back to the library on every row
+    if not np.allclose(total.sum(axis=1), booster.predict(X, raw_score=True), rtol=1e-9, atol=1e-9):
+        return booster.predict(X, pred_contrib=True)
+    return total
 
 
 def _booster(X: pd.DataFrame, y: np.ndarray, seed: int) -> lgb.Booster:

@@ -5,7 +5,10 @@
    (`pipelines.churn.history`) and BG/NBD's figures fitted on that date's history (each
    cutoff's fit kept in `churn.bgnbd_fits` and reused while that history is unchanged).
 2. **Training** reads only labels whose outcome window has closed by the date the model is
-   for: for the run on date D, cutoffs c with c + horizon <= D. Too few closed labels
+   for: for the run on date D, cutoffs c with c + horizon <= D. Above `max_training_rows`
+   it learns from a fixed sample of accounts (`account_order`, a hash of the id): the
+   cutoffs only learnt from are built for the sample alone (`history.training_sample`), the
+   dates scored for every account. Too few closed labels
    (`min_training_rows`, `min_training_positives`): the churn probability is BG/NBD's
    chance of no purchase in the horizon, marked `bgnbd_cold_start`.
 3. **Backtest**: every earlier run whose window has closed by now (the latest
@@ -52,6 +55,8 @@ class ChurnSettings:
     training_cutoffs: int = _DEFAULTS.training_cutoffs
     min_training_rows: int = _DEFAULTS.min_training_rows
     min_training_positives: int = _DEFAULTS.min_training_positives
+    max_training_rows: int = _DEFAULTS.max_training_rows
+    bgnbd_max_accounts: int = _DEFAULTS.bgnbd_max_accounts
     top_k: int = _DEFAULTS.top_k
     target_precision: float = _DEFAULTS.target_precision
     min_alerts_for_threshold: int = _DEFAULTS.min_alerts_for_threshold
@@ -120,8 +125,11 @@ def _eligible(frame: pd.DataFrame, horizon_months: int) -> pd.Series:
 
 def predict_at(data: pd.DataFrame, when: dt.date, settings: ChurnSettings) -> Prediction:
     """Scores for the customers at cutoff `when`, from a model trained on what was closed then."""
-    closed = np.array([history.window_closed(c, when, settings.horizon_months) for c in data["cutoff"]], dtype=bool)
-    train = data[closed & data["churned"].notna().to_numpy()]
+    # one test per cutoff date, not per row
+    closed = data["cutoff"].map({c: history.window_closed(c, when, settings.horizon_months) for c in data["cutoff"].unique()})
+    closed = closed.to_numpy(dtype=bool)
+    in_sample = data["training_sample"].to_numpy(bool) if "training_sample" in data else True
+    train = sample_accounts(data[closed & in_sample & data["churned"].notna().to_numpy()], settings.max_training_rows)
     target = data[data["cutoff"] == when]
     y = train["churned"].astype(int).to_numpy()
     rows, positives, cutoffs = len(train), int(y.sum()), train["cutoff"].nunique()
@@ -132,6 +140,24 @@ def predict_at(data: pd.DataFrame, when: dt.date, settings: ChurnSettings) -> Pr
         return Prediction(p, np.log(np.clip(p, 1e-6, 1 - 1e-6) / np.clip(1 - p, 1e-6, 1)), COLD_START, None, rows, positives, cutoffs)
     model = fit(train, y, settings.seed)
     return Prediction(model.probability(target), model.margin(target), LIGHTGBM, model, rows, positives, cutoffs)
+
+
+def account_order(account_ids: pd.Series) -> np.ndarray:
+    """A fixed pseudo-random rank per account (a hash of its id): the same account keeps its
+    place whatever else is in the population, so a sample is the same accounts every month."""
+    return pd.util.hash_array(account_ids.astype(str).to_numpy(dtype=object))
+
+
+def sample_accounts(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
+    """All rows of the accounts first in `account_order` while they fit in `max_rows`
+    (every row when they all fit); the frame's row order is kept."""
+    if len(frame) <= max_rows:
+        return frame
+    ids = frame["account_id"]
+    per_account = ids.value_counts()
+    ranked = per_account.iloc[np.argsort(account_order(per_account.index.to_series()), kind="stable")]
+    keep = ranked.index[np.cumsum(ranked.to_numpy()) <= max_rows]
+    return frame[ids.isin(keep).to_numpy()]
 
 
 def _rhythm_probability(frame: pd.DataFrame, horizon_months: int) -> np.ndarray:
@@ -199,7 +225,13 @@ def load(
     """Features, BG/NBD and (closed) labels for every cutoff the run needs: its own, the
     training cutoffs of `earlier_runs` (scored again) and the dates of `label_dates`."""
     cutoffs = sorted(set(cutoffs_for(as_of, earlier_runs, settings)) | set(label_dates))
-    data = history.features(con, cutoffs)
+    # the dates scored (this run, earlier runs) hold every account; the cutoffs only learnt
+    # from hold the training sample when the whole population would not fit the cap
+    scored = {as_of, *earlier_runs, *label_dates}
+    learnt = [c for c in cutoffs if c not in scored]
+    sample = history.training_sample(con, max(learnt), settings.training_cutoffs, settings.max_training_rows) if learnt else None
+    data = history.features(con, cutoffs, sample, scored)
+    data["training_sample"] = data["account_id"].isin(sample) if sample is not None else True
     if current_drift is not None and len(current_drift):
         now = data["cutoff"] == as_of
         drift = current_drift.reindex(data.loc[now, "account_id"])
@@ -209,8 +241,10 @@ def load(
                 data[column] = pd.to_numeric(data[column], errors="coerce").astype(float) if column in data else np.nan
                 data.loc[now, column] = values.to_numpy()
     horizon_days = settings.horizon_months * 30.44
-    data[["bgnbd_p_alive", "bgnbd_expected", "bgnbd_p_no_purchase"]] = bgnbd.per_cutoff(data, horizon_days, con)
-    outcomes = history.labels(con, cutoffs, as_of, settings.horizon_months)
+    data[["bgnbd_p_alive", "bgnbd_expected", "bgnbd_p_no_purchase"]] = bgnbd.per_cutoff(
+        data, horizon_days, con, max_accounts=settings.bgnbd_max_accounts
+    )
+    outcomes = history.labels(con, cutoffs, as_of, settings.horizon_months, sample, scored)
     data = data.merge(outcomes, on=["cutoff", "account_id"], how="left")
     data["eligible"] = _eligible(data, settings.horizon_months)
     return data

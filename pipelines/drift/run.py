@@ -137,10 +137,15 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
             where as_of <= ? and lineage_id = (select lineage_id from segments.segment_runs where run_id = ?)
             order by as_of desc limit 4
         )
-        select p.account_id, p.segment_id, r.as_of, p.behaviour_probability
-        from segments.assignment_probabilities as p
-        join lineage_runs as r using (run_id)
-        order by r.as_of, p.account_id, p.segment_id
+        -- detect reads the newest and the oldest of these runs only (now and 3 runs before)
+        select account_id, segment_id, as_of, behaviour_probability from (
+            select p.account_id, p.segment_id, r.as_of, p.behaviour_probability,
+                   r.as_of in (max(r.as_of) over (), min(r.as_of) over ()) as used
+            from segments.assignment_probabilities as p
+            join lineage_runs as r using (run_id)
+        )
+        where used
+        order by as_of, account_id, segment_id
         """,
         [as_of, run_id],
     ).df()
