@@ -152,6 +152,8 @@ def build(
     failures, warnings, nodes = [], [], 0
     if result.result is not None:
         for r in result.result:
+            if r.node.resource_type == "operation":
+                continue  # the on-run-start hook (DuckDB's resources), not a model or test
             nodes += 1
             status = str(r.status)
             name = r.node.name
