@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pipelines.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
 CONFIG_DIR = PROJECT_ROOT / "config"
@@ -47,6 +49,44 @@ class Settings:
             base = load_settings(data_dir=given["data_dir"])
             return replace(base, **{k: v for k, v in given.items() if k != "data_dir"})
         return replace(self, **given)
+
+
+# DuckDB's own default memory limit is 80 % of the machine's memory: a features build at
+# 100k accounts grew to 4.6 GB resident with it. Bounded, DuckDB spills to its temp
+# directory instead (docs/scale.md "Memory").
+DEFAULT_DUCKDB_MEMORY_LIMIT = "1GB"
+
+
+@dataclass(frozen=True)
+class DuckDBResources:
+    """What every DuckDB that needseg opens on the warehouse may use: the pipeline's own
+    connections (pipelines/warehouse) and dbt's (dbt_project/profiles.yml reads the same
+    values, passed by `pipelines.transform.profile_env`, in its on-run-start hook).
+
+    From NEEDSEG_DUCKDB_MEMORY_LIMIT (DuckDB's size syntax, default 1GB: the buffer
+    manager's limit, not the process's), NEEDSEG_DUCKDB_THREADS (default: the cores this
+    process may use) and NEEDSEG_DUCKDB_TEMP_DIR (where DuckDB spills past the limit;
+    default DuckDB's own, `<database file>.tmp`)."""
+
+    memory_limit: str
+    threads: int
+    temp_directory: Path | None
+
+
+def duckdb_resources() -> DuckDBResources:
+    """DuckDB's memory limit, threads and spill folder from the environment (see DuckDBResources)."""
+    raw_threads = os.environ.get("NEEDSEG_DUCKDB_THREADS", "").strip()
+    try:
+        threads = int(raw_threads) if raw_threads else len(os.sched_getaffinity(0))
+    except ValueError:
+        raise ConfigError(f"NEEDSEG_DUCKDB_THREADS must be a whole number, not {raw_threads!r}") from None
+    if threads < 1:
+        raise ConfigError(f"NEEDSEG_DUCKDB_THREADS must be at least 1, not {threads}")
+    memory_limit = os.environ.get("NEEDSEG_DUCKDB_MEMORY_LIMIT", "").strip() or DEFAULT_DUCKDB_MEMORY_LIMIT
+    if "'" in memory_limit:
+        raise ConfigError(f"NEEDSEG_DUCKDB_MEMORY_LIMIT is not a size: {memory_limit!r}")
+    temp = os.environ.get("NEEDSEG_DUCKDB_TEMP_DIR", "").strip()
+    return DuckDBResources(memory_limit, threads, Path(temp).expanduser().resolve() if temp else None)
 
 
 def _env_path(name: str, default: Path) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import NeedsegError
-from pipelines.settings import DBT_PROJECT_DIR, Settings
+from pipelines.settings import DBT_PROJECT_DIR, Settings, duckdb_resources
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,19 @@ def dbt_vars(config: dict[str, Any], as_of: dt.date) -> dict[str, Any]:
 
 def profile_env(settings: Settings) -> dict[str, str]:
     """Environment of the pipeline's dbt runs: the warehouse the profile reads
-    (dbt_project/profiles.yml says why its variable is not NEEDSEG_WAREHOUSE), and unit
-    tests left out."""
-    return {"NEEDSEG_DBT_WAREHOUSE": str(settings.warehouse_path), **PIPELINE_ENV}
+    (dbt_project/profiles.yml says why its variable is not NEEDSEG_WAREHOUSE), DuckDB's
+    memory limit, threads and spill folder as needseg's own connections have them
+    (pipelines.settings.DuckDBResources), and unit tests left out."""
+    resources = duckdb_resources()
+    env = {
+        "NEEDSEG_DBT_WAREHOUSE": str(settings.warehouse_path),
+        # read by the project's on-run-start hook (dbt_project/macros/duckdb_resources.sql)
+        "NEEDSEG_DUCKDB_MEMORY_LIMIT": resources.memory_limit,
+        "NEEDSEG_DUCKDB_THREADS": str(resources.threads),
+    }
+    if resources.temp_directory is not None:
+        env["NEEDSEG_DUCKDB_TEMP_DIR"] = str(resources.temp_directory)
+    return {**env, **PIPELINE_ENV}
 
 
 def target_dir(settings: Settings) -> Path:
@@ -142,6 +152,8 @@ def build(
     failures, warnings, nodes = [], [], 0
     if result.result is not None:
         for r in result.result:
+            if r.node.resource_type == "operation":
+                continue  # the on-run-start hook (DuckDB's resources), not a model or test
             nodes += 1
             status = str(r.status)
             name = r.node.name

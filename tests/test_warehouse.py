@@ -89,3 +89,42 @@ def test_a_frame_is_inserted_by_name_with_the_tables_types_and_an_unknown_column
         with pytest.raises(duckdb.BinderException, match="colour"):
             insert_frame(con, "alerts.outbox", pd.DataFrame([{**message, "message_id": "m2", "colour": "red"}]))
         assert con.execute("select count(*) from alerts.outbox").fetchone()[0] == 1
+
+
+def test_every_duckdb_needseg_opens_is_bounded_by_one_setting_shared_with_dbt(tmp_path, monkeypatch):
+    """NEEDSEG_DUCKDB_* bound needseg's connections (warehouse and scratch) and are what the
+    dbt runs get (transform.profile_env, read by the project's on-run-start hook); setting
+    the spill folder again on a second connection, after it was used, is no error."""
+    from pipelines import transform
+    from pipelines.errors import ConfigError
+    from pipelines.settings import duckdb_resources, load_settings
+    from pipelines.warehouse import connect, in_memory
+
+    spill = tmp_path / "spill"
+    monkeypatch.setenv("NEEDSEG_DUCKDB_MEMORY_LIMIT", "64MB")
+    monkeypatch.setenv("NEEDSEG_DUCKDB_THREADS", "1")
+    monkeypatch.setenv("NEEDSEG_DUCKDB_TEMP_DIR", str(spill))
+    path = tmp_path / "w.duckdb"
+    con = connect(path)
+    assert con.execute("select current_setting('threads'), current_setting('temp_directory')").fetchone() == (1, str(spill))
+    assert con.execute("select current_setting('memory_limit')").fetchone()[0].startswith("61")  # 64 MB in MiB
+    # past the limit DuckDB spills instead of failing or growing
+    con.execute("create table t as select range as k, md5(range::varchar) as v from range(2000000)")
+    assert con.execute("select count(distinct v) from t").fetchone()[0] == 2_000_000
+    again = connect(path)  # same process, same database: the settings again, the spill folder kept
+    assert again.execute("select current_setting('temp_directory')").fetchone()[0] == str(spill)
+    again.close()
+    con.close()
+    with in_memory() as scratch:
+        assert scratch.execute("select current_setting('threads')").fetchone()[0] == 1
+    env = transform.profile_env(load_settings(tmp_path))
+    assert (env["NEEDSEG_DUCKDB_MEMORY_LIMIT"], env["NEEDSEG_DUCKDB_THREADS"], env["NEEDSEG_DUCKDB_TEMP_DIR"]) == ("64MB", "1", str(spill))
+
+    monkeypatch.delenv("NEEDSEG_DUCKDB_MEMORY_LIMIT")
+    monkeypatch.delenv("NEEDSEG_DUCKDB_TEMP_DIR")
+    defaults = duckdb_resources()
+    assert defaults.memory_limit == "1GB" and defaults.temp_directory is None
+    assert "NEEDSEG_DUCKDB_TEMP_DIR" not in transform.profile_env(load_settings(tmp_path))
+    monkeypatch.setenv("NEEDSEG_DUCKDB_THREADS", "two")
+    with pytest.raises(ConfigError, match="NEEDSEG_DUCKDB_THREADS"):
+        duckdb_resources()

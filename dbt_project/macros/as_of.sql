@@ -46,7 +46,13 @@
         {% call(window) per_window('orders') %}count(distinct order_id) filter (where {{ window }}){% endcall %}
 -#}
 {% macro per_window(name) -%}
-    {%- for flag, suffix in [('in_trailing', '12m'), ('in_recent', 'recent'), ('in_prior', 'prior')] %}
-        {{ caller(flag) | trim }} as {{ name }}_{{ suffix }}{{ "," if not loop.last }}
+    {%- for flag in ['in_trailing', 'in_recent', 'in_prior'] %}
+        {{ caller(flag) | trim }} as {{ name }}_{{ window_suffix(flag) }}{{ "," if not loop.last }}
     {%- endfor %}
+{%- endmacro %}
+
+{#- The column suffix of a window flag of `window_flags`: 12m, recent or prior (to refer,
+    inside a `per_window` call, to another proxy's column of the same window). -#}
+{% macro window_suffix(flag) -%}
+    {{ {'in_trailing': '12m', 'in_recent': 'recent', 'in_prior': 'prior'}[flag] }}
 {%- endmacro %}

@@ -28,6 +28,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.errors import NeedsegError
+from pipelines.settings import duckdb_resources
 from pipelines.warehouse.schema import SCHEMAS, ensure_schema, table_names
 
 __all__ = [
@@ -125,6 +126,21 @@ def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame) -> int:
     return len(frame)
 
 
+def _bounded(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """`con` with the configured memory limit, threads and spill folder
+    (pipelines.settings.DuckDBResources; dbt's on-run-start hook applies the same). The
+    settings are global to the database; the spill folder is set only when it differs, since
+    DuckDB refuses to switch it once used, even to the same folder."""
+    resources = duckdb_resources()
+    con.execute(f"set memory_limit = '{resources.memory_limit}'")
+    con.execute(f"set threads = {resources.threads}")
+    if resources.temp_directory is not None:
+        temp = str(resources.temp_directory)
+        if con.execute("select current_setting('temp_directory')").fetchone()[0] != temp:
+            con.execute(f"set temp_directory = '{temp}'")
+    return con
+
+
 _LOCK_HOLDER = re.compile(r"PID (\d+)")
 
 
@@ -138,12 +154,12 @@ def connect(path: Path | str, read_only: bool = False, wait_seconds: float = 30.
     delay = 0.2
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return _bounded(duckdb.connect(str(path), read_only=read_only))
         except duckdb.ConnectionException as exc:
             # dbt (run in-process) keeps a read-write connection open, and DuckDB refuses a
             # second one with another configuration in the same process: share its mode.
             if read_only and "different configuration" in str(exc):
-                return duckdb.connect(str(path))
+                return _bounded(duckdb.connect(str(path)))
             raise
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
@@ -195,8 +211,8 @@ def open_serving(path: Path | str, *, user_sql: bool = True) -> Iterator[duckdb.
 @contextmanager
 def in_memory() -> Iterator[duckdb.DuckDBPyConnection]:
     """A scratch in-memory DuckDB for set-based work on frames (registered with
-    `con.register`); closed on exit."""
-    con = duckdb.connect()
+    `con.register`); closed on exit. Bounded like the warehouse (`_bounded`)."""
+    con = _bounded(duckdb.connect())
     try:
         yield con
     finally:

@@ -1,53 +1,125 @@
 -- Behavioural proxies from orders, per account: the trailing 12 months, the recent 3 months
 -- and the prior 12 months before those (recent against prior gives each proxy's trend).
 -- Windows count whole months back from the as-of date (months_ago 0 = the last month).
+-- Every window is added up from per-month sums (macros/account_months.sql), which is exact:
+-- money and discounts are DECIMAL, and an order is placed on one day by one account, so
+-- its distinct count per month adds up across months.
 -- A share or rate over a window without the lines it needs is null, and so is its trend.
 {% set recent = var('recent_months') %}
 {% set trailing = var('trailing_months') %}
+-- depends_on: {{ ref('int_account_months') }}, {{ ref('int_order_lines__priced') }}
 with
 
-lines as (
+-- per account and month back: sums and counts per category, and the month's total row
+-- (macros/account_months.sql); every window below is added up from these. Not
+-- materialised: each reader scans only the columns and rows it needs (the windows the
+-- months of the recent and prior windows, only the proxies that need a category the
+-- category rows).
+account_months as not materialized (
+
+    select * from ({{ account_months() }})
+
+),
+
+window_months as not materialized (
 
     select
         *,
         {{ window_flags() }}
-    from {{ ref('int_order_lines__priced') }}
+    from ({{ account_months(recent + trailing) }})
+
+),
+
+history as (
+
+    select
+        account_id,
+        min(first_order_date) as first_order_date,
+        max(last_order_date) as last_order_date
+    from account_months
+    where is_month_total
+    group by account_id
+
+),
+
+totals as (
+
+    select
+        account_id,
+        {% call(window) per_window('orders') %}cast(sum(orders) filter (where {{ window }}) as bigint){% endcall %},
+        sum(web_orders) filter (where in_trailing)
+            / nullif(sum(orders) filter (where in_trailing), 0) as web_order_share_12m,
+        {% call(window) per_window('revenue') %}sum(revenue) filter (where {{ window }}){% endcall %},
+        {% call(window) per_window('purchase_revenue') %}sum(purchase_revenue) filter (where {{ window }}){% endcall %},
+        -- discount off list price weighted by list value (a line's discount is never below 0,
+        -- so a surcharge does not cancel a discount); returns are refunds, not purchases
+        {% call(window) per_window('discount_depth') %}
+            sum(discount_list_revenue) filter (where {{ window }})
+                / nullif(sum(priced_list_revenue) filter (where {{ window }}), 0)
+        {% endcall %},
+        -- revenue bought at list price among revenue whose list price is known
+        {% call(window) per_window('list_price_share') %}
+            coalesce(sum(list_price_revenue) filter (where {{ window }}), 0)
+                / nullif(sum(priced_purchase_revenue) filter (where {{ window }}), 0)
+        {% endcall %},
+        -coalesce(sum(return_revenue) filter (where in_trailing), 0)
+            / nullif(sum(purchase_revenue) filter (where in_trailing), 0) as return_share_12m
+    from window_months
+    where is_month_total
+    group by account_id
+
+),
+
+-- purchases in premium and service categories per window
+classes as (
+
+    select
+        account_id,
+        {% call(window) per_window('premium_revenue') %}sum(purchase_revenue) filter (where {{ window }} and category_class = 'premium'){% endcall %},
+        {% call(window) per_window('service_revenue') %}sum(purchase_revenue) filter (where {{ window }} and category_class = 'service'){% endcall %}
+    from window_months
+    where not is_month_total and category_class in ('premium', 'service')
+    group by account_id
 
 ),
 
 per_account as (
 
     select
-        account_id,
-        min(order_date) as first_order_date,
-        max(order_date) as last_order_date,
-        {% call(window) per_window('revenue') %}sum(revenue) filter (where {{ window }}){% endcall %},
-        {% call(window) per_window('orders') %}count(distinct order_id) filter (where {{ window }}){% endcall %},
-        -- discount off list price weighted by list value (a line's discount is never below 0,
-        -- so a surcharge does not cancel a discount); returns are refunds, not purchases
-        {% call(window) per_window('discount_depth') %}
-            sum(discount * list_revenue) filter (where {{ window }} and not is_return)
-                / nullif(sum(list_revenue) filter (where {{ window }} and not is_return and discount is not null), 0)
-        {% endcall %},
-        -- revenue bought at list price among revenue whose list price is known
-        {% call(window) per_window('list_price_share') %}
-            coalesce(sum(revenue) filter (where {{ window }} and not is_return and discount <= 0.005), 0)
-                / nullif(sum(revenue) filter (where {{ window }} and not is_return and discount is not null), 0)
-        {% endcall %},
+        h.account_id,
+        t.* exclude (account_id),
         {% call(window) per_window('premium_share') %}
-            coalesce(sum(revenue) filter (where {{ window }} and not is_return and category_class = 'premium'), 0)
-                / nullif(sum(revenue) filter (where {{ window }} and not is_return), 0)
+            coalesce(c.premium_revenue_{{ window_suffix(window) }}, 0)
+                / nullif(t.purchase_revenue_{{ window_suffix(window) }}, 0)
         {% endcall %},
         {% call(window) per_window('service_revenue_share') %}
-            coalesce(sum(revenue) filter (where {{ window }} and not is_return and category_class = 'service'), 0)
-                / nullif(sum(revenue) filter (where {{ window }} and not is_return), 0)
-        {% endcall %},
-        -coalesce(sum(revenue) filter (where in_trailing and is_return), 0)
-            / nullif(sum(revenue) filter (where in_trailing and not is_return), 0) as return_share_12m,
-        {% call(window) per_window('categories') %}count(distinct product_category) filter (where {{ window }}){% endcall %},
-        count(distinct order_id) filter (where in_trailing and channel = 'web')
-            / nullif(count(distinct order_id) filter (where in_trailing), 0) as web_order_share_12m
-    from lines
+            coalesce(c.service_revenue_{{ window_suffix(window) }}, 0)
+                / nullif(t.purchase_revenue_{{ window_suffix(window) }}, 0)
+        {% endcall %}
+    from history as h
+    left join totals as t on t.account_id = h.account_id
+    left join classes as c on c.account_id = h.account_id
+
+),
+
+-- distinct categories per window, counted from one row per account and category (a
+-- distinct count per window over every month's rows costs several times more)
+category_windows as (
+
+    select
+        account_id,
+        {% call(window) per_window('categories') %}count(*) filter (where {{ window }}){% endcall %}
+    from (
+        select
+            account_id,
+            product_category,
+            bool_or(in_trailing) as in_trailing,
+            bool_or(in_recent) as in_recent,
+            bool_or(in_prior) as in_prior
+        from window_months
+        where not is_month_total
+        group by account_id, product_category
+    )
     group by account_id
 
 ),
@@ -65,12 +137,11 @@ monthly_orders as (
     select
         a.account_id,
         m.months_ago,
-        count(distinct l.order_id) as orders
-    from (select distinct account_id from lines where in_trailing or in_prior) as a
+        coalesce(o.orders, 0) as orders
+    from (select distinct account_id from window_months where is_month_total) as a
     cross join months as m
-    left join lines as l
-        on l.account_id = a.account_id and l.months_ago = m.months_ago
-    group by 1, 2
+    left join window_months as o
+        on o.is_month_total and o.account_id = a.account_id and o.months_ago = m.months_ago
 
 ),
 
@@ -102,9 +173,9 @@ catalogue as (
 
 select
     p.account_id,
-    p.first_order_date,
-    p.last_order_date,
-    date_diff('day', p.last_order_date, {{ as_of() }}) as days_since_last_order,
+    o.first_order_date,
+    o.last_order_date,
+    date_diff('day', o.last_order_date, {{ as_of() }}) as days_since_last_order,
     coalesce(p.revenue_12m, 0) as revenue_12m,
     coalesce(p.revenue_recent, 0) as revenue_recent,
     coalesce(p.revenue_prior, 0) as revenue_prior,
@@ -134,11 +205,11 @@ select
     p.service_revenue_share_prior,
     p.service_revenue_share_recent - p.service_revenue_share_prior as service_revenue_share_trend,
     p.return_share_12m,
-    coalesce(p.categories_12m, 0) as categories_12m,
-    coalesce(p.categories_recent, 0) as categories_recent,
-    coalesce(p.categories_prior, 0) as categories_prior,
-    coalesce(p.categories_12m, 0) / nullif(c.categories_total, 0) as category_breadth_12m,
-    (coalesce(p.categories_recent, 0) - coalesce(p.categories_prior, 0)) / nullif(c.categories_total, 0)
+    coalesce(k.categories_12m, 0) as categories_12m,
+    coalesce(k.categories_recent, 0) as categories_recent,
+    coalesce(k.categories_prior, 0) as categories_prior,
+    coalesce(k.categories_12m, 0) / nullif(c.categories_total, 0) as category_breadth_12m,
+    (coalesce(k.categories_recent, 0) - coalesce(k.categories_prior, 0)) / nullif(c.categories_total, 0)
         as category_breadth_trend,
     p.web_order_share_12m,
     coalesce(r.active_months_12m, 0) as active_months_12m,
@@ -147,5 +218,7 @@ select
     r.order_regularity_prior,
     r.order_regularity_recent - r.order_regularity_prior as order_regularity_trend
 from per_account as p
+inner join history as o on o.account_id = p.account_id
+left join category_windows as k on k.account_id = p.account_id
 cross join catalogue as c
 left join regularity as r on r.account_id = p.account_id

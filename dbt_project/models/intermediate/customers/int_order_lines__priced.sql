@@ -1,10 +1,14 @@
 -- Order lines up to the as-of date in the reporting currency, with their discount and
--- category class. Lines in a currency without a configured rate are excluded here and
--- counted by the test on this model (ingest quarantines them first).
--- Money is DECIMAL(38, 6) from here on: a line's amount is rounded once, on its own row,
--- and sums of decimals are exact whatever order dbt's threads add them in, so shares of a
--- total stay within [0, 1] and every build of the same inputs gives the same figures, to the
--- bit (tests/test_repeatable.py).
+-- category class. Lines in a currency without a configured rate are excluded here (ingest
+-- quarantines them first).
+-- A view: on a month-end as-of date the feature windows are added up from
+-- int_account_months (any other date groups this view), and churn (pipelines/churn) reads
+-- it a few times per run; as a table it cost every build a pass over every line.
+-- Money is DECIMAL(38, 6) from here on (macros/account_months.sql): a line's amount is
+-- rounded once, on its own row, and sums of decimals are exact whatever order dbt's threads
+-- add them in, so shares of a total stay within [0, 1] and every build of the same inputs
+-- gives the same figures, to the bit (tests/test_repeatable.py).
+{{ config(materialized='view') }}
 with
 
 lines as (
@@ -31,12 +35,7 @@ select
     lines.quantity,
     lines.quantity < 0 as is_return,
     lines.channel,
-    cast(lines.net_amount * fx.rate_to_reporting as decimal(38, 6)) as revenue,
-    cast(lines.list_amount * fx.rate_to_reporting as decimal(38, 6)) as list_revenue,
-    -- DECIMAL too (to 1e-9), so discount sums are exact in any order
-    case
-        when lines.list_price > 0 then cast(greatest(1 - lines.net_price / lines.list_price, 0) as decimal(18, 9))
-    end as discount,
+    {{ priced_line_amounts('lines') }},
     datesub('month', lines.order_date, {{ as_of() }}) as months_ago
 from lines
 inner join {{ fx_rates_values() }} on fx.currency = lines.currency

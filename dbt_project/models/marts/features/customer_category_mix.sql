@@ -1,11 +1,13 @@
 -- Each account's spend per product category over the trailing 12 months: the input of
--- consumption-based taxonomies (dimensions `category_share:<category>`).
+-- consumption-based taxonomies (dimensions `category_share:<category>`), added up from the
+-- monthly sums per category (macros/account_months.sql; DECIMAL, exact in any order).
+-- depends_on: {{ ref('int_account_months') }}, {{ ref('int_order_lines__priced') }}
 with
 
-lines as (
+categories as (
 
-    select * from {{ ref('int_order_lines__priced') }}
-    where months_ago < {{ var('trailing_months') }}
+    select * from ({{ account_months(var('trailing_months')) }})
+    where not is_month_total
 
 ),
 
@@ -16,7 +18,7 @@ per_category as (
         product_category,
         category_class,
         greatest(sum(revenue), 0) as revenue_12m
-    from lines
+    from categories
     group by 1, 2, 3
 
 )

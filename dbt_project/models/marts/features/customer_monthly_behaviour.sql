@@ -4,35 +4,61 @@
 -- categories, quotes decided and lost on price, tickets. Volumes are kept but drift
 -- detection reads only the mix: a customer that simply buys less is a churn question.
 {% set horizon = var('drift_history_months') %}
+-- depends_on: {{ ref('int_account_months') }}, {{ ref('int_order_lines__priced') }}
 with
 
-lines as (
+-- per account and month back, from the monthly sums (macros/account_months.sql): the
+-- month's total row for lines, orders and discounts, the category rows for the classes
+account_months as not materialized (
 
-    select *
-    from {{ ref('int_order_lines__priced') }}
-    where months_ago < {{ horizon }}
-        and not is_return
+    select * from ({{ account_months(horizon) }})
+
+),
+
+-- a month's total row already holds its lines, orders and discounts: no grouping
+month_totals as (
+
+    select
+        account_id,
+        months_ago,
+        purchase_lines as order_lines,
+        purchase_orders as orders,
+        discounted_lines,
+        -- discounts are DECIMAL: exact sums, the same in every build
+        coalesce(discount_sum, 0) as discount_sum,
+        coalesce(discount_square_sum, 0) as discount_square_sum,
+        list_price_lines,
+        purchase_revenue as revenue
+    from account_months
+    where is_month_total
+        -- returns are not purchases: a month with returns only is no order month
+        and purchase_lines > 0
+
+),
+
+month_classes as (
+
+    select
+        account_id,
+        months_ago,
+        sum(purchase_lines) filter (where category_class = 'premium') as premium_lines,
+        sum(purchase_lines) filter (where category_class = 'service') as service_lines,
+        count(*) filter (where purchase_lines > 0) as categories
+    from account_months
+    where not is_month_total
+    group by 1, 2
 
 ),
 
 order_months as (
 
     select
-        account_id,
-        months_ago,
-        count(*) as order_lines,
-        count(distinct order_id) as orders,
-        count(discount) as discounted_lines,
-        -- discounts are DECIMAL: exact sums, the same in every build
-        coalesce(sum(discount), 0) as discount_sum,
-        coalesce(sum(discount * discount), 0) as discount_square_sum,
-        count(*) filter (where discount <= 0.005) as list_price_lines,
-        count(*) filter (where category_class = 'premium') as premium_lines,
-        count(*) filter (where category_class = 'service') as service_lines,
-        count(distinct product_category) as categories,
-        sum(revenue) as revenue
-    from lines
-    group by 1, 2
+        t.*,
+        coalesce(c.premium_lines, 0) as premium_lines,
+        coalesce(c.service_lines, 0) as service_lines,
+        c.categories
+    from month_totals as t
+    left join month_classes as c on c.account_id = t.account_id and c.months_ago = t.months_ago
 
 ),
 

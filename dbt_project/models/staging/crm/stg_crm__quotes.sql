@@ -1,3 +1,7 @@
+-- A table, not a view: the latest version of each quote is picked once per build
+-- (a window over every load), not again for each model and test that reads it. Unique on
+-- quote_id by construction (one row per quote_id), so no test groups it again.
+{{ config(materialized='table') }}
 with
 
 source as (

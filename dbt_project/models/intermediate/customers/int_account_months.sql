@@ -1,0 +1,92 @@
+-- Per account, calendar month of the order date and product category, the sums and counts
+-- every order window is added up from (macros/account_months.sql `account_month_rows`), plus one total row per
+-- account and month (product_category null) whose distinct order counts hold. Not tied to
+-- the as-of date: the windows pick their months (`account_months()`), so this table only
+-- grows. Incremental (delete+insert by month): a build recomputes the months whose lines
+-- changed and nothing else. A month changed when staging holds a line loaded after this
+-- table's newest (a new month, or a line re-sent into an old one), when its count of
+-- priced lines differs from the table's (a re-sent line that moved out of it), or when the
+-- exchange rates differ from those its rows were priced with (`pricing`: every month then).
+-- `dbt build --full-refresh` rebuilds it from every line.
+{{
+    config(
+        materialized='incremental',
+        unique_key=['order_month'],
+        incremental_strategy='delete+insert',
+        on_schema_change='fail',
+    )
+}}
+{% set pricing = tojson(var('fx_rates'), sort_keys=True) | replace("'", "''") %}
+with
+
+staged as (
+
+    select
+        l.*,
+        cast(date_trunc('month', l.order_date) as date) as order_month
+    from {{ ref('stg_crm__order_lines') }} as l
+
+),
+
+{% if is_incremental() %}
+
+-- the months as this table holds them, if priced with today's rates
+stored as (
+
+    select order_month, sum(lines) as lines
+    from {{ this }}
+    where is_month_total and pricing = '{{ pricing }}'
+    group by order_month
+
+),
+
+current_months as (
+
+    select s.order_month, count(*) as lines
+    from staged as s
+    inner join {{ fx_rates_values() }} on fx.currency = s.currency
+    group by s.order_month
+
+),
+
+changed as (
+
+    select c.order_month
+    from current_months as c
+    left join stored as s on s.order_month = c.order_month
+    where s.lines is distinct from c.lines
+    union
+    select distinct order_month
+    from staged
+    where loaded_at > (select coalesce(max(loaded_at), timestamp '0001-01-01') from {{ this }})
+
+),
+
+{% endif %}
+
+lines as (
+
+    select
+        s.order_id,
+        s.account_id,
+        s.order_date,
+        s.order_month,
+        s.product_category,
+        s.quantity < 0 as is_return,
+        s.channel,
+        s.loaded_at,
+        {{ priced_line_amounts('s') }}
+    from staged as s
+    inner join {{ fx_rates_values() }} on fx.currency = s.currency
+    {% if is_incremental() %}
+    where s.order_month in (select order_month from changed)
+    {% endif %}
+
+)
+
+select
+    *,
+    '{{ pricing }}' as pricing
+from (
+    {{ account_month_rows('lines', 'order_month') }}
+)
