@@ -164,7 +164,7 @@ class _Run:
     readers_left: dict[tuple, int] = field(default_factory=dict)
     dry_run_problems: list[tuple] = field(default_factory=list)  # every row-level problem of a dry run
     sandbox: Sandbox = field(default_factory=Sandbox)  # where every file's mapping runs
-    group_bytes: int = 64 * 2**20  # a table's files are handled in groups of this much input
+    group_bytes: int = 0  # a table's files are handled in groups of this much input (ingest.group_megabytes)
 
     @property
     def run_id(self) -> str:
@@ -260,7 +260,7 @@ def _start(settings: Settings, con, as_of: dt.date, label: str, options: IngestO
         share_rule=(share, min_rows),
         known_currencies=list(config["fx_rates"]) if options.known_currencies is None else list(options.known_currencies),
         known_accounts={r[0] for r in con.execute("select distinct account_id from raw.accounts").fetchall()},
-        group_bytes=int(config["ingest"].get("group_megabytes", 64)) * 2**20,
+        group_bytes=int(config["ingest"]["group_megabytes"]) * 2**20,
     )
 
 
