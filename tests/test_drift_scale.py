@@ -10,31 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.drift.episodes import EpisodeRules, alert_id, episodes
+from pipelines.drift.episodes import COLUMNS, EpisodeRules, alert_id, episodes
 
 
 def reference_episodes(snapshots: pd.DataFrame, runs: list[tuple[str, dt.date]], rules: EpisodeRules) -> pd.DataFrame:
     """All alert episodes from the risk snapshots of `runs` (run_id, as_of), oldest first."""
-    columns = [
-        "alert_id",
-        "account_id",
-        "reason",
-        "status",
-        "opened_run_id",
-        "opened_as_of",
-        "last_seen_run_id",
-        "last_seen_as_of",
-        "resolved_as_of",
-        "runs_flagged",
-        "score",
-        "peak_score",
-        "account_name",
-        "account_owner",
-        "from_segment",
-        "to_segment",
-        "evidence",
-        "action",
-    ]
+    columns = COLUMNS
     if snapshots.empty:
         return pd.DataFrame(columns=columns)
     by_key = {key: frame.set_index("run_id") for key, frame in snapshots.groupby(["account_id", "reason"])}
