@@ -98,6 +98,10 @@ class SegmentationConfig(_Section):
     switch_margin: Share = 0.2
     switch_runs: Annotated[int, Field(ge=1)] = 2
     hysteresis_bases: list[Literal["survey", "behaviour"]] = ["behaviour"]
+    # key-tier hysteresis (same bases): an account enters or leaves the key tier only when
+    # the 80/20 cut put it on the other side in key_tier_switch_runs consecutive runs; a key
+    # account that falls below the mid tier too leaves at once (1: follow the cut each run)
+    key_tier_switch_runs: Annotated[int, Field(ge=1)] = 2
     # silhouette on a sample of at most this many accounts (it is quadratic)
     silhouette_sample: Annotated[int, Field(ge=100)] = 5000
     # a larger population is fitted on a sample of this many accounts, stratified by value

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.segmentation.clustering import Candidate, ClusterSettings, KHold, distinguishing_names, hold_k
 from pipelines.segmentation.dimensions import missingness_segments
-from pipelines.segmentation.run import History, _hold_accounts
+from pipelines.segmentation.run import History, _hold_accounts, _hold_key_tier
 from pipelines.segmentation.verdict import Evidence, VerdictSettings, judge
 
 SETTINGS = VerdictSettings()
@@ -123,6 +123,12 @@ def test_k_is_kept_until_another_k_is_clearly_better_in_consecutive_runs():
     # the kept k has become unstable: switch at once
     broken = [candidate(3, 0.6), candidate(4, 0.93)]
     assert hold_k(broken[1], broken, settings, KHold(previous_k=3, preferred=[3])) == (4, None)
+    # every k has a segment under the minimum share (the rule fell back to the most stable
+    # k): switching mends nothing, so a marginally more stable k does not replace the kept one
+    small = [candidate(3, 0.98, share=0.02), candidate(4, 0.97, share=0.02)]
+    k, why = hold_k(small[0], small, settings, KHold(previous_k=4, preferred=[4]))
+    assert k == 4 and "no more acceptable" in why
+    assert hold_k(small[0], small, settings, KHold(previous_k=4, preferred=[3]))[0] == 4  # no clear margin either
 
 
 def test_an_account_moves_only_when_its_new_segment_is_clearly_better():
@@ -143,6 +149,25 @@ def test_an_account_moves_only_when_its_new_segment_is_clearly_better():
     # in the previous run too -> moves; new: no previous segment -> takes its best
     assert assigned.to_dict() == {"near": "a", "clear": "b", "twice": "b", "new": "b"}
     assert held == 1
+
+
+def test_an_account_changes_key_tier_only_when_the_cut_says_so_in_consecutive_runs():
+    accounts = ["dips", "left", "crashed", "rises", "rose", "new", "steady"]
+    # the 80/20 cut this run
+    tier = pd.Series(["mid", "mid", "tail", "key", "key", "key", "key"], index=accounts)
+    history = History(
+        is_key=pd.Series([True, True, True, False, False, True], index=accounts[:6]),
+        # what the cut said in the previous run
+        cut_key=pd.DataFrame({"seg-1": [True, False, True, False, True, True]}, index=accounts[:6]),
+    )
+    is_key, held = _hold_key_tier(tier, history, runs=2)
+    # dips: below the cut once -> stays key; left: below it twice -> leaves; crashed: fell
+    # below the mid tier -> leaves at once; rises: above the cut once -> not yet key; rose:
+    # above it twice -> enters; new to the lineage and steady: follow the cut
+    assert is_key.to_dict() == {"dips": True, "left": False, "crashed": False, "rises": False, "rose": True, "new": True, "steady": True}
+    assert held == 2
+    # one run: follow the cut every run
+    assert _hold_key_tier(tier, history, runs=1)[0].to_dict() == tier.eq("key").to_dict()
 
 
 def test_emerging_names_say_what_sets_each_apart_and_never_repeat():
@@ -195,7 +220,7 @@ def test_behaviour_centres_are_compared_in_the_dimensions_own_units_across_runs(
     from pipelines.settings import CONFIG_DIR
 
     taxonomy = load_taxonomy(CONFIG_DIR / "taxonomies" / "online_retail_engagement.yaml")
-    columns = ["active_months_12m", "order_regularity_12m", "orders_12m", "average_order_value_12m"]
+    columns = ["active_month_share_12m", "order_regularity_12m", "orders_per_month_12m", "average_order_value_12m"]
     rng = np.random.default_rng(5)
     before = pd.DataFrame(rng.uniform(1, 10, size=(200, 4)), columns=columns, index=[f"a{i}" for i in range(200)])
     # the next run: the same accounts plus many busier new ones - the average customer moved

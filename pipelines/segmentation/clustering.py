@@ -206,14 +206,21 @@ def hold_k(preferred: Candidate, candidates: list[Candidate], settings: ClusterS
     another k in `k_switch_runs` consecutive runs (this one included) AND by a clear margin:
     a larger k whose least stable segment clears `choose_stability` by `k_switch_margin`, or
     a smaller k because the previous k's least stable segment fell `k_switch_margin` under it.
+    A previous k that is no longer acceptable is left at once only for a preferred k that
+    is: when no k is acceptable (e.g. every k has a segment under the minimum share, and
+    the rule fell back to the most stable one), switching mends nothing, and the same
+    margin and consecutive runs are needed.
     Returns the k to use and why it was held (None when the preferred k is taken)."""
     if hold is None or hold.previous_k == preferred.k:
         return preferred.k, None
     previous = next((c for c in candidates if c.k == hold.previous_k), None)
     if previous is None:
         return preferred.k, None
-    acceptable = previous.min_jaccard >= settings.min_stability and previous.smallest_share >= settings.min_cluster_share
-    if not acceptable:
+
+    def acceptable(c: Candidate) -> bool:
+        return c.min_jaccard >= settings.min_stability and c.smallest_share >= settings.min_cluster_share
+
+    if not acceptable(previous) and acceptable(preferred):
         return preferred.k, None
     streak = 1
     for k in hold.preferred:
@@ -230,7 +237,13 @@ def hold_k(preferred: Candidate, candidates: list[Candidate], settings: ClusterS
         f"k={previous.k} kept from the previous run: the stability rule preferred k={preferred.k} "
         f"({streak} consecutive run(s), {settings.k_switch_runs} needed; "
         f"{'a clear margin' if clear else 'no clear margin'} of {settings.k_switch_margin} in min Jaccard), "
-        f"and k={previous.k} is still acceptable (min Jaccard {previous.min_jaccard:.2f} >= {settings.min_stability})"
+        + (
+            f"and k={previous.k} is still acceptable (min Jaccard {previous.min_jaccard:.2f} >= {settings.min_stability})"
+            if acceptable(previous)
+            else f"and k={preferred.k} is no more acceptable than k={previous.k} (min Jaccard {preferred.min_jaccard:.2f} and "
+            f"{previous.min_jaccard:.2f}, smallest segment {preferred.smallest_share:.1%} and {previous.smallest_share:.1%}; "
+            f"needed {settings.min_stability} and {settings.min_cluster_share:.0%})"
+        )
     )
 
 

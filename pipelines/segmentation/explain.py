@@ -69,6 +69,8 @@ LABELS = {
     "category_breadth_12m": ("category breadth", "pct"),
     "category_breadth_trend": ("category breadth, trend", "pp"),
     "active_months_12m": ("months with orders (of 12)", "int"),
+    "active_month_share_12m": ("months with orders (of the months on record)", "pct"),
+    "orders_per_month_12m": ("orders per month", "num"),
     "web_order_share_12m": ("web orders", "pct"),
     "tenure_months": ("tenure (months)", "int"),
     "revenue_trend": ("revenue trend", "pct"),

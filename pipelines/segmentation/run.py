@@ -398,6 +398,8 @@ class History:
     preferred_segments: pd.DataFrame | None = None  # account x earlier run (latest first): preferred segment
     assigned: pd.Series | None = None  # previous run's segment per account
     key_preferred_k: list[int] = field(default_factory=list)  # the key tier's own segmentation, latest first
+    is_key: pd.Series | None = None  # previous run's key tier per account (as segmented)
+    cut_key: pd.DataFrame | None = None  # account x earlier run (latest first): the 80/20 cut said key
 
 
 def _history(con: duckdb.DuckDBPyConnection, lineage: Lineage, runs: int) -> History:
@@ -412,19 +414,47 @@ def _history(con: duckdb.DuckDBPyConnection, lineage: Lineage, runs: int) -> His
         return History()
     ids = [r[0] for r in rows]
     prev = con.execute(
-        "select account_id, run_id, segment_id, coalesce(preferred_segment_id, segment_id) as preferred from segments.assignments "
+        "select account_id, run_id, segment_id, coalesce(preferred_segment_id, segment_id) as preferred, "
+        "coalesce(is_key_account, false) as is_key, coalesce(value_tier = 'key', false) as cut_key from segments.assignments "
         f"where run_id in ({', '.join('?' for _ in ids)})",
         ids,
     ).df()
     preferred = prev.pivot(index="account_id", columns="run_id", values="preferred").reindex(columns=ids)
-    assigned = prev[prev["run_id"] == ids[0]].set_index("account_id")["segment_id"]
+    cut_key = prev.pivot(index="account_id", columns="run_id", values="cut_key").reindex(columns=ids)
+    latest = prev[prev["run_id"] == ids[0]].set_index("account_id")
+    assigned = latest["segment_id"]
     key_preferred = []
     for row in rows:
         evidence = json.loads(row[3]) if row[3] else {}
         if "k" not in evidence:
             break
         key_preferred.append(int(evidence.get("k_preferred") or evidence["k"]))
-    return History(int(rows[0][1]), [int(r[2]) for r in rows], preferred, assigned, key_preferred)
+    return History(int(rows[0][1]), [int(r[2]) for r in rows], preferred, assigned, key_preferred, latest["is_key"].astype(bool), cut_key)
+
+
+def _hold_key_tier(value_tier: pd.Series, history: History, runs: int) -> tuple[pd.Series, int]:
+    """Key-tier hysteresis: an account changes tier only when the 80/20 cut (`value_tier`)
+    put it on the other side in `runs` consecutive runs, this one included; a key account
+    whose revenue falls below the mid tier too ('tail') leaves at once. An account new to
+    the lineage follows the cut. Returns the key tier segmented on and how many accounts
+    the rule kept on their previous side."""
+    cut = value_tier.eq("key")
+    if history.is_key is None or history.is_key.empty or runs <= 1:
+        return cut, 0
+    before = history.is_key.reindex(cut.index)
+    known = before.notna().to_numpy()
+    before = before.fillna(False).astype(bool)
+    differs = known & (cut != before).to_numpy()
+    earlier = history.cut_key.reindex(cut.index).iloc[:, : runs - 1] if history.cut_key is not None else None
+    if earlier is None or earlier.shape[1] < runs - 1:
+        confirmed = np.zeros(len(cut), bool)
+    else:
+        confirmed = earlier.eq(cut, axis=0).all(axis=1).to_numpy()
+    falls_out = (before & value_tier.eq("tail")).to_numpy()
+    keep = differs & ~confirmed & ~falls_out
+    out = cut.copy()
+    out[keep] = before[keep]
+    return out, int(keep.sum())
 
 
 def _k_hold(history: History, previous: list[PreviousSegment], dims: Dimensions, steady: bool) -> KHold | None:
@@ -662,12 +692,15 @@ def _segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy,
     taxonomy, fallback = _taxonomy_for_run(taxonomy, survey, as_of)
     fit_mask = customers["is_surveyed"].fillna(False).astype(bool) if taxonomy.basis == "survey" else pd.Series(True, index=customers.index)
     fit_index = customers.index[fit_mask.to_numpy()]
-    is_key = customers["value_tier"].eq("key")
     lineage = _lineage(con, as_of, run_id, taxonomy)
     dims = dimension_matrix(con, customers, taxonomy, fit_index, float(cfg["max_missing_share"]), settings.seed)
     steady = taxonomy.basis in cfg["hysteresis_bases"]
-    history = _history(con, lineage, int(cfg["switch_runs"]))
+    tier_runs = int(cfg["key_tier_switch_runs"]) if steady else 1
+    history = _history(con, lineage, max(int(cfg["switch_runs"]), tier_runs))
+    is_key, tier_held = _hold_key_tier(customers["value_tier"], history, tier_runs)
     fit = _fit(con, dims, customers, fit_index, is_key, lineage, history, settings, cfg, steady)
+    if tier_held:
+        fit.key.evidence["tier_held"] = tier_held
     dims, main, key = fit.dims, fit.main, fit.key
 
     inference = fit_and_score(
@@ -735,7 +768,13 @@ def _segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy,
     )
     lookalike_rows = _lookalikes(run_id, as_of, customers, assigned, is_key, int(cfg["lookalikes_per_segment"]))
     profile_rows = _profiles(run_id, customers, dims.values, assigned, fit_index, is_key, key.mode, dims.taxonomy)
-    verdict = judge(_evidence(fit, inference, taxonomy, survey, prospect_rows, fallback, held, settings), VerdictSettings.from_config(cfg))
+    evidence = _evidence(fit, inference, taxonomy, survey, prospect_rows, fallback, held, settings)
+    if tier_held:
+        evidence.notes.append(
+            f"{tier_held} account(s) kept their previous side of the key-tier cut: the 80/20 cut has not put them on "
+            "the other side in segmentation.key_tier_switch_runs consecutive runs (assignments.value_tier is the cut's tier)"
+        )
+    verdict = judge(evidence, VerdictSettings.from_config(cfg))
     if not verdict.published and not _published_before(con, run_id):
         verdict.published = True
         verdict.reasons.append(

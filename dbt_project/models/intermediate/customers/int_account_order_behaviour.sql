@@ -124,11 +124,26 @@ category_windows as (
 
 ),
 
--- orders per month over every window, months without an order included: regularity is
--- about the gaps as much as the orders
+-- How many months back the order history reaches (the month of the earliest order any
+-- account placed, to the as-of month): months before it are not months without orders but
+-- months the data does not cover. While it is shorter than a window (an export that starts
+-- less than a year before the as-of date), rates are taken over the months covered, so a
+-- window that is still filling does not move every account's numbers.
+coverage as (
+
+    select coalesce(max(months_ago), 0) + 1 as history_months
+    from account_months
+    where is_month_total
+
+),
+
+-- orders per month over every window, months without an order included (regularity is
+-- about the gaps as much as the orders), months before the history begins left out
 months as (
 
-    select range as months_ago from range({{ recent + trailing }})
+    select range as months_ago
+    from range({{ recent + trailing }})
+    where range < (select history_months from coverage)
 
 ),
 
@@ -213,6 +228,10 @@ select
         as category_breadth_trend,
     p.web_order_share_12m,
     coalesce(r.active_months_12m, 0) as active_months_12m,
+    -- the trailing window's months the history covers, and the counts as rates over them
+    least(v.history_months, {{ trailing }}) as observed_months_12m,
+    coalesce(r.active_months_12m, 0) / least(v.history_months, {{ trailing }}) as active_month_share_12m,
+    coalesce(p.orders_12m, 0) / least(v.history_months, {{ trailing }}) as orders_per_month_12m,
     r.order_regularity_12m,
     r.order_regularity_recent,
     r.order_regularity_prior,
@@ -221,4 +240,5 @@ from per_account as p
 inner join history as o on o.account_id = p.account_id
 left join category_windows as k on k.account_id = p.account_id
 cross join catalogue as c
+cross join coverage as v
 left join regularity as r on r.account_id = p.account_id
