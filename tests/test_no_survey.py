@@ -176,3 +176,42 @@ def test_a_withheld_run_does_not_replace_the_published_one_unless_configured(cyc
     with connect(earlier) as con:
         segment(con, AS_OF, taxonomy, lenient)
         assert con.execute("select published from segments.segment_runs where run_id = ?", [first.run_id]).fetchone()[0] is True
+
+
+def test_an_account_crossing_the_key_tier_cut_once_keeps_its_tier_until_the_cut_confirms_it(warehouse, tmp_path):
+    """Key-tier hysteresis on behaviour-only data, read from the warehouse run to run: an
+    account the 80/20 cut moves across it in one run keeps its tier (the cut's own tier is
+    still published, as value_tier); when the next run's cut says the same, it moves."""
+    taxonomy_path = tmp_path / "behaviour.yaml"
+    taxonomy_path.write_text(BEHAVIOUR)
+    taxonomy = load_taxonomy(taxonomy_path)
+    months = [AS_OF, dt.date(2026, 11, 30), dt.date(2026, 12, 31)]
+    with connect(warehouse) as con:
+        key, mid = (
+            con.execute(
+                f"select account_id from marts.customer_features where value_tier = '{tier}' order by account_id limit 1"
+            ).fetchone()[0]
+            for tier in ("key", "mid")
+        )
+        tiers = []
+        for n, as_of in enumerate(months):
+            if n:  # the next months: the cut puts the two accounts on the other side
+                con.execute("update marts.customer_features set as_of = ?", [as_of])
+                con.execute(
+                    "update marts.customer_features set value_tier = case account_id when ? then 'mid' else 'key' end where account_id in (?, ?)",
+                    [key, key, mid],
+                )
+            result = segment(con, as_of, taxonomy, CONFIG)
+            tiers.append(
+                dict(
+                    con.execute(
+                        "select account_id, is_key_account from segments.assignments where run_id = ? and account_id in (?, ?)",
+                        [result.run_id, key, mid],
+                    ).fetchall()
+                )
+            )
+        reasons = con.execute("select verdict_reasons from segments.segment_runs where as_of = ?", [months[1]]).fetchone()[0]
+    assert tiers[0] == {key: True, mid: False}
+    assert tiers[1] == {key: True, mid: False}  # the cut said so once: kept
+    assert tiers[2] == {key: False, mid: True}  # twice: moved
+    assert "kept their previous side of the key-tier cut" in reasons

@@ -208,6 +208,14 @@ def test_segment_centres_are_kept_across_runs_until_the_population_really_change
     third[group] += np.array([0.0, -6.0])
     run3 = choose_k(third, 3, 3, settings, KHold(3, [3], run1.centres))
     assert run3.centres_from != "kept" and "refitted" in run3.centres_note
+    # centres that moved a little too far are warm-started from: every account is labelled
+    # by those centres (in the previous run's order), not by the fresh fit's own numbering
+    for order in ([2, 0, 1], [1, 2, 0]):
+        off = run1.centres[order] + 0.9
+        warm = choose_k(first, 3, 3, settings, KHold(3, [3], off))
+        assert warm.centres_from == "warm start"
+        nearest = ((first[:, None, :] - warm.centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+        assert (warm.labels == nearest).all() and (warm.probabilities.argmax(axis=1) == nearest).all()
     nearest_old = ((run1.centres - third[group].mean(axis=0)) ** 2).sum(axis=1).min()
     nearest_new = ((run3.centres - third[group].mean(axis=0)) ** 2).sum(axis=1).min()
     assert nearest_new < 0.5 < nearest_old

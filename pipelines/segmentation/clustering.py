@@ -277,7 +277,14 @@ def choose_k(X: np.ndarray, k_min: int, k_max: int, settings: ClusterSettings, h
     k, held = hold_k(preferred, candidates, settings, hold)
     model, jac = fits[k]
     centres, source, note = anchor(X, model, hold, settings)
-    labels = sq_distances(X, centres).argmin(axis=1) if source == "kept" else model.labels_
+    # every account to its nearest centre: kept and warm-started centres are not the fresh
+    # fit's, whose labels number its own clusters (in another order)
+    labels = model.labels_ if source == "fit" else sq_distances(X, centres).argmin(axis=1)
+    if source != "fit":
+        # the bootstrap Jaccard was measured on the fresh fit's clusters: each centre used
+        # takes the one of the fresh cluster matched to it
+        used, fresh = linear_sum_assignment(sq_distances(centres, model.cluster_centers_))
+        jac = jac[fresh[np.argsort(used)]]
     chosen = next(c for c in candidates if c.k == k)
     return Clustering(
         k=k,
