@@ -5,7 +5,8 @@ drift flag for it (an early warning, or a confirmed migration, towards price-sen
 or away from partnership); the naive baseline flags every account whose assigned segment
 changed between two consecutive runs. Both are compared with the planted drifters that
 were customers during the runs (precision, recall, F1). For drifters that went on to
-churn, the lead time is the months from needseg's first flag to the churn month.
+churn, the lead time is the months from needseg's first flag to the churn month; for every
+flagged drifter, the flag lag is the months from the drift's start (truth) to that flag.
 
 The churn-risk alerts themselves (alerts.risk_snapshots) are scored the same way: drift
 alerts (towards price-sensitivity or away from partnership) against the planted drifters,
@@ -62,6 +63,10 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
     risk = drift[drift["is_churn_risk"]]
     risk_flags = _prf(set(risk["account_id"]), positives)
 
+    # Flag lag: months from a drift's start (truth) to needseg's first flag, for every planted
+    # drifter that was flagged (negative: flagged before the drift began).
+    starts = truth.set_index("account_id")["drift_start"]
+    lag = sorted((pd.Period(on, "M") - pd.Period(starts[a], "M")).n for a, on in first_flag.items() if a in positives and starts.get(a))
     churn = truth.set_index("account_id")["churn_month"]
     lead = []
     for account, flagged_on in first_flag.items():
@@ -83,6 +88,11 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
             "median": float(np.median(lead)) if lead else None,
             "drifters_that_churned_and_were_flagged": len(lead),
             "values": sorted(lead),
+        },
+        "flag_lag_months": {
+            "median": float(np.median(lag)) if lag else None,
+            "drifters_flagged": len(lag),
+            "values": lag,
         },
         "false_flags_on_random_churners": len(set(first_flag.index) & random_churners),
         "random_churners_flagged_lapsing": len(set(drift.loc[drift["lapsing"], "account_id"]) & random_churners),
@@ -107,6 +117,7 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
         f"  {'baseline: any segment change':<44}{b['flagged']:>8}{b['precision']:>11.2f}{b['recall']:>8.2f}{b['f1']:>7.2f}",
         f"  {'needseg churn risk (drift + revenue/satisf.)':<44}{risk_flags['flagged']:>8}{risk_flags['precision']:>11.2f}{risk_flags['recall']:>8.2f}{risk_flags['f1']:>7.2f}",
         f"  needseg F1 / baseline F1: {result['f1_ratio_vs_baseline']}",
+        f"  flag lag from the drift's start to the first flag (drifters flagged): median {result['flag_lag_months']['median']} months over {len(lag)} accounts",
         f"  lead time from first flag to churn (drifters that churned): median {result['lead_time_months']['median']} months over {len(lead)} accounts",
         f"  early warnings on random churners (no drift): {result['false_flags_on_random_churners']} of {len(random_churners)}; on promotion-only accounts: {result['false_flags_on_promotions']} of {len(promo)}",
         f"  random churners flagged as lapsing by the churn model: {result['random_churners_flagged_lapsing']} of {len(random_churners)}",
