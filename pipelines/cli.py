@@ -734,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
         const="full",
         choices=("full", "slice"),
         help="run the evaluation suite instead of one world: 'full' (21 worlds: 7 variants x 3 seeds; about 50 CPU minutes) or "
-        "'slice' (2 small worlds, as CI runs it); prints per figure the worst and median world and the share meeting issue 14's "
+        "'slice' (1 small world, as CI runs it); prints per figure the worst and median world and the share meeting issue 14's "
         "goals; each world's result is kept as JSON under <data-dir>/suite-<name>/ and not run again (see --rerun)",
     )
     p.add_argument("--jobs", type=int, default=1, help="with --suite: worlds run at the same time, one process each (default 1)")

@@ -69,8 +69,8 @@ SUITE_BASE = dict(
     drift_window_start="2026-05",
     drift_min_visible=5,
 )
-# The CI slice: two very small worlds, two months replayed (it checks the machinery, its
-# figures mean little).
+# The CI slice: one very small world whose drift goes elsewhere than price, two months
+# replayed (it checks the machinery; its figures mean little).
 SLICE_BASE = dict(
     customers=240,
     prospects=20,
@@ -114,7 +114,7 @@ VARIANTS = (
 )
 SUITES = {
     "full": (SUITE_BASE, [v.name for v in VARIANTS], (1, 2, 3)),
-    "slice": (SLICE_BASE, ["default", "drift-elsewhere"], (1,)),
+    "slice": (SLICE_BASE, ["drift-elsewhere"], (1,)),
 }
 
 
@@ -135,8 +135,8 @@ def suite_worlds(suite: str) -> list[SuiteWorld]:
     by_name = {v.name: v for v in VARIANTS}
     return [
         SuiteWorld(f"{name}-s{seed}", name, seed, WorldSpec(seed=seed, **{**base, **by_name[name].knobs}), base["drift_window_start"])
+        for seed in seeds  # seed by seed: a suite stopped early has scored every variant
         for name in names
-        for seed in seeds
     ]
 
 
@@ -245,6 +245,8 @@ def run_world(world: SuiteWorld, settings: Settings, out: Path, keep: bool = Fal
             "needseg": d["needseg"],
             "baseline": d["baseline"],
             "drifters": d["drifters"],
+            "drifters_elsewhere": d["drifters_elsewhere"],
+            "any_direction": d["any_direction"],
             "flag_lag_months": d["flag_lag_months"],
             "lead_time_months": d["lead_time_months"],
             "alerts": {k: v for k, v in d["alerts"].items() if k != "lines"},
