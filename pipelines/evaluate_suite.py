@@ -296,13 +296,14 @@ def run_suite(
     rerun: bool = False,
     keep: bool = False,
     say: Callable[[str], None] = print,
+    table_only: bool = False,
 ) -> SuiteReport:
     """Run every world of the suite not finished yet (each in a child process, `jobs` at a
-    time) and summarise all of them."""
+    time) and summarise all of them; `table_only`: run nothing, summarise the finished ones."""
     worlds = suite_worlds(suite)
     out = settings.data_dir / f"suite-{suite}"
     out.mkdir(parents=True, exist_ok=True)
-    todo = [w for w in worlds if rerun or finished(w, out) is None]
+    todo = [] if table_only else [w for w in worlds if rerun or finished(w, out) is None]
     say(f"suite {suite}: {len(worlds)} worlds, {len(worlds) - len(todo)} already finished, {len(todo)} to run ({jobs} at a time) in {out}")
     running: list[tuple[SuiteWorld, subprocess.Popen, float, Any]] = []
     failed: list[str] = []
