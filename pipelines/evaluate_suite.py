@@ -304,7 +304,8 @@ def run_suite(
     out = settings.data_dir / f"suite-{suite}"
     out.mkdir(parents=True, exist_ok=True)
     todo = [] if table_only else [w for w in worlds if rerun or finished(w, out) is None]
-    say(f"suite {suite}: {len(worlds)} worlds, {len(worlds) - len(todo)} already finished, {len(todo)} to run ({jobs} at a time) in {out}")
+    done = sum(finished(w, out) is not None for w in worlds) if table_only or rerun else len(worlds) - len(todo)
+    say(f"suite {suite}: {len(worlds)} worlds, {done} already finished, {len(todo)} to run ({jobs} at a time) in {out}")
     running: list[tuple[SuiteWorld, subprocess.Popen, float, Any]] = []
     failed: list[str] = []
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -412,6 +413,18 @@ class SuiteReport:
             + ", ".join(f"{g} {np.median(v):.2f}" for g, v in ceilings.items() if v)
             + "; needseg's k: "
             + ", ".join(f"{k}: {n}" for k, n in sorted(pd.Series([r["k"] for r in self.results]).value_counts().items()))
+        )
+        elsewhere = [r for r in self.results if r["drift"].get("drifters_elsewhere")]
+        if elsewhere:
+            recall = np.median([r["drift"]["any_direction"]["recall"] for r in elsewhere])
+            out.append(
+                f"  {len(elsewhere)} worlds also plant drift elsewhere than price or away from partnership (not counted in drift F1): "
+                f"every drifter against any sign of movement (early warning to any segment, migration, flag), median recall {recall:.2f}"
+            )
+        lead = [r["drift"]["lead_time_months"]["median"] for r in self.results if r["drift"]["lead_time_months"]["median"] is not None]
+        out.append(
+            f"  lead from the first drift flag to churn, drifters that churned in the replay: {len(lead)} worlds have one"
+            + (f", median {np.median(lead):.1f} months" if lead else "")
         )
         variants = self.by_variant()
         out += ["", "  median per variant:", "  " + f"{'variant':<18}{'worlds':>7}" + "".join(f"{f.key:>16}" for f in FIGURES)]
