@@ -421,6 +421,16 @@ class SuiteReport:
                 f"  {len(elsewhere)} worlds also plant drift elsewhere than price or away from partnership (not counted in drift F1): "
                 f"every drifter against any sign of movement (early warning to any segment, migration, flag), median recall {recall:.2f}"
             )
+        alerted = [
+            r["drift"]["alerts"]["lead_time_months"]["churners_alerted"] / r["drift"]["churners_in_replay"]
+            for r in self.results
+            if r["drift"]["churners_in_replay"]
+        ]
+        if alerted:
+            out.append(
+                f"  churners alerted before their churn month (the alert lead's base): median {np.median(alerted):.0%} of a world's "
+                f"churners in the replay, worst {min(alerted):.0%}"
+            )
         lead = [r["drift"]["lead_time_months"]["median"] for r in self.results if r["drift"]["lead_time_months"]["median"] is not None]
         out.append(
             f"  lead from the first drift flag to churn, drifters that churned in the replay: {len(lead)} worlds have one"
