@@ -95,7 +95,7 @@ VARIANTS = (
     Variant("default", "the demo world's knobs"),
     Variant(
         "unequal-sizes",
-        "segments 53/28/13/7 % (loyalty & partnership small), key accounts spread evenly over the segments",
+        "segments about 55/21/14/10 % (loyalty & partnership small), key accounts spread evenly over the segments",
         {"segment_weights": (2.0, 1.0, 0.6, 0.35), "size_lean": (0.0, 0.0, 0.0, 0.0)},
     ),
     Variant("close-prototypes", "needs prototypes pulled 25 % towards their mean", {"separation": 0.75}),

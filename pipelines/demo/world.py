@@ -18,6 +18,11 @@ What it models (docs/design.md, "The domain in one page"):
   no drift before; temporary promotions that look like price-sensitivity but are not;
 - prospects with firmographics and quotes but no orders.
 
+That is the default world. `WorldSpec`'s knobs vary segment sizes and separation, where key
+accounts sit, survey response and scale use, drift direction, speed, shape and spend,
+seasonality and returns (docs/evaluation.md); at their defaults the extracts are
+byte-for-byte the default world's.
+
 The pipeline only ever reads `extracts/`. `truth/` holds what really happened and is read
 by `needseg evaluate` alone.
 """
@@ -188,8 +193,8 @@ class WorldSpec:
 
     Customer base:
     - `segment_weights`: relative size of each needs segment (SEGMENTS order), multiplying
-      the odds of the size-dependent segment draw; None = the demo's mix (about 28 / 29 /
-      22 / 21 %, which already depends on account size).
+      the odds of the size-dependent segment draw; None = the demo's mix (about 30 / 23 /
+      20 / 26 %, which already depends on account size).
     - `separation`: how far apart the segments' needs prototypes are: each prototype is
       pulled towards (below 1) or pushed away from (above 1) the mean prototype; 1 = as is.
     - `size_lean`: per segment (SEGMENTS order), how strongly its share rises with the log
@@ -280,11 +285,6 @@ class WorldSpec:
     def as_json(self) -> dict:
         """The spec as world.json stores it (tuples as lists), for comparing with it."""
         return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_json(cls, data: dict) -> WorldSpec:
-        """A spec from world.json (unknown keys refused, lists back to tuples)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     @property
     def prototypes(self) -> np.ndarray:
