@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from pipelines.publish import publish
 from pipelines.report import write_report
 from pipelines.segmentation.run import segment
 from pipelines.segmentation.taxonomy import load_taxonomy
-from pipelines.settings import Settings, load_settings
+from pipelines.settings import Settings, load_settings, release_process_memory
 from pipelines.warehouse import open_warehouse
 
 log = logging.getLogger("needseg")
@@ -127,6 +128,20 @@ def parse_date(value: str | dt.date) -> dt.date:
     return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
 
 
+def _releases_memory(step: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """A step that hands its freed memory back when it returns (`release_process_memory`),
+    so that the steps after it in the same process start from the process's baseline."""
+
+    @functools.wraps(step)
+    def wrapper(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return step(*args, **kwargs)
+        finally:
+            release_process_memory()
+
+    return wrapper
+
+
 @contextmanager
 def _timed(settings: Settings, as_of: dt.date, stage: str, detail: dict[str, Any]) -> Iterator[None]:
     started_at = clock.utc_naive_now()
@@ -141,6 +156,7 @@ def _timed(settings: Settings, as_of: dt.date, stage: str, detail: dict[str, Any
         )
 
 
+@_releases_memory
 def ingest_step(as_of: dt.date, settings: Settings | None = None, accept_changed: bool = False) -> dict[str, Any]:
     """Pull the HTTP sources into the landing folder, then load every new landing file.
 
@@ -170,10 +186,12 @@ def ingest_step(as_of: dt.date, settings: Settings | None = None, accept_changed
     return detail
 
 
+@_releases_memory
 def features_step(as_of: dt.date, settings: Settings | None = None, run_tests: bool = True) -> dict[str, Any]:
     return _dbt_step(as_of, settings, "features", transform.FEATURES, "build" if run_tests else "run")
 
 
+@_releases_memory
 def serving_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, Any]:
     return _dbt_step(as_of, settings, "serving", transform.SERVING)
 
@@ -189,6 +207,7 @@ def _dbt_step(as_of: dt.date, settings: Settings | None, stage: str, select: str
     return detail
 
 
+@_releases_memory
 def segment_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or load_settings()
     config = load_config(settings.config_path)
@@ -210,6 +229,7 @@ def segment_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, 
     return detail
 
 
+@_releases_memory
 def drift_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or load_settings()
     config = load_config(settings.config_path)
@@ -231,6 +251,7 @@ def drift_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, An
     return detail
 
 
+@_releases_memory
 def publish_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or load_settings()
     config = load_config(settings.config_path)
@@ -248,6 +269,7 @@ def publish_step(as_of: dt.date, settings: Settings | None = None) -> dict[str, 
 UNDELIVERED_LISTED = 10  # in the step's summary; `needseg status` and alerts.outbox have them all
 
 
+@_releases_memory
 def alerts_step(
     as_of: dt.date | None,
     settings: Settings | None = None,

@@ -73,6 +73,25 @@ class DuckDBResources:
     temp_directory: Path | None
 
 
+def release_process_memory() -> None:
+    """Give back to the system what a finished step freed, before the next step of the same
+    process (`needseg run`, the demo, the bench) starts: Python's cycles, Arrow's pool, and
+    the C heap's free pages. Without it a step's peak stays resident under every later step
+    (at 100k accounts the ingest step's ~2 GB stayed under the drift step's own 1.9 GB)."""
+    import ctypes
+    import gc
+    import sys
+
+    gc.collect()
+    if "pyarrow" in sys.modules:
+        sys.modules["pyarrow"].default_memory_pool().release_unused()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+            pass
+
+
 def duckdb_resources() -> DuckDBResources:
     """DuckDB's memory limit, threads and spill folder from the environment (see DuckDBResources)."""
     raw_threads = os.environ.get("NEEDSEG_DUCKDB_THREADS", "").strip()

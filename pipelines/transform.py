@@ -123,11 +123,30 @@ def _invoke(args: list[str], settings: Settings | None, unit_tests: bool = False
     try:
         return dbtRunner().invoke(args)
     finally:
+        _close_dbt_duckdb()
         for key, value in previous.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _close_dbt_duckdb() -> None:
+    """Close the DuckDB database dbt-duckdb keeps open in this process after an invocation.
+
+    dbt-duckdb holds one environment per process and closes its database only when every
+    cursor has been closed, which an in-process run does not always reach: the database's
+    buffer pool (up to the memory limit) then stays allocated through the segmentation and
+    drift steps that follow in the same process. The next invocation opens it again
+    (a few milliseconds)."""
+    try:
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+    except ImportError:  # another adapter: nothing of ours to close
+        return
+    with DuckDBConnectionManager._LOCK:
+        env, DuckDBConnectionManager._ENV = DuckDBConnectionManager._ENV, None
+        if env is not None:
+            env.close()
 
 
 def build(

@@ -161,8 +161,7 @@ def test_order_features_and_labels_equal_the_line_by_cutoff_queries(con):
     cutoffs = cutoffs_for(AS_OF, [dt.date(2024, 12, 31)], ChurnSettings(training_cutoffs=8))
     key = ["cutoff", "account_id"]
     for new, old in ((history.ORDER_FEATURES, REFERENCE_ORDER_FEATURES), (history.RETURNS, REFERENCE_RETURNS)):
-        params = [cutoffs, [True] * len(cutoffs), []] if new is history.ORDER_FEATURES else [cutoffs]
-        got = con.execute(new, params).df().sort_values(key, ignore_index=True)
+        got = con.execute(new, [cutoffs, [True] * len(cutoffs), []]).df().sort_values(key, ignore_index=True)
         want = con.execute(old, [cutoffs]).df().sort_values(key, ignore_index=True)
         assert len(got) > 1000
         pd.testing.assert_frame_equal(got, want, check_exact=True)
@@ -174,6 +173,41 @@ def test_order_features_and_labels_equal_the_line_by_cutoff_queries(con):
     want = want.sort_values(key, ignore_index=True)
     assert 0 < got["churned"].sum() < len(got)
     pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_a_sampled_run_reads_the_same_figures_for_its_sample(con):
+    """Cutoffs only learnt from hold the training sample; every side query (CRM records,
+    returns, tickets) is limited the same way, and the sample's figures do not change."""
+    con.execute(
+        """create or replace table staging.stg_crm__support_tickets as
+        select account_id, order_date as opened_at, if(hash(order_id) % 5 = 0, 'critical', 'normal') as priority,
+               if(hash(order_id) % 3 = 0, 'price', 'delivery') as category
+        from intermediate.int_order_lines__priced where is_return"""
+    )
+    try:
+        cutoffs = cutoffs_for(AS_OF, [dt.date(2024, 12, 31)], ChurnSettings(training_cutoffs=8))
+        scored = {max(cutoffs)}
+        sample = history.training_sample(con, max(cutoffs), len(cutoffs), 400)
+        assert sample is not None and 0 < len(sample) < 100
+        whole = history.features(con, cutoffs)
+        sampled = history.features(con, cutoffs, sample, scored)
+        full = [c in scored for c in cutoffs]
+        for sql, table in (
+            (history.TICKETS, ("staging", "stg_crm__support_tickets")),
+            (history.RETURNS, ("intermediate", "int_order_lines__priced")),
+        ):
+            read = history._frame(con, sql, cutoffs, full, sample, table).reset_index()
+            learnt = pd.to_datetime(read["cutoff"]).ne(pd.Timestamp(max(cutoffs)))
+            assert learnt.any() and set(read.loc[learnt, "account_id"]) <= set(sample)  # not every account, to be dropped
+    finally:
+        con.execute("drop table staging.stg_crm__support_tickets")
+    learnt_only = sampled["cutoff"].ne(max(cutoffs))
+    assert set(sampled.loc[learnt_only, "account_id"]) <= set(sample)
+    assert sampled.loc[~learnt_only, "account_id"].nunique() == whole.loc[whole["cutoff"].eq(max(cutoffs)), "account_id"].nunique()
+    assert sampled["tickets_12m"].notna().any() and sampled["return_share"].notna().any()
+    keep = whole["cutoff"].eq(max(cutoffs)) | whole["account_id"].isin(sample)
+    columns = [c for c in whole.columns if c != "value_percentile"]  # ranks among the cutoff's sample
+    pd.testing.assert_frame_equal(sampled[columns], whole.loc[keep, columns].reset_index(drop=True), check_exact=True)
 
 
 def _model(rows: int = 3000, seed: int = 1) -> tuple[lgb.Booster, np.ndarray]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import duckdb
 import pytest
 
 from pipelines import transform
@@ -68,6 +69,19 @@ def test_pipeline_runs_leave_unit_tests_out(empty_project):
     assert result.nodes > 0  # its data tests ran
     with_units = transform.build(settings, config, AS_OF, "int_product_categories", command="test", unit_tests=True)
     assert with_units.nodes > result.nodes
+
+
+def test_a_build_leaves_no_database_open_in_this_process(empty_project):
+    """dbt runs in-process; once a build returns, its DuckDB database is closed, so its buffer
+    pool is not carried into the steps that follow and the file opens with any configuration
+    (DuckDB refuses a read-only connection while the same process holds it read-write)."""
+    settings, config, _ = empty_project
+    transform.build(settings, config, AS_OF, "int_product_categories", command="run")
+    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    try:
+        assert con.execute("select count(*) from information_schema.tables where table_name = 'int_product_categories'").fetchone()[0] == 1
+    finally:
+        con.close()
 
 
 def test_every_column_of_every_model_below_the_serving_marts_is_documented(empty_project):

@@ -99,7 +99,8 @@ group by all
 """
 
 RETURNS = """
-with cutoffs as (select unnest(?::date[]) as cutoff),
+with cutoffs as (select unnest(?::date[]) as cutoff, unnest(?::boolean[]) as every_account),
+sample as (select unnest(?::varchar[]) as account_id),
 per_day as (
     select account_id, order_date::date as day, count(*) filter (where is_return) as returns, count(*) as lines
     from intermediate.int_order_lines__priced
@@ -109,38 +110,42 @@ per_day as (
 )
 select c.cutoff, l.account_id, sum(l.returns) / sum(l.lines) as return_share
 from per_day as l join cutoffs as c on l.day <= c.cutoff and l.day > c.cutoff - interval 12 month
+  and (c.every_account or l.account_id in (select account_id from sample))
 group by all
 """
 
 TICKETS = """
-with cutoffs as (select unnest(?::date[]) as cutoff)
+with cutoffs as (select unnest(?::date[]) as cutoff, unnest(?::boolean[]) as every_account),
+sample as (select unnest(?::varchar[]) as account_id)
 select c.cutoff, t.account_id,
        count(*) filter (where t.opened_at::date > c.cutoff - interval 12 month) as tickets_12m,
        count(*) filter (where t.opened_at::date > c.cutoff - interval 3 month) as tickets_3m,
        count(*) filter (where t.priority = 'critical' and t.opened_at::date > c.cutoff - interval 12 month) as critical_tickets_12m,
        count(*) filter (where t.category = 'price' and t.opened_at::date > c.cutoff - interval 12 month) as price_tickets_12m
 from staging.stg_crm__support_tickets as t join cutoffs as c
-  on t.opened_at::date <= c.cutoff and t.opened_at::date > c.cutoff - interval 12 month
+  on t.opened_at::date <= c.cutoff and t.opened_at::date > c.cutoff - interval 12 month and (c.every_account or t.account_id in (select account_id from sample))
 group by all
 """
 
 QUOTES = """
-with cutoffs as (select unnest(?::date[]) as cutoff)
+with cutoffs as (select unnest(?::date[]) as cutoff, unnest(?::boolean[]) as every_account),
+sample as (select unnest(?::varchar[]) as account_id)
 select c.cutoff, q.account_id,
        count(*) filter (where q.status in ('won', 'lost')) as quotes_decided_12m,
        count(*) filter (where q.status = 'lost' and q.loss_reason = 'price')
          / nullif(count(*) filter (where q.status in ('won', 'lost')), 0) as lost_on_price_share_12m
 from staging.stg_crm__quotes as q join cutoffs as c
-  on q.created_at::date <= c.cutoff and q.created_at::date > c.cutoff - interval 12 month
+  on q.created_at::date <= c.cutoff and q.created_at::date > c.cutoff - interval 12 month and (c.every_account or q.account_id in (select account_id from sample))
 group by all
 """
 
 SURVEY = """
-with cutoffs as (select unnest(?::date[]) as cutoff),
+with cutoffs as (select unnest(?::date[]) as cutoff, unnest(?::boolean[]) as every_account),
+sample as (select unnest(?::varchar[]) as account_id),
 waves as (
     select c.cutoff, s.account_id, s.wave, max(s.submitted_at) as submitted_at,
            avg(s.satisfaction::decimal(18, 6))::double as satisfaction, avg(s.nps::decimal(18, 6))::double as nps
-    from staging.stg_survey__survey_responses as s join cutoffs as c on s.submitted_at::date <= c.cutoff
+    from staging.stg_survey__survey_responses as s join cutoffs as c on s.submitted_at::date <= c.cutoff and (c.every_account or s.account_id in (select account_id from sample))
     group by all
 ),
 ranked as (
@@ -157,10 +162,11 @@ group by all
 
 # Accounts known as customers at the cutoff: the latest CRM record on or before it.
 ACCOUNTS = """
-with cutoffs as (select unnest(?::date[]) as cutoff),
+with cutoffs as (select unnest(?::date[]) as cutoff, unnest(?::boolean[]) as every_account),
+sample as (select unnest(?::varchar[]) as account_id),
 records as (
     select c.cutoff, a.account_id, a.status, a.customer_since, a.updated_at
-    from staging.stg_crm__accounts as a join cutoffs as c on coalesce(a.updated_at::date, c.cutoff) <= c.cutoff
+    from staging.stg_crm__accounts as a join cutoffs as c on coalesce(a.updated_at::date, c.cutoff) <= c.cutoff and (c.every_account or a.account_id in (select account_id from sample))
     qualify row_number() over (partition by c.cutoff, a.account_id order by a.updated_at desc nulls last, a.loaded_at desc) = 1
 )
 select cutoff, account_id, status, datediff('day', customer_since::date, cutoff) as tenure_days
@@ -169,17 +175,18 @@ from records
 
 # The drift step's row for a run on the cutoff date, and the migrations before it.
 DRIFT = """
-with cutoffs as (select unnest(?::date[]) as cutoff),
+with cutoffs as (select unnest(?::date[]) as cutoff, unnest(?::boolean[]) as every_account),
+sample as (select unnest(?::varchar[]) as account_id),
 migrations as (
     select c.cutoff, m.account_id, count(*) as migrations_6m
     from drift.customer_drift as m join cutoffs as c
-      on m.migrated and m.as_of <= c.cutoff and m.as_of > c.cutoff - interval 6 month
+      on m.migrated and m.as_of <= c.cutoff and m.as_of > c.cutoff - interval 6 month and (c.every_account or m.account_id in (select account_id from sample))
     group by all
 )
 select c.cutoff, d.account_id, d.segment_id, d.drift_z, d.drift_shift,
        d.early_warning::int as early_warning, d.drift_flag::int as drift_flag,
        d.migration_confirmed::int as migration_confirmed, coalesce(m.migrations_6m, 0) as migrations_6m
-from drift.customer_drift as d join cutoffs as c on d.as_of = c.cutoff
+from drift.customer_drift as d join cutoffs as c on d.as_of = c.cutoff and (c.every_account or d.account_id in (select account_id from sample))
 left join migrations as m on m.cutoff = c.cutoff and m.account_id = d.account_id
 """
 
@@ -218,10 +225,14 @@ def _exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     )
 
 
-def _frame(con: duckdb.DuckDBPyConnection, sql: str, cutoffs: list[dt.date], table: tuple[str, str]) -> pd.DataFrame | None:
+def _frame(
+    con: duckdb.DuckDBPyConnection, sql: str, cutoffs: list[dt.date], full: list[bool], sample: list[str], table: tuple[str, str]
+) -> pd.DataFrame | None:
+    """One of the side queries, its rows limited like the order features: every account at a
+    cutoff in `full`, the `sample` at the others (the rest would be dropped by the join)."""
     if not _exists(con, *table):
         return None
-    frame = con.execute(sql, [cutoffs]).df()
+    frame = con.execute(sql, [cutoffs, full, sample]).df()
     return frame.set_index(["cutoff", "account_id"]) if len(frame) else None
 
 
@@ -257,7 +268,7 @@ def features(
     cutoffs = sorted(set(cutoffs))
     full = [sample is None or c in every_account for c in cutoffs]
     frame = con.execute(ORDER_FEATURES, [cutoffs, full, sample or []]).df().set_index(["cutoff", "account_id"])
-    accounts = _frame(con, ACCOUNTS, cutoffs, ("staging", "stg_crm__accounts"))
+    accounts = _frame(con, ACCOUNTS, cutoffs, full, sample or [], ("staging", "stg_crm__accounts"))
     if accounts is not None:
         frame = frame.join(accounts, how="left")
         frame = frame[frame["status"].fillna("customer").eq("customer")].drop(columns="status")
@@ -268,7 +279,7 @@ def features(
         (SURVEY, ("staging", "stg_survey__survey_responses")),
         (DRIFT, ("drift", "customer_drift")),
     ):
-        part = _frame(con, sql, cutoffs, table)
+        part = _frame(con, sql, cutoffs, full, sample or [], table)
         if part is not None:
             frame = frame.join(part, how="left")
     # a fixed row order: DuckDB returns rows in any order, and the model's bagging and folds follow it

@@ -28,6 +28,7 @@ from pipelines.churn.run import ChurnResult, ChurnSettings, score_run
 from pipelines.drift.detect import AWAY_KIND, PRICE_KIND, DriftSettings, detect
 from pipelines.drift.episodes import EpisodeRules, episodes
 from pipelines.drift.population import population_changes
+from pipelines.drift.signals import MONTHLY_COLUMNS
 from pipelines.errors import NeedsegError
 from pipelines.segmentation.run import run_id_for
 from pipelines.segmentation.taxonomy import Taxonomy
@@ -107,7 +108,8 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
     )
     if features.empty or pd.Timestamp(features["as_of"].iloc[0]).date() != as_of:
         raise NeedsegError(f"customer_features does not describe {as_of}: build the features for that date first")
-    monthly = con.execute("select * from marts.customer_monthly_behaviour order by account_id, months_ago").df()
+    columns = ", ".join(MONTHLY_COLUMNS)
+    monthly = con.execute(f"select {columns} from marts.customer_monthly_behaviour order by account_id, months_ago").df()
     current = (
         con.execute("select account_id, segment_id, segment_name from segments.assignments where run_id = ? order by account_id", [run_id])
         .df()

@@ -48,6 +48,17 @@ SHARES = {
     "critical_tickets": ("critical_tickets", "tickets"),
 }
 MIN_DISCOUNT_SD = 0.03
+# what `mix_change` reads of customer_monthly_behaviour: the drift step selects these, not
+# every column (at 100k accounts the whole table is ~0.7 GB in pandas, these a third of it)
+MONTHLY_COLUMNS = (
+    "account_id",
+    "months_ago",
+    "orders",
+    "discounted_lines",
+    "discount_sum",
+    "discount_square_sum",
+    *dict.fromkeys(column for pair in SHARES.values() for column in pair),
+)
 
 
 @dataclass(frozen=True)
