@@ -302,6 +302,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if getattr(args, "data_dir", None) is None:
         settings = settings.with_overrides(data_dir=settings.data_dir / ("evaluate-no-surveys" if args.no_surveys else "evaluate"))
+    if args.suite:
+        return _evaluate_suite(args, settings)
 
     with Progress("needseg evaluate") as progress:
         progress.stage("replaying the world's months through the pipeline")
@@ -313,6 +315,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     write_file_atomically(out, json.dumps(report.as_dict(), indent=1, default=str))
     print(f"\nfigures as JSON: {out}")
     return 0
+
+
+def _evaluate_suite(args: argparse.Namespace, settings) -> int:
+    from pipelines.evaluate_suite import run_suite
+
+    if args.world or args.first_month or args.no_surveys:
+        raise NeedsegError("--suite generates its own worlds: --world, --first-month and --no-surveys do not apply")
+    if args.jobs < 1:
+        raise NeedsegError(f"--jobs: expected 1 or more, got {args.jobs}")
+    report = run_suite(settings, args.suite, jobs=args.jobs, rerun=args.rerun, keep=args.keep_worlds, table_only=args.table_only)
+    print()
+    for line in report.lines():
+        print(line)
+    print(f"\nper world and summary as JSON: {settings.data_dir / f'suite-{args.suite}'}")
+    return 1 if report.failed else 0
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
@@ -710,6 +727,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-surveys",
         action="store_true",
         help="the default world with surveys withheld (no survey file): scored against the behaviour-only supervised ceiling",
+    )
+    p.add_argument(
+        "--suite",
+        nargs="?",
+        const="full",
+        choices=("full", "slice"),
+        help="run the evaluation suite instead of one world: 'full' (21 worlds: 7 variants x 3 seeds; about 50 CPU minutes) or "
+        "'slice' (1 small world, as CI runs it); prints per figure the worst and median world and the share meeting issue 14's "
+        "goals; each world's result is kept as JSON under <data-dir>/suite-<name>/ and not run again (see --rerun)",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="with --suite: worlds run at the same time, one process each (default 1)")
+    p.add_argument("--rerun", action="store_true", help="with --suite: run finished worlds again too")
+    p.add_argument("--table-only", action="store_true", help="with --suite: run nothing, print the table of the worlds finished so far")
+    p.add_argument(
+        "--keep-worlds", action="store_true", help="with --suite: keep each world's extracts and warehouse (default: deleted once scored)"
     )
     p.set_defaults(func=cmd_evaluate)
 

@@ -453,17 +453,20 @@ def evaluate(
     first_month: str | None = None,
     say: Callable[[str], None] = print,
     surveys: bool = True,
+    rerun: bool = True,
 ) -> EvaluationReport:
     """Generate the default world (unless given), replay it, score segments and drift.
 
     `surveys=False`: the default world with no survey file delivered at all (a no-survey
-    start), scored against the behaviour-only supervised ceiling."""
+    start), scored against the behaviour-only supervised ceiling. `rerun=False` skips the
+    re-segmentation of the last month on unchanged data (the evaluation suite does, to
+    save a segmentation per world)."""
     started = time.monotonic()
     if world is None:
         spec = WorldSpec() if surveys else WorldSpec(survey_every_months=0)
         world = settings.data_dir / ("world" if surveys else "world-no-surveys")
         meta = world / "world.json"
-        if not meta.exists() or json.loads(meta.read_text()).get("spec") != spec.__dict__:
+        if not meta.exists() or json.loads(meta.read_text()).get("spec") != spec.as_json():
             say(f"generating the {'default demo world' if surveys else 'default world without surveys'} in {world} ...")
             generate(world, spec)
     spec = json.loads((world / "world.json").read_text())["spec"]
@@ -483,7 +486,8 @@ def evaluate(
     taxonomy = load_taxonomy(settings.taxonomy_path)
     with open_warehouse(settings.warehouse_path) as con:
         report.segments = segment_quality(con, world, last, taxonomy, int(config["segmentation"]["seed"]))
-    report.segments.rerun_changed, report.segments.seconds_per_resegmentation = rerun_changes(settings, last)
+    if rerun:
+        report.segments.rerun_changed, report.segments.seconds_per_resegmentation = rerun_changes(settings, last)
     try:
         from pipelines.drift import evaluation as drift_evaluation
     except ImportError:

@@ -24,7 +24,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
@@ -51,7 +50,7 @@ def ensure_world(settings: Settings, spec: WorldSpec, say: Callable[[str], None]
     """The demo world under <data>/world, generated again only when the spec changed."""
     world = settings.data_dir / "world"
     meta = world / "world.json"
-    if meta.exists() and json.loads(meta.read_text()).get("spec") == asdict(spec):
+    if meta.exists() and json.loads(meta.read_text()).get("spec") == spec.as_json():
         say(f"world: {world} (already generated, seed {spec.seed})")
         return world
     started = time.monotonic()

@@ -174,9 +174,49 @@ OWNER_DOMAIN = "needseg-demo.example"
 ROLES = ("Purchasing manager", "Operations manager", "CEO", "Technical lead", "Finance")
 
 
+DRIFT_SHAPES = ("gradual", "step")
+
+
 @dataclass(frozen=True)
 class WorldSpec:
-    """What to generate. Same spec, same seed: byte-identical extracts."""
+    """What to generate. Same spec, same seed: byte-identical extracts.
+
+    The defaults are the default demo world. The knobs below vary what real customer bases
+    vary in (the evaluation suite, `pipelines/evaluate_suite.py`, turns them); every knob
+    at its default leaves the generated files byte-for-byte as they were before it existed
+    (a knob off its default may draw extra random numbers; at its default it draws none).
+
+    Customer base:
+    - `segment_weights`: relative size of each needs segment (SEGMENTS order), multiplying
+      the odds of the size-dependent segment draw; None = the demo's mix (about 28 / 29 /
+      22 / 21 %, which already depends on account size).
+    - `separation`: how far apart the segments' needs prototypes are: each prototype is
+      pulled towards (below 1) or pushed away from (above 1) the mean prototype; 1 = as is.
+    - `size_lean`: per segment (SEGMENTS order), how strongly its share rises with the log
+      of account size, i.e. where the key accounts (the top of the 80/20 curve) sit. The
+      default puts big accounts in loyalty & partnership and quality, small ones in price;
+      all zeros spreads key accounts evenly over the segments.
+    - `needs_spread`: spread of accounts' needs around their segment's prototype.
+
+    Surveys: `survey_share` (response rate: roughly the share of customers answering a
+    wave), `survey_every_months` (cadence; 0 = no surveys), `response_style` (how
+    differently respondents use the scale: a per-respondent shift), `survey_noise` (item
+    noise in answers).
+
+    Drift (planted drifters, `drifter_share` of customers):
+    - `drift_target_weights`: None = the demo's rule (towards price; 35 % of loyalty &
+      partnership drifters move away from partnership towards service). Otherwise relative
+      weights of the segment a drifter moves towards (SEGMENTS order); a drifter never moves
+      to its own segment, and accounts in a segment that is the only target do not drift.
+    - `drift_months`: (shortest, longest) months from the start of a drift to its full move.
+    - `drift_shape`: "gradual" (needs move linearly over the drift's months) or "step" (the
+      whole move in the first month; the drift's months still set when churn follows).
+    - `drift_spend_drop`: share of spend a fully drifted account no longer places (it buys
+      elsewhere); 0 = only the needs signals move (mix, discounts, tickets, quotes, surveys).
+
+    Orders: `seasonality` (amplitude of the yearly cycle in order counts, peak in June),
+    `returns_rate` (base share of order lines that are returns).
+    """
 
     seed: int = 42
     customers: int = 1500
@@ -198,10 +238,61 @@ class WorldSpec:
     needs_spread: float = 0.42
     survey_noise: float = 0.5
     response_style: float = 0.45
+    # The evaluation suite's knobs (see the docstring).
+    segment_weights: tuple[float, ...] | None = None
+    separation: float = 1.0
+    size_lean: tuple[float, ...] = (-0.35, 0.0, 0.12, 0.45)
+    drift_target_weights: tuple[float, ...] | None = None
+    drift_months: tuple[int, int] = (4, 8)
+    drift_shape: str = "gradual"
+    drift_spend_drop: float = 0.45
+    seasonality: float = 0.12
+    returns_rate: float = 0.012
+
+    def __post_init__(self) -> None:
+        for name in ("segment_weights", "size_lean", "drift_target_weights"):
+            value = getattr(self, name)
+            if value is not None:
+                if len(value) != len(SEGMENTS) or (min(value) < 0 and name != "size_lean"):
+                    raise ValueError(
+                        f"WorldSpec.{name}: expected {len(SEGMENTS)} numbers (SEGMENTS order: {', '.join(SEGMENTS)}), got {value!r}"
+                    )
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+        if self.segment_weights is not None and sum(self.segment_weights) <= 0:
+            raise ValueError("WorldSpec.segment_weights: at least one weight must be above 0")
+        if self.drift_target_weights is not None and sum(self.drift_target_weights) <= 0:
+            raise ValueError("WorldSpec.drift_target_weights: at least one weight must be above 0")
+        lo, hi = self.drift_months
+        if not 1 <= lo <= hi:
+            raise ValueError(
+                f"WorldSpec.drift_months: expected (shortest, longest) with 1 <= shortest <= longest, got {self.drift_months!r}"
+            )
+        object.__setattr__(self, "drift_months", (int(lo), int(hi)))
+        if self.drift_shape not in DRIFT_SHAPES:
+            raise ValueError(f"WorldSpec.drift_shape: expected one of {', '.join(DRIFT_SHAPES)}, got {self.drift_shape!r}")
+        if self.separation <= 0:
+            raise ValueError(f"WorldSpec.separation: expected a number above 0, got {self.separation!r}")
 
     @property
     def months(self) -> list[pd.Period]:
         return list(pd.period_range(self.start_month, self.end_month, freq="M"))
+
+    def as_json(self) -> dict:
+        """The spec as world.json stores it (tuples as lists), for comparing with it."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_json(cls, data: dict) -> WorldSpec:
+        """A spec from world.json (unknown keys refused, lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    @property
+    def prototypes(self) -> np.ndarray:
+        """The segments' needs prototypes, pulled together or pushed apart by `separation`."""
+        if self.separation == 1.0:
+            return PROTOTYPES
+        centre = PROTOTYPES.mean(axis=0)
+        return np.clip(centre + self.separation * (PROTOTYPES - centre), 1.0, 5.0)
 
 
 @dataclass
@@ -283,18 +374,22 @@ class _World:
         self.size = np.exp(rng.normal(0.0, 1.7, n))
         log_size = np.log(self.size)
         # Big accounts lean towards partnership and quality; small ones towards price.
+        lean = spec.size_lean
         logits = np.column_stack(
             [
-                0.25 - 0.35 * log_size,
-                np.zeros(n),
-                0.05 + 0.12 * log_size,
-                0.0 + 0.45 * log_size,
+                0.25 + lean[0] * log_size,
+                np.zeros(n) if lean[1] == 0.0 else lean[1] * log_size,
+                0.05 + lean[2] * log_size,
+                0.0 + lean[3] * log_size,
             ]
         )
         probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        if spec.segment_weights is not None:
+            probs = probs * np.array(spec.segment_weights)
+            probs = probs / probs.sum(axis=1, keepdims=True)
         self.segment = _pick(rng, probs)
         # Individual needs: prototype plus a personal offset per item.
-        self.z0 = np.clip(PROTOTYPES[self.segment] + rng.normal(0, spec.needs_spread, (n, 7)), 1.0, 5.0)
+        self.z0 = np.clip(spec.prototypes[self.segment] + rng.normal(0, spec.needs_spread, (n, 7)), 1.0, 5.0)
 
         country_idx = _pick(rng, np.tile([c[4] for c in COUNTRIES], (n, 1)))
         self.country = np.array([COUNTRIES[i][0] for i in country_idx])
@@ -346,7 +441,12 @@ class _World:
         customers = ~self.is_prospect
         window_start = self.months.index(pd.Period(spec.drift_window_start, "M"))
         window_end = T - spec.drift_min_visible
-        eligible = customers & (self.segment != PRICE) & (self.join_month < max(window_start - 6, 1))
+        if spec.drift_target_weights is None:
+            can_drift = self.segment != PRICE
+        else:  # an account drifts only if some other segment can be its target
+            targets = np.array(spec.drift_target_weights) > 0
+            can_drift = (targets.sum() - targets[self.segment]) > 0
+        eligible = customers & can_drift & (self.join_month < max(window_start - 6, 1))
         n_drift = min(round(spec.drifter_share * customers.sum()), int(eligible.sum()))
         # Drift in needs is a change in an ongoing buying relationship: accounts that order
         # every few months or more often are likelier to be drifters than ones that buy
@@ -363,14 +463,19 @@ class _World:
         self.drift_len = np.full(n, 0)
         self.drift_to = np.full(n, -1)
         self.drift_start[drifters] = rng.integers(window_start, max(window_end, window_start) + 1, n_drift)
-        self.drift_len[drifters] = rng.integers(4, 9, n_drift)
-        # Most drift towards price; some partnership accounts drift away from partnership
-        # towards a transactional service relationship.
-        to = np.full(n_drift, PRICE)
-        away = (self.segment[drifters] == LOYALTY) & (rng.random(n_drift) < 0.35)
-        to[away] = SEGMENTS.index("service_focused")
+        self.drift_len[drifters] = rng.integers(spec.drift_months[0], spec.drift_months[1] + 1, n_drift)
+        if spec.drift_target_weights is None:
+            # Most drift towards price; some partnership accounts drift away from partnership
+            # towards a transactional service relationship.
+            to = np.full(n_drift, PRICE)
+            away = (self.segment[drifters] == LOYALTY) & (rng.random(n_drift) < 0.35)
+            to[away] = SEGMENTS.index("service_focused")
+        else:
+            weights = np.tile(np.array(spec.drift_target_weights), (n_drift, 1))
+            weights[np.arange(n_drift), self.segment[drifters]] = 0.0
+            to = _pick(rng, weights / weights.sum(axis=1, keepdims=True))
         self.drift_to[drifters] = to
-        target = PROTOTYPES[self.drift_to[drifters]] + rng.normal(0, 0.3, (n_drift, 7))
+        target = spec.prototypes[self.drift_to[drifters]] + rng.normal(0, 0.3, (n_drift, 7))
         self.z_target = self.z0.copy()
         self.z_target[drifters] = np.clip(target, 1, 5)
 
@@ -395,10 +500,14 @@ class _World:
         self.promo_len = rng.integers(2, 4, n)
 
     def drift_weight(self, m: int) -> np.ndarray:
-        """0 before a drift, rising linearly to 1 over its length, 1 after."""
+        """0 before a drift, rising linearly to 1 over its length (or at once, for a step
+        drift), 1 after."""
         w = np.zeros(self.n)
         d = self.drifter
-        w[d] = np.clip((m - self.drift_start[d] + 1) / self.drift_len[d], 0.0, 1.0)
+        if self.spec.drift_shape == "step":
+            w[d] = (m >= self.drift_start[d]).astype(float)
+        else:
+            w[d] = np.clip((m - self.drift_start[d] + 1) / self.drift_len[d], 0.0, 1.0)
         return w
 
     def needs_at(self, m: int) -> np.ndarray:
@@ -506,8 +615,8 @@ def generate(out: Path | str, spec: WorldSpec | None = None) -> WorldSummary:
 
         # Orders. Spend falls while an account drifts (it is buying elsewhere).
         promo = (world.promo_start >= 0) & (m >= world.promo_start) & (m < world.promo_start + world.promo_len)
-        season = 1.0 + 0.12 * np.sin(2 * np.pi * (month.month - 3) / 12)
-        lam = np.clip(0.55 * world.size**0.45, 0.12, 25.0) * season * (1.0 - 0.45 * w)
+        season = 1.0 + spec.seasonality * np.sin(2 * np.pi * (month.month - 3) / 12)
+        lam = np.clip(0.55 * world.size**0.45, 0.12, 25.0) * season * (1.0 - spec.drift_spend_drop * w)
         regularity = np.exp(0.9 + 0.55 * c[:, IDX["partnership"]] - 0.35 * c[:, IDX["price"]] + world.rhythm)
         lam_m = lam * rng.gamma(regularity, 1.0 / regularity)
         n_orders = np.where(act, rng.poisson(lam_m), 0)
@@ -551,7 +660,7 @@ def generate(out: Path | str, spec: WorldSpec | None = None) -> WorldSummary:
             value_scale = world.size[line_acc] ** 0.55 / np.maximum(list_eur, 1) * 900
             qty = np.maximum(1, np.round(rng.gamma(1.5, np.clip(value_scale, 0.2, 400) / 1.5)))
             qty = np.where(cls == "service", np.maximum(1, np.round(qty / 5)), qty)
-            returns = rng.random(n_l) < 0.012 + 0.01 * (lc[:, IDX["quality"]] > 0.8)
+            returns = rng.random(n_l) < spec.returns_rate + 0.01 * (lc[:, IDX["quality"]] > 0.8)
             qty = np.where(returns, -np.maximum(1, np.round(qty / 3)), qty)
             order_ids = np.array([f"SO{order_seq + i + 1:07d}" for i in range(n_o)])
             order_seq += n_o
@@ -718,7 +827,8 @@ def generate(out: Path | str, spec: WorldSpec | None = None) -> WorldSummary:
             "drift_to": np.where(world.drifter, np.array(SEGMENTS)[np.maximum(world.drift_to, 0)], ""),
             "drift_start": [str(world.months[s]) if s >= 0 else "" for s in world.drift_start],
             "drift_full": [
-                str(world.months[min(s + d - 1, last)]) if s >= 0 else "" for s, d in zip(world.drift_start, world.drift_len, strict=False)
+                str(world.months[min(s + (d - 1 if spec.drift_shape == "gradual" else 0), last)]) if s >= 0 else ""
+                for s, d in zip(world.drift_start, world.drift_len, strict=False)
             ],
             "churn_month": [str(world.months[c]) if c >= 0 else "" for c in world.churn_month],
             "churn_kind": world.churn_kind,

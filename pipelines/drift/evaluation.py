@@ -2,10 +2,13 @@
 
 Over the replayed runs, an account counts as flagged by needseg when any run raised a
 drift flag for it (an early warning, or a confirmed migration, towards price-sensitivity
-or away from partnership); the naive baseline flags every account whose assigned segment
+or away from partnership); the positives are the planted drifters moving that way (towards
+price, or away from partnership); drifters moving elsewhere are scored apart ("any
+direction": every drifter against any sign of movement); the naive baseline flags every account whose assigned segment
 changed between two consecutive runs. Both are compared with the planted drifters that
 were customers during the runs (precision, recall, F1). For drifters that went on to
-churn, the lead time is the months from needseg's first flag to the churn month.
+churn, the lead time is the months from needseg's first flag to the churn month; for every
+flagged drifter, the flag lag is the months from the drift's start (truth) to that flag.
 
 The churn-risk alerts themselves (alerts.risk_snapshots) are scored the same way: drift
 alerts (towards price-sensitivity or away from partnership) against the planted drifters,
@@ -51,17 +54,32 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
         [run_ids],
     ).df()
     customers = set(drift["account_id"])
-    positives = set(truth[truth["drifter"]]["account_id"]) & customers
+    # needseg's drift flags claim a risky drift: towards price-sensitivity or away from
+    # partnership. Those drifters are the positives; a drifter moving elsewhere (e.g. from
+    # service to quality, WorldSpec.drift_target_weights) is neither a positive nor, when
+    # flagged, a false flag: it did drift. The demo world plants risky drifts only.
+    drifters = truth[truth["drifter"]]
+    risky = drifters["drift_to"].eq("price_focused") | drifters["base_segment"].eq("loyalty_partnership")
+    positives = set(drifters.loc[risky, "account_id"]) & customers
+    elsewhere = set(drifters.loc[~risky, "account_id"]) & customers
     warnings = drift[drift["drift_flag"]]
     first_flag = warnings.groupby("account_id")["as_of"].min()
-    early_only = _prf(set(drift[drift["early_warning"]]["account_id"]), positives)
-    needseg = _prf(set(first_flag.index), positives)
+    early_only = _prf(set(drift[drift["early_warning"]]["account_id"]) - elsewhere, positives)
+    needseg = _prf(set(first_flag.index) - elsewhere, positives)
     # the baseline: any change of assigned segment between consecutive runs (not the first)
     changed = drift[(drift["run_id"] != run_ids[0]) & drift["migrated"]]
-    baseline = _prf(set(changed["account_id"]), positives)
+    baseline = _prf(set(changed["account_id"]) - elsewhere, positives)
     risk = drift[drift["is_churn_risk"]]
-    risk_flags = _prf(set(risk["account_id"]), positives)
+    risk_flags = _prf(set(risk["account_id"]) - elsewhere, positives)
+    # Any direction: every planted drifter against any sign of movement (an early warning
+    # towards any segment, a migration after the first run, or a drift flag).
+    moving = set(drift.loc[drift["early_warning"] | drift["drift_flag"], "account_id"]) | set(changed["account_id"])
+    any_direction = _prf(moving, positives | elsewhere)
 
+    # Flag lag: months from a drift's start (truth) to needseg's first flag, for every planted
+    # drifter that was flagged (negative: flagged before the drift began).
+    starts = truth.set_index("account_id")["drift_start"]
+    lag = sorted((pd.Period(on, "M") - pd.Period(starts[a], "M")).n for a, on in first_flag.items() if a in positives and starts.get(a))
     churn = truth.set_index("account_id")["churn_month"]
     lead = []
     for account, flagged_on in first_flag.items():
@@ -73,6 +91,8 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
     result = {
         "runs": len(run_ids),
         "drifters": len(positives),
+        "drifters_elsewhere": len(elsewhere),
+        "any_direction": any_direction,
         "customers": len(customers),
         "needseg": needseg,
         "early_warnings_only": early_only,
@@ -83,6 +103,11 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
             "median": float(np.median(lead)) if lead else None,
             "drifters_that_churned_and_were_flagged": len(lead),
             "values": sorted(lead),
+        },
+        "flag_lag_months": {
+            "median": float(np.median(lag)) if lag else None,
+            "drifters_flagged": len(lag),
+            "values": lag,
         },
         "false_flags_on_random_churners": len(set(first_flag.index) & random_churners),
         "random_churners_flagged_lapsing": len(set(drift.loc[drift["lapsing"], "account_id"]) & random_churners),
@@ -107,6 +132,16 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
         f"  {'baseline: any segment change':<44}{b['flagged']:>8}{b['precision']:>11.2f}{b['recall']:>8.2f}{b['f1']:>7.2f}",
         f"  {'needseg churn risk (drift + revenue/satisf.)':<44}{risk_flags['flagged']:>8}{risk_flags['precision']:>11.2f}{risk_flags['recall']:>8.2f}{risk_flags['f1']:>7.2f}",
         f"  needseg F1 / baseline F1: {result['f1_ratio_vs_baseline']}",
+        *(
+            [
+                f"  {len(elsewhere)} more drifters moved elsewhere than price or away from partnership (not counted above); every drifter "
+                f"against any sign of movement (early warning to any segment, migration, flag): precision {any_direction['precision']:.2f}, "
+                f"recall {any_direction['recall']:.2f}"
+            ]
+            if elsewhere
+            else []
+        ),
+        f"  flag lag from the drift's start to the first flag (drifters flagged): median {result['flag_lag_months']['median']} months over {len(lag)} accounts",
         f"  lead time from first flag to churn (drifters that churned): median {result['lead_time_months']['median']} months over {len(lead)} accounts",
         f"  early warnings on random churners (no drift): {result['false_flags_on_random_churners']} of {len(random_churners)}; on promotion-only accounts: {result['false_flags_on_promotions']} of {len(promo)}",
         f"  random churners flagged as lapsing by the churn model: {result['random_churners_flagged_lapsing']} of {len(random_churners)}",
