@@ -7,7 +7,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.segmentation.clustering import Candidate, ClusterSettings, Prior, choose_k, select_k, supported, where_prototype_sits
+from pipelines.segmentation.clustering import (
+    Candidate,
+    ClusterSettings,
+    KHold,
+    Prior,
+    choose_k,
+    hold_k,
+    select_k,
+    supported,
+    where_prototype_sits,
+)
 from pipelines.segmentation.verdict import Evidence, VerdictSettings, judge
 
 SETTINGS = ClusterSettings()  # min_stability 0.75, choose_stability 0.85, min_cluster_share 4 %
@@ -35,6 +45,16 @@ def test_a_small_segment_whose_prototype_matches_is_kept_for_a_slightly_lower_ja
     assert "stability rule's k=3 misses loyalty_partnership" in reason and "+0.050 per account" in reason
     # the stability rule alone would have dropped it
     assert select_k([three, replace_supported(four), replace_supported(five)], 3, 5, SETTINGS)[0].k == 3
+
+
+def test_held_k_moves_to_a_supported_k_that_finds_more_segments_after_consecutive_runs():
+    """Identity hysteresis (behaviour taxonomies) still holds k for one run, but a k the
+    prototype rule supports, finding a segment the kept k misses, is a clear reason to switch."""
+    three = candidate(3, [0.97, 0.93, 0.9], FOUR[1:], 0.30)
+    four = candidate(4, [0.95, 0.9, 0.88, 0.80], FOUR, 0.05, share=0.06)
+    k, why = hold_k(four, [three, four], SETTINGS, KHold(previous_k=3, preferred=[3]))
+    assert k == 3 and "1 consecutive run(s), 2 needed" in why
+    assert hold_k(four, [three, four], SETTINGS, KHold(previous_k=3, preferred=[4])) == (4, None)
 
 
 def replace_supported(c: Candidate) -> Candidate:

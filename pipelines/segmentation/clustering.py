@@ -224,7 +224,8 @@ def hold_k(preferred: Candidate, candidates: list[Candidate], settings: ClusterS
     The previous k is kept while it is still acceptable (every segment at least
     `min_stability`, none under the minimum share) unless the stability rule has preferred
     another k in `k_switch_runs` consecutive runs (this one included) AND by a clear margin:
-    a larger k whose least stable segment clears `choose_stability` by `k_switch_margin`, or
+    a larger k whose least stable segment clears `choose_stability` by `k_switch_margin` (or
+    that the prototype rule supports and that finds taxonomy segments the previous k misses), or
     a smaller k because the previous k's least stable segment fell `k_switch_margin` under it.
     A previous k that is no longer acceptable is left at once only for a preferred k that
     is: when no k is acceptable (e.g. every k has a segment under the minimum share, and
@@ -248,7 +249,10 @@ def hold_k(preferred: Candidate, candidates: list[Candidate], settings: ClusterS
             break
         streak += 1
     if preferred.k > previous.k:
-        clear = preferred.min_jaccard >= settings.choose_stability + settings.k_switch_margin
+        # a clear margin, or (the prototype rule) supported and finding taxonomy segments the kept k misses
+        clear = preferred.min_jaccard >= settings.choose_stability + settings.k_switch_margin or bool(
+            preferred.supported and set(preferred.prototypes or []) > set(previous.prototypes or [])
+        )
     else:
         clear = previous.min_jaccard < settings.choose_stability - settings.k_switch_margin
     if clear and streak >= settings.k_switch_runs:
