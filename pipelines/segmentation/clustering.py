@@ -368,6 +368,43 @@ def _found_words(c: Candidate) -> str:
     return f"{len(found)} taxonomy segment(s) ({', '.join(found)})" if found else "no taxonomy segment"
 
 
+def _assess(
+    X: np.ndarray,
+    model: KMeans,
+    init: np.ndarray | None,
+    prior: Prior | None,
+    loglik: float | None,
+    loglik_before: float | None,
+    settings: ClusterSettings,
+) -> tuple[Candidate, np.ndarray]:
+    """One candidate k's evidence for a fitted k-means (started from `init`, or random starts)."""
+    n, k = len(X), model.n_clusters
+    labels = model.labels_
+    jac = bootstrap_jaccard(X, labels, k, settings, init)
+    sample = min(n, settings.silhouette_sample)
+    sil = float(silhouette_score(X, labels, sample_size=sample, random_state=settings.seed)) if n > k else float("nan")
+    gmm = GaussianMixture(k, covariance_type="diag", n_init=2, random_state=settings.seed, reg_covar=1e-3).fit(X)
+    share = float(np.bincount(labels, minlength=k).min() / n)
+    eligible = bool(jac.min() >= settings.choose_stability and share >= settings.min_cluster_share)
+    candidate = Candidate(
+        k,
+        round(sil, 4),
+        round(float(gmm.bic(X)), 1),
+        round(float(jac.mean()), 4),
+        round(float(jac.min()), 4),
+        round(share, 4),
+        eligible,
+    )
+    if prior is not None:
+        matched = prior.match(model.cluster_centers_)
+        gain = loglik - loglik_before if loglik is not None and loglik_before is not None else None
+        candidate.held_out_gain = None if gain is None or not np.isfinite(gain) else round(float(gain), 4)
+        candidate.prototypes = sorted({m for m in matched if m is not None})
+        candidate.supported = supported(candidate, jac, matched, settings)
+        candidate.from_prototypes = init is not None
+    return candidate, jac
+
+
 def choose_k(
     X: np.ndarray,
     k_min: int,
@@ -379,49 +416,29 @@ def choose_k(
     """Choose k (`select_k`), hold it (`hold_k`) and cluster. Without a `prior` (the
     taxonomy's prototypes) k is the stability rule's.
 
-    With one, the k equal to the number of prototypes is fitted from them as well: k-means
-    started from the prototypes is taken when it describes the accounts within
-    `warm_start_tolerance` (inertia) of a fit from random starts - the same clusters, or a
-    near-equal local optimum that keeps the taxonomy's segments - and its bootstrap refits
-    and held-out mixture start from the prototypes too (the same method on each resample)."""
+    With one, when the k equal to the number of prototypes is not supported from random
+    starts (`supported`), it is fitted from the prototypes: k-means started at them, taken
+    when it describes the accounts within `warm_start_tolerance` (inertia) of the fit from
+    random starts and is supported - its bootstrap refits and held-out mixture start from
+    the prototypes too (the same method on each resample). Random starts split a large
+    segment before they isolate a small one; the prototypes say where to look."""
     n = len(X)
     k_min, k_max = k_bounds(n, k_min, k_max)
     fits: dict[int, tuple[KMeans, np.ndarray]] = {}
     candidates: list[Candidate] = []
-    sample = min(n, settings.silhouette_sample)
     seeds = prior.seeds if prior is not None and k_min <= len(prior.seeds) <= k_max else None
     loglik, seeded_loglik = held_out_loglik(X, list(range(max(1, k_min - 1), k_max + 1)), settings, seeds) if prior else ({}, None)
     for k in range(k_min, k_max + 1):
         model = _kmeans(X, k, settings.seed, settings.n_init)
-        init = None
-        if seeds is not None and k == len(seeds):
+        candidate, jac = _assess(X, model, None, prior, loglik.get(k), loglik.get(k - 1), settings)
+        if seeds is not None and k == len(seeds) and not candidate.supported:
+            # the taxonomy's k not supported from random starts: started from the prototypes
             started = KMeans(n_clusters=k, init=seeds, n_init=1, random_state=settings.seed).fit(X)
             if started.inertia_ <= model.inertia_ * (1 + settings.warm_start_tolerance):
-                model, init = started, seeds
-                if seeded_loglik is not None:
-                    loglik[k] = seeded_loglik
-        labels = model.labels_
-        jac = bootstrap_jaccard(X, labels, k, settings, init)
-        sil = float(silhouette_score(X, labels, sample_size=sample, random_state=settings.seed)) if n > k else float("nan")
-        gmm = GaussianMixture(k, covariance_type="diag", n_init=2, random_state=settings.seed, reg_covar=1e-3).fit(X)
-        share = float(np.bincount(labels, minlength=k).min() / n)
-        eligible = bool(jac.min() >= settings.choose_stability and share >= settings.min_cluster_share)
-        candidate = Candidate(
-            k,
-            round(sil, 4),
-            round(float(gmm.bic(X)), 1),
-            round(float(jac.mean()), 4),
-            round(float(jac.min()), 4),
-            round(share, 4),
-            eligible,
-        )
-        if prior is not None:
-            matched = prior.match(model.cluster_centers_)
-            gain = loglik[k] - loglik[k - 1] if k - 1 in loglik else None
-            candidate.held_out_gain = None if gain is None or not np.isfinite(gain) else round(float(gain), 4)
-            candidate.prototypes = sorted({m for m in matched if m is not None})
-            candidate.supported = supported(candidate, jac, matched, settings)
-            candidate.from_prototypes = init is not None
+                alternative, alt_jac = _assess(X, started, seeds, prior, seeded_loglik, loglik.get(k - 1), settings)
+                if alternative.supported:
+                    model, candidate, jac = started, alternative, alt_jac
+                    loglik[k] = seeded_loglik if seeded_loglik is not None else loglik[k]
         candidates.append(candidate)
         fits[k] = (model, jac)
     preferred, reason = select_k(candidates, k_min, k_max, settings)
