@@ -304,6 +304,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         settings = settings.with_overrides(data_dir=settings.data_dir / ("evaluate-no-surveys" if args.no_surveys else "evaluate"))
     if args.suite:
         return _evaluate_suite(args, settings)
+    if args.variant:
+        raise NeedsegError("--variant applies only with --suite")
 
     with Progress("needseg evaluate") as progress:
         progress.stage("replaying the world's months through the pipeline")
@@ -324,7 +326,18 @@ def _evaluate_suite(args: argparse.Namespace, settings) -> int:
         raise NeedsegError("--suite generates its own worlds: --world, --first-month and --no-surveys do not apply")
     if args.jobs < 1:
         raise NeedsegError(f"--jobs: expected 1 or more, got {args.jobs}")
-    report = run_suite(settings, args.suite, jobs=args.jobs, rerun=args.rerun, keep=args.keep_worlds, table_only=args.table_only)
+    try:
+        report = run_suite(
+            settings,
+            args.suite,
+            jobs=args.jobs,
+            rerun=args.rerun,
+            keep=args.keep_worlds,
+            table_only=args.table_only,
+            variants=args.variant,
+        )
+    except ValueError as exc:
+        raise NeedsegError(f"--variant: {exc}") from None
     print()
     for line in report.lines():
         print(line)
@@ -739,6 +752,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--jobs", type=int, default=1, help="with --suite: worlds run at the same time, one process each (default 1)")
     p.add_argument("--rerun", action="store_true", help="with --suite: run finished worlds again too")
+    p.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME",
+        help="with --suite: only the worlds of this variant (repeatable; e.g. unequal-sizes); the table summarises those worlds only",
+    )
     p.add_argument("--table-only", action="store_true", help="with --suite: run nothing, print the table of the worlds finished so far")
     p.add_argument(
         "--keep-worlds", action="store_true", help="with --suite: keep each world's extracts and warehouse (default: deleted once scored)"

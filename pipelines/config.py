@@ -75,6 +75,13 @@ class SegmentationConfig(_Section):
     min_stability: Share = 0.75
     choose_stability: Share = 0.85
     min_cluster_share: Share = 0.04
+    # how k is chosen (clustering.select_k): "prototypes" - the stability rule's k unless it
+    # misses taxonomy segments the data support (a cluster matching a prototype needs
+    # min_stability, one matching none choose_stability; every k must gain held-out
+    # log-likelihood over k-1, cross-validated in held_out_folds folds); "stability" - the
+    # largest k whose every cluster reaches choose_stability
+    k_rule: Literal["prototypes", "stability"] = "prototypes"
+    held_out_folds: Annotated[int, Field(ge=2)] = 5
     # The key tier gets its own segmentation from this many key accounts with a profile on.
     key_accounts_min: Count = 50
     # ... and when its own segments describe key accounts this much better than the others' do.

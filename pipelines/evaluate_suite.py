@@ -127,11 +127,17 @@ class SuiteWorld:
     first_month: str
 
 
-def suite_worlds(suite: str) -> list[SuiteWorld]:
-    """The fixed list of worlds of a suite ("full" or "slice"): variants x seeds."""
+def suite_worlds(suite: str, variants: list[str] | None = None) -> list[SuiteWorld]:
+    """The fixed list of worlds of a suite ("full" or "slice"): variants x seeds; only the
+    named variants' worlds when `variants` is given (in the suite's order)."""
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}: expected one of {', '.join(SUITES)}")
     base, names, seeds = SUITES[suite]
+    if variants:
+        unknown = [v for v in variants if v not in names]
+        if unknown:
+            raise ValueError(f"unknown variant(s) of suite {suite!r}: {', '.join(unknown)}; expected any of {', '.join(names)}")
+        names = [n for n in names if n in variants]
     by_name = {v.name: v for v in VARIANTS}
     return [
         SuiteWorld(f"{name}-s{seed}", name, seed, WorldSpec(seed=seed, **{**base, **by_name[name].knobs}), base["drift_window_start"])
@@ -297,10 +303,12 @@ def run_suite(
     keep: bool = False,
     say: Callable[[str], None] = print,
     table_only: bool = False,
+    variants: list[str] | None = None,
 ) -> SuiteReport:
     """Run every world of the suite not finished yet (each in a child process, `jobs` at a
-    time) and summarise all of them; `table_only`: run nothing, summarise the finished ones."""
-    worlds = suite_worlds(suite)
+    time) and summarise all of them; `table_only`: run nothing, summarise the finished ones;
+    `variants`: only the worlds of these variants (run and summarised)."""
+    worlds = suite_worlds(suite, variants)
     out = settings.data_dir / f"suite-{suite}"
     out.mkdir(parents=True, exist_ok=True)
     todo = [] if table_only else [w for w in worlds if rerun or finished(w, out) is None]
@@ -331,7 +339,9 @@ def run_suite(
                 say(f"  {world.name}: FAILED (exit code {proc.returncode}); its output: {out / (world.name + '.log')}")
     results = [r for w in worlds if (r := finished(w, out)) is not None]
     report = SuiteReport(suite=suite, results=results, failed=failed, worlds=len(worlds))
-    write_file_atomically(out / "suite.json", json.dumps(report.as_dict(), indent=1, default=str))
+    # a summary of some variants only does not replace the whole suite's
+    summary = f"suite-{'+'.join(sorted(variants))}.json" if variants else "suite.json"
+    write_file_atomically(out / summary, json.dumps(report.as_dict(), indent=1, default=str))
     return report
 
 

@@ -125,6 +125,20 @@ def test_the_full_suite_is_at_least_twenty_worlds_of_distinct_specs():
     assert len({json.dumps(w.spec.as_json(), sort_keys=True) for w in worlds}) == len(worlds)
 
 
+def test_variant_picks_worlds_and_leaves_the_whole_suites_summary_alone(tmp_path):
+    worlds = suite_worlds("full", ["noisy-scale", "unequal-sizes"])
+    assert [w.name for w in worlds] == [f"{v}-s{s}" for s in (1, 2, 3) for v in ("unequal-sizes", "noisy-scale")]
+    with pytest.raises(ValueError, match=r"unknown variant.*nope.*expected any of default"):
+        suite_worlds("full", ["nope"])
+    settings = load_settings(tmp_path / "data")
+    out = settings.data_dir / "suite-full"
+    out.mkdir(parents=True)
+    (out / "suite.json").write_text("the whole suite's")
+    report = run_suite(settings, "full", table_only=True, variants=["noisy-scale"], say=lambda _: None)
+    assert report.worlds == 3 and report.results == []
+    assert (out / "suite.json").read_text() == "the whole suite's" and (out / "suite-noisy-scale.json").exists()
+
+
 @pytest.mark.slow
 def test_the_slice_runs_end_to_end_writes_json_and_resumes(tmp_path):
     settings = load_settings(tmp_path / "data")

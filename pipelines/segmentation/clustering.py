@@ -21,9 +21,11 @@ Pure functions on arrays, no I/O: `run.py` feeds them the features and stores th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
@@ -41,7 +43,15 @@ class Candidate:
     mean_jaccard: float
     min_jaccard: float
     smallest_share: float
-    eligible: bool
+    eligible: bool  # the stability rule's: every cluster >= choose_stability, none tiny
+    # the prototype rule's evidence (None when the k rule ran without a taxonomy):
+    # held-out log-likelihood per account gained over k-1 clusters (cross-validated
+    # Gaussian mixture), the taxonomy segments whose prototype a cluster matches, and
+    # whether this k is acceptable to the prototype rule (see `select_k`)
+    held_out_gain: float | None = None
+    prototypes: list[str] | None = None
+    supported: bool | None = None
+    from_prototypes: bool | None = None  # k-means (and its bootstrap refits) started from the prototypes
 
 
 @dataclass
@@ -57,6 +67,7 @@ class Clustering:
     preferred_k: int | None = None  # what the stability rule preferred (k differs when the previous k was kept)
     centres_from: str = "fit"  # fit | warm start | kept: where the centres came from (see anchor)
     centres_note: str | None = None  # why, when the previous run's centres were kept or left
+    stability_k: int | None = None  # what the stability rule alone preferred (differs when taxonomy segments it missed are supported)
 
 
 @dataclass
@@ -99,6 +110,9 @@ class ClusterSettings:
     silhouette_sample: int = _DEFAULTS.silhouette_sample
     # a larger population is fitted on a stratified sample of this many, then assigned
     fit_sample: int = _DEFAULTS.fit_sample
+    # the prototype rule (select_k): k-fold cross-validation of the held-out likelihood
+    k_rule: str = _DEFAULTS.k_rule
+    held_out_folds: int = _DEFAULTS.held_out_folds
     notes: list[str] = field(default_factory=list)
 
 
@@ -106,15 +120,21 @@ def _kmeans(X: np.ndarray, k: int, seed: int, n_init: int) -> KMeans:
     return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(X)
 
 
-def bootstrap_jaccard(X: np.ndarray, labels: np.ndarray, k: int, settings: ClusterSettings) -> np.ndarray:
-    """Hennig's clusterwise stability: mean best Jaccard of each cluster over bootstrap refits."""
+def bootstrap_jaccard(X: np.ndarray, labels: np.ndarray, k: int, settings: ClusterSettings, init: np.ndarray | None = None) -> np.ndarray:
+    """Hennig's clusterwise stability: mean best Jaccard of each cluster over bootstrap refits.
+
+    The refits use the method that made `labels`: k-means from random starts, or started
+    from `init` (the taxonomy's prototypes) when the clusters were."""
     rng = np.random.default_rng(settings.seed)
     n = len(X)
     totals = np.zeros(k)
     for b in range(settings.bootstrap_samples):
         sample = rng.integers(0, n, n)
         unique = np.unique(sample)
-        model = _kmeans(X[sample], k, settings.seed + b + 1, max(3, settings.n_init // 4))
+        if init is None:
+            model = _kmeans(X[sample], k, settings.seed + b + 1, max(3, settings.n_init // 4))
+        else:
+            model = KMeans(n_clusters=k, init=init, n_init=1, random_state=settings.seed + b + 1).fit(X[sample])
         boot = model.predict(X[unique])
         orig = labels[unique]
         for i in range(k):
@@ -204,7 +224,8 @@ def hold_k(preferred: Candidate, candidates: list[Candidate], settings: ClusterS
     The previous k is kept while it is still acceptable (every segment at least
     `min_stability`, none under the minimum share) unless the stability rule has preferred
     another k in `k_switch_runs` consecutive runs (this one included) AND by a clear margin:
-    a larger k whose least stable segment clears `choose_stability` by `k_switch_margin`, or
+    a larger k whose least stable segment clears `choose_stability` by `k_switch_margin` (or
+    that the prototype rule supports and that finds taxonomy segments the previous k misses), or
     a smaller k because the previous k's least stable segment fell `k_switch_margin` under it.
     A previous k that is no longer acceptable is left at once only for a preferred k that
     is: when no k is acceptable (e.g. every k has a segment under the minimum share, and
@@ -228,7 +249,10 @@ def hold_k(preferred: Candidate, candidates: list[Candidate], settings: ClusterS
             break
         streak += 1
     if preferred.k > previous.k:
-        clear = preferred.min_jaccard >= settings.choose_stability + settings.k_switch_margin
+        # a clear margin, or (the prototype rule) supported and finding taxonomy segments the kept k misses
+        clear = preferred.min_jaccard >= settings.choose_stability + settings.k_switch_margin or bool(
+            preferred.supported and set(preferred.prototypes or []) > set(previous.prototypes or [])
+        )
     else:
         clear = previous.min_jaccard < settings.choose_stability - settings.k_switch_margin
     if clear and streak >= settings.k_switch_runs:
@@ -247,33 +271,178 @@ def hold_k(preferred: Candidate, candidates: list[Candidate], settings: ClusterS
     )
 
 
-def choose_k(X: np.ndarray, k_min: int, k_max: int, settings: ClusterSettings, hold: KHold | None = None) -> Clustering:
+PrototypeMatch = Callable[[np.ndarray], list[str | None]]
+
+
+@dataclass
+class Prior:
+    """The taxonomy as prior evidence for the k rule: `match` maps centres (in the
+    clustering space) to the taxonomy segment each matches (None: none), as the clusters
+    would be named; `seeds` are the taxonomy's prototypes in the clustering space."""
+
+    match: PrototypeMatch
+    seeds: np.ndarray
+
+
+def held_out_loglik(
+    X: np.ndarray, ks: list[int], settings: ClusterSettings, seeds: np.ndarray | None = None
+) -> tuple[dict[int, float], float | None]:
+    """Mean held-out log-likelihood per account of a diagonal Gaussian mixture with k
+    components, per k: k-fold cross-validation (`held_out_folds`), every account scored by
+    a mixture fitted without it. Unlike BIC (in-sample, penalised) a component that is not
+    real does not raise it: it describes the training folds' noise, not the held-out ones.
+    With `seeds`, also the mixture of len(seeds) components started from them (second value)."""
+    from sklearn.model_selection import KFold
+
+    folds = min(settings.held_out_folds, len(X))
+    out = {k: 0.0 for k in ks}
+    seeded = 0.0 if seeds is not None and len(seeds) <= len(X) else None
+    for train, test in KFold(folds, shuffle=True, random_state=settings.seed).split(X):
+        for k in ks:
+            if k > len(train):
+                out[k] = float("-inf")
+                continue
+            gmm = GaussianMixture(k, covariance_type="diag", n_init=2, random_state=settings.seed, reg_covar=1e-3).fit(X[train])
+            out[k] += float(gmm.score_samples(X[test]).sum())
+        if seeded is not None and seeds is not None:
+            if len(seeds) > len(train):
+                seeded = float("-inf")
+                continue
+            gmm = GaussianMixture(len(seeds), covariance_type="diag", means_init=seeds, random_state=settings.seed, reg_covar=1e-3)
+            seeded += float(gmm.fit(X[train]).score_samples(X[test]).sum())
+    return {k: v / len(X) for k, v in out.items()}, (None if seeded is None else seeded / len(X))
+
+
+def supported(c: Candidate, jaccard: np.ndarray, matched: list[str | None], settings: ClusterSettings) -> bool:
+    """The prototype rule's test of one k: its clusters are real.
+
+    - every cluster that matches a taxonomy prototype reappears in bootstrap refits with
+      Jaccard >= `min_stability` (the taxonomy is prior evidence that such a segment
+      exists, so "stable" suffices); a cluster that matches none needs `choose_stability`
+      ("highly stable"), as under the stability rule;
+    - no cluster under `min_cluster_share` of the accounts;
+    - held out, k clusters describe the accounts better than k-1 (log-likelihood gain > 0).
+    """
+    floors = np.array([settings.min_stability if m is not None else settings.choose_stability for m in matched])
+    gain_ok = c.held_out_gain is None or c.held_out_gain > 0
+    return bool((jaccard >= floors).all() and c.smallest_share >= settings.min_cluster_share and gain_ok)
+
+
+def select_k(candidates: list[Candidate], k_min: int, k_max: int, settings: ClusterSettings) -> tuple[Candidate, str]:
+    """The k rule: the stability rule's k (`_rule_choice`), unless it misses taxonomy
+    segments the data support.
+
+    Without prototype evidence (`Candidate.supported` None) this is the stability rule. With
+    it: among the k the prototype rule accepts (`supported`), the most taxonomy segments
+    found wins; the stability rule's k is kept when it finds as many (so a highly stable
+    extra cluster is still taken, as before), else the smallest k that finds them (a cluster
+    without a prototype gets no benefit of the doubt)."""
+    preferred, reason = _rule_choice(candidates, k_min, k_max, settings)
+    accepted = [c for c in candidates if c.supported]
+    if not accepted:
+        return preferred, reason
+    most = max(len(c.prototypes or []) for c in accepted)
+    if preferred.supported and len(preferred.prototypes or []) == most:
+        started = "; k-means started from the taxonomy's prototypes" if preferred.from_prototypes else ""
+        return preferred, reason + f"; it finds {_found_words(preferred)}{started}"
+    best = min((c for c in accepted if len(c.prototypes or []) == most), key=lambda c: c.k)
+    missing = sorted(set(best.prototypes or []) - set(preferred.prototypes or []))
+    why = (
+        f"the stability rule's k={preferred.k} misses {', '.join(missing) or 'no taxonomy segment'}"
+        if missing
+        else f"the stability rule's k={preferred.k} is not supported (an unmatched cluster under {settings.choose_stability} "
+        "Jaccard, a tiny one, or no held-out gain)"
+    )
+    return best, (
+        f"k={best.k}: {why}; k={best.k} finds {_found_words(best)}, every segment whose prototype matches reappears in "
+        f"bootstrap refits (min Jaccard {best.min_jaccard:.2f} >= {settings.min_stability}; a cluster matching no prototype "
+        f"needs {settings.choose_stability}), none under {settings.min_cluster_share:.0%} of accounts (smallest "
+        f"{best.smallest_share:.1%}), and held out it describes the accounts better than k={best.k - 1} (log-likelihood "
+        f"+{best.held_out_gain:.3f} per account); silhouette {best.silhouette:.3f}"
+        + ("; k-means started from the taxonomy's prototypes" if best.from_prototypes else "")
+    )
+
+
+def _found_words(c: Candidate) -> str:
+    found = c.prototypes or []
+    return f"{len(found)} taxonomy segment(s) ({', '.join(found)})" if found else "no taxonomy segment"
+
+
+def _assess(
+    X: np.ndarray,
+    model: KMeans,
+    init: np.ndarray | None,
+    prior: Prior | None,
+    loglik: float | None,
+    loglik_before: float | None,
+    settings: ClusterSettings,
+) -> tuple[Candidate, np.ndarray]:
+    """One candidate k's evidence for a fitted k-means (started from `init`, or random starts)."""
+    n, k = len(X), model.n_clusters
+    labels = model.labels_
+    jac = bootstrap_jaccard(X, labels, k, settings, init)
+    sample = min(n, settings.silhouette_sample)
+    sil = float(silhouette_score(X, labels, sample_size=sample, random_state=settings.seed)) if n > k else float("nan")
+    gmm = GaussianMixture(k, covariance_type="diag", n_init=2, random_state=settings.seed, reg_covar=1e-3).fit(X)
+    share = float(np.bincount(labels, minlength=k).min() / n)
+    eligible = bool(jac.min() >= settings.choose_stability and share >= settings.min_cluster_share)
+    candidate = Candidate(
+        k,
+        round(sil, 4),
+        round(float(gmm.bic(X)), 1),
+        round(float(jac.mean()), 4),
+        round(float(jac.min()), 4),
+        round(share, 4),
+        eligible,
+    )
+    if prior is not None:
+        matched = prior.match(model.cluster_centers_)
+        gain = loglik - loglik_before if loglik is not None and loglik_before is not None else None
+        candidate.held_out_gain = None if gain is None or not np.isfinite(gain) else round(float(gain), 4)
+        candidate.prototypes = sorted({m for m in matched if m is not None})
+        candidate.supported = supported(candidate, jac, matched, settings)
+        candidate.from_prototypes = init is not None
+    return candidate, jac
+
+
+def choose_k(
+    X: np.ndarray,
+    k_min: int,
+    k_max: int,
+    settings: ClusterSettings,
+    hold: KHold | None = None,
+    prior: Prior | None = None,
+) -> Clustering:
+    """Choose k (`select_k`), hold it (`hold_k`) and cluster. Without a `prior` (the
+    taxonomy's prototypes) k is the stability rule's.
+
+    With one, when the k equal to the number of prototypes is not supported from random
+    starts (`supported`), it is fitted from the prototypes: k-means started at them, taken
+    when it describes the accounts within `warm_start_tolerance` (inertia) of the fit from
+    random starts and is supported - its bootstrap refits and held-out mixture start from
+    the prototypes too (the same method on each resample). Random starts split a large
+    segment before they isolate a small one; the prototypes say where to look."""
     n = len(X)
     k_min, k_max = k_bounds(n, k_min, k_max)
     fits: dict[int, tuple[KMeans, np.ndarray]] = {}
     candidates: list[Candidate] = []
-    sample = min(n, settings.silhouette_sample)
+    seeds = prior.seeds if prior is not None and k_min <= len(prior.seeds) <= k_max else None
+    loglik, seeded_loglik = held_out_loglik(X, list(range(max(1, k_min - 1), k_max + 1)), settings, seeds) if prior else ({}, None)
     for k in range(k_min, k_max + 1):
         model = _kmeans(X, k, settings.seed, settings.n_init)
-        labels = model.labels_
-        jac = bootstrap_jaccard(X, labels, k, settings)
-        sil = float(silhouette_score(X, labels, sample_size=sample, random_state=settings.seed)) if n > k else float("nan")
-        gmm = GaussianMixture(k, covariance_type="diag", n_init=2, random_state=settings.seed, reg_covar=1e-3).fit(X)
-        share = float(np.bincount(labels, minlength=k).min() / n)
-        eligible = bool(jac.min() >= settings.choose_stability and share >= settings.min_cluster_share)
-        candidates.append(
-            Candidate(
-                k,
-                round(sil, 4),
-                round(float(gmm.bic(X)), 1),
-                round(float(jac.mean()), 4),
-                round(float(jac.min()), 4),
-                round(share, 4),
-                eligible,
-            )
-        )
+        candidate, jac = _assess(X, model, None, prior, loglik.get(k), loglik.get(k - 1), settings)
+        if seeds is not None and k == len(seeds) and not candidate.supported:
+            # the taxonomy's k not supported from random starts: started from the prototypes
+            started = KMeans(n_clusters=k, init=seeds, n_init=1, random_state=settings.seed).fit(X)
+            if started.inertia_ <= model.inertia_ * (1 + settings.warm_start_tolerance):
+                alternative, alt_jac = _assess(X, started, seeds, prior, seeded_loglik, loglik.get(k - 1), settings)
+                if alternative.supported:
+                    model, candidate, jac = started, alternative, alt_jac
+                    loglik[k] = seeded_loglik if seeded_loglik is not None else loglik[k]
+        candidates.append(candidate)
         fits[k] = (model, jac)
-    preferred, reason = _rule_choice(candidates, k_min, k_max, settings)
+    preferred, reason = select_k(candidates, k_min, k_max, settings)
+    stability = _rule_choice(candidates, k_min, k_max, settings)[0]
     k, held = hold_k(preferred, candidates, settings, hold)
     model, jac = fits[k]
     centres, source, note = anchor(X, model, hold, settings)
@@ -298,6 +467,7 @@ def choose_k(X: np.ndarray, k_min: int, k_max: int, settings: ClusterSettings, h
         preferred_k=preferred.k,
         centres_from=source,
         centres_note=note,
+        stability_k=stability.k,
     )
 
 
@@ -378,6 +548,23 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     na = np.linalg.norm(a, axis=1, keepdims=True)
     nb = np.linalg.norm(b, axis=1, keepdims=True)
     return (a @ b.T) / np.maximum(na * nb.T, 1e-9)
+
+
+def where_prototype_sits(values: np.ndarray, segments: np.ndarray, prototypes: np.ndarray, row: int) -> tuple[str | None, int, int]:
+    """Where the accounts resembling one taxonomy prototype went, when no cluster matches it.
+
+    The accounts whose profile (`values`, as the centres are named: cosine similarity)
+    resembles prototype `row` most of all prototypes; returns the segment (of `segments`,
+    one per account) holding most of them, how many it holds and how many there are
+    (None, 0, 0 when no account resembles it most)."""
+    if not len(values):
+        return None, 0, 0
+    nearest = _cosine(values, prototypes).argmax(axis=1)
+    theirs = pd.Series(segments[nearest == row])
+    if theirs.empty:
+        return None, 0, 0
+    counts = theirs.value_counts()
+    return str(counts.index[0]), int(counts.iloc[0]), len(theirs)
 
 
 def distinguishing_names(centres: np.ndarray, rows: list[int], dimensions: list[str], label: str) -> dict[int, str]:

@@ -52,6 +52,7 @@ from pipelines.segmentation.clustering import (
     Identity,
     KHold,
     PreviousSegment,
+    Prior,
     bounded_sample,
     choose_k,
     extend,
@@ -59,6 +60,7 @@ from pipelines.segmentation.clustering import (
     k_bounds,
     resolve_identities,
     sq_distances,
+    where_prototype_sits,
 )
 from pipelines.segmentation.dimensions import Dimensions, dimension_matrix, missingness_segments
 from pipelines.segmentation.inference import BEHAVIOUR_COLUMNS, CATEGORICAL_COLUMNS, INPUTS, fit_and_score
@@ -148,6 +150,8 @@ def _cluster_settings(cfg: dict[str, Any]) -> ClusterSettings:
         warm_start_tolerance=float(cfg["warm_start_tolerance"]),
         silhouette_sample=int(cfg["silhouette_sample"]),
         fit_sample=int(cfg["fit_sample"]),
+        k_rule=str(cfg["k_rule"]),
+        held_out_folds=int(cfg["held_out_folds"]),
     )
 
 
@@ -468,6 +472,19 @@ def _k_hold(history: History, previous: list[PreviousSegment], dims: Dimensions,
     return KHold(history.previous_k, history.preferred_k, centres)
 
 
+def _prior(dims: Dimensions, settings: ClusterSettings) -> Prior | None:
+    """For the prototype k rule: the taxonomy's prototypes in the clustering space, and
+    centres -> the taxonomy segment each matches, as its segments would be named
+    (`resolve_identities`, without a previous run)."""
+    if settings.k_rule != "prototypes":
+        return None
+
+    def match(centres: np.ndarray) -> list[str | None]:
+        return [i.taxonomy_id for i in resolve_identities(dims.to_values(centres), dims.taxonomy, [])]
+
+    return Prior(match, dims.to_space(dims.taxonomy.prototype_matrix()))
+
+
 def _cluster_main(
     dims: Dimensions, index: pd.Index, settings: ClusterSettings, hold: KHold | None, strata: pd.Series
 ) -> tuple[Clustering, Dimensions]:
@@ -480,7 +497,7 @@ def _cluster_main(
     sample = index[bounded_sample(len(index), settings.fit_sample, strata.reindex(index).fillna("").to_numpy(), settings.seed)]
     while True:
         taxonomy = dims.taxonomy
-        main = choose_k(dims.space(sample), taxonomy.k_min, taxonomy.k_max, settings, hold)
+        main = choose_k(dims.space(sample), taxonomy.k_min, taxonomy.k_max, settings, hold, _prior(dims, settings))
         if len(sample) < len(index):
             main = extend(main, dims.space(index))
         bad = missingness_segments(main.labels, dims.imputed.loc[index])
@@ -658,7 +675,11 @@ def _evidence(fit: Fit, inference, taxonomy: Taxonomy, survey: Survey, prospect_
         evidence.prospect_spread = float(prospect_rows["probability"].std(ddof=0))
     found = {i.taxonomy_id for i in fit.identities}
     evidence.not_found = [s.name for s in taxonomy.segments if s.id not in found]
+    evidence.not_found_in = _not_found_in(fit, names)
     if main.preferred_k is not None and main.preferred_k != main.k:
+        evidence.notes.append(main.reason)
+    elif main.stability_k is not None and main.stability_k != main.k:
+        # the taxonomy's prototypes changed k: say why
         evidence.notes.append(main.reason)
     if main.centres_note:
         evidence.notes.append(main.centres_note)
@@ -667,6 +688,27 @@ def _evidence(fit: Fit, inference, taxonomy: Taxonomy, survey: Survey, prospect_
             f"{held} account(s) kept their previous segment: the new one was not clearly better (segmentation.switch_margin, switch_runs)"
         )
     return evidence
+
+
+def _not_found_in(fit: Fit, names: dict[str, str]) -> dict[str, str]:
+    """Per taxonomy segment without a cluster of the main run: where its customers are -
+    the segment holding most of the clustered accounts that resemble its prototype most."""
+    taxonomy = fit.dims.taxonomy
+    found = {i.taxonomy_id for i in fit.identities}
+    index = fit.segment_of.index[fit.population.reindex(fit.segment_of.index).eq("all").to_numpy()]
+    values = fit.dims.values.loc[index].to_numpy()
+    segments = fit.segment_of.loc[index].to_numpy()
+    out = {}
+    for row, seg in enumerate(taxonomy.segments):
+        if seg.id in found:
+            continue
+        where, held, resembling = where_prototype_sits(values, segments, taxonomy.prototype_matrix(), row)
+        out[seg.name] = (
+            f"its customers are in {names.get(where, where)} ({held} of the {resembling} clustered accounts closest to its prototype)"
+            if where is not None
+            else "no clustered account resembles its prototype more than another's"
+        )
+    return out
 
 
 def segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy, config: dict[str, Any]) -> SegmentRunResult:

@@ -84,6 +84,7 @@ class Evidence:
     prospect_spread: float | None = None  # sd of prospects' top probability
     fallback: str | None = None  # why the run was inferred from behaviour
     not_found: list[str] = field(default_factory=list)  # taxonomy segments without a cluster
+    not_found_in: dict[str, str] = field(default_factory=dict)  # such a segment -> where its customers are
     notes: list[str] = field(default_factory=list)
 
 
@@ -213,14 +214,9 @@ def _other(e: Evidence, s: VerdictSettings) -> list[tuple[str, str, str]]:
     out = []
     if e.fallback:
         out.append(("inferred_from_behaviour", "provisional", e.fallback))
-    if e.not_found:
-        out.append(
-            (
-                "segment_not_found",
-                "provisional",
-                "taxonomy segments without a cluster this run: " + ", ".join(e.not_found) + " (their customers sit in the nearest segment)",
-            )
-        )
+    for name in e.not_found:
+        where = e.not_found_in.get(name, "its customers sit in the nearest segment")
+        out.append(("segment_not_found", "provisional", f"{name} not found: {where}"))
     out.extend(("note", "note", n) for n in e.notes)
     return out
 
