@@ -474,13 +474,14 @@ def _k_hold(history: History, previous: list[PreviousSegment], dims: Dimensions,
 
 def _prior(dims: Dimensions, settings: ClusterSettings) -> Prior | None:
     """For the prototype k rule: the taxonomy's prototypes in the clustering space, and
-    centres -> the taxonomy segment each matches, as its segments would be named
-    (`resolve_identities`, without a previous run)."""
+    centres -> the name of the taxonomy segment each matches, as its segments would be
+    named (`resolve_identities`, without a previous run). Names, not ids: they go into the
+    k rule's reason, which the run output and the report show to people."""
     if settings.k_rule != "prototypes":
         return None
 
     def match(centres: np.ndarray) -> list[str | None]:
-        return [i.taxonomy_id for i in resolve_identities(dims.to_values(centres), dims.taxonomy, [])]
+        return [i.name if i.taxonomy_id else None for i in resolve_identities(dims.to_values(centres), dims.taxonomy, [])]
 
     return Prior(match, dims.to_space(dims.taxonomy.prototype_matrix()))
 
