@@ -43,14 +43,27 @@ def replay(parquet: Path, data_dir: Path, months: list[str]) -> list[dict]:
                 "select k, k_preferred, verdict, accounts_held, previous_run_id from segments.segment_runs where run_id = ?",
                 [detail["run_id"]],
             ).fetchone()
+            # A customer changed segment when its segment now is not the one its previous
+            # segment continues as: a cluster renamed (an emerging segment that now matches a
+            # taxonomy prototype, segment_definitions.renamed_from) keeps its members. The
+            # share of customers whose segment id changed is printed too.
             moved = con.execute(
                 """
-                select count(*) filter (where a.segment_id != b.segment_id), count(*)
+                with renamed as (
+                    select population, renamed_from, segment_id from segments.segment_definitions
+                    where run_id = $run and renamed_from is not null
+                )
+                select
+                    count(*) filter (where a.segment_id != coalesce(r.segment_id, b.segment_id)),
+                    count(*),
+                    count(*) filter (where a.segment_id != b.segment_id)
                 from segments.assignments as a
-                inner join segments.assignments as b on b.account_id = a.account_id and b.run_id = ?
-                where a.run_id = ?
+                inner join segments.assignments as b on b.account_id = a.account_id and b.run_id = $previous
+                left join renamed as r
+                    on r.renamed_from = b.segment_id and r.population = case when b.is_key_account then 'key' else 'all' end
+                where a.run_id = $run
                 """,
-                [run[4], detail["run_id"]],
+                {"run": detail["run_id"], "previous": run[4]},
             ).fetchone()
         share = moved[0] / moved[1] if moved[1] else None
         rows.append(
@@ -63,12 +76,17 @@ def replay(parquet: Path, data_dir: Path, months: list[str]) -> list[dict]:
                 "moved": moved[0],
                 "in_both": moved[1],
                 "share": share,
+                "id_changed": moved[2] / moved[1] if moved[1] else None,
                 "cpu": time.process_time() - started,
             }
         )
         print(
             f"  {as_of}: k={run[0]} (preferred {run[1]}), {run[2]}; "
-            + (f"{moved[0]} of {moved[1]} customers changed segment ({share:.1%}), {run[3]} held" if share is not None else "first run")
+            + (
+                f"{moved[0]} of {moved[1]} customers changed segment ({share:.1%}; segment id changed: {moved[2] / moved[1]:.1%}), {run[3]} held"
+                if share is not None
+                else "first run"
+            )
             + f"; segment step {rows[-1]['cpu']:.1f} CPU s",
             flush=True,
         )

@@ -97,18 +97,22 @@ class SegmentationConfig(_Section):
     # warm_start_tolerance better (inertia)
     k_switch_runs: Annotated[int, Field(ge=1)] = 2
     k_switch_margin: NonNegative = 0.05
-    anchor_tolerance: NonNegative = 0.1
+    anchor_tolerance: NonNegative = 0.2
     warm_start_tolerance: NonNegative = 0.02
-    # an account moves to another segment only when its probability there beats its old
-    # segment's by switch_margin, or it preferred the new one switch_runs runs in a row;
-    # for the taxonomy bases listed (survey segments follow the answers as they come)
+    # an account moves to another segment only when the new one is clearly better: a
+    # clustered account (every account of a behaviour taxonomy) when it lies past the
+    # midpoint between the two segments' centres by switch_band of their distance; any other
+    # when its probability there beats its old segment's by switch_margin, or it preferred
+    # the new one switch_runs runs in a row; for the taxonomy bases listed (survey segments
+    # follow the answers as they come)
+    switch_band: Annotated[float, Field(ge=0, le=0.5)] = 0.3
     switch_margin: Share = 0.2
     switch_runs: Annotated[int, Field(ge=1)] = 2
     hysteresis_bases: list[Literal["survey", "behaviour"]] = ["behaviour"]
     # key-tier hysteresis (same bases): an account enters or leaves the key tier only when
     # the 80/20 cut put it on the other side in key_tier_switch_runs consecutive runs; a key
     # account that falls below the mid tier too leaves at once (1: follow the cut each run)
-    key_tier_switch_runs: Annotated[int, Field(ge=1)] = 2
+    key_tier_switch_runs: Annotated[int, Field(ge=1)] = 3
     # silhouette on a sample of at most this many accounts (it is quadratic)
     silhouette_sample: Annotated[int, Field(ge=100)] = 5000
     # a larger population is fitted on a sample of this many accounts, stratified by value

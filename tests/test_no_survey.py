@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pipelines.config import load_config
@@ -70,6 +71,33 @@ def test_too_few_respondents_fall_back_to_behaviour_and_say_why(warehouse):
     assert run[0] == "provisional" and run[2] == "behaviour" and run[3] == 0
     assert "inferred_from_behaviour" in {r["code"] for r in json.loads(run[1])}
     assert "verdict: PROVISIONAL" in result.summary()
+    assert "50% of customers most clearly in one cluster taught a classifier" in result.fallback
+
+
+def test_needs_read_from_proxies_keep_the_clear_half_and_read_the_others_from_all_behaviour(warehouse):
+    """The fallback's proxies are noisy readings of the needs (core_share 0.5): the customers
+    most clearly in one cluster keep it, explained by the proxies; the classifier learned
+    from them reads the rest from every behaviour signal, and says so in their drivers."""
+    with connect(warehouse) as con:
+        con.execute("update marts.customer_features set is_surveyed = false")
+        segment(con, AS_OF, load_taxonomy(CONFIG_DIR / "taxonomy.yaml"), CONFIG)
+        rows = con.execute(
+            """
+            select a.account_id, a.segment_id, a.preferred_segment_id, a.drivers, a.behaviour_segment_id, max(p.probability) as cluster_p
+            from segments.assignments as a
+            join segments.assignment_probabilities as p using (run_id, account_id)
+            group by all
+            """
+        ).df()
+    kinds = rows["drivers"].map(lambda d: {x.get("kind") for x in json.loads(d)} - {None})
+    from_proxies = kinds.map(lambda k: k == {"dimension"})
+    # about half are explained by the proxies they were clustered on, the rest by the model
+    assert 0.4 <= from_proxies.mean() <= 0.75, from_proxies.mean()
+    assert kinds[~from_proxies].map(lambda k: "dimension" not in k).all()
+    # the core is the confident half: its cluster probabilities are above everyone else's
+    assert rows.loc[from_proxies, "cluster_p"].min() >= rows.loc[~from_proxies, "cluster_p"].median()
+    # outside the core, the segment is the classifier's reading
+    assert (rows.loc[~from_proxies, "segment_id"] == rows.loc[~from_proxies, "behaviour_segment_id"]).mean() > 0.9
 
 
 BEHAVIOUR = """
@@ -185,7 +213,9 @@ def test_an_account_crossing_the_key_tier_cut_once_keeps_its_tier_until_the_cut_
     taxonomy_path = tmp_path / "behaviour.yaml"
     taxonomy_path.write_text(BEHAVIOUR)
     taxonomy = load_taxonomy(taxonomy_path)
-    months = [AS_OF, dt.date(2026, 11, 30), dt.date(2026, 12, 31)]
+    runs = int(CONFIG["segmentation"]["key_tier_switch_runs"])  # 3 by default
+    assert runs >= 2
+    months = [(pd.Period(AS_OF, "M") + n).end_time.date() for n in range(runs + 1)]
     with connect(warehouse) as con:
         key, mid = (
             con.execute(
@@ -212,6 +242,7 @@ def test_an_account_crossing_the_key_tier_cut_once_keeps_its_tier_until_the_cut_
             )
         reasons = con.execute("select verdict_reasons from segments.segment_runs where as_of = ?", [months[1]]).fetchone()[0]
     assert tiers[0] == {key: True, mid: False}
-    assert tiers[1] == {key: True, mid: False}  # the cut said so once: kept
-    assert tiers[2] == {key: False, mid: True}  # twice: moved
+    # the cut said so in fewer than `runs` consecutive runs: kept
+    assert tiers[1:runs] == [{key: True, mid: False}] * (runs - 1)
+    assert tiers[runs] == {key: False, mid: True}  # in `runs` consecutive runs: moved
     assert "kept their previous side of the key-tier cut" in reasons

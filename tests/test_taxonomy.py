@@ -137,3 +137,34 @@ def test_a_broken_taxonomy_is_refused_naming_file_and_problem(tmp_path, broken, 
     with pytest.raises(ConfigError) as error:
         load_taxonomy(path)
     assert str(path) in str(error.value) and message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("basis: behaviour\ncore_share: 2", "core_share must be a share between 0.1 and 1, not 2"),
+        ("basis: behaviour\ncore_share: half", "core_share must be a share between 0.1 and 1, not 'half'"),
+    ],
+)
+def test_core_share_is_refused_where_it_means_nothing(tmp_path, text, message):
+    path = tmp_path / "core.yaml"
+    path.write_text(
+        text
+        + "\ndimensions: [{name: price, column: discount_depth_12m}, {name: tenure, column: tenure_months}]\n"
+        + "segments:\n  - {id: a, name: A, prototype: {price: 1, tenure: 0}}\n  - {id: b, name: B, prototype: {price: 0, tenure: 1}}\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_taxonomy(path)
+    assert str(path) in str(error.value) and message in str(error.value)
+
+
+def test_core_share_is_refused_on_a_survey_taxonomy(tmp_path):
+    path = tmp_path / "survey.yaml"
+    path.write_text(THREE_SEGMENTS + "\ncore_share: 0.5\n")
+    with pytest.raises(ConfigError, match="core_share applies to behaviour taxonomies only"):
+        load_taxonomy(path)
+
+
+def test_the_shipped_needs_fallback_reads_needs_from_a_confident_core():
+    assert load_taxonomy(CONFIG_DIR / "taxonomies" / "needs_from_behaviour.yaml").core_share == 0.5
+    assert load_taxonomy(CONFIG_DIR / "taxonomies" / "online_retail_engagement.yaml").core_share is None

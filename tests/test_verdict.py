@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.segmentation.clustering import Candidate, ClusterSettings, KHold, distinguishing_names, hold_k
 from pipelines.segmentation.dimensions import missingness_segments
-from pipelines.segmentation.run import History, _hold_accounts, _hold_key_tier
+from pipelines.segmentation.run import History, Place, SwitchRule, Whereabouts, _hold_accounts, _hold_key_tier
 from pipelines.segmentation.verdict import Evidence, VerdictSettings, judge
 
 SETTINGS = VerdictSettings()
@@ -144,11 +144,47 @@ def test_an_account_moves_only_when_its_new_segment_is_clearly_better():
         preferred_segments=pd.DataFrame({"seg-1": ["a", "a", "b"]}, index=["near", "clear", "twice"]),
         assigned=pd.Series(["a", "a", "a"], index=["near", "clear", "twice"]),
     )
-    assigned, held = _hold_accounts(preferred, probs, history, margin=0.2, runs=2)
+    assigned, held = _hold_accounts(preferred, probs, history, SwitchRule(band=0.15, margin=0.2, runs=2))
     # near: 0.55 vs 0.45 is no clear gain -> stays; clear: +0.8 -> moves; twice: preferred b
     # in the previous run too -> moves; new: no previous segment -> takes its best
     assert assigned.to_dict() == {"near": "a", "clear": "b", "twice": "b", "new": "b"}
     assert held == 1
+
+
+def test_a_clustered_account_moves_only_when_clearly_past_the_boundary():
+    """Clustered accounts are held by distance, not by k-means' sharp probabilities: an
+    account just over the boundary between two centres stays, however sure the soft
+    assignment is and however many runs it has been there; one well past it moves."""
+    # centres a at 0 and b at 4 (the boundary at 2), c far away; positions on the line a-b
+    where = Whereabouts.of(
+        [
+            Place(
+                np.array([[2.2, 0.0], [2.5, 0.0], [3.0, 0.0], [2.1, 0.0]]),
+                np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 9.0]]),
+                np.array(["a", "b", "c"]),
+            )
+        ],
+        [pd.Index(["over", "edge", "well", "stuck"])],
+    )
+    accounts = where.parts[0][0].index
+    # k-means' soft assignment: sure of b for all of them
+    probs = pd.DataFrame({"a": [0.02] * 4, "b": [0.98] * 4, "c": [0.0] * 4}, index=accounts)
+    preferred = pd.Series("b", index=accounts)
+    history = History(
+        previous_k=3,
+        preferred_k=[3],
+        # "stuck" has preferred b for two runs already: runs do not move a clustered account
+        preferred_segments=pd.DataFrame({"seg-1": ["a", "a", "a", "b"]}, index=accounts),
+        assigned=pd.Series("a", index=accounts),
+    )
+    rule = SwitchRule(band=0.15, margin=0.2, runs=2)
+    assigned, held = _hold_accounts(preferred, probs, history, rule, where)
+    # past the midpoint by 0.05, 0.125, 0.25 and 0.025 of the distance a-b: only "well" is past 0.15
+    assert assigned.to_dict() == {"over": "a", "edge": "a", "well": "b", "stuck": "a"}
+    assert held == 3
+    np.testing.assert_allclose(where.past_midpoint(accounts, history.assigned, preferred), [0.05, 0.125, 0.25, 0.025])
+    # band 0: back to following the nearest centre
+    assert _hold_accounts(preferred, probs, history, SwitchRule(band=0.0, margin=0.2, runs=2), where)[0].eq("b").all()
 
 
 def test_an_account_changes_key_tier_only_when_the_cut_says_so_in_consecutive_runs():
@@ -242,3 +278,23 @@ def test_behaviour_centres_are_compared_in_the_dimensions_own_units_across_runs(
     carried = dims_after.from_raw(dims_before.to_raw(account))
     np.testing.assert_allclose(carried, dims_after.values.loc[["a0"]].to_numpy(), atol=1e-9)
     assert not np.allclose(account, carried)  # while its z-scores moved with the population
+
+
+def test_the_key_tier_is_placed_among_its_own_centres_even_when_it_shares_segment_ids():
+    """The key tier is clustered on its own and its segments may carry the same ids as the
+    other customers' (the same taxonomy segment): each account is placed among its own
+    population's centres."""
+    ids = np.array(["a", "b"])
+    where = Whereabouts.of(
+        [
+            Place(np.array([[2.5, 0.0]]), np.array([[0.0, 0.0], [4.0, 0.0]]), ids),  # others: a at 0, b at 4
+            Place(np.array([[2.5, 0.0]]), np.array([[0.0, 0.0], [2.0, 0.0]]), ids),  # key tier: a at 0, b at 2
+        ],
+        [pd.Index(["small"]), pd.Index(["key"])],
+    )
+    accounts = pd.Index(["small", "key", "unclustered"])
+    old, new = pd.Series("a", index=accounts), pd.Series("b", index=accounts)
+    past = where.past_midpoint(accounts, old, new)
+    # small: 2.5 on a-b of length 4 -> 0.125 past the midpoint; key: 2.5 on a-b of length 2 -> 0.75
+    np.testing.assert_allclose(past[:2], [0.125, 0.75])
+    assert np.isnan(past[2])

@@ -390,6 +390,12 @@ def _taxonomy_for_run(taxonomy: Taxonomy, survey: Survey, as_of: dt.date) -> tup
     return fallback, (
         f"segments inferred from behaviour: {answered}, and clustering survey needs takes at least {min_fit}; "
         f"the needs of {taxonomy_label(taxonomy)} were read from their behavioural proxies ({taxonomy_label(fallback)})"
+        + (
+            f"; the {fallback.core_share:.0%} of customers most clearly in one cluster taught a classifier on every behaviour "
+            "signal, which read the others' needs"
+            if fallback.core_share
+            else ""
+        )
     )
 
 
@@ -509,10 +515,97 @@ def _cluster_main(
             hold = KHold(hold.previous_k, hold.preferred, None)
 
 
-def _hold_accounts(assigned: pd.Series, probs: pd.DataFrame, history: History, margin: float, runs: int) -> tuple[pd.Series, int]:
-    """An account moves to another segment only when clearly better: its probability beats
-    the old segment's by `margin`, or it preferred the new segment for `runs` consecutive
-    runs (this one included). Otherwise it stays where the previous run put it."""
+@dataclass
+class Place:
+    """One population's clustered accounts and centres, in the space they were clustered in."""
+
+    X: np.ndarray  # accounts x dimensions
+    centres: np.ndarray  # k x dimensions
+    ids: np.ndarray  # k segment ids
+
+
+@dataclass
+class Whereabouts:
+    """Where each clustered account sits between its population's segment centres: per
+    population (the key tier has its own segments, which may share ids with the others'),
+    squared distances to its centres (accounts x segment ids) and between them."""
+
+    parts: list[tuple[pd.DataFrame, pd.DataFrame]]  # (d2, gap2) per population
+
+    @classmethod
+    def of(cls, places: list[Place], indexes: list[pd.Index]) -> Whereabouts:
+        return cls(
+            [
+                (
+                    pd.DataFrame(sq_distances(p.X, p.centres), index=index, columns=p.ids),
+                    pd.DataFrame(sq_distances(p.centres, p.centres), index=p.ids, columns=p.ids),
+                )
+                for p, index in zip(places, indexes, strict=True)
+            ]
+        )
+
+    def only(self, index: pd.Index) -> Whereabouts:
+        return Whereabouts([(d2[d2.index.isin(index)], gap2) for d2, gap2 in self.parts])
+
+    def past_midpoint(self, idx: pd.Index, old: pd.Series, new: pd.Series) -> np.ndarray:
+        """How far past the midpoint between the old segment's centre and the new one's each
+        account lies, along the line joining them, as a share of their distance: 0 on the
+        boundary, 0.5 at the new centre, negative on the old side; NaN where unknown (not
+        clustered, or a segment not of its population)."""
+        out = np.full(len(idx), np.nan)
+        for d2, gap2 in self.parts:
+            at = np.nonzero(idx.isin(d2.index))[0]
+            if not len(at):
+                continue
+            accounts = idx[at]
+            cols = {c: n for n, c in enumerate(d2.columns)}
+            o = old.loc[accounts].map(cols).to_numpy(dtype=float)
+            w = new.loc[accounts].map(cols).to_numpy(dtype=float)
+            ok = ~(np.isnan(o) | np.isnan(w))
+            oi, wi = o[ok].astype(int), w[ok].astype(int)
+            values = d2.loc[accounts[ok]].to_numpy()
+            rows = np.arange(len(oi))
+            gap = gap2.to_numpy()[oi, wi]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                part = np.where(gap > 0, (values[rows, oi] - values[rows, wi]) / (2 * gap), np.nan)
+            out[at[ok]] = part
+        return out
+
+
+def confident_core(cluster_probs: pd.DataFrame, share: float | None) -> pd.Index:
+    """The clustered accounts whose segment is their cluster. With `share` (a taxonomy's
+    `core_share`: needs read from proxies), only the most confident share of them - the
+    accounts clearly inside one cluster, by their probability there - so that a classifier
+    learned from them on every behaviour signal reads the needs of the accounts between
+    clusters. Seeded by nothing: ties at the cut are all kept."""
+    if share is None or share >= 1 or cluster_probs.empty:
+        return cluster_probs.index
+    confidence = cluster_probs.max(axis=1)
+    cut = float(np.quantile(confidence.to_numpy(), 1 - share))
+    return cluster_probs.index[(confidence >= cut).to_numpy()]
+
+
+@dataclass
+class SwitchRule:
+    """When an account may leave its previous segment (identity hysteresis)."""
+
+    band: float  # clustered accounts: past the midpoint by this share of the centres' distance
+    margin: float  # others: probability gain over the old segment
+    runs: int  # others: or preferred the new segment this many runs in a row
+
+
+def _hold_accounts(
+    assigned: pd.Series, probs: pd.DataFrame, history: History, rule: SwitchRule, where: Whereabouts | None = None
+) -> tuple[pd.Series, int]:
+    """An account moves to another segment only when the new one is clearly better.
+
+    A clustered account (its distances to the centres known): when it lies past the midpoint
+    between its old segment's centre and the new one's by `rule.band` of their distance - a
+    band either side of the boundary, so an account on the boundary does not flip with each
+    month's noise and a refit that shifts the boundary a little moves nobody. Any other
+    account: when its probability beats the old segment's by `rule.margin`, or it preferred
+    the new segment for `rule.runs` consecutive runs (this one included). Otherwise it stays
+    where the previous run put it. An account whose old segment is gone moves."""
     if history.assigned is None or history.assigned.empty:
         return assigned, 0
     prev = history.assigned.reindex(assigned.index)
@@ -524,13 +617,18 @@ def _hold_accounts(assigned: pd.Series, probs: pd.DataFrame, history: History, m
     cols = {c: i for i, c in enumerate(p.columns)}
     rows = np.arange(len(idx))
     gain = p.to_numpy()[rows, assigned.loc[idx].map(cols).to_numpy()] - p.to_numpy()[rows, prev.loc[idx].map(cols).to_numpy()]
-    earlier = history.preferred_segments.reindex(idx).iloc[:, : max(runs - 1, 0)] if history.preferred_segments is not None else None
+    earlier = history.preferred_segments.reindex(idx).iloc[:, : max(rule.runs - 1, 0)] if history.preferred_segments is not None else None
     confirmed = (
         earlier.eq(assigned.loc[idx], axis=0).all(axis=1).to_numpy()
-        if earlier is not None and earlier.shape[1] >= runs - 1
+        if earlier is not None and earlier.shape[1] >= rule.runs - 1
         else np.zeros(len(idx), bool)
     )
-    stay = idx[~((gain >= margin) | confirmed)]
+    moves = (gain >= rule.margin) | confirmed
+    if where is not None:
+        past = where.past_midpoint(idx, prev, assigned)
+        placed = ~np.isnan(past)
+        moves[placed] = past[placed] >= rule.band
+    stay = idx[~moves]
     out = assigned.copy()
     out.loc[stay] = prev.loc[stay]
     return out, len(stay)
@@ -554,6 +652,24 @@ class Fit:
     cluster_probs: pd.DataFrame  # fit accounts x segment ids
     population: pd.Series  # every customer: all | key
     population_ids: dict[str, list[str]]
+    where: Whereabouts | None = None  # clustered accounts' distances to their population's centres
+
+    def continued(self, previous: pd.Series, was_key: pd.Series | None) -> pd.Series:
+        """The previous run's segment of each account, under the id its cluster has now: a
+        cluster that continues under another id (an emerging segment now matching a taxonomy
+        prototype, or the reverse; `segment_definitions.renamed_from`) keeps its members."""
+        renames = {"all": {i.renamed_from: i.segment_id for i in self.identities if i.renamed_from}}
+        if self.key.mode == "separate":
+            renames["key"] = {i.renamed_from: i.segment_id for i in self.key.identities if i.renamed_from}
+        out = previous.copy()
+        key = was_key.reindex(previous.index).fillna(False).astype(bool) if was_key is not None else pd.Series(False, index=previous.index)
+        for population, mapping in renames.items():
+            if not mapping:
+                continue
+            members = key if population == "key" else ~key if "key" in renames else pd.Series(True, index=previous.index)
+            part = previous[members.to_numpy()]
+            out.loc[part.index] = part.map(lambda s, m=mapping: m.get(s, s))
+        return out
 
 
 def _load(con: duckdb.DuckDBPyConnection, as_of: dt.date) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -612,6 +728,7 @@ def _fit(con, dims: Dimensions, customers, fit_index, is_key, lineage: Lineage, 
     main_index = other_fit if separate else fit_index
     if separate:
         main, _ = _cluster_main(dims, main_index, settings, hold, customers["value_tier"])
+    space_centres = main.centres
     main.centres = dims.to_values(main.centres)
     identities = resolve_identities(main.centres, dims.taxonomy, _previous_segments(con, lineage.previous_run_id, "all", dims))
     id_of = np.array([i.segment_id for i in identities])
@@ -626,7 +743,11 @@ def _fit(con, dims: Dimensions, customers, fit_index, is_key, lineage: Lineage, 
         cluster_probs = pd.concat([cluster_probs, key_probs]).reindex(fit_index)
         population.loc[is_key] = "key"
         population_ids["key"] = list(key_id_of)
-    return Fit(main, key, dims, identities, segment_of, cluster_probs, population, population_ids)
+    places = [Place(dims.space(main_index), space_centres, id_of)]
+    if separate:
+        places.append(Place(dims.values.loc[key.index].to_numpy(), key.clustering.centres, key_id_of))
+    where = Whereabouts.of(places, [main_index, key.index] if separate else [main_index])
+    return Fit(main, key, dims, identities, segment_of, cluster_probs, population, population_ids, where)
 
 
 def _probabilities(fit: Fit, inference, customers, fit_index) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -686,7 +807,7 @@ def _evidence(fit: Fit, inference, taxonomy: Taxonomy, survey: Survey, prospect_
         evidence.notes.append(main.centres_note)
     if held:
         evidence.notes.append(
-            f"{held} account(s) kept their previous segment: the new one was not clearly better (segmentation.switch_margin, switch_runs)"
+            f"{held} account(s) kept their previous segment: the new one was not clearly better (segmentation.switch_band, switch_margin, switch_runs)"
         )
     return evidence
 
@@ -745,21 +866,27 @@ def _segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy,
     if tier_held:
         fit.key.evidence["tier_held"] = tier_held
     dims, main, key = fit.dims, fit.main, fit.key
+    # The accounts whose segment is their cluster: every clustered one, or for needs read
+    # from proxies (`core_share`) the confident core; the classifier reads everyone else.
+    core = confident_core(fit.cluster_probs.loc[fit_index], taxonomy.core_share)
 
     inference = fit_and_score(
         customers,  # the training rows are taken from it by the labels' index (no copy of every labelled row)
-        fit.segment_of.loc[fit_index],
+        fit.segment_of.loc[core],
         customers,
         settings.seed,
         classifier=cfg["classifier"],
         sample=int(cfg["classifier_sample"]),
     )
-    probs, behaviour = _probabilities(fit, inference, customers, fit_index)
+    probs, behaviour = _probabilities(fit, inference, customers, core)
     preferred = probs.idxmax(axis=1)
-    preferred.loc[fit_index] = fit.segment_of.loc[fit_index]
+    preferred.loc[core] = fit.segment_of.loc[core]
     assigned, held = preferred, 0
     if steady:
-        assigned, held = _hold_accounts(preferred, probs, history, float(cfg["switch_margin"]), int(cfg["switch_runs"]))
+        if history.assigned is not None:
+            history.assigned = fit.continued(history.assigned, history.is_key)
+        rule = SwitchRule(float(cfg["switch_band"]), float(cfg["switch_margin"]), int(cfg["switch_runs"]))
+        assigned, held = _hold_accounts(preferred, probs, history, rule, fit.where.only(core) if fit.where else None)
     source = pd.Series("inferred", index=customers.index)
     if taxonomy.basis == "survey":
         source.loc[fit_index] = "surveyed"
@@ -767,7 +894,7 @@ def _segment(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy,
     # 3. Names, playbooks, explanations.
     definitions = _definitions(run_id, main, fit.identities, key, dims, assigned, fit.population)
     name_of = {d["segment_id"]: d["segment_name"] for d in definitions}
-    drivers_json, drivers_text = _drivers(customers, dims.observed(), dims.taxonomy, assigned, fit_index, fit.segment_of, inference)
+    drivers_json, drivers_text = _drivers(customers, dims.observed(), dims.taxonomy, assigned, core, fit.segment_of, inference)
 
     assignments = pd.DataFrame(
         {

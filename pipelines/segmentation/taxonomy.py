@@ -78,6 +78,11 @@ class Taxonomy:
     # Behaviour taxonomies: cluster in a space whitened by the within-segment covariance
     # (`whiten: within`), so correlated proxies of one need count once.
     whiten: bool = False
+    # Behaviour taxonomies whose segments are needs read from proxies (the default fallback):
+    # the most confident `core_share` of the clustered accounts keep their cluster, and a
+    # classifier on every behaviour signal, learned from them, reads the others' needs.
+    # None: every account takes its nearest centre (the segments are the clusters).
+    core_share: float | None = None
 
     @property
     def dimension_names(self) -> list[str]:
@@ -193,6 +198,21 @@ def _options(raw: dict[str, Any], basis: str, ids: list[str], path: Path) -> tup
     return k_min, k_max, roles, fallback, whiten == "within"
 
 
+def _core_share(raw: dict[str, Any], basis: str, path: Path) -> float | None:
+    value = raw.get("core_share")
+    if value is None:
+        return None
+    if basis != "behaviour":
+        raise _fail(path, "core_share applies to behaviour taxonomies only (survey segments are learned from the respondents)")
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        share = -1.0
+    if not 0.1 <= share <= 1.0:
+        raise _fail(path, f"core_share must be a share between 0.1 and 1, not {value!r}")
+    return share
+
+
 def load_taxonomy(path: Path) -> Taxonomy:
     if not path.exists():
         raise ConfigError(f"taxonomy file {path} does not exist (set NEEDSEG_TAXONOMY or restore config/taxonomy.yaml)")
@@ -224,4 +244,5 @@ def load_taxonomy(path: Path) -> Taxonomy:
         lineage_digest=hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12],
         fallback=fallback,
         whiten=whiten,
+        core_share=_core_share(raw, basis, path),
     )
