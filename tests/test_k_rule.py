@@ -172,3 +172,36 @@ def test_a_small_segment_random_starts_miss_is_found_from_the_taxonomys_prototyp
     small = np.arange(len(X)) >= len(X) - 17
     assert np.bincount(result.labels[small]).max() >= 15  # the 7 % segment is one cluster
     assert choose_k(X, 3, 5, settings).k == 3  # the stability rule alone: three
+
+
+def test_the_key_tier_finds_a_small_segment_from_the_prototypes_too():
+    """The key tier, segmented on its own (the 80/20 rule), chooses its k by the same
+    prototype rule as the other customers: a small needs segment among the key accounts is
+    not folded into a neighbour because fewer clusters are more stable."""
+    import pandas as pd
+
+    from pipelines.segmentation.run import _segment_key_tier
+    from pipelines.segmentation.taxonomy import load_taxonomy
+    from pipelines.settings import CONFIG_DIR
+
+    taxonomy = load_taxonomy(CONFIG_DIR / "taxonomy.yaml")
+    prototypes = taxonomy.prototype_matrix()
+    ids = {s.id: s.name for s in taxonomy.segments}
+    rng = np.random.default_rng(0)
+    key = pd.DataFrame(np.vstack([rng.normal(0.7 * p, 0.6, (n, len(p))) for p, n in zip(prototypes, [141, 50, 34, 17], strict=True)]))
+    others = pd.DataFrame(rng.normal(0.0, 1.5, (400, prototypes.shape[1])))
+
+    def match(centres: np.ndarray) -> list[str | None]:
+        from pipelines.segmentation.clustering import resolve_identities
+
+        return [ids.get(i.taxonomy_id) if i.taxonomy_id else None for i in resolve_identities(centres, taxonomy, [])]
+
+    settings = ClusterSettings(bootstrap_samples=10)
+
+    def tier(prior):
+        return _segment_key_tier(key, others, 4, len(key), taxonomy, settings, 40, 0.1, [], None, prior)
+
+    with_prior = tier(Prior(match, prototypes))
+    assert with_prior.mode == "separate" and with_prior.clustering.k == 4
+    assert {i.taxonomy_id for i in with_prior.identities} == set(ids)
+    assert tier(None).clustering.k == 3  # the stability rule alone: three

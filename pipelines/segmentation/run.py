@@ -253,6 +253,7 @@ def _segment_key_tier(
     min_gain: float,
     previous: list[PreviousSegment],
     hold: KHold | None = None,
+    prior: Prior | None = None,
 ) -> KeyTier:
     """Segment the key tier on its own when it is large enough and its profile differs from
     the other customers' (docs/design.md, the 80/20 rule).
@@ -301,7 +302,7 @@ def _segment_key_tier(
     if gain[best] < min_gain:
         evidence["why"] = f"{not_different} (at best {fit_words(best)}){nearest}"
         return KeyTier("nearest", evidence, key_dims.index)
-    clustering = choose_k(X, taxonomy.k_min, taxonomy.k_max, settings, hold)
+    clustering = choose_k(X, taxonomy.k_min, taxonomy.k_max, settings, hold, prior)
     chosen = next(c for c in clustering.candidates if c.k == clustering.k)
     sizes = np.bincount(clustering.labels, minlength=clustering.k)
     evidence.update(
@@ -490,6 +491,18 @@ def _prior(dims: Dimensions, settings: ClusterSettings) -> Prior | None:
         return [i.name if i.taxonomy_id else None for i in resolve_identities(dims.to_values(centres), dims.taxonomy, [])]
 
     return Prior(match, dims.to_space(dims.taxonomy.prototype_matrix()))
+
+
+def _key_prior(dims: Dimensions, settings: ClusterSettings) -> Prior | None:
+    """The prototype k rule's prior for the key tier, which clusters on the dimensions'
+    values themselves (not the main run's clustering space)."""
+    if settings.k_rule != "prototypes":
+        return None
+
+    def match(centres: np.ndarray) -> list[str | None]:
+        return [i.name if i.taxonomy_id else None for i in resolve_identities(centres, dims.taxonomy, [], KEY_EMERGING)]
+
+    return Prior(match, dims.taxonomy.prototype_matrix())
 
 
 def _cluster_main(
@@ -721,6 +734,7 @@ def _fit(con, dims: Dimensions, customers, fit_index, is_key, lineage: Lineage, 
         float(cfg["key_accounts_min_gain"]),
         previous_key,
         key_hold,
+        _key_prior(dims, settings),
     )
     separate = key.mode == "separate"
     if separate and len(key_sample) < len(key_fit):
