@@ -637,6 +637,8 @@ def _split_problems(
     if mapping.unpivot:
         # One wide line is several rows here; a line loads whole or not at all.
         bad_any = np.isin(lines, np.unique(lines[bad_any]))
+    if not bad_any.any():  # the usual file: every row typed, nothing to select
+        return result[[*table.column_names, "_line"]], texts, nulled
     keep = ~bad_any
     typed = result.loc[keep, [*table.column_names, "_line"]].reset_index(drop=True)
     return typed, texts.loc[keep].reset_index(drop=True), nulled

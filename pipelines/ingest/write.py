@@ -182,7 +182,7 @@ def _write_refused(w: _Write, batch: ParsedBatch, problems_by_line: dict[int, li
 def _write_loaded(w: _Write, batch: ParsedBatch, problems_by_line: dict[int, list[Problem]]) -> pd.DataFrame:
     """Good rows to raw, bad ones to quarantine; the batch's counts must add up."""
     table, item = w.item.mapping.table, w.item
-    good = batch.typed[~batch.typed["_line"].isin(set(problems_by_line))]
+    good = batch.typed[~batch.typed["_line"].isin(set(problems_by_line))] if problems_by_line else batch.typed
     if len(good):
         constants = {"_batch_id": w.batch_id, "_source": item.source, "_file": item.rel, "_loaded_at": w.now}
         insert_frame(w.con, f"raw.{table}", good[[*TABLES[table].column_names, "_line"]], constants)

@@ -32,8 +32,21 @@ it was read, and it loads as a batch of 0 rows. So `expect_table_row_count_to_be
 minimum; an empty 0-byte file is refused before validation, by the reader, under that
 expectation's name.
 
-GE validates pandas frames here: its SQL path on DuckDB returns wrong results (see
-DEVELOPERS notes in the README).
+GE validates pandas frames here (its SQL path on DuckDB returned wrong results in an
+earlier round, see the README's developer notes), but it does not look at every row: the
+row-level expectations of the kinds the contract generates (not null, type, in a set,
+pattern, range, compound key, column pair) are first computed by DuckDB as set-based
+predicates over all rows in one query (`RowPredicate`, `mark_rows`). Each predicate is
+true for every row that may fail its expectation (it may mark more). great_expectations
+then validates only the marked rows plus an even, fixed sample of the others
+(`SAMPLE_ROWS`), with their positions kept, so its verdict decides every failing row and
+its result (counts restated for all rows, `_whole_frame_counts`) is the kept one. If GE
+fails a sampled row DuckDB did not mark, or a predicate does not fit a frame (a column of
+another dtype), GE judges every row instead. An expectation with options the predicates
+do not translate (`mostly`, a row condition, a hand-added kind) runs in GE on every row.
+The tests run the bad-input fixtures with `QualityGate.cross_check`: every validation is
+repeated with GE on every row and must agree row by row, and every row GE fails must be
+marked by its predicate.
 """
 
 from __future__ import annotations
@@ -448,7 +461,7 @@ class _Findings:
         self.frame, self.texts = frame, texts
         self.lines = frame["_line"].to_numpy()
         self.file_index = frame["_file_index"].to_numpy()
-        self.files = sorted({int(i) for i in self.file_index.tolist()})
+        self.files = [int(i) for i in np.unique(self.file_index)]
         self.problems: list[Problem] = []
         self.failures: dict[int, list[str]] = {}
         self.unknown_accounts: set[int] = set()
