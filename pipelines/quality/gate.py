@@ -425,10 +425,17 @@ class QualityGate:
 
     def _validate_shape(self, table: str, found: _Findings, parameters: dict[str, Any]) -> None:
         """The batch-level expectations whose answer is the same for every file (see
-        `_same_for_every_file`), once over the rows of every file: a failure refuses each."""
-        batch = self._batch_definitions[table].get_batch(batch_parameters={"dataframe": found.frame})
+        `_same_for_every_file`), once over the rows of every file: a failure refuses each.
+
+        They look at the frame's columns and whether it has a row, so (with `prefilter`) GE
+        gets the first row only, which has the same columns: on 3M rows GE spent seconds on
+        the whole frame for the same answer. The row count GE observes is restated."""
+        frame = found.frame.iloc[:1] if self.prefilter and len(found.frame) else found.frame
+        batch = self._batch_definitions[table].get_batch(batch_parameters={"dataframe": frame})
         result = batch.validate(self._shape_suites[table], expectation_parameters=parameters, result_format={"result_format": "SUMMARY"})
         for r in result.results:
+            if r.expectation_config.type == "expect_table_row_count_to_be_between" and isinstance(r.result, dict):
+                r.result["observed_value"] = len(found.frame)
             if not r.success:
                 message = _batch_failure(r)
                 for f in found.files:
