@@ -87,7 +87,7 @@ READABLE_ROWS = "needseg_rows_are_readable"
 
 # Failing rows named (file, line, value) per expectation in the kept validation result.
 ROWS_KEPT_PER_EXPECTATION = 200
-# Rows great_expectations judges besides the ones DuckDB marked (see `_RowPrefilter`):
+# Rows great_expectations judges besides the ones DuckDB marked (`_validate_marked`):
 # spread evenly over the validated rows, the same rows for the same input.
 SAMPLE_ROWS = 1000
 
