@@ -84,6 +84,7 @@ from pipelines.ingest.report import (
 from pipelines.ingest.write import BatchContext, Pending, resolve_duplicates, write_batch
 from pipelines.quality.gate import QualityGate, add_parse_results, merge_documents, shift_files
 from pipelines.settings import EXPECTATIONS_DIR, Settings
+from pipelines.warehouse import transaction
 
 log = logging.getLogger(__name__)
 
@@ -483,27 +484,38 @@ def _load_group(run: _Run, table: str, items: list[Pending]) -> dict | None:
         else [*run.accounts_missing, *(f"{f.file} (refused)" for f in run.report.rejected if f.table == "accounts")]
     )
     clock = time.monotonic()
-    for i, (item, batch) in enumerate(parsed):
-        hold = _hold_reason(blocking, checked.unknown_accounts.get(i), checked.failures.get(i))
-        outcome, loaded_rows, problems = write_batch(
-            run.con,
-            item,
-            batch,
-            checked.problems.get(i, []),
-            checked.failures.get(i, []),
-            BatchContext(run.run_id, run.as_of, run.share_rule, run.options.dry_run),
-            hold,
-        )
-        outcome.problems = problem_groups(problems)
+    # The group's batches in one transaction: each is in the warehouse whole or not at all,
+    # and a group costs one commit, not one per file.
+    with transaction(run.con) as tx:
+        for i, (item, batch) in enumerate(parsed):
+            _write_one(run, table, checked, blocking, i, item, batch)
         if run.options.dry_run:
-            run.dry_run_problems += problem_rows(item.rel, item.mapping.table, problems)
-        run.report.files.append(outcome)
-        if table == "accounts" and loaded_rows is not None:
-            # Only accounts that reached raw make other tables' rows valid: an account row
-            # quarantined here must not vouch for its orders.
-            run.known_accounts.update(loaded_rows["account_id"].dropna().astype(str))
+            tx.discard()
     run.report.timed("write", clock)
     return document
+
+
+def _write_one(run: _Run, table: str, checked: _Checked, blocking: list[str], i: int, item: Pending, batch) -> None:
+    """Write one file of a group (inside the group's transaction) and record its outcome."""
+    hold = _hold_reason(blocking, checked.unknown_accounts.get(i), checked.failures.get(i))
+    outcome, loaded_rows, problems = write_batch(
+        run.con,
+        item,
+        batch,
+        checked.problems.get(i, []),
+        checked.failures.get(i, []),
+        BatchContext(run.run_id, run.as_of, run.share_rule, run.options.dry_run),
+        hold,
+        in_transaction=True,
+    )
+    outcome.problems = problem_groups(problems)
+    if run.options.dry_run:
+        run.dry_run_problems += problem_rows(item.rel, item.mapping.table, problems)
+    run.report.files.append(outcome)
+    if table == "accounts" and loaded_rows is not None:
+        # Only accounts that reached raw make other tables' rows valid: an account row
+        # quarantined here must not vouch for its orders.
+        run.known_accounts.update(loaded_rows["account_id"].dropna().astype(str))
 
 
 def _hold_reason(blocking: list[str], unknown: set[str] | None, failures: list[str] | None) -> str | None:

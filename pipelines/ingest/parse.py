@@ -375,7 +375,14 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path, sandbox: San
             rows_read = len(frame)
         expressions = _mapped_expressions(con, raw, mapping, table, source_columns, reject)
         extra = [] if mapping.aggregate else sorted(set(source_columns) - _used_columns(list(expressions.values()), source_columns))
-        result, flagged, checks = _typed(con, expressions, mapping, table, reject)
+        # A column mapped as it is: its text as read is the file's column, not copied out of DuckDB.
+        as_read = {name: expr[1:-1].replace('""', '"') for name, expr in expressions.items() if _is_column(expr, source_columns)}
+        result, flagged, checks = _typed(con, expressions, mapping, table, reject, set(as_read))
+        for name in table.column_names:
+            if name in as_read:
+                result[_TEXT + name] = frame[as_read[name]].reset_index(drop=True)
+            elif name not in expressions:
+                result[_TEXT + name] = pd.Series([None] * len(result), dtype=object)
     finally:
         if own:
             sandbox.close()
@@ -532,9 +539,22 @@ def _column_sql(col, mapping: TableMapping, native: set[str], checks: list) -> t
     return parsed, select, True
 
 
-def _typed(con, expressions: dict[str, str], mapping: TableMapping, table: Table, reject) -> tuple[pd.DataFrame, list, list]:
+def _is_column(expr: str, source_columns: list[str]) -> bool:
+    return expr.startswith('"') and expr.endswith('"') and expr[1:-1].replace('""', '"') in source_columns
+
+
+# A window function in a mapping expression: the rows' order is then kept by sorting.
+_WINDOW = re.compile(r"\bover\s*\(", re.IGNORECASE)
+
+
+def _typed(
+    con, expressions: dict[str, str], mapping: TableMapping, table: Table, reject, texts_known: set[str]
+) -> tuple[pd.DataFrame, list, list]:
     """One query: each contract column as text, recoded, read as its type, with a flag per
-    cell that does not read so. Returns (result, flagged columns, scale checks)."""
+    cell that does not read so. Returns (result, flagged columns, scale checks). The text
+    as read of each column is in the result, except those in `texts_known` (and those not
+    mapped at all), which the caller adds. The rows come in the frame's order: DuckDB keeps
+    the insertion order of a projection; a window function sorts them back."""
     # Plain columns come as text; derived ones may be typed already (a sum, a date).
     relation = con.sql("select " + ", ".join(f"({expr}) as {_quote(name)}" for name, expr in expressions.items()) + " from src limit 0")
     native = {name for name, kind in zip(relation.columns, relation.types, strict=False) if _NUMERIC_TYPES.match(str(kind))}
@@ -556,13 +576,15 @@ def _typed(con, expressions: dict[str, str], mapping: TableMapping, table: Table
             flagged.append(col)
     for i, (_, cond, _, _) in enumerate(checks):
         select.append(f"({cond}) as {_quote(f'_scale_{i}')}")
-    texts_sql = [_quote(_TEXT + name) for name in table.column_names]
+    texts_sql = [_quote(_TEXT + name) for name in table.column_names if name in expressions and name not in texts_known]
     sql = (
         f"with mapped as (select {', '.join(text_sql)}, _line, {_ROW} from src), "
         f"recoded as (select {', '.join(recoded_sql)}, _line, {_ROW} from mapped), "
         f"parsed as (select {', '.join(parsed_sql + texts_sql)}, _line, {_ROW} from recoded) "
-        f"select {', '.join(select + texts_sql)}, _line from parsed order by {_ROW}"
+        f"select {', '.join(select + texts_sql)}, _line from parsed"
     )
+    if any(_WINDOW.search(expr) for expr in expressions.values()):
+        sql += f" order by {_ROW}"
     try:
         return _to_pandas(con.sql(sql).to_arrow_table()), flagged, checks
     except duckdb.Error as exc:
@@ -615,6 +637,8 @@ def _split_problems(
     if mapping.unpivot:
         # One wide line is several rows here; a line loads whole or not at all.
         bad_any = np.isin(lines, np.unique(lines[bad_any]))
+    if not bad_any.any():  # the usual file: every row typed, nothing to select
+        return result[[*table.column_names, "_line"]], texts, nulled
     keep = ~bad_any
     typed = result.loc[keep, [*table.column_names, "_line"]].reset_index(drop=True)
     return typed, texts.loc[keep].reset_index(drop=True), nulled

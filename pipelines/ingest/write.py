@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from pipelines.ingest.mapping import TableMapping
 from pipelines.ingest.parse import ParsedBatch, Problem, Records
 from pipelines.ingest.readers import BatchRejected
 from pipelines.ingest.report import FileOutcome
-from pipelines.warehouse import insert_frame, registered, transaction
+from pipelines.warehouse import Transaction, insert_frame, registered, transaction
 
 
 @dataclass
@@ -84,13 +85,18 @@ def write_batch(
     batch_failures: list[str],
     context: BatchContext,
     hold: str | None = None,
+    *,
+    in_transaction: bool = False,
 ) -> tuple[FileOutcome, pd.DataFrame | None, dict[int, list[Problem]]]:
     """Write one batch in one transaction; returns its outcome, the rows that went to raw and
-    the problems of each line. A dry run writes the same and rolls back."""
+    the problems of each line. A dry run writes the same and rolls back.
+
+    `in_transaction`: the caller holds a transaction for several batches (a group of a
+    table's files, committed together) and discards it on a dry run."""
     table = item.mapping.table
     batch_id = f"{item.source}.{table}.{item.checksum[:16]}"
     w = _Write(con, item, context, FileOutcome(item.source, table, item.rel, "loaded", batch_id), clock.utc_naive_now())
-    with transaction(con) as tx:
+    with nullcontext(Transaction()) if in_transaction else transaction(con) as tx:
         # A refused or held batch is tried again on a later run: replace what its last try left.
         con.execute("delete from meta.quarantine where batch_id = ?", [batch_id])
         con.execute("delete from meta.batches where batch_id = ?", [batch_id])
@@ -176,11 +182,10 @@ def _write_refused(w: _Write, batch: ParsedBatch, problems_by_line: dict[int, li
 def _write_loaded(w: _Write, batch: ParsedBatch, problems_by_line: dict[int, list[Problem]]) -> pd.DataFrame:
     """Good rows to raw, bad ones to quarantine; the batch's counts must add up."""
     table, item = w.item.mapping.table, w.item
-    good = batch.typed[~batch.typed["_line"].isin(set(problems_by_line))]
+    good = batch.typed[~batch.typed["_line"].isin(set(problems_by_line))] if problems_by_line else batch.typed
     if len(good):
-        insert = good.assign(_batch_id=w.batch_id, _source=item.source, _file=item.rel, _loaded_at=w.now)
-        columns = [*TABLES[table].column_names, "_batch_id", "_source", "_file", "_line", "_loaded_at"]
-        insert_frame(w.con, f"raw.{table}", insert[columns])
+        constants = {"_batch_id": w.batch_id, "_source": item.source, "_file": item.rel, "_loaded_at": w.now}
+        insert_frame(w.con, f"raw.{table}", good[[*TABLES[table].column_names, "_line"]], constants)
     quarantined = _quarantine(w.con, item, w.batch_id, batch.records, problems_by_line, w.now)
     # Counted in input rows: an unpivoted line is several raw rows but one row read.
     w.outcome.rows_loaded = int(good["_line"].nunique())

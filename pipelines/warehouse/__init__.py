@@ -33,6 +33,7 @@ from pipelines.warehouse.schema import SCHEMAS, ensure_schema, table_names
 
 __all__ = [
     "SCHEMAS",
+    "Transaction",
     "WarehouseLocked",
     "connect",
     "ensure_schema",
@@ -43,6 +44,7 @@ __all__ = [
     "open_warehouse",
     "registered",
     "sandboxed",
+    "scratch_connection",
     "table_names",
     "transaction",
 ]
@@ -106,10 +108,12 @@ def registered(con: duckdb.DuckDBPyConnection, name: str, frame) -> Iterator[str
         con.unregister(name)
 
 
-def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame) -> int:
-    """Append a DataFrame to `table` (schema.table), matching columns by name and casting each
-    to the table's type (lists to arrays, text to JSON or DECIMAL, dates as dates); returns the
-    rows added. A column the table lacks is an error, never dropped silently."""
+def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame, constants: dict | None = None) -> int:
+    """Append a DataFrame (or Arrow table) to `table` (schema.table), matching columns by name
+    and casting each to the table's type (lists to arrays, text to JSON or DECIMAL, dates as
+    dates); `constants` ({column: value}) are the same in every row and are bound once, not
+    repeated in the frame. Returns the rows added. A column the table lacks is an error,
+    never dropped silently."""
     if frame is None or len(frame) == 0:
         return 0
     schema, name = table.split(".", 1) if "." in table else ("main", table)
@@ -120,9 +124,12 @@ def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame) -> int:
             [schema, name],
         ).fetchall()
     )
-    columns = ", ".join(f'cast("{c}" as {types[c]}) as "{c}"' if c in types else f'"{c}"' for c in frame.columns)
+    names = list(frame.column_names if hasattr(frame, "column_names") else frame.columns)
+    columns = [f'cast("{c}" as {types[c]}) as "{c}"' if c in types else f'"{c}"' for c in names]
+    constants = constants or {}
+    columns += [f'cast(? as {types[c]}) as "{c}"' if c in types else f'? as "{c}"' for c in constants]
     with registered(con, "_needseg_incoming", frame) as view:
-        con.execute(f"insert into {table} by name select {columns} from {view}")
+        con.execute(f"insert into {table} by name select {', '.join(columns)} from {view}", list(constants.values()))
     return len(frame)
 
 
@@ -212,11 +219,16 @@ def open_serving(path: Path | str, *, user_sql: bool = True) -> Iterator[duckdb.
 def in_memory() -> Iterator[duckdb.DuckDBPyConnection]:
     """A scratch in-memory DuckDB for set-based work on frames (registered with
     `con.register`); closed on exit. Bounded like the warehouse (`_bounded`)."""
-    con = _bounded(duckdb.connect())
+    con = scratch_connection()
     try:
         yield con
     finally:
         con.close()
+
+
+def scratch_connection() -> duckdb.DuckDBPyConnection:
+    """The connection `in_memory` opens, for a caller that keeps it open (and closes it)."""
+    return _bounded(duckdb.connect())
 
 
 def sandboxed() -> duckdb.DuckDBPyConnection:
