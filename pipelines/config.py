@@ -128,10 +128,14 @@ class DriftConfig(_Section):
     # compare the last `recent_months` of buying mix with the `baseline_months` before
     recent_months: Months = 6
     baseline_months: Months = 12
+    # scan the recent window from this many months up to `recent_months` (a change point
+    # scan): the window whose evidence is strongest counts, so a move that began two months
+    # ago is not diluted by four older months
+    shortest_recent_months: Months = 2
     # an early warning needs both: evidence (z) and a material move
-    early_warning_z: Positive = 3.5
+    early_warning_z: Positive = 4.3
     min_shift: Share = 0.25
-    confirm_migration_z: Positive = 2.5
+    confirm_migration_z: Positive = 3.5
     active_within_months: Months = 4
     min_profile_gap: Positive = 0.7
     # churn risk: drift plus falling revenue or worsening satisfaction
