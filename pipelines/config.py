@@ -132,10 +132,13 @@ class DriftConfig(_Section):
     # scan): the window whose evidence is strongest counts, so a move that began two months
     # ago is not diluted by four older months
     shortest_recent_months: Months = 2
+    # the change-point scan's evidence threshold (stricter than early_warning_z: it looks at
+    # every window and every direction, so it has more chances to be fooled by noise)
+    scan_z: Positive = 5.25
     # an early warning needs both: evidence (z) and a material move
-    early_warning_z: Positive = 4.3
+    early_warning_z: Positive = 3.5
     min_shift: Share = 0.25
-    confirm_migration_z: Positive = 3.5
+    confirm_migration_z: Positive = 2.5
     active_within_months: Months = 4
     min_profile_gap: Positive = 0.7
     # churn risk: drift plus falling revenue or worsening satisfaction

@@ -67,6 +67,7 @@ class DriftSettings:
     recent_months: int = _DEFAULTS.recent_months
     baseline_months: int = _DEFAULTS.baseline_months
     shortest_recent_months: int = _DEFAULTS.shortest_recent_months
+    scan_z: float = _DEFAULTS.scan_z
     early_warning_z: float = _DEFAULTS.early_warning_z
     min_shift: float = _DEFAULTS.min_shift
     confirm_migration_z: float = _DEFAULTS.confirm_migration_z
@@ -119,6 +120,36 @@ def _measure(
     """(z, shift) of each account's move from `current` towards `target` in one window."""
     z, shift = _along(change, levels.loc[target, comps] - levels.loc[current, comps], accounts)
     return z, np.nan_to_num(shift)
+
+
+def _sustained_towards(
+    change: MixChange, levels: pd.DataFrame, spread: pd.Series, accounts: pd.Index, current: str, target: str, min_gap: float
+) -> pd.DataFrame:
+    """The sustained test: each account's move from `current` towards `target` in the full
+    recent window (`change`): the components' count-based two-sample z, signed along the
+    direction and combined, and the mean share of the way moved."""
+    direction = _direction(levels, spread, current, target, min_gap)
+    comps = list(direction)
+    signs = np.sign(np.array([direction[c] for c in comps]))
+    z = change.z.reindex(accounts).fillna(0.0)[comps].to_numpy()
+    composite = (z * signs).sum(axis=1) / np.sqrt(len(comps))
+    raw_gap = (levels.loc[target, comps] - levels.loc[current, comps]).to_numpy(float)
+    moved = (change.recent.reindex(accounts)[comps] - change.baseline.reindex(accounts)[comps]).to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fraction = np.where(np.isfinite(moved / raw_gap), np.clip(moved / raw_gap, -2, 3), 0.0)
+    known = np.isfinite(moved).sum(axis=1)
+    # no comparable window at all: no movement measured
+    shift = np.divide(fraction.sum(axis=1), known, out=np.zeros(len(accounts)), where=known > 0)
+    return pd.DataFrame(
+        {
+            "z": composite,
+            "shift": np.nan_to_num(shift),
+            "target": target,
+            "components": [comps] * len(accounts),
+            "signs": [list(signs)] * len(accounts),
+        },
+        index=accounts,
+    )
 
 
 def _scan_towards(
@@ -231,13 +262,17 @@ def _kind(seg: str, target: str, price: str | None, partnership: str | None) -> 
 def _drift_targets(
     changes: list[MixChange], levels: pd.DataFrame, spread: pd.Series, segment_of: pd.Series, taxonomy: Taxonomy, settings: DriftSettings
 ) -> pd.DataFrame:
-    """Per account: the move it is watched for (kind, target) with its evidence (z, shift).
+    """Per account: the move it is watched for (kind, target), its evidence (z, shift, the
+    window read) and whether it clears a test (`clears`).
 
-    Every other segment is a candidate target (a move from quality to service is a drift
-    too; only the risky kinds - towards price, away from partnership - alert). Of the
-    candidates whose move clears the early-warning thresholds, the one with the strongest
-    evidence (the direction that explains the move best); with none clearing them, the
-    strongest evidence is shown."""
+    Two tests, either raises an early warning:
+    - sustained: the risky moves (towards price; for a partnership account, away from it
+      to any other segment) over the full recent window, count-based z (`early_warning_z`);
+    - change-point scan: a move towards ANY other segment (quality -> service too: only the
+      risky kinds alert), over every scanned window, by weighted least squares with the
+      month-to-month standard errors and capped per-signal z (`scan_z`, stricter: it looks
+      in more places). Of the targets that clear it, the strongest evidence wins.
+    The sustained test's move is shown when it clears or when neither does."""
     price = taxonomy.role("price_sensitive")
     partnership = taxonomy.role("partnership")
     segments = list(levels.index)
@@ -247,38 +282,50 @@ def _drift_targets(
         targets = [t for t in segments if t != seg]
         if members.empty or not targets:
             continue
-        scored = [_scan_towards(changes, levels, spread, members, seg, t, settings.min_profile_gap) for t in targets]
-        kinds = [_kind(seg, t, price, partnership) for t in targets]
-        rank = np.vstack([_rank(f, k, settings) for f, k in zip(scored, kinds, strict=True)])
-        best = rank.argmax(axis=0)
-
-        def pick(column: str, best: np.ndarray = best, scored: list[pd.DataFrame] = scored) -> np.ndarray:
-            return np.vstack([f[column].to_numpy() for f in scored])[best, np.arange(len(best))]
-
-        parts.append(
-            pd.DataFrame(
-                {
-                    "z": pick("z"),
-                    "shift": pick("shift"),
-                    "window": pick("window"),
-                    "target": np.array(targets, dtype=object)[best],
-                    "components": [scored[b]["components"].iloc[0] for b in best],
-                    "signs": [scored[b]["signs"].iloc[0] for b in best],
-                    "kind": np.array(kinds, dtype=object)[best],
-                },
-                index=members,
-            )
+        scan = _best(
+            [_scan_towards(changes, levels, spread, members, seg, t, settings.min_profile_gap) for t in targets],
+            [_kind(seg, t, price, partnership) for t in targets],
+            settings.scan_z,
+            settings.min_shift,
         )
-    columns = ["z", "shift", "target", "components", "signs", "window", "kind"]
+        sustained = _best(
+            [
+                _sustained_towards(changes[-1], levels, spread, members, seg, t, settings.min_profile_gap).assign(window=len(changes) - 1)
+                for t in targets
+            ],
+            [_kind(seg, t, price, partnership) for t in targets],
+            settings.early_warning_z,
+            settings.min_shift,
+        )
+        use_scan = ~sustained["clears"] & scan["clears"]
+        sustained.loc[use_scan] = scan.loc[use_scan]
+        parts.append(sustained)
+    columns = ["z", "shift", "target", "components", "signs", "window", "kind", "clears"]
     drift = pd.concat(parts) if parts else pd.DataFrame(columns=columns)
     return drift.reindex(segment_of.index)
 
 
-def _rank(scored: pd.DataFrame, kind: str, settings: DriftSettings) -> np.ndarray:
-    """Order of preference between candidate targets: clearing the early-warning thresholds
-    first, then the evidence (z): the direction that explains the move best."""
-    clears = ((scored["z"] >= settings.early_warning_z) & (scored["shift"] >= settings.min_shift)).to_numpy(float)
-    return clears * 2000.0 + np.clip(scored["z"].to_numpy(float), -999, 999)
+def _best(scored: list[pd.DataFrame], kinds: list[str], min_z: float, min_shift: float) -> pd.DataFrame:
+    """Per account, of candidate moves `scored` (one frame per target, same accounts): the
+    strongest that clears `min_z` and `min_shift`, else the strongest; column `clears`."""
+    clears = np.vstack([((f["z"] >= min_z) & (f["shift"] >= min_shift)).to_numpy(bool) for f in scored])
+    z = np.vstack([np.clip(f["z"].to_numpy(float), -999, 999) for f in scored])
+    best = (clears * 2000.0 + z).argmax(axis=0)
+    at = np.arange(z.shape[1])
+    index = scored[0].index
+    return pd.DataFrame(
+        {
+            "z": z[best, at],
+            "shift": np.vstack([f["shift"].to_numpy(float) for f in scored])[best, at],
+            "target": np.array([f["target"].iloc[0] if len(f) else None for f in scored], dtype=object)[best],
+            "components": [scored[b]["components"].iloc[0] for b in best],
+            "signs": [scored[b]["signs"].iloc[0] for b in best],
+            "window": np.vstack([f["window"].to_numpy() for f in scored])[best, at],
+            "kind": np.array(kinds, dtype=object)[best],
+            "clears": clears[best, at],
+        },
+        index=index,
+    )
 
 
 def _migrations(
@@ -298,7 +345,8 @@ def _migrations(
     parts = []
     moved = out[out["migrated"] & out["previous_segment_id"].isin(levels.index) & out["segment_id"].isin(levels.index)]
     for (before, after), group in moved.groupby(["previous_segment_id", "segment_id"]):
-        parts.append(_scan_towards(changes, levels, spread, group.index, before, after, settings.min_profile_gap))
+        scored = _sustained_towards(changes[-1], levels, spread, group.index, before, after, settings.min_profile_gap)
+        parts.append(scored.assign(window=len(changes) - 1))
     scored = pd.concat(parts) if parts else pd.DataFrame(columns=["z", "shift", "target", "components", "signs", "window"])
     scored = scored.reindex(out.index)
     out["migration_z"] = scored["z"].astype(float).round(3)
@@ -537,9 +585,7 @@ def detect(
     # An account that stopped ordering altogether has lapsed (a churn question), it is not
     # drifting: a drift shows in what it still buys.
     out["ordering_recently"] = (changes[-1].last_order_months_ago < settings.active_within_months).fillna(False).astype(bool)
-    out["early_warning"] = (
-        (out["drift_z"] >= settings.early_warning_z) & (out["drift_shift"] >= settings.min_shift) & out["ordering_recently"]
-    )
+    out["early_warning"] = drift["clears"].fillna(False).astype(bool) & out["ordering_recently"]
     moved = _migrations(out, changes, levels, spread, taxonomy, settings)
     risky_move = out["migration_confirmed"] & out["migration_kind"].isin([PRICE_KIND, AWAY_KIND]) & out["ordering_recently"]
     risky_early = out["early_warning"] & out["drift_kind"].isin([PRICE_KIND, AWAY_KIND])

@@ -75,7 +75,9 @@ class MixChange:
     recent: pd.DataFrame  # account x component
     baseline: pd.DataFrame
     z: pd.DataFrame
-    se: pd.DataFrame  # standard error of recent - baseline (NaN: not both windows observed)
+    # standard error of recent - baseline, at least the account's own month-to-month swing
+    # (NaN: not both windows observed); `z` is the count-based two-sample z
+    se: pd.DataFrame
     n_recent: pd.DataFrame
     n_baseline: pd.DataFrame
     last_order_months_ago: pd.Series  # months since the latest month with an order (NaN: none in the history)
@@ -117,10 +119,9 @@ def _month_to_month(recent: pd.DataFrame, base: pd.DataFrame, accounts: pd.Index
     return out
 
 
-def _widened(z: np.ndarray, se: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """z and se with the standard error at least the month-to-month one (`floor`)."""
-    wider = np.fmax(se, floor)
-    return np.divide(z * se, wider, out=np.zeros_like(z), where=np.isfinite(wider) & (wider > 0)), np.where(np.isfinite(se), wider, np.nan)
+def _widened(se: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """The standard error, at least the month-to-month one (`floor`); NaN stays NaN."""
+    return np.where(np.isfinite(se), np.fmax(se, floor), np.nan)
 
 
 def mix_change(monthly: pd.DataFrame, windows: Windows = Windows()) -> MixChange:
@@ -146,14 +147,15 @@ def mix_change(monthly: pd.DataFrame, windows: Windows = Windows()) -> MixChange
     z["discount"] = np.where((nr > 0) & (nb > 0), (mr - mb) / se_discount, 0.0)
     se["discount"] = np.where((nr > 0) & (nb > 0), se_discount, np.nan)
     month_to_month = _month_to_month(recent, base, accounts)
-    z["discount"], se["discount"] = _widened(z["discount"], se["discount"], month_to_month["discount"])
+    se["discount"] = _widened(se["discount"], month_to_month["discount"])
     rate_r["discount"], rate_b["discount"] = np.where(nr > 0, mr, np.nan), np.where(nb > 0, mb, np.nan)
     n_r["discount"], n_b["discount"] = nr, nb
 
     for name, (num, den) in SHARES.items():
         xr, dr = sums_r[num].to_numpy(float), sums_r[den].to_numpy(float)
         xb, db = sums_b[num].to_numpy(float), sums_b[den].to_numpy(float)
-        z[name], se[name] = _widened(*_two_proportion(xr, dr, xb, db), month_to_month[name])
+        z[name], se[name] = _two_proportion(xr, dr, xb, db)
+        se[name] = _widened(se[name], month_to_month[name])
         rate_r[name] = np.divide(xr, dr, out=np.full_like(xr, np.nan), where=dr > 0)
         rate_b[name] = np.divide(xb, db, out=np.full_like(xb, np.nan), where=db > 0)
         n_r[name], n_b[name] = dr, db
