@@ -12,20 +12,24 @@
    towards another one - any other one - before it has switched. The direction comes from
    this run's segment profiles: the behaviours that set the target segment apart from the
    account's segment (e.g. for quality & brand -> price: higher discounts, fewer list-price
-   and premium lines). Per behaviour, the change of the recent window against the account's
-   own baseline (signals.mix_change: the standard error is the larger of the count-based
-   one and the account's own month-to-month swing); the behaviours are combined by weighted
-   least squares along the direction (`_along`): the size of the move (`drift_shift`, the
-   share of the way from its segment's profile to the target's) and its evidence
-   (`drift_z`, the move over its standard error), each behaviour's own z capped at
-   `MAX_COMPONENT_Z` so one signal alone (a promotion's discounts) is not a drift. The
-   recent window is scanned from `shortest_recent_months` to `recent_months` (a
-   change-point scan) and the strongest evidence counts. Both figures must clear their
-   thresholds (`early_warning_z`, `min_shift`, calibrated on the evaluation suite:
-   docs/evaluation.md); of the targets that clear them, the one with the strongest
-   evidence is shown. Only moves towards the taxonomy's `price_sensitive` segment or away
-   from its `partnership` segment are drift flags (and can alert); other moves stay early
-   warnings (`drift_kind` toward_other_segment). The behavioural model's probability for
+   and premium lines). Two tests, either raises it (`_drift_targets`):
+   - *sustained*: the full recent window (`recent_months`) against the baseline, each
+     behaviour's count-based two-sample z signed along the direction and combined; the
+     size of the move is the mean share of the way from the segment's profile to the
+     target's (`early_warning_z`, `min_shift`);
+   - *change-point scan*: every window from `shortest_recent_months` to `recent_months`,
+     with standard errors that are at least the account's own month-to-month swing
+     (signals.mix_change), the behaviours combined by weighted least squares along the
+     direction (`_along`: the share of the way moved and its z), each behaviour's own z
+     capped at `MAX_COMPONENT_Z` so one signal alone (a promotion's discounts) is not a
+     drift; the strongest window counts, against a stricter `scan_z` (it looks in more
+     places). It sees a move that began two months ago, undiluted by older months.
+   Of the targets that clear a test, the one with the strongest evidence is shown
+   (`drift_z`, `drift_shift`: the sustained test's unless only the scan cleared). Only
+   moves towards the taxonomy's `price_sensitive` segment or away from its `partnership`
+   segment are drift flags (and can alert); other moves stay early warnings (`drift_kind`
+   toward_other_segment). The thresholds were calibrated on the evaluation suite and the
+   default world together (docs/evaluation.md). The behavioural model's probability for
    the target segment over recent runs is shown alongside.
 3. **Churn risk**: drift towards price-sensitivity or away from partnership, combined with
    falling revenue or worsening satisfaction, scored 0-1 with its reasons. A drift is
