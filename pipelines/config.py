@@ -132,6 +132,13 @@ class DriftConfig(_Section):
     # compare the last `recent_months` of buying mix with the `baseline_months` before
     recent_months: Months = 6
     baseline_months: Months = 12
+    # scan the recent window from this many months up to `recent_months` (a change point
+    # scan): the window whose evidence is strongest counts, so a move that began two months
+    # ago is not diluted by four older months
+    shortest_recent_months: Months = 2
+    # the change-point scan's evidence threshold (stricter than early_warning_z: it looks at
+    # every window and every direction, so it has more chances to be fooled by noise)
+    scan_z: Positive = 5.25
     # an early warning needs both: evidence (z) and a material move
     early_warning_z: Positive = 3.5
     min_shift: Share = 0.25

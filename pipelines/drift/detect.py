@@ -9,15 +9,28 @@
    an inferred account near a boundary can flip between runs on noise, and only confirmed
    migrations to price-sensitivity or away from partnership count as drift.
 2. **Early warning**: the account's recent buying mix has moved away from its own segment
-   towards another one (above all the taxonomy's `price_sensitive` segment; for accounts
-   in the `partnership` segment, towards any other), before it has switched. The
-   direction comes from this run's segment profiles: the behaviours that set the target
-   segment apart from the account's segment (e.g. for quality & brand -> price: higher
-   discounts, fewer list-price and premium lines). Two figures decide, both configurable:
-   the evidence (a z-score: the components' two-sample z, signed along the direction,
-   combined) and the size of the move (the share of the way from the account's segment's
-   profile to the target's that its recent mix has gone). The behavioural model's
-   probability for the target segment over recent runs is shown alongside.
+   towards another one - any other one - before it has switched. The direction comes from
+   this run's segment profiles: the behaviours that set the target segment apart from the
+   account's segment (e.g. for quality & brand -> price: higher discounts, fewer list-price
+   and premium lines). Two tests, either raises it (`_drift_targets`):
+   - *sustained*: the full recent window (`recent_months`) against the baseline, each
+     behaviour's count-based two-sample z signed along the direction and combined; the
+     size of the move is the mean share of the way from the segment's profile to the
+     target's (`early_warning_z`, `min_shift`);
+   - *change-point scan*: every window from `shortest_recent_months` to `recent_months`,
+     with standard errors that are at least the account's own month-to-month swing
+     (signals.mix_change), the behaviours combined by weighted least squares along the
+     direction (`_along`: the share of the way moved and its z), each behaviour's own z
+     capped at `MAX_COMPONENT_Z` so one signal alone (a promotion's discounts) is not a
+     drift; the strongest window counts, against a stricter `scan_z` (it looks in more
+     places). It sees a move that began two months ago, undiluted by older months.
+   Of the targets that clear a test, the one with the strongest evidence is shown
+   (`drift_z`, `drift_shift`: the sustained test's unless only the scan cleared). Only
+   moves towards the taxonomy's `price_sensitive` segment or away from its `partnership`
+   segment are drift flags (and can alert); other moves stay early warnings (`drift_kind`
+   toward_other_segment). The thresholds were calibrated on the evaluation suite and the
+   default world together (docs/evaluation.md). The behavioural model's probability for
+   the target segment over recent runs is shown alongside.
 3. **Churn risk**: drift towards price-sensitivity or away from partnership, combined with
    falling revenue or worsening satisfaction, scored 0-1 with its reasons. A drift is
    flagged only with its own evidence: the account still orders, it has a target segment,
@@ -57,6 +70,8 @@ _DEFAULTS = DriftConfig()
 class DriftSettings:
     recent_months: int = _DEFAULTS.recent_months
     baseline_months: int = _DEFAULTS.baseline_months
+    shortest_recent_months: int = _DEFAULTS.shortest_recent_months
+    scan_z: float = _DEFAULTS.scan_z
     early_warning_z: float = _DEFAULTS.early_warning_z
     min_shift: float = _DEFAULTS.min_shift
     confirm_migration_z: float = _DEFAULTS.confirm_migration_z
@@ -103,9 +118,20 @@ def _direction(levels: pd.DataFrame, spread: pd.Series, current: str, target: st
     return chosen.to_dict()
 
 
-def _score_towards(
+def _measure(
+    change: MixChange, levels: pd.DataFrame, accounts: pd.Index, current: str, target: str, comps: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(z, shift) of each account's move from `current` towards `target` in one window."""
+    z, shift = _along(change, levels.loc[target, comps] - levels.loc[current, comps], accounts)
+    return z, np.nan_to_num(shift)
+
+
+def _sustained_towards(
     change: MixChange, levels: pd.DataFrame, spread: pd.Series, accounts: pd.Index, current: str, target: str, min_gap: float
 ) -> pd.DataFrame:
+    """The sustained test: each account's move from `current` towards `target` in the full
+    recent window (`change`): the components' count-based two-sample z, signed along the
+    direction and combined, and the mean share of the way moved."""
     direction = _direction(levels, spread, current, target, min_gap)
     comps = list(direction)
     signs = np.sign(np.array([direction[c] for c in comps]))
@@ -128,6 +154,62 @@ def _score_towards(
         },
         index=accounts,
     )
+
+
+def _scan_towards(
+    changes: list[MixChange], levels: pd.DataFrame, spread: pd.Series, accounts: pd.Index, current: str, target: str, min_gap: float
+) -> pd.DataFrame:
+    """Each account's move from `current` towards `target` over every scanned window, with
+    the window of the strongest evidence (column `window`: its position in `changes`; the
+    longest on ties). A change-point scan: a move that began two months ago shows in the
+    two-month window, undiluted by the older months of a longer one."""
+    direction = _direction(levels, spread, current, target, min_gap)
+    comps = list(direction)
+    signs = [float(np.sign(direction[c])) for c in comps]
+    measured = [_measure(change, levels, accounts, current, target, comps) for change in changes]
+    z = np.vstack([m[0] for m in measured])
+    shift = np.vstack([m[1] for m in measured])
+    best = len(changes) - 1 - z[::-1].argmax(axis=0)
+    at = np.arange(len(accounts))
+    return pd.DataFrame(
+        {
+            "z": z[best, at],
+            "shift": shift[best, at],
+            "window": best,
+            "target": target,
+            "components": [comps] * len(accounts),
+            "signs": [signs] * len(accounts),
+        },
+        index=accounts,
+    )
+
+
+# a component's own z counts up to this in a move's evidence: one signal alone (a
+# promotion's discounts) does not make a drift
+MAX_COMPONENT_Z = 4.0
+
+
+def _along(change: MixChange, gap: pd.Series, accounts: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    """How far each account moved along `gap` (target profile - current profile, per
+    component): the weighted least-squares fit of its change (recent - baseline) as a share
+    of the gap, alpha, and its z (alpha over its standard error). Each component weighs by
+    how clearly it separates the two segments against how precisely the account's own
+    change is measured, so a signal seen in few order lines counts for little."""
+    g = gap.to_numpy(float)
+    rows = change.z.index.get_indexer(accounts)
+    cells = np.ix_(np.maximum(rows, 0), change.z.columns.get_indexer(list(gap.index)))
+    known = (rows >= 0)[:, None]  # an account without figures has moved nowhere measurable
+    delta = np.where(known, change.recent.to_numpy(float)[cells] - change.baseline.to_numpy(float)[cells], np.nan)
+    se = np.where(known, change.se.to_numpy(float)[cells], np.nan)
+    ok = np.isfinite(delta) & np.isfinite(se) & (se > 0)
+    # no single signal carries a move on its own: each component's z counts up to MAX_COMPONENT_Z
+    delta = np.clip(delta / np.where(ok, se, 1.0), -MAX_COMPONENT_Z, MAX_COMPONENT_Z) * se
+    w = np.where(ok, 1.0 / np.where(ok, se, 1.0) ** 2, 0.0)
+    info = (w * g**2).sum(axis=1)
+    num = (w * g * np.where(ok, delta, 0.0)).sum(axis=1)
+    alpha = np.divide(num, info, out=np.zeros(len(accounts)), where=info > 0)
+    z = np.where(info > 0, alpha * np.sqrt(info), 0.0)
+    return z, np.clip(alpha, -2, 3)
 
 
 def lapse_risk(features: pd.DataFrame, horizon_months: float, silence_months: float) -> pd.Series:
@@ -166,39 +248,92 @@ UNITS = {
 }
 
 
+def scan_windows(settings: DriftSettings) -> list[Windows]:
+    """The recent windows scanned, shortest first: `shortest_recent_months` .. `recent_months`
+    months, each against the `baseline_months` before it."""
+    shortest = min(settings.shortest_recent_months, settings.recent_months)
+    return [Windows(r, settings.baseline_months) for r in range(shortest, settings.recent_months + 1)]
+
+
+def _kind(seg: str, target: str, price: str | None, partnership: str | None) -> str:
+    if price and target == price:
+        return PRICE_KIND
+    if partnership and seg == partnership:
+        return AWAY_KIND
+    return OTHER_KIND
+
+
 def _drift_targets(
-    change: MixChange, levels: pd.DataFrame, spread: pd.Series, segment_of: pd.Series, taxonomy: Taxonomy, settings: DriftSettings
+    changes: list[MixChange], levels: pd.DataFrame, spread: pd.Series, segment_of: pd.Series, taxonomy: Taxonomy, settings: DriftSettings
 ) -> pd.DataFrame:
-    """Per account: the move it is watched for (kind, target) with its evidence (z, shift)."""
+    """Per account: the move it is watched for (kind, target), its evidence (z, shift, the
+    window read) and whether it clears a test (`clears`).
+
+    Two tests, either raises an early warning:
+    - sustained: the risky moves (towards price; for a partnership account, away from it
+      to any other segment) over the full recent window, count-based z (`early_warning_z`);
+    - change-point scan: a move towards ANY other segment (quality -> service too: only the
+      risky kinds alert), over every scanned window, by weighted least squares with the
+      month-to-month standard errors and capped per-signal z (`scan_z`, stricter: it looks
+      in more places). Of the targets that clear it, the strongest evidence wins.
+    The sustained test's move is shown when it clears or when neither does."""
     price = taxonomy.role("price_sensitive")
     partnership = taxonomy.role("partnership")
     segments = list(levels.index)
     parts = []
     for seg in segments:
         members = segment_of.index[segment_of == seg]
-        if members.empty:
+        targets = [t for t in segments if t != seg]
+        if members.empty or not targets:
             continue
-        candidates = []
-        if price and seg != price and price in segments:
-            candidates.append((PRICE_KIND, price))
-        if partnership and seg == partnership:
-            candidates += [(AWAY_KIND, s) for s in segments if s not in (seg, price)]
-        if not price and not partnership:
-            candidates += [(OTHER_KIND, s) for s in segments if s != seg]
-        best = None
-        for kind, target in candidates:
-            scored = _score_towards(change, levels, spread, members, seg, target, settings.min_profile_gap).assign(kind=kind)
-            # for a partnership account, the strongest move away counts; price first on ties
-            best = scored if best is None else best.where(~(scored["z"] > best["z"]), scored)
-        if best is not None:
-            parts.append(best)
-    columns = ["z", "shift", "target", "components", "signs", "kind"]
+        scan = _best(
+            [_scan_towards(changes, levels, spread, members, seg, t, settings.min_profile_gap) for t in targets],
+            [_kind(seg, t, price, partnership) for t in targets],
+            settings.scan_z,
+            settings.min_shift,
+        )
+        sustained = _best(
+            [
+                _sustained_towards(changes[-1], levels, spread, members, seg, t, settings.min_profile_gap).assign(window=len(changes) - 1)
+                for t in targets
+            ],
+            [_kind(seg, t, price, partnership) for t in targets],
+            settings.early_warning_z,
+            settings.min_shift,
+        )
+        use_scan = ~sustained["clears"] & scan["clears"]
+        sustained.loc[use_scan] = scan.loc[use_scan]
+        parts.append(sustained)
+    columns = ["z", "shift", "target", "components", "signs", "window", "kind", "clears"]
     drift = pd.concat(parts) if parts else pd.DataFrame(columns=columns)
     return drift.reindex(segment_of.index)
 
 
+def _best(scored: list[pd.DataFrame], kinds: list[str], min_z: float, min_shift: float) -> pd.DataFrame:
+    """Per account, of candidate moves `scored` (one frame per target, same accounts): the
+    strongest that clears `min_z` and `min_shift`, else the strongest; column `clears`."""
+    clears = np.vstack([((f["z"] >= min_z) & (f["shift"] >= min_shift)).to_numpy(bool) for f in scored])
+    z = np.vstack([np.clip(f["z"].to_numpy(float), -999, 999) for f in scored])
+    best = (clears * 2000.0 + z).argmax(axis=0)
+    at = np.arange(z.shape[1])
+    index = scored[0].index
+    return pd.DataFrame(
+        {
+            "z": z[best, at],
+            "shift": np.vstack([f["shift"].to_numpy(float) for f in scored])[best, at],
+            "target": np.array([f["target"].iloc[0] if len(f) else None for f in scored], dtype=object)[best],
+            "components": [scored[b]["components"].iloc[0] for b in best],
+            "signs": [scored[b]["signs"].iloc[0] for b in best],
+            "window": np.vstack([f["window"].to_numpy() for f in scored])[best, at],
+            "kind": np.array(kinds, dtype=object)[best],
+            "clears": clears[best, at],
+        },
+        index=index,
+    )
+
+
 def _migrations(
-    out: pd.DataFrame, change: MixChange, levels: pd.DataFrame, spread: pd.Series, taxonomy: Taxonomy, settings: DriftSettings
+    out: pd.DataFrame, changes: list[MixChange], levels: pd.DataFrame, spread: pd.Series, taxonomy: Taxonomy, settings: DriftSettings
 ) -> pd.DataFrame:
     """Kind, evidence and direction of every migration (vectorised per from -> to pair)."""
     price = taxonomy.role("price_sensitive")
@@ -214,8 +349,9 @@ def _migrations(
     parts = []
     moved = out[out["migrated"] & out["previous_segment_id"].isin(levels.index) & out["segment_id"].isin(levels.index)]
     for (before, after), group in moved.groupby(["previous_segment_id", "segment_id"]):
-        parts.append(_score_towards(change, levels, spread, group.index, before, after, settings.min_profile_gap))
-    scored = pd.concat(parts) if parts else pd.DataFrame(columns=["z", "shift", "target", "components", "signs"])
+        scored = _sustained_towards(changes[-1], levels, spread, group.index, before, after, settings.min_profile_gap)
+        parts.append(scored.assign(window=len(changes) - 1))
+    scored = pd.concat(parts) if parts else pd.DataFrame(columns=["z", "shift", "target", "components", "signs", "window"])
     scored = scored.reindex(out.index)
     out["migration_z"] = scored["z"].astype(float).round(3)
     out["migration_confirmed"] = (
@@ -245,10 +381,18 @@ def _fmt_rates(values: pd.Series) -> pd.Series:
     return ((v * 100).round(0).astype("Int64").astype(str) + " %").where(v.notna(), "n/a")
 
 
-def _evidence_long(accounts: pd.Index, comps: pd.Series, signs: pd.Series, change: MixChange, windows: Windows) -> pd.DataFrame:
-    """One row per account and buying-mix signal of its move, with the figures and words."""
+def _evidence_long(
+    accounts: pd.Index, comps: pd.Series, signs: pd.Series, change: MixChange, recent_months: pd.Series, baseline_months: int
+) -> pd.DataFrame:
+    """One row per account and buying-mix signal of its move, with the figures and words
+    (each account's figures over its own scanned window, `recent_months`)."""
     listed = pd.DataFrame(
-        {"account_id": accounts, "signal": comps.reindex(accounts).to_numpy(), "sign": signs.reindex(accounts).to_numpy()}
+        {
+            "account_id": accounts,
+            "signal": comps.reindex(accounts).to_numpy(),
+            "sign": signs.reindex(accounts).to_numpy(),
+            "months": recent_months.reindex(accounts).to_numpy(),
+        }
     )
     listed = listed[listed["signal"].str.len().fillna(0).to_numpy() > 0]
     long = listed.explode(["signal", "sign"], ignore_index=True)
@@ -285,7 +429,9 @@ def _evidence_long(accounts: pd.Index, comps: pd.Series, signs: pd.Series, chang
         + _fmt_rates(long["before"])
         + " -> "
         + _fmt_rates(long["recent"])
-        + f" (last {windows.recent_months} months vs the {windows.baseline_months} before; "
+        + " (last "
+        + long["months"].astype(int).astype(str)
+        + f" months vs the {baseline_months} before; "
         + counts
         + ")"
     )
@@ -294,7 +440,7 @@ def _evidence_long(accounts: pd.Index, comps: pd.Series, signs: pd.Series, chang
     long["z"] = long["z"].round(2)
     long["recent_count"] = long["recent_count"].astype(int)
     long["before_count"] = long["before_count"].astype(int)
-    return long.drop(columns="sign")
+    return long.drop(columns=["sign", "months"])
 
 
 EVIDENCE_SQL = """
@@ -384,6 +530,32 @@ def _evidence(out: pd.DataFrame, long: pd.DataFrame, acc: pd.DataFrame) -> None:
         out[column] = agg[column].to_numpy()
 
 
+def _aligned(change: MixChange, accounts: pd.Index) -> MixChange:
+    """`change` on exactly `accounts`: customers with nothing in the window (no orders,
+    quotes or tickets) have no evidence (z 0, counts 0)."""
+    return MixChange(
+        recent=change.recent.reindex(accounts),
+        baseline=change.baseline.reindex(accounts),
+        z=change.z.reindex(accounts).fillna(0.0),
+        se=change.se.reindex(accounts),
+        n_recent=change.n_recent.reindex(accounts).fillna(0.0),
+        n_baseline=change.n_baseline.reindex(accounts).fillna(0.0),
+        last_order_months_ago=change.last_order_months_ago.reindex(accounts),
+    )
+
+
+def _picked(changes: list[MixChange], window: pd.Series) -> MixChange:
+    """Per account the figures of its own window (`window`: position in `changes`)."""
+    frames = {}
+    for field in ("recent", "baseline", "z", "se", "n_recent", "n_baseline"):
+        picked = getattr(changes[-1], field).copy()
+        for w, change in enumerate(changes[:-1]):
+            rows = window.index[window.to_numpy() == w]
+            picked.loc[rows] = getattr(change, field).loc[rows]
+        frames[field] = picked
+    return MixChange(**frames, last_order_months_ago=changes[-1].last_order_months_ago)
+
+
 def detect(
     features: pd.DataFrame,
     monthly: pd.DataFrame,
@@ -400,20 +572,11 @@ def detect(
     one before; `probability_history`: behaviour probability per account, segment and run
     (columns account_id, segment_id, as_of, behaviour_probability), oldest first.
     """
-    windows = Windows(settings.recent_months, settings.baseline_months)
+    windows = scan_windows(settings)
     segment_of = current["segment_id"]
-    change = mix_change(monthly, windows)
-    # customers with nothing in the window (no orders, quotes or tickets) have no evidence
-    change = MixChange(
-        recent=change.recent.reindex(segment_of.index),
-        baseline=change.baseline.reindex(segment_of.index),
-        z=change.z.reindex(segment_of.index).fillna(0.0),
-        n_recent=change.n_recent.reindex(segment_of.index).fillna(0.0),
-        n_baseline=change.n_baseline.reindex(segment_of.index).fillna(0.0),
-        last_order_months_ago=change.last_order_months_ago.reindex(segment_of.index),
-    )
+    changes = [_aligned(mix_change(monthly, w), segment_of.index) for w in windows]
     levels, spread = segment_profiles(features.reindex(segment_of.index), segment_of)
-    drift = _drift_targets(change, levels, spread, segment_of, taxonomy, settings)
+    drift = _drift_targets(changes, levels, spread, segment_of, taxonomy, settings)
 
     out = pd.DataFrame(index=segment_of.index)
     out["segment_id"] = segment_of
@@ -425,11 +588,9 @@ def detect(
     out["drift_shift"] = drift["shift"].astype(float).round(3)
     # An account that stopped ordering altogether has lapsed (a churn question), it is not
     # drifting: a drift shows in what it still buys.
-    out["ordering_recently"] = (change.last_order_months_ago < settings.active_within_months).fillna(False).astype(bool)
-    out["early_warning"] = (
-        (out["drift_z"] >= settings.early_warning_z) & (out["drift_shift"] >= settings.min_shift) & out["ordering_recently"]
-    )
-    moved = _migrations(out, change, levels, spread, taxonomy, settings)
+    out["ordering_recently"] = (changes[-1].last_order_months_ago < settings.active_within_months).fillna(False).astype(bool)
+    out["early_warning"] = drift["clears"].fillna(False).astype(bool) & out["ordering_recently"]
+    moved = _migrations(out, changes, levels, spread, taxonomy, settings)
     risky_move = out["migration_confirmed"] & out["migration_kind"].isin([PRICE_KIND, AWAY_KIND]) & out["ordering_recently"]
     risky_early = out["early_warning"] & out["drift_kind"].isin([PRICE_KIND, AWAY_KIND])
     # A confirmed risky migration without an early warning: the move is towards its new
@@ -439,6 +600,9 @@ def detect(
     out.loc[by_move, "toward_segment_id"] = out.loc[by_move, "segment_id"]
     comps = drift["components"].where(~by_move, moved["components"])
     signs = drift["signs"].where(~by_move, moved["signs"])
+    # the window each account's evidence is read over: its drift's, or its migration's
+    window = drift["window"].where(~by_move, moved["window"]).fillna(len(windows) - 1).astype(int)
+    window_months = window.map(lambda w: windows[w].recent_months).astype(int)
     _probabilities(out, probability_history)
 
     f = features.reindex(out.index)
@@ -447,7 +611,7 @@ def detect(
     out["nps"] = pd.to_numeric(f["nps"], errors="coerce")
     out["lapse_risk"] = lapse_risk(f, settings.lapse_horizon_months, settings.lapse_silence_months)
 
-    long = _evidence_long(out.index, comps, signs, change, windows)
+    long = _evidence_long(out.index, comps, signs, _picked(changes, window), window_months, settings.baseline_months)
     supporting = long[long["supports"]].groupby("account_id").size() if len(long) else pd.Series(dtype=int)
     out["supporting_signals"] = supporting.reindex(out.index).fillna(0).astype(int)
     probability_text = _probability_text(out, names, settings)

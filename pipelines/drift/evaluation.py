@@ -49,7 +49,7 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
     ).df()
     run_ids = list(runs["run_id"])
     drift = con.execute(
-        "select run_id, as_of, account_id, early_warning, drift_flag, migrated, is_churn_risk, coalesce(lapsing, false) as lapsing "
+        "select run_id, as_of, account_id, early_warning, drift_kind, drift_flag, migrated, is_churn_risk, coalesce(lapsing, false) as lapsing "
         "from drift.customer_drift where run_id in (select unnest(?))",
         [run_ids],
     ).df()
@@ -64,7 +64,9 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
     elsewhere = set(drifters.loc[~risky, "account_id"]) & customers
     warnings = drift[drift["drift_flag"]]
     first_flag = warnings.groupby("account_id")["as_of"].min()
-    early_only = _prf(set(drift[drift["early_warning"]]["account_id"]) - elsewhere, positives)
+    # early warnings of the risky kinds (a move towards service or quality is watched too, not counted here)
+    risky_early = drift["early_warning"] & drift["drift_kind"].isin(list(REASONS))
+    early_only = _prf(set(drift.loc[risky_early, "account_id"]) - elsewhere, positives)
     needseg = _prf(set(first_flag.index) - elsewhere, positives)
     # the baseline: any change of assigned segment between consecutive runs (not the first)
     changed = drift[(drift["run_id"] != run_ids[0]) & drift["migrated"]]

@@ -19,6 +19,7 @@ not changed what it needs, and falling revenue is weighed separately, in the chu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -74,17 +75,53 @@ class MixChange:
     recent: pd.DataFrame  # account x component
     baseline: pd.DataFrame
     z: pd.DataFrame
+    # standard error of recent - baseline, at least the account's own month-to-month swing
+    # (NaN: not both windows observed); `z` is the count-based two-sample z
+    se: pd.DataFrame
     n_recent: pd.DataFrame
     n_baseline: pd.DataFrame
     last_order_months_ago: pd.Series  # months since the latest month with an order (NaN: none in the history)
 
 
-def _two_proportion(x_r, n_r, x_b, n_b) -> np.ndarray:
+def _two_proportion(x_r, n_r, x_b, n_b) -> tuple[np.ndarray, np.ndarray]:
+    """z of the difference of two proportions, and its standard error (NaN unless both observed)."""
     p_r = np.divide(x_r, n_r, out=np.zeros_like(x_r, dtype=float), where=n_r > 0)
     p_b = np.divide(x_b, n_b, out=np.zeros_like(x_b, dtype=float), where=n_b > 0)
     pooled = np.clip(np.divide(x_r + x_b, n_r + n_b, out=np.full_like(x_r, 0.5, dtype=float), where=(n_r + n_b) > 0), 0.03, 0.97)
     se = np.sqrt(pooled * (1 - pooled) * (1 / np.maximum(n_r, 1) + 1 / np.maximum(n_b, 1)))
-    return np.where((n_r > 0) & (n_b > 0), (p_r - p_b) / se, 0.0)
+    both = (n_r > 0) & (n_b > 0)
+    return np.where(both, (p_r - p_b) / se, 0.0), np.where(both, se, np.nan)
+
+
+def _month_to_month(recent: pd.DataFrame, base: pd.DataFrame, accounts: pd.Index) -> dict[str, np.ndarray]:
+    """Per rate component, the standard error of (recent - baseline) rate from the account's
+    own month-to-month variation in its baseline: the variance of its monthly rates (months
+    with a denominator) over the months seen in each window. An account whose mix swings
+    from month to month (promotions, lumpy projects) needs a larger move than a binomial
+    count would say; 0 where fewer than three baseline months show the component."""
+    rates = {"discount": ("discount_sum", "discounted_lines"), **SHARES}
+    columns: dict[str, Any] = {"account_id": base["account_id"]}
+    for name, (num, den) in rates.items():
+        seen = base[den] > 0
+        rate = (base[num] / base[den].where(seen)).where(seen, 0.0)
+        columns |= {f"{name}.m": seen.astype(float), f"{name}.s": rate, f"{name}.s2": rate**2}
+    stats = pd.DataFrame(columns).groupby("account_id").sum().reindex(accounts, fill_value=0.0)
+    counted = pd.DataFrame({"account_id": recent["account_id"], **{name: recent[den] > 0 for name, (_, den) in rates.items()}})
+    months_recent = counted.groupby("account_id").sum().reindex(accounts, fill_value=0)
+    out = {}
+    for name in rates:
+        m_b = stats[f"{name}.m"].to_numpy(float)
+        mean = np.divide(stats[f"{name}.s"].to_numpy(float), m_b, out=np.zeros_like(m_b), where=m_b > 0)
+        var = np.divide(stats[f"{name}.s2"].to_numpy(float) - m_b * mean**2, m_b - 1, out=np.zeros_like(m_b), where=m_b > 1)
+        m_r = months_recent[name].to_numpy(float)
+        ok = (m_b >= 3) & (m_r > 0)
+        out[name] = np.where(ok, np.sqrt(np.maximum(var, 0) * (1 / np.maximum(m_r, 1) + 1 / np.maximum(m_b, 1))), 0.0)
+    return out
+
+
+def _widened(se: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """The standard error, at least the month-to-month one (`floor`); NaN stays NaN."""
+    return np.where(np.isfinite(se), np.fmax(se, floor), np.nan)
 
 
 def mix_change(monthly: pd.DataFrame, windows: Windows = Windows()) -> MixChange:
@@ -98,7 +135,7 @@ def mix_change(monthly: pd.DataFrame, windows: Windows = Windows()) -> MixChange
     accounts = sums_r.index.union(sums_b.index)
     sums_r = sums_r.reindex(accounts, fill_value=0)
     sums_b = sums_b.reindex(accounts, fill_value=0)
-    rate_r, rate_b, z, n_r, n_b = {}, {}, {}, {}, {}
+    rate_r, rate_b, z, se, n_r, n_b = {}, {}, {}, {}, {}, {}
 
     nr, nb = sums_r["discounted_lines"].to_numpy(float), sums_b["discounted_lines"].to_numpy(float)
     mr = np.divide(sums_r["discount_sum"].to_numpy(float), nr, out=np.zeros_like(nr), where=nr > 0)
@@ -106,14 +143,19 @@ def mix_change(monthly: pd.DataFrame, windows: Windows = Windows()) -> MixChange
     vr = np.divide(sums_r["discount_square_sum"].to_numpy(float), nr, out=np.zeros_like(nr), where=nr > 0) - mr**2
     vb = np.divide(sums_b["discount_square_sum"].to_numpy(float), nb, out=np.zeros_like(nb), where=nb > 0) - mb**2
     var = np.maximum(np.divide(vr * nr + vb * nb, nr + nb, out=np.zeros_like(nr), where=(nr + nb) > 0), MIN_DISCOUNT_SD**2)
-    z["discount"] = np.where((nr > 0) & (nb > 0), (mr - mb) / np.sqrt(var * (1 / np.maximum(nr, 1) + 1 / np.maximum(nb, 1))), 0.0)
+    se_discount = np.sqrt(var * (1 / np.maximum(nr, 1) + 1 / np.maximum(nb, 1)))
+    z["discount"] = np.where((nr > 0) & (nb > 0), (mr - mb) / se_discount, 0.0)
+    se["discount"] = np.where((nr > 0) & (nb > 0), se_discount, np.nan)
+    month_to_month = _month_to_month(recent, base, accounts)
+    se["discount"] = _widened(se["discount"], month_to_month["discount"])
     rate_r["discount"], rate_b["discount"] = np.where(nr > 0, mr, np.nan), np.where(nb > 0, mb, np.nan)
     n_r["discount"], n_b["discount"] = nr, nb
 
     for name, (num, den) in SHARES.items():
         xr, dr = sums_r[num].to_numpy(float), sums_r[den].to_numpy(float)
         xb, db = sums_b[num].to_numpy(float), sums_b[den].to_numpy(float)
-        z[name] = _two_proportion(xr, dr, xb, db)
+        z[name], se[name] = _two_proportion(xr, dr, xb, db)
+        se[name] = _widened(se[name], month_to_month[name])
         rate_r[name] = np.divide(xr, dr, out=np.full_like(xr, np.nan), where=dr > 0)
         rate_b[name] = np.divide(xb, db, out=np.full_like(xb, np.nan), where=db > 0)
         n_r[name], n_b[name] = dr, db
@@ -130,10 +172,12 @@ def mix_change(monthly: pd.DataFrame, windows: Windows = Windows()) -> MixChange
     months_r = np.full(len(accounts), float(windows.recent_months))
     months_b = np.full(len(accounts), float(windows.baseline_months))
     # only for accounts that ordered in the baseline: a new customer has no pattern to break
-    z["ordering_months"] = np.where(act_b > 0, _two_proportion(act_r, months_r, act_b, months_b), 0.0)
+    z_ordering, se_ordering = _two_proportion(act_r, months_r, act_b, months_b)
+    z["ordering_months"] = np.where(act_b > 0, z_ordering, 0.0)
+    se["ordering_months"] = np.where(act_b > 0, se_ordering, np.nan)
     rate_r["ordering_months"], rate_b["ordering_months"] = act_r / months_r, np.where(act_b > 0, act_b / months_b, np.nan)
     n_r["ordering_months"], n_b["ordering_months"] = months_r, months_b
     last_order = active.groupby("account_id")["months_ago"].min().reindex(accounts)
 
     frame = lambda d: pd.DataFrame(d, index=accounts)[list(COMPONENTS)]  # noqa: E731
-    return MixChange(frame(rate_r), frame(rate_b), frame(z), frame(n_r), frame(n_b), last_order)
+    return MixChange(frame(rate_r), frame(rate_b), frame(z), frame(se), frame(n_r), frame(n_b), last_order)
