@@ -25,7 +25,6 @@ import pickle
 import shutil
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +33,13 @@ import pandas as pd
 import pipelines.drift.run as drift_run
 from pipelines.config import load_config
 from pipelines.drift.detect import DriftSettings, detect
-from pipelines.evaluate_suite import suite_worlds
+from pipelines.evaluate_suite import replay_world, suite_worlds
 from pipelines.segmentation.taxonomy import load_taxonomy
 from pipelines.settings import load_settings
 
 
 def record(out: Path, seeds: list[int], variants: list[str] | None) -> None:
     """Replay the worlds with `detect` wrapped to pickle its inputs, run by run."""
-    from pipelines.demo.world import generate
-    from pipelines.evaluate import evaluate
-
     base = load_settings(out)
     for world in [w for w in suite_worlds("full", variants) if w.seed in seeds]:
         folder = out / world.name
@@ -62,14 +58,7 @@ def record(out: Path, seeds: list[int], variants: list[str] | None) -> None:
 
         drift_run.detect = recording
         try:
-            generate(folder / "world", world.spec)
-            data = replace(
-                load_settings(folder / "data"),
-                config_path=base.config_path,
-                taxonomy_path=base.taxonomy_path,
-                mappings_dir=base.mappings_dir,
-            )
-            evaluate(data, folder / "world", world.first_month, say=lambda _: None, rerun=False)
+            replay_world(world, base, folder)
         finally:
             drift_run.detect = detect
         shutil.copy(folder / "world" / "truth" / "accounts.csv", folder / "truth.csv")

@@ -196,17 +196,12 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def run_world(world: SuiteWorld, settings: Settings, out: Path, keep: bool = False) -> dict[str, Any]:
-    """Generate one world, replay it, score it and write `<out>/<name>.json`. Runs in the
-    calling process (`run_suite` calls it in a child process per world)."""
-    from pipelines.evaluate import evaluate, month_end
-    from pipelines.segmentation.run import run_id_for
-    from pipelines.warehouse import open_warehouse
+def replay_world(world: SuiteWorld, settings: Settings, workdir: Path):
+    """Generate `world` into <workdir>/world and replay it through the pipeline into
+    <workdir>/data with the suite's configuration (`settings`' config, taxonomy and
+    mappings). Returns the data folder's settings and the evaluation report."""
+    from pipelines.evaluate import evaluate
 
-    started, cpu0 = time.monotonic(), _cpu_seconds()
-    workdir = out / "worlds" / world.name
-    if workdir.exists():
-        shutil.rmtree(workdir)
     generate(workdir / "world", world.spec)
     data = replace(
         load_settings(workdir / "data"),
@@ -214,7 +209,21 @@ def run_world(world: SuiteWorld, settings: Settings, out: Path, keep: bool = Fal
         taxonomy_path=settings.taxonomy_path,
         mappings_dir=settings.mappings_dir,
     )
-    report = evaluate(data, workdir / "world", world.first_month, say=lambda _: None, rerun=False)
+    return data, evaluate(data, workdir / "world", world.first_month, say=lambda _: None, rerun=False)
+
+
+def run_world(world: SuiteWorld, settings: Settings, out: Path, keep: bool = False) -> dict[str, Any]:
+    """Generate one world, replay it, score it and write `<out>/<name>.json`. Runs in the
+    calling process (`run_suite` calls it in a child process per world)."""
+    from pipelines.evaluate import month_end
+    from pipelines.segmentation.run import run_id_for
+    from pipelines.warehouse import open_warehouse
+
+    started, cpu0 = time.monotonic(), _cpu_seconds()
+    workdir = out / "worlds" / world.name
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    data, report = replay_world(world, settings, workdir)
     months = report.months
     run_id = run_id_for(month_end(months[-1]))
     with open_warehouse(data.warehouse_path, read_only=True) as con:
