@@ -590,7 +590,7 @@ def confident_core(cluster_probs: pd.DataFrame, share: float | None) -> pd.Index
     `core_share`: needs read from proxies), only the most confident share of them - the
     accounts clearly inside one cluster, by their probability there - so that a classifier
     learned from them on every behaviour signal reads the needs of the accounts between
-    clusters. Seeded by nothing: ties at the cut are all kept."""
+    clusters. Deterministic: accounts tied at the cut are all kept."""
     if share is None or share >= 1 or cluster_probs.empty:
         return cluster_probs.index
     confidence = cluster_probs.max(axis=1)
