@@ -47,6 +47,7 @@ from pipelines.errors import NeedsegError
 from pipelines.segmentation import explain
 from pipelines.segmentation.clustering import (
     KEY_EMERGING,
+    MAIN_EMERGING,
     Clustering,
     ClusterSettings,
     Identity,
@@ -479,30 +480,22 @@ def _k_hold(history: History, previous: list[PreviousSegment], dims: Dimensions,
     return KHold(history.previous_k, history.preferred_k, centres)
 
 
-def _prior(dims: Dimensions, settings: ClusterSettings) -> Prior | None:
+def _prior(dims: Dimensions, settings: ClusterSettings, key_tier: bool = False) -> Prior | None:
     """For the prototype k rule: the taxonomy's prototypes in the clustering space, and
     centres -> the name of the taxonomy segment each matches, as its segments would be
     named (`resolve_identities`, without a previous run). Names, not ids: they go into the
-    k rule's reason, which the run output and the report show to people."""
+    k rule's reason, which the run output and the report show to people. The key tier
+    clusters on the dimensions' values themselves, not the main run's clustering space."""
     if settings.k_rule != "prototypes":
         return None
+    to_values = (lambda c: c) if key_tier else dims.to_values
+    style = KEY_EMERGING if key_tier else MAIN_EMERGING
+    prototypes = dims.taxonomy.prototype_matrix()
 
     def match(centres: np.ndarray) -> list[str | None]:
-        return [i.name if i.taxonomy_id else None for i in resolve_identities(dims.to_values(centres), dims.taxonomy, [])]
+        return [i.name if i.taxonomy_id else None for i in resolve_identities(to_values(centres), dims.taxonomy, [], style)]
 
-    return Prior(match, dims.to_space(dims.taxonomy.prototype_matrix()))
-
-
-def _key_prior(dims: Dimensions, settings: ClusterSettings) -> Prior | None:
-    """The prototype k rule's prior for the key tier, which clusters on the dimensions'
-    values themselves (not the main run's clustering space)."""
-    if settings.k_rule != "prototypes":
-        return None
-
-    def match(centres: np.ndarray) -> list[str | None]:
-        return [i.name if i.taxonomy_id else None for i in resolve_identities(centres, dims.taxonomy, [], KEY_EMERGING)]
-
-    return Prior(match, dims.taxonomy.prototype_matrix())
+    return Prior(match, prototypes if key_tier else dims.to_space(prototypes))
 
 
 def _cluster_main(
@@ -734,7 +727,7 @@ def _fit(con, dims: Dimensions, customers, fit_index, is_key, lineage: Lineage, 
         float(cfg["key_accounts_min_gain"]),
         previous_key,
         key_hold,
-        _key_prior(dims, settings),
+        _prior(dims, settings, key_tier=True),
     )
     separate = key.mode == "separate"
     if separate and len(key_sample) < len(key_fit):
@@ -757,10 +750,12 @@ def _fit(con, dims: Dimensions, customers, fit_index, is_key, lineage: Lineage, 
         cluster_probs = pd.concat([cluster_probs, key_probs]).reindex(fit_index)
         population.loc[is_key] = "key"
         population_ids["key"] = list(key_id_of)
-    places = [Place(dims.space(main_index), space_centres, id_of)]
-    if separate:
-        places.append(Place(dims.values.loc[key.index].to_numpy(), key.clustering.centres, key_id_of))
-    where = Whereabouts.of(places, [main_index, key.index] if separate else [main_index])
+    where = None
+    if warm:  # identity hysteresis needs each account's place between the centres
+        places = [Place(dims.space(main_index), space_centres, id_of)]
+        if separate:
+            places.append(Place(dims.values.loc[key.index].to_numpy(), key.clustering.centres, key_id_of))
+        where = Whereabouts.of(places, [main_index, key.index] if separate else [main_index])
     return Fit(main, key, dims, identities, segment_of, cluster_probs, population, population_ids, where)
 
 
