@@ -136,6 +136,19 @@ class SegmentQuality:
     naive_k_bounds: tuple[int, int] | None = None
     rerun_changed: int | None = None
     seconds_per_resegmentation: float | None = None
+    # every replayed run (month -> ARI of every customer's segment against that month's true
+    # needs): one month-end figure is one draw from a series that moves month to month
+    by_month: dict[str, float] = field(default_factory=dict)
+
+    def by_month_line(self) -> str | None:
+        if len(self.by_month) < 2:
+            return None
+        values = np.array(list(self.by_month.values()))
+        return (
+            "  every run of the replay against that month's true needs (ARI, every customer; the ceiling is computed for "
+            f"the last month only): min {values.min():.3f}, median {np.median(values):.3f}, max {values.max():.3f} - "
+            + ", ".join(f"{m} {v:.3f}" for m, v in self.by_month.items())
+        )
 
 
 @dataclass
@@ -186,6 +199,8 @@ class EvaluationReport:
                 + f"{s.inferred.strongest_ceiling_model} for inferred); all-CV: 5-fold CV over every customer"
             )
             out.append("  bootstrap Jaccard per segment: " + ", ".join(f"{k} {v:.2f}" for k, v in s.jaccard.items()))
+            if s.by_month_line():
+                out.append(s.by_month_line())
             if s.run:
                 out += [
                     "",
@@ -265,12 +280,29 @@ def _segment_jaccard(con, run_id: str) -> dict[str, float]:
 
 
 def segment_quality(con, world: Path, as_of: dt.date, taxonomy: Taxonomy, seed: int = 42) -> SegmentQuality:
-    """Score the run as of `as_of` against the world's true segments of that month."""
+    """Score the run as of `as_of` against the world's true segments of that month, and
+    every run of the replay up to it against its own month's (`by_month`)."""
     from threadpoolctl import threadpool_limits
 
     # Gradient boosting's OpenMP threads thrash on a busy 2-core machine; one is faster.
     with threadpool_limits(limits=1):
-        return _segment_quality(con, world, as_of, taxonomy, seed)
+        quality = _segment_quality(con, world, as_of, taxonomy, seed)
+    quality.by_month = agreement_by_month(con, world, as_of)
+    return quality
+
+
+def agreement_by_month(con, world: Path, until: dt.date) -> dict[str, float]:
+    """Each segmentation run up to `until`: ARI of every customer's segment against the
+    true needs of the run's month."""
+    runs = con.execute("select run_id, as_of from segments.segment_runs where as_of <= ? order by as_of", [until]).fetchall()
+    out = {}
+    for run_id, as_of in runs:
+        month = str(pd.Period(as_of, "M"))
+        assigned = con.execute("select account_id, segment_id from segments.assignments where run_id = ?", [run_id]).df()
+        both = assigned.set_index("account_id").join(truth_segments(world, month).rename("truth"), how="inner")
+        if len(both):
+            out[month] = round(_ari(both["truth"], both["segment_id"]), 4)
+    return out
 
 
 def _segment_quality(con, world: Path, as_of: dt.date, taxonomy: Taxonomy, seed: int) -> SegmentQuality:

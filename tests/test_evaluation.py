@@ -73,6 +73,16 @@ def test_report_prints_every_figure(report):
     assert f"key accounts: {run.key_account_mode} - " in text and run.key_account_why
 
 
+def test_every_run_of_the_replay_is_scored_not_only_the_last(report):
+    """One month-end figure is one draw from a series that moves month to month (drifters,
+    churn, refits): the report gives every replayed run's agreement with its month's truth."""
+    by_month = report.segments.by_month
+    assert list(by_month) == report.months
+    assert all(0.0 < v <= 1.0 for v in by_month.values()), by_month
+    assert f"{report.months[-1]} {by_month[report.months[-1]]:.3f}" in report.segments.by_month_line()
+    assert report.segments.by_month_line() in "\n".join(report.lines())
+
+
 def test_the_naive_baseline_is_not_told_the_true_number_of_segments(report):
     s = report.segments
     assert s.naive_k_bounds == (3, 5) and 3 <= s.naive_k <= 5
