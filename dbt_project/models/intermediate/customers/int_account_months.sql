@@ -86,7 +86,8 @@ lines as (
     {% if is_incremental() %}
     where s.order_month in (select order_month from changed)
         -- the same lines, bounded on the stored column: the scan skips the older row groups
-        and s.order_date >= (select min(order_month) from changed)
+        -- (and with no month changed, reads nothing: a date after every line)
+        and s.order_date >= coalesce((select min(order_month) from changed), date '9999-12-31')
     {% endif %}
 
 )

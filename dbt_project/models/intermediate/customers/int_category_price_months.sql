@@ -80,7 +80,8 @@ digest as (
     {% if is_incremental() %}
     where order_month in (select order_month from changed)
         -- the same lines, bounded on the stored column: the scan skips the older row groups
-        and order_date >= (select min(order_month) from changed)
+        -- (and with no month changed, reads nothing: a date after every line)
+        and order_date >= coalesce((select min(order_month) from changed), date '9999-12-31')
     {% endif %}
     group by 1, 2, 3, 4, 5
 
