@@ -2,12 +2,14 @@
 -- one (raw is append-only, each load later than the one before), keeps the latest version
 -- of each among them and replaces the table's earlier version (delete+insert on response_id), so
 -- the latest-version window runs over a month's loads, not every load since the first.
+-- A table built before this kept loaded_at catches up by itself (macros/loaded_after_newest.sql).
 -- Unique on response_id by construction. `dbt build --full-refresh` rebuilds it from every load.
 {{
     config(
         materialized='incremental',
         unique_key='response_id',
         incremental_strategy='delete+insert',
+        on_schema_change='append_new_columns',
     )
 }}
 with
@@ -16,7 +18,7 @@ source as (
 
     select * from {{ source('survey', 'survey_responses') }}
     {% if is_incremental() %}
-    where _loaded_at > (select coalesce(max(loaded_at), timestamp '0001-01-01') from {{ this }})
+    {{ loaded_after_newest() }}
     {% endif %}
 
 ),
