@@ -27,11 +27,15 @@ AS_OF = dt.date(2026, 10, 31)
 # The SQL whose logic a reader could get wrong; each has at least one dbt unit test.
 UNIT_TESTED_MODELS = {
     "stg_crm__order_lines",  # the incremental build: only new loads, the latest of a re-sent line
+    "stg_crm__quotes",  # the same, for quotes
+    "stg_crm__support_tickets",  # and tickets
+    "stg_survey__survey_responses",  # and survey responses
+    "int_category_price_months",  # the incremental digest of list prices: which months a build recomputes
     "int_account_ticket_behaviour",  # the comparison windows and their edges
     "int_account_order_behaviour",  # run-rate revenue trend, regularity, weighted discount depth
     "int_account_months",  # the incremental monthly sums: which months a build recomputes
     "customer_category_mix",  # exact shares, from the lines and from the monthly sums
-    "int_product_categories",  # premium / service inference
+    "int_product_categories",  # premium / service inference; exact medians from the monthly digest
     "int_survey_needs",  # normalisation, straight-liners, the latest usable wave
     "int_account_value_tiers",  # 80/20 tiers, revenue shares per window
     "customer_features",  # tickets per order across windows

@@ -7,6 +7,7 @@
 -- table's newest (a new month, or a line re-sent into an old one), when its count of
 -- priced lines differs from the table's (a re-sent line that moved out of it), or when the
 -- exchange rates differ from those its rows were priced with (`pricing`: every month then).
+-- The counts per month come from int_category_price_months, not from every staged line.
 -- `dbt build --full-refresh` rebuilds it from every line.
 {{
     config(
@@ -16,10 +17,12 @@
         on_schema_change='fail',
     )
 }}
+-- depends_on: {{ ref('int_category_price_months') }}
 {% set pricing = tojson(var('fx_rates'), sort_keys=True) | replace("'", "''") %}
 with
 
-staged as (
+-- not materialised: each reader scans only the lines and columns it needs
+staged as not materialized (
 
     select
         l.*,
@@ -40,12 +43,14 @@ stored as (
 
 ),
 
+-- each month's priced lines as staging holds them, counted by the monthly digest of the
+-- lines (a few thousand rows, built before this) rather than over every line again
 current_months as (
 
-    select s.order_month, count(*) as lines
-    from staged as s
-    inner join {{ fx_rates_values() }} on fx.currency = s.currency
-    group by s.order_month
+    select d.order_month, sum(d.lines) as lines
+    from {{ ref('int_category_price_months') }} as d
+    inner join {{ fx_rates_values() }} on fx.currency = d.currency
+    group by d.order_month
 
 ),
 
@@ -80,6 +85,9 @@ lines as (
     inner join {{ fx_rates_values() }} on fx.currency = s.currency
     {% if is_incremental() %}
     where s.order_month in (select order_month from changed)
+        -- the same lines, bounded on the stored column: the scan skips the older row groups
+        -- (and with no month changed, reads nothing: a date after every line)
+        and s.order_date >= coalesce((select min(order_month) from changed), date '9999-12-31')
     {% endif %}
 
 )

@@ -137,46 +137,40 @@ coverage as (
 
 ),
 
--- orders per month over every window, months without an order included (regularity is
--- about the gaps as much as the orders), months before the history begins left out
-months as (
-
-    select range as months_ago
-    from range({{ recent + trailing }})
-    where range < (select history_months from coverage)
-
-),
-
-monthly_orders as (
+-- how many of each window's months the history covers: regularity counts the months
+-- without an order among them (it is about the gaps as much as the orders), not the months
+-- before the history begins
+window_lengths as (
 
     select
-        a.account_id,
-        m.months_ago,
-        coalesce(o.orders, 0) as orders
-    from (select distinct account_id from window_months where is_month_total) as a
-    cross join months as m
-    left join window_months as o
-        on o.is_month_total and o.account_id = a.account_id and o.months_ago = m.months_ago
+        least(history_months, {{ trailing }}) as months_12m,
+        least(history_months, {{ recent }}) as months_recent,
+        greatest(least(history_months - {{ recent }}, {{ trailing }}), 0) as months_prior
+    from coverage
 
 ),
 
 regularity as (
 
     select
-        account_id,
-        count(*) filter (where in_trailing and orders > 0) as active_months_12m,
+        w.account_id,
+        count(*) filter (where w.in_trailing and w.orders > 0) as active_months_12m,
         -- 1 for the same number of orders every month, towards 0 for bursts and gaps (1 / (1 +
         -- the coefficient of variation)); null for a window without orders. Written with
         -- integer sums, sd / mean = sqrt(n * sum(x^2) - sum(x)^2) / sum(x), which are exact
-        -- in any order, where stddev_pop's last digits depend on how threads combine.
+        -- in any order, where stddev_pop's last digits depend on how threads combine. n is
+        -- the window's months covered; a month without orders has no row and adds 0 to both
+        -- sums, so the sums are taken over the months with orders only.
         {% call(window) per_window('order_regularity') %}
             1 / (1 + sqrt(
-                count(*) filter (where {{ window }}) * sum(orders * orders) filter (where {{ window }})
-                - sum(orders) filter (where {{ window }}) * sum(orders) filter (where {{ window }})
-            ) / nullif(sum(orders) filter (where {{ window }}), 0))
+                n.months_{{ window_suffix(window) }} * sum(w.orders * w.orders) filter (where w.{{ window }})
+                - sum(w.orders) filter (where w.{{ window }}) * sum(w.orders) filter (where w.{{ window }})
+            ) / nullif(sum(w.orders) filter (where w.{{ window }}), 0))
         {% endcall %}
-    from (select *, {{ window_flags() }} from monthly_orders)
-    group by account_id
+    from window_months as w
+    cross join window_lengths as n
+    where w.is_month_total
+    group by w.account_id, n.months_12m, n.months_recent, n.months_prior
 
 ),
 

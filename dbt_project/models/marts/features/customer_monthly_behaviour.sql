@@ -91,35 +91,37 @@ ticket_months as (
 
 ),
 
-keys as (
+-- every account and month with orders, quotes or tickets: one row each, the three joined
+-- on their keys (full joins, not a distinct union of the keys joined to each again)
+joined as (
 
-    select account_id, months_ago from order_months
-    union
-    select account_id, months_ago from quote_months
-    union
-    select account_id, months_ago from ticket_months
+    select
+        coalesce(o.account_id, q.account_id) as account_id,
+        coalesce(o.months_ago, q.months_ago) as months_ago,
+        o.* exclude (account_id, months_ago),
+        q.* exclude (account_id, months_ago)
+    from order_months as o
+    full join quote_months as q on q.account_id = o.account_id and q.months_ago = o.months_ago
 
 )
 
 select
-    keys.account_id,
-    cast(keys.months_ago as integer) as months_ago,
-    cast(coalesce(o.order_lines, 0) as bigint) as order_lines,
-    cast(coalesce(o.orders, 0) as bigint) as orders,
-    cast(coalesce(o.discounted_lines, 0) as bigint) as discounted_lines,
-    cast(coalesce(o.discount_sum, 0) as double) as discount_sum,
-    cast(coalesce(o.discount_square_sum, 0) as double) as discount_square_sum,
-    cast(coalesce(o.list_price_lines, 0) as bigint) as list_price_lines,
-    cast(coalesce(o.premium_lines, 0) as bigint) as premium_lines,
-    cast(coalesce(o.service_lines, 0) as bigint) as service_lines,
-    cast(coalesce(o.categories, 0) as bigint) as categories,
-    cast(coalesce(o.revenue, 0) as double) as revenue,
-    cast(coalesce(q.quotes_decided, 0) as bigint) as quotes_decided,
-    cast(coalesce(q.quotes_lost_on_price, 0) as bigint) as quotes_lost_on_price,
+    coalesce(j.account_id, t.account_id) as account_id,
+    cast(coalesce(j.months_ago, t.months_ago) as integer) as months_ago,
+    cast(coalesce(j.order_lines, 0) as bigint) as order_lines,
+    cast(coalesce(j.orders, 0) as bigint) as orders,
+    cast(coalesce(j.discounted_lines, 0) as bigint) as discounted_lines,
+    cast(coalesce(j.discount_sum, 0) as double) as discount_sum,
+    cast(coalesce(j.discount_square_sum, 0) as double) as discount_square_sum,
+    cast(coalesce(j.list_price_lines, 0) as bigint) as list_price_lines,
+    cast(coalesce(j.premium_lines, 0) as bigint) as premium_lines,
+    cast(coalesce(j.service_lines, 0) as bigint) as service_lines,
+    cast(coalesce(j.categories, 0) as bigint) as categories,
+    cast(coalesce(j.revenue, 0) as double) as revenue,
+    cast(coalesce(j.quotes_decided, 0) as bigint) as quotes_decided,
+    cast(coalesce(j.quotes_lost_on_price, 0) as bigint) as quotes_lost_on_price,
     cast(coalesce(t.tickets, 0) as bigint) as tickets,
     cast(coalesce(t.price_tickets, 0) as bigint) as price_tickets,
     cast(coalesce(t.critical_tickets, 0) as bigint) as critical_tickets
-from keys
-left join order_months as o on o.account_id = keys.account_id and o.months_ago = keys.months_ago
-left join quote_months as q on q.account_id = keys.account_id and q.months_ago = keys.months_ago
-left join ticket_months as t on t.account_id = keys.account_id and t.months_ago = keys.months_ago
+from joined as j
+full join ticket_months as t on t.account_id = j.account_id and t.months_ago = j.months_ago

@@ -1,12 +1,25 @@
--- A table, not a view: the latest version of each ticket is picked once per build
--- (a window over every load), not again for each model and test that reads it. Unique on
--- ticket_id by construction (one row per ticket_id), so no test groups it again.
-{{ config(materialized='table') }}
+-- Incremental, as stg_crm__order_lines: a build reads only the tickets loaded since the last
+-- one (raw is append-only, each load later than the one before), keeps the latest version
+-- of each among them and replaces the table's earlier version (delete+insert on ticket_id), so
+-- the latest-version window runs over a month's loads, not every load since the first.
+-- A table built before this kept loaded_at catches up by itself (macros/loaded_after_newest.sql).
+-- Unique on ticket_id by construction. `dbt build --full-refresh` rebuilds it from every load.
+{{
+    config(
+        materialized='incremental',
+        unique_key='ticket_id',
+        incremental_strategy='delete+insert',
+        on_schema_change='append_new_columns',
+    )
+}}
 with
 
 source as (
 
     select * from {{ source('crm', 'support_tickets') }}
+    {% if is_incremental() %}
+    {{ loaded_after_newest() }}
+    {% endif %}
 
 ),
 
@@ -18,7 +31,9 @@ latest as (
         opened_at,
         closed_at,
         lower(priority) as priority,
-        lower(category) as category
+        lower(category) as category,
+        _loaded_at as loaded_at,
+        _batch_id as batch_id
     from source
     qualify row_number() over (partition by ticket_id order by _loaded_at desc, _batch_id desc) = 1
 
