@@ -53,14 +53,7 @@ current_months as (
 
 changed as (
 
-    select c.order_month
-    from current_months as c
-    left join stored as s on s.order_month = c.order_month
-    where s.lines is distinct from c.lines
-    union
-    select distinct order_month
-    from staged
-    where loaded_at > (select coalesce(max(loaded_at), timestamp '0001-01-01') from {{ this }})
+    {{ months_to_rebuild('current_months', 'stored', 'staged') }}
 
 ),
 
