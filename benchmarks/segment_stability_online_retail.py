@@ -22,6 +22,7 @@ import pandas as pd
 
 from pipelines import cycle
 from pipelines.backtest import prepare
+from pipelines.segmentation.run import continued_assignments
 from pipelines.settings import public_data_dir
 from pipelines.warehouse import connect
 
@@ -47,24 +48,17 @@ def replay(parquet: Path, data_dir: Path, months: list[str]) -> list[dict]:
             # segment continues as: a cluster renamed (an emerging segment that now matches a
             # taxonomy prototype, segment_definitions.renamed_from) keeps its members. The
             # share of customers whose segment id changed is printed too.
-            moved = con.execute(
-                """
-                with renamed as (
-                    select population, renamed_from, segment_id from segments.segment_definitions
-                    where run_id = $run and renamed_from is not null
-                )
-                select
-                    count(*) filter (where a.segment_id != coalesce(r.segment_id, b.segment_id)),
-                    count(*),
-                    count(*) filter (where a.segment_id != b.segment_id)
-                from segments.assignments as a
-                inner join segments.assignments as b on b.account_id = a.account_id and b.run_id = $previous
-                left join renamed as r
-                    on r.renamed_from = b.segment_id and r.population = case when b.is_key_account then 'key' else 'all' end
-                where a.run_id = $run
-                """,
-                {"run": detail["run_id"], "previous": run[4]},
-            ).fetchone()
+            now = con.execute("select account_id, segment_id from segments.assignments where run_id = ?", [detail["run_id"]]).df()
+            before = continued_assignments(con, detail["run_id"], run[4]) if run[4] else None
+        if before is not None:
+            both = now.set_index("account_id").join(before, how="inner", suffixes=("", "_before"))
+            moved = (
+                int((both["segment_id"] != both["segment_id_before"]).sum()),
+                len(both),
+                int((both["segment_id"] != both["stored_segment_id"]).sum()),
+            )
+        else:
+            moved = (0, 0, 0)
         share = moved[0] / moved[1] if moved[1] else None
         rows.append(
             {

@@ -28,6 +28,7 @@ from pipelines.churn.run import ChurnResult, ChurnSettings, score_run
 from pipelines.drift.detect import AWAY_KIND, PRICE_KIND, DriftSettings, detect
 from pipelines.drift.episodes import EpisodeRules, episodes
 from pipelines.drift.population import population_changes
+from pipelines.segmentation.run import continued_assignments
 from pipelines.drift.signals import MONTHLY_COLUMNS
 from pipelines.errors import NeedsegError
 from pipelines.segmentation.run import run_id_for
@@ -125,13 +126,15 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
         """,
         [run_id],
     ).fetchone()
-    previous = None
+    previous = continued = None
     if prev:
         previous = (
             con.execute("select account_id, segment_id from segments.assignments where run_id = ? order by account_id", [prev[0]])
             .df()
             .set_index("account_id")
         )
+        # a cluster that continues under another id keeps its members: not a change of segment
+        continued = continued_assignments(con, run_id, prev[0])
     history = con.execute(
         """
         with lineage_runs as (
@@ -164,7 +167,7 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
     names = dict(zip(defs["segment_id"], defs["segment_name"], strict=True))
     actions = {r.segment_id: r.action for r in defs[defs["run_id"] == run_id].itertuples()}
 
-    drift = detect(features, monthly, current, previous, history, taxonomy, names, settings)
+    drift = detect(features, monthly, current, continued, history, taxonomy, names, settings)
     drift["segment_name"] = drift["segment_id"].map(names)
     drift["previous_segment_name"] = drift["previous_segment_id"].map(names)
     drift["toward_segment_name"] = drift["toward_segment_id"].map(names)

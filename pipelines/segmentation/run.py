@@ -661,21 +661,55 @@ class Fit:
     where: Whereabouts | None = None  # clustered accounts' distances to their population's centres
 
     def continued(self, previous: pd.Series, was_key: pd.Series | None) -> pd.Series:
-        """The previous run's segment of each account, under the id its cluster has now: a
-        cluster that continues under another id (an emerging segment now matching a taxonomy
-        prototype, or the reverse; `segment_definitions.renamed_from`) keeps its members."""
+        """The previous run's segment of each account, under the id its cluster has now
+        (`continue_renamed`), from this fit's identities."""
         renames = {"all": {i.renamed_from: i.segment_id for i in self.identities if i.renamed_from}}
         if self.key.mode == "separate":
             renames["key"] = {i.renamed_from: i.segment_id for i in self.key.identities if i.renamed_from}
-        out = previous.copy()
-        key = was_key.reindex(previous.index).fillna(False).astype(bool) if was_key is not None else pd.Series(False, index=previous.index)
-        for population, mapping in renames.items():
-            if not mapping:
-                continue
-            members = key if population == "key" else ~key if "key" in renames else pd.Series(True, index=previous.index)
-            part = previous[members.to_numpy()]
-            out.loc[part.index] = part.map(lambda s, m=mapping: m.get(s, s))
-        return out
+        return continue_renamed(previous, was_key, renames)
+
+
+def continue_renamed(previous: pd.Series, was_key: pd.Series | None, renames: dict[str, dict[str, str]]) -> pd.Series:
+    """The previous run's segment of each account (`previous`), under the id its cluster has
+    now: a cluster that continues under another id (an emerging segment now matching a
+    taxonomy prototype, or the reverse; `segment_definitions.renamed_from`) keeps its
+    members, so they did not change segment. `renames`: population -> {old id: new id}, with
+    a 'key' entry when this run segmented the key tier on its own (its ids may repeat the
+    others'); `was_key`: the accounts the previous run segmented as key accounts."""
+    out = previous.copy()
+    key = was_key.reindex(previous.index).fillna(False).astype(bool) if was_key is not None else pd.Series(False, index=previous.index)
+    for population, mapping in renames.items():
+        if not mapping:
+            continue
+        members = key if population == "key" else ~key if "key" in renames else pd.Series(True, index=previous.index)
+        part = previous[members.to_numpy()]
+        out.loc[part.index] = part.map(lambda s, m=mapping: m.get(s, s))
+    return out
+
+
+def continued_assignments(con: duckdb.DuckDBPyConnection, run_id: str, previous_run_id: str) -> pd.DataFrame:
+    """The previous run's assignments (index account_id; segment_id, is_key_account) with each
+    segment under the id it continues as in `run_id` (`continue_renamed`, from the stored
+    `segment_definitions.renamed_from`): what a run's changes of segment are counted against.
+    `stored_segment_id` keeps the id the previous run stored."""
+    previous = (
+        con.execute(
+            "select account_id, segment_id, is_key_account from segments.assignments where run_id = ? order by account_id",
+            [previous_run_id],
+        )
+        .df()
+        .set_index("account_id")
+    )
+    renames: dict[str, dict[str, str]] = {}
+    for population, old, new in con.execute(
+        "select population, renamed_from, segment_id from segments.segment_definitions where run_id = ?", [run_id]
+    ).fetchall():
+        mapping = renames.setdefault(population, {})
+        if old:
+            mapping[old] = new
+    previous["stored_segment_id"] = previous["segment_id"]
+    previous["segment_id"] = continue_renamed(previous["segment_id"], previous["is_key_account"], renames)
+    return previous
 
 
 def _load(con: duckdb.DuckDBPyConnection, as_of: dt.date) -> tuple[pd.DataFrame, pd.DataFrame]:
