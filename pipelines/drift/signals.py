@@ -124,8 +124,30 @@ def _widened(se: np.ndarray, floor: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(se), np.fmax(se, floor), np.nan)
 
 
-def mix_change(monthly: pd.DataFrame, windows: Windows = Windows()) -> MixChange:
-    """Compare each account's recent window with its baseline window (pooled counts)."""
+def by_position(monthly: pd.DataFrame) -> tuple[pd.DataFrame, pd.Index]:
+    """`monthly` with each account id replaced by its position among the sorted ids, and
+    those ids: `mix_change` groups integers instead of text (once per scanned window), and
+    the positions keep the ids' order, so every group holds the same rows in the same order."""
+    positions, ids = pd.factorize(monthly["account_id"], sort=True)
+    return monthly.assign(account_id=positions), pd.Index(ids, name="account_id")
+
+
+def mix_change(monthly: pd.DataFrame, windows: Windows = Windows(), ids: pd.Index | None = None) -> MixChange:
+    """Compare each account's recent window with its baseline window (pooled counts).
+
+    With `ids`, `monthly`'s account_id holds positions in `ids` (`by_position`); the result
+    is indexed by the ids themselves either way."""
+    change = _mix_change(monthly, windows)
+    if ids is None:
+        return change
+    index = ids.take(change.z.index.to_numpy())
+    for frame in (change.recent, change.baseline, change.z, change.se, change.n_recent, change.n_baseline):
+        frame.index = index
+    change.last_order_months_ago.index = index
+    return change
+
+
+def _mix_change(monthly: pd.DataFrame, windows: Windows) -> MixChange:
     recent = monthly[monthly["months_ago"] < windows.recent_months]
     base = monthly[
         (monthly["months_ago"] >= windows.recent_months) & (monthly["months_ago"] < windows.recent_months + windows.baseline_months)
