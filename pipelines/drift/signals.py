@@ -129,7 +129,9 @@ def by_position(monthly: pd.DataFrame) -> tuple[pd.DataFrame, pd.Index]:
     those ids: `mix_change` groups integers instead of text (once per scanned window), and
     the positions keep the ids' order, so every group holds the same rows in the same order."""
     positions, ids = pd.factorize(monthly["account_id"], sort=True)
-    return monthly.assign(account_id=positions), pd.Index(ids, name="account_id")
+    coded = monthly.copy(deep=False)  # the other columns shared, not copied (~0.3 GB at 100k)
+    coded["account_id"] = positions
+    return coded, pd.Index(ids, name="account_id")
 
 
 def mix_change(monthly: pd.DataFrame, windows: Windows = Windows(), ids: pd.Index | None = None) -> MixChange:
