@@ -33,7 +33,7 @@ from pipelines.errors import NeedsegError
 from pipelines.segmentation.run import run_id_for
 from pipelines.segmentation.taxonomy import Taxonomy
 from pipelines.settings import release_process_memory
-from pipelines.warehouse import ensure_schema, in_memory, insert_frame, transaction
+from pipelines.warehouse import ensure_schema, in_memory, insert_frame, release_buffers, transaction
 
 RUN_TABLES = (
     "drift.customer_drift",
@@ -165,6 +165,7 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
         """,
         [run_id, prev[0] if prev else run_id],
     ).df()
+    release_buffers(con)  # what DuckDB kept after reading the marts (pipelines.warehouse)
     names = dict(zip(defs["segment_id"], defs["segment_name"], strict=True))
     actions = {r.segment_id: r.action for r in defs[defs["run_id"] == run_id].itertuples()}
 
