@@ -219,6 +219,8 @@ def _monthly(seed: int, accounts: int = 400) -> pd.DataFrame:
 @pytest.mark.parametrize("windows", [Windows(), Windows(2, 12), Windows(4, 6)])
 def test_mix_change_by_account_position_equals_by_account_id(seed, windows):
     monthly = _monthly(seed)
+    if seed == 2:  # rows without an account are left out either way
+        monthly.loc[monthly.index[::97], "account_id"] = None
     coded, ids = by_position(monthly)
     want, got = mix_change(monthly, windows), mix_change(coded, windows, ids)
     assert len(want.z) > 300 and want.z.index.is_monotonic_increasing

@@ -130,6 +130,8 @@ def by_position(monthly: pd.DataFrame) -> tuple[pd.DataFrame, pd.Index]:
     positions, ids = pd.factorize(monthly["account_id"], sort=True)
     coded = monthly.copy(deep=False)  # the other columns shared, not copied (~0.3 GB at 100k)
     coded["account_id"] = positions
+    if (positions < 0).any():  # a row without an account: grouping by id left it out too
+        coded = coded[positions >= 0]
     return coded, pd.Index(ids, name="account_id")
 
 
