@@ -128,3 +128,25 @@ def test_every_duckdb_needseg_opens_is_bounded_by_one_setting_shared_with_dbt(tm
     monkeypatch.setenv("NEEDSEG_DUCKDB_THREADS", "two")
     with pytest.raises(ConfigError, match="NEEDSEG_DUCKDB_THREADS"):
         duckdb_resources()
+
+
+def test_release_buffers_keeps_the_configured_limit_and_the_data(tmp_path, monkeypatch):
+    """The drift step has DuckDB give back its kept buffers between queries
+    (`release_buffers`): afterwards the connection has its configured limit again, the data
+    is all there, and a low limit DuckDB refuses changes nothing."""
+    import pipelines.warehouse as warehouse
+    from pipelines.warehouse import connect, release_buffers
+
+    monkeypatch.setenv("NEEDSEG_DUCKDB_MEMORY_LIMIT", "512MB")
+    con = connect(tmp_path / "w.duckdb")
+    con.execute("create table t as select range as k, md5(range::varchar) as v from range(1000000)")
+    expected = con.execute("select count(distinct v), sum(k) from t").fetchone()
+    limit = con.execute("select current_setting('memory_limit')").fetchone()[0]
+    assert limit.startswith("488")  # 512 MB in MiB
+    release_buffers(con)
+    assert con.execute("select current_setting('memory_limit')").fetchone()[0] == limit
+    assert con.execute("select count(distinct v), sum(k) from t").fetchone() == expected
+    monkeypatch.setattr(warehouse, "_RELEASE_LIMIT", "not a size")  # DuckDB refuses the low limit
+    release_buffers(con)
+    assert con.execute("select current_setting('memory_limit')").fetchone()[0] == limit
+    con.close()

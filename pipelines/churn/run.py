@@ -37,6 +37,7 @@ from pipelines.churn import bgnbd, history
 from pipelines.churn.model import ChurnModel, fit
 from pipelines.churn.reasons import cold_start_reasons, model_reasons
 from pipelines.config import ChurnConfig
+from pipelines.warehouse import release_buffers
 
 log = logging.getLogger("needseg")
 
@@ -297,6 +298,7 @@ def score_run(
     stored = _stored(con, earlier)
     replay = [d for d in earlier if d not in set(stored["as_of"])]
     data = load(con, as_of, replay, settings, current_drift, label_dates=earlier)
+    release_buffers(con)  # the history's queries are done: DuckDB's kept buffers go back
 
     quality, pooled_p, pooled_y = [], [], []
     for when in sorted(earlier):

@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import DriftConfig
-from pipelines.drift.signals import COMPONENTS, LEVEL_SCALE, MixChange, Windows, mix_change
+from pipelines.drift.signals import COMPONENTS, LEVEL_SCALE, MixChange, Windows, by_position, mix_change
 from pipelines.segmentation.taxonomy import Taxonomy
 from pipelines.warehouse import in_memory
 
@@ -89,6 +89,18 @@ class DriftSettings:
     def from_config(cls, section: dict[str, Any]) -> DriftSettings:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: type(getattr(cls, k))(v) for k, v in section.items() if k in known})
+
+
+# what `detect` reads of customer_features (the drift step selects these, not all ~80 columns)
+FEATURE_COLUMNS = (
+    "as_of",
+    *(column for column, *_ in COMPONENTS.values()),
+    "first_order_date",
+    "days_since_last_order",
+    "revenue_trend",
+    "satisfaction_change",
+    "nps",
+)
 
 
 def segment_profiles(features: pd.DataFrame, segment_of: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
@@ -309,6 +321,15 @@ def _drift_targets(
     return drift.reindex(segment_of.index)
 
 
+def _per_frame(scored: list[pd.DataFrame], column: str) -> np.ndarray:
+    """The value `column` holds on every row of each candidate frame (None for an empty
+    frame), as an object array (lists stay single elements, the same objects)."""
+    values = np.empty(len(scored), dtype=object)
+    for i, frame in enumerate(scored):
+        values[i] = frame[column].iloc[0] if len(frame) else None
+    return values
+
+
 def _best(scored: list[pd.DataFrame], kinds: list[str], min_z: float, min_shift: float) -> pd.DataFrame:
     """Per account, of candidate moves `scored` (one frame per target, same accounts): the
     strongest that clears `min_z` and `min_shift`, else the strongest; column `clears`."""
@@ -321,9 +342,11 @@ def _best(scored: list[pd.DataFrame], kinds: list[str], min_z: float, min_shift:
         {
             "z": z[best, at],
             "shift": np.vstack([f["shift"].to_numpy(float) for f in scored])[best, at],
-            "target": np.array([f["target"].iloc[0] if len(f) else None for f in scored], dtype=object)[best],
-            "components": [scored[b]["components"].iloc[0] for b in best],
-            "signs": [scored[b]["signs"].iloc[0] for b in best],
+            "target": _per_frame(scored, "target")[best],
+            # every row of a candidate frame holds the same list: pick it per account by
+            # position, not with a frame lookup per account
+            "components": _per_frame(scored, "components")[best],
+            "signs": _per_frame(scored, "signs")[best],
             "window": np.vstack([f["window"].to_numpy() for f in scored])[best, at],
             "kind": np.array(kinds, dtype=object)[best],
             "clears": clears[best, at],
@@ -574,7 +597,9 @@ def detect(
     """
     windows = scan_windows(settings)
     segment_of = current["segment_id"]
-    changes = [_aligned(mix_change(monthly, w), segment_of.index) for w in windows]
+    coded, ids = by_position(monthly)
+    changes = [_aligned(mix_change(coded, w, ids), segment_of.index) for w in windows]
+    del coded
     levels, spread = segment_profiles(features.reindex(segment_of.index), segment_of)
     drift = _drift_targets(changes, levels, spread, segment_of, taxonomy, settings)
 

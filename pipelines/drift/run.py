@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.churn.run import ChurnResult, ChurnSettings, score_run
-from pipelines.drift.detect import AWAY_KIND, PRICE_KIND, DriftSettings, detect
+from pipelines.drift.detect import AWAY_KIND, FEATURE_COLUMNS, PRICE_KIND, DriftSettings, detect
 from pipelines.drift.episodes import EpisodeRules, episodes
 from pipelines.drift.population import population_changes
 from pipelines.segmentation.run import continued_assignments
@@ -33,7 +33,8 @@ from pipelines.drift.signals import MONTHLY_COLUMNS
 from pipelines.errors import NeedsegError
 from pipelines.segmentation.run import run_id_for
 from pipelines.segmentation.taxonomy import Taxonomy
-from pipelines.warehouse import ensure_schema, in_memory, insert_frame, transaction
+from pipelines.settings import release_process_memory
+from pipelines.warehouse import ensure_schema, in_memory, insert_frame, release_buffers, transaction
 
 RUN_TABLES = (
     "drift.customer_drift",
@@ -104,8 +105,11 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
     run_id = run_id_for(as_of)
     if not con.execute("select count(*) from segments.segment_runs where run_id = ?", [run_id]).fetchone()[0]:
         raise NeedsegError(f"no segmentation run as of {as_of}: segment first (needseg segment --as-of {as_of})")
+    feature_columns = ", ".join(dict.fromkeys(("account_id", "account_name", "account_owner", *FEATURE_COLUMNS)))
     features = (
-        con.execute("select * from marts.customer_features where status = 'customer' order by account_id").df().set_index("account_id")
+        con.execute(f"select {feature_columns} from marts.customer_features where status = 'customer' order by account_id")
+        .df()
+        .set_index("account_id")
     )
     if features.empty or pd.Timestamp(features["as_of"].iloc[0]).date() != as_of:
         raise NeedsegError(f"customer_features does not describe {as_of}: build the features for that date first")
@@ -164,10 +168,15 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
         """,
         [run_id, prev[0] if prev else run_id],
     ).df()
+    release_buffers(con)  # what DuckDB kept after reading the marts (pipelines.warehouse)
     names = dict(zip(defs["segment_id"], defs["segment_name"], strict=True))
     actions = {r.segment_id: r.action for r in defs[defs["run_id"] == run_id].itertuples()}
 
     drift = detect(features, monthly, current, continued, history, taxonomy, names, settings)
+    # the monthly rows and the probabilities are detect's alone: hand their memory back
+    # before the churn model reads the order history (at 100k accounts ~0.4 GB)
+    del monthly, history
+    release_process_memory()
     drift["segment_name"] = drift["segment_id"].map(names)
     drift["previous_segment_name"] = drift["previous_segment_id"].map(names)
     drift["toward_segment_name"] = drift["toward_segment_id"].map(names)

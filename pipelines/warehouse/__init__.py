@@ -148,6 +148,26 @@ def _bounded(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     return con
 
 
+# the memory limit set for a moment by `release_buffers`
+_RELEASE_LIMIT = "64MB"
+
+
+def release_buffers(con: duckdb.DuckDBPyConnection) -> None:
+    """Make DuckDB give back the memory it keeps after its queries, between queries.
+
+    DuckDB keeps freed buffers for reuse up to its memory limit: at 100k accounts, after the
+    churn history's queries, 0.5 GB stayed resident (until the database was closed) while
+    `duckdb_memory()` counted 0.1 GB in use. Lowering the limit for a moment makes it free
+    what no query holds; the configured limit (DuckDBResources) is set again at once. Should
+    DuckDB not get under the low limit, it refuses and keeps its old one: nothing is lost."""
+    try:
+        con.execute(f"set memory_limit = '{_RELEASE_LIMIT}'")
+    except duckdb.Error:
+        pass
+    finally:
+        con.execute(f"set memory_limit = '{duckdb_resources().memory_limit}'")
+
+
 _LOCK_HOLDER = re.compile(r"PID (\d+)")
 
 
