@@ -1,7 +1,8 @@
-"""Run the dbt project (dbt_project/) in-process, with needseg's settings as dbt vars.
+"""Run the dbt project (dbt_project/) in-process, with needseg's settings as dbt vars and
+the as-of date as an environment variable (`AS_OF_ENV`).
 
 The CLI and tests call `build`; Airflow runs the same project, selectors and vars through
-astronomer-cosmos (dags/), whose settings also come from here (`dbt_vars`, `profile_env`).
+astronomer-cosmos (dags/), whose settings also come from here (`dbt_vars`, `dbt_env`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ RUN_FLAGS = ["--no-write-json"]
 # nothing from them; they cost it about a fifth of the features build. The test suite runs
 # them (tests/test_dbt.py). An environment variable, so cosmos's tasks leave them out too.
 PIPELINE_ENV = {"DBT_EXCLUDE_RESOURCE_TYPES": "unit_test"}
+# The as-of date reaches dbt as this environment variable (read by dbt_project/macros/as_of.sql),
+# not as a dbt var: dbt keeps its saved parse (target/partial_parse.msgpack) when only
+# environment variables change and re-parses just the files that read them, while any change
+# of --vars makes it parse the whole project again (about 2.7 CPU s a run). The vars are
+# needseg's configuration, the same from one run to the next.
+AS_OF_ENV = "NEEDSEG_AS_OF"
 
 
 class DbtFailed(NeedsegError):
@@ -46,10 +53,10 @@ class DbtResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def dbt_vars(config: dict[str, Any], as_of: dt.date) -> dict[str, Any]:
+def dbt_vars(config: dict[str, Any]) -> dict[str, Any]:
+    """needseg's configuration as dbt vars (the as-of date is not one: `dbt_env`)."""
     features = config["features"]
     return {
-        "as_of": as_of.isoformat(),
         "reporting_currency": config["reporting_currency"],
         "fx_rates": config["fx_rates"],
         "premium_categories": list(features["premium_categories"]),
@@ -80,18 +87,24 @@ def profile_env(settings: Settings) -> dict[str, str]:
     return {**env, **PIPELINE_ENV}
 
 
+def dbt_env(settings: Settings, as_of: str) -> dict[str, str]:
+    """Environment of a pipeline dbt run as of a date (YYYY-MM-DD; cosmos passes a template
+    of the resolved date): `profile_env` and the as-of date."""
+    return {**profile_env(settings), AS_OF_ENV: as_of}
+
+
 def target_dir(settings: Settings) -> Path:
     """dbt's target and log folder for one data dir, so parallel worlds don't collide."""
     return settings.data_dir / "dbt"
 
 
-def _project_args(settings: Settings, config: dict[str, Any], as_of: dt.date, target_subdir: str) -> list[str]:
+def _project_args(settings: Settings, config: dict[str, Any], target_subdir: str) -> list[str]:
     """What every needseg dbt invocation passes: vars, project, profile, this data dir's
     target and log folders, quiet output."""
     target = target_dir(settings)
     return [
         "--vars",
-        json.dumps(dbt_vars(config, as_of)),
+        json.dumps(dbt_vars(config)),
         "--project-dir",
         str(DBT_PROJECT_DIR),
         "--profiles-dir",
@@ -105,10 +118,10 @@ def _project_args(settings: Settings, config: dict[str, Any], as_of: dt.date, ta
     ]
 
 
-def _invoke(args: list[str], settings: Settings | None, unit_tests: bool = False) -> Any:
+def _invoke(args: list[str], settings: Settings | None, as_of: dt.date | None = None, unit_tests: bool = False) -> Any:
     from dbt.cli.main import dbtRunner
 
-    env: dict[str, str | None] = dict(profile_env(settings)) if settings else {}
+    env: dict[str, str | None] = dict(dbt_env(settings, as_of.isoformat())) if settings and as_of else {}
     if unit_tests:
         # Removed, not just left unset: an earlier in-process run (cosmos under
         # `dag.test()`) may have left the exclusion in this process's environment.
@@ -166,8 +179,8 @@ def build(
     """
     started = time.monotonic()
     target = target_dir(settings)
-    args = [command, "--select", select, *_project_args(settings, config, as_of, "target"), *flags, *RUN_FLAGS]
-    result = _invoke(args, settings, unit_tests)
+    args = [command, "--select", select, *_project_args(settings, config, "target"), *flags, *RUN_FLAGS]
+    result = _invoke(args, settings, as_of, unit_tests)
     failures, warnings, nodes = [], [], 0
     if result.result is not None:
         for r in result.result:
@@ -212,7 +225,7 @@ def build_docs(settings: Settings, config: dict[str, Any], as_of: dt.date, out: 
     from pipelines.files import write_file_atomically
 
     target = target_dir(settings)
-    result = _invoke(["docs", "generate", "--static", *_project_args(settings, config, as_of, "docs")], settings)
+    result = _invoke(["docs", "generate", "--static", *_project_args(settings, config, "docs")], settings, as_of)
     if not result.success:
         raise DbtFailed(f"dbt docs generate failed: {result.exception or 'see the dbt log in ' + str(target / 'logs')}")
     return write_file_atomically(out, static_docs_as_published(target / "docs").encode("utf-8"))

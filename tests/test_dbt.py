@@ -136,3 +136,18 @@ def test_feature_marts_enforce_contracts_and_test_every_column(empty_project):
             if (c not in tested.get(mart["unique_id"], set()) and not spec.get("constraints")) or not spec.get("data_type")
         ]
         assert not untested, f"{mart['name']}: columns without a data type or a data test: {', '.join(untested)}"
+
+
+def test_a_new_as_of_date_reaches_the_models_without_dbt_parsing_the_whole_project_again(empty_project):
+    """The as-of date changes every run. It reaches dbt as an environment variable, so dbt
+    keeps its saved parse and parses again only the models that read the date; as a dbt var
+    it would make dbt parse the whole project on every run (docs/scale.md)."""
+    settings, config, _ = empty_project
+    log = transform.target_dir(settings) / "logs" / "dbt.log"
+    seen = len(log.read_text(encoding="utf-8"))
+    transform.build(settings, config, dt.date(2026, 9, 30), "int_accounts", command="run", flags=("--empty",))
+    parse = log.read_text(encoding="utf-8")[seen:]
+    assert "Unable to do partial parsing" not in parse
+    assert "Partial parsing: updated file: needseg://models/intermediate/customers/int_accounts.sql" in parse
+    ran = next((transform.target_dir(settings) / "target" / "run").rglob("int_accounts.sql")).read_text(encoding="utf-8")
+    assert "2026-09-30" in ran and "2026-10-31" not in ran

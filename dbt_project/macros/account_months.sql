@@ -116,7 +116,7 @@
     then a line's months_ago is the calendar months between its month and the as-of month,
     for every day of the month, and windows can be added up from calendar-month sums. -#}
 {% macro as_of_is_month_end() -%}
-    {%- set day = modules.datetime.date.fromisoformat(var('as_of')) -%}
+    {%- set day = modules.datetime.date.fromisoformat(as_of_day()) -%}
     {{ return((day + modules.datetime.timedelta(days=1)).day == 1) }}
 {%- endmacro %}
 

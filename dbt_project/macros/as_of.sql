@@ -1,16 +1,27 @@
-{#- The run's as-of date: every model looks at the world as it was known on that day. -#}
+{#- The run's as-of date (YYYY-MM-DD): every model looks at the world as it was known on
+    that day. An environment variable, not a dbt var (pipelines/transform.py sets it): dbt
+    reuses its saved parse when only env vars change, re-parsing just the files that read
+    them, while any change of --vars re-parses the whole project. Unit tests set it with
+    `overrides: env_vars: {NEEDSEG_AS_OF: ...}`. -#}
+{% macro as_of_day() -%}
+    {%- if var('as_of', none) is not none -%}
+        {{- exceptions.raise_compiler_error("the as-of date is the environment variable NEEDSEG_AS_OF, not the dbt var as_of (" ~ var('as_of') ~ ")") -}}
+    {%- endif -%}
+    {{- return(env_var('NEEDSEG_AS_OF', '2026-10-31')) -}}
+{%- endmacro %}
+
 {% macro as_of() -%}
-    cast('{{ var("as_of") }}' as date)
+    cast('{{ as_of_day() }}' as date)
 {%- endmacro %}
 
 {#- End of the as-of day, for comparing timestamps. -#}
 {% macro as_of_end() -%}
-    (cast('{{ var("as_of") }}' as date) + interval 1 day)
+    ({{ as_of() }} + interval 1 day)
 {%- endmacro %}
 
 {#- Start of the window `months_back` months before the as-of day (exclusive bound). -#}
 {% macro months_before_as_of(months_back) -%}
-    (cast('{{ var("as_of") }}' as date) + interval 1 day - interval {{ months_back }} month)
+    ({{ as_of() }} + interval 1 day - interval {{ months_back }} month)
 {%- endmacro %}
 
 {#- A VALUES list of the configured exchange rates, to join on. -#}

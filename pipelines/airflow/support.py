@@ -246,7 +246,8 @@ def _cosmos_operator_args() -> dict[str, Any]:
 
 
 def _dbt_settings() -> tuple[Any, Any, dict[str, Any]]:
-    """Profile, project env and vars shared by every cosmos task (as-of from `resolve_as_of`)."""
+    """Profile, env and vars shared by every cosmos task (the as-of date from `resolve_as_of`,
+    in the env as `needseg build` passes it)."""
     from cosmos import ProfileConfig
 
     from pipelines import transform
@@ -254,10 +255,8 @@ def _dbt_settings() -> tuple[Any, Any, dict[str, Any]]:
 
     settings = load_settings()
     config = load_config(settings.config_path)
-    variables = transform.dbt_vars(config, clock.utc_today())
-    variables["as_of"] = AS_OF_XCOM
     profile = ProfileConfig(profile_name="needseg", target_name="local", profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml")
-    return profile, transform.profile_env(settings), variables
+    return profile, transform.dbt_env(settings, AS_OF_XCOM), transform.dbt_vars(config)
 
 
 def dbt_task_group(group_id: str, select: str, **kwargs: Any):
