@@ -28,10 +28,9 @@ from pipelines.churn.run import ChurnResult, ChurnSettings, score_run
 from pipelines.drift.detect import AWAY_KIND, FEATURE_COLUMNS, PRICE_KIND, DriftSettings, detect
 from pipelines.drift.episodes import EpisodeRules, episodes
 from pipelines.drift.population import population_changes
-from pipelines.segmentation.run import continued_assignments
 from pipelines.drift.signals import MONTHLY_COLUMNS
 from pipelines.errors import NeedsegError
-from pipelines.segmentation.run import run_id_for
+from pipelines.segmentation.run import continued_assignments, run_id_for
 from pipelines.segmentation.taxonomy import Taxonomy
 from pipelines.settings import release_process_memory
 from pipelines.warehouse import ensure_schema, in_memory, insert_frame, release_buffers, transaction
@@ -132,13 +131,10 @@ def run_drift(con: duckdb.DuckDBPyConnection, as_of: dt.date, taxonomy: Taxonomy
     ).fetchone()
     previous = continued = None
     if prev:
-        previous = (
-            con.execute("select account_id, segment_id from segments.assignments where run_id = ? order by account_id", [prev[0]])
-            .df()
-            .set_index("account_id")
-        )
         # a cluster that continues under another id keeps its members: not a change of segment
         continued = continued_assignments(con, run_id, prev[0])
+        # the ids as the previous run stored them, for the population events (split, survive)
+        previous = continued[["stored_segment_id"]].rename(columns={"stored_segment_id": "segment_id"})
     history = con.execute(
         """
         with lineage_runs as (
