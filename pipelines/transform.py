@@ -121,7 +121,9 @@ def _project_args(settings: Settings, config: dict[str, Any], target_subdir: str
 def _invoke(args: list[str], settings: Settings | None, as_of: dt.date | None = None, unit_tests: bool = False) -> Any:
     from dbt.cli.main import dbtRunner
 
-    env: dict[str, str | None] = dict(dbt_env(settings, as_of.isoformat())) if settings and as_of else {}
+    env: dict[str, str | None] = {}
+    if settings is not None:
+        env.update(dbt_env(settings, as_of.isoformat()) if as_of else profile_env(settings))
     if unit_tests:
         # Removed, not just left unset: an earlier in-process run (cosmos under
         # `dag.test()`) may have left the exclusion in this process's environment.
