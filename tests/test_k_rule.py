@@ -205,3 +205,86 @@ def test_the_key_tier_finds_a_small_segment_from_the_prototypes_too():
     assert with_prior.mode == "separate" and with_prior.clustering.k == 4
     assert {i.taxonomy_id for i in with_prior.identities} == set(ids)
     assert tier(None).clustering.k == 3  # the stability rule alone: three
+
+
+def _overlapping_needs(weights: list[int], tail: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Four needs segments around the default taxonomy's prototypes (scaled to overlap, as
+    needs read from behavioural proxies do); the second's two strongest dimensions have a
+    long right tail of mean `tail` (as shares and rates of service-minded customers have),
+    its mean still at its prototype. Returns accounts, true segments, prototypes."""
+    from pipelines.segmentation.taxonomy import load_taxonomy
+    from pipelines.settings import CONFIG_DIR
+
+    prototypes = 0.7 * load_taxonomy(CONFIG_DIR / "taxonomy.yaml").prototype_matrix()
+    rng = np.random.default_rng(seed)
+    X = np.vstack([rng.normal(p, 0.6, (n, len(p))) for p, n in zip(prototypes, weights, strict=True)])
+    truth = np.repeat(np.arange(4), weights)
+    tailed = truth == 1
+    for d in np.argsort(-prototypes[1])[:2]:
+        X[tailed, d] += rng.exponential(tail, int(tailed.sum())) - tail
+    return X, truth, prototypes
+
+
+def _prior(prototypes: np.ndarray, weight: float) -> Prior:
+    names = [f"need {i}" for i in range(len(prototypes))]
+
+    def match(centres: np.ndarray) -> list[str | None]:
+        from scipy.optimize import linear_sum_assignment
+
+        out: list[str | None] = [None] * len(centres)
+        rows, cols = linear_sum_assignment(((centres[:, None, :] - prototypes[None, :, :]) ** 2).sum(-1))
+        for r, c in zip(rows, cols, strict=True):
+            out[r] = names[c]
+        return out
+
+    return Prior(match, prototypes, names, weight)
+
+
+def test_centres_drawn_towards_the_prototypes_recover_overlapping_needs_k_means_distorts():
+    """Needs read from noisy proxies overlap, and a segment whose proxies have a long tail
+    pulls a k-means centre out along the tail: its customers near the need go to its
+    neighbours. With the taxonomy's
+    prototypes as prior knowledge (prototype_weight), the centres stay near the needs and
+    more customers land in their own segment; the pull is a share of the population, so the
+    result does not depend on how many accounts there are."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from pipelines.segmentation.clustering import toward_prototypes
+
+    for n in (1, 4):
+        X, truth, prototypes = _overlapping_needs([300 * n, 250 * n, 150 * n, 200 * n], tail=2.0)
+        fresh = choose_k(X, 4, 4, ClusterSettings(bootstrap_samples=5))
+        drawn = choose_k(X, 4, 4, ClusterSettings(bootstrap_samples=5), prior=_prior(prototypes, 2.0))
+        free = adjusted_rand_score(truth, fresh.labels)
+        anchored = adjusted_rand_score(truth, drawn.labels)
+        assert anchored > free + 0.05, (n, free, anchored)
+        assert "drawn towards the taxonomy prototypes" in drawn.centres_note
+        # each centre lies between its accounts' mean and its prototype, near the prototype
+        assert np.abs(drawn.centres - prototypes[[int(m.split()[-1]) for m in _prior(prototypes, 2.0).match(drawn.centres)]]).max() < 0.3
+    # weight 0 or no matching prototype: the centres are the data's own (k-means)
+    centres = fresh.centres
+    same, drawn_rows = toward_prototypes(X, centres, _prior(prototypes, 0.0))
+    assert same is centres and drawn_rows == []
+    nobody = Prior(lambda c: [None] * len(c), prototypes, [f"need {i}" for i in range(4)], 2.0)
+    same, drawn_rows = toward_prototypes(X, centres, nobody)
+    assert same is centres and drawn_rows == []
+
+
+def test_an_emerging_cluster_is_not_drawn_to_any_prototype():
+    """A cluster that matches no prototype (an emerging segment) keeps its accounts' mean;
+    only the matched centres are pulled."""
+    from pipelines.segmentation.clustering import toward_prototypes
+
+    X, _, prototypes = _overlapping_needs([200, 200, 200, 200], tail=0.0)
+    extra = np.random.default_rng(1).normal(6.0, 0.3, (100, X.shape[1]))
+    X = np.vstack([X, extra])
+    start = np.vstack([prototypes + 0.5, np.full(X.shape[1], 5.0)])
+    base = _prior(prototypes, 5.0)
+
+    def match(centres: np.ndarray) -> list[str | None]:
+        return [*base.match(centres[:4]), None]
+
+    centres, rows = toward_prototypes(X, start, Prior(match, prototypes, base.names, 5.0))
+    assert rows == [0, 1, 2, 3]
+    np.testing.assert_allclose(centres[4], extra.mean(axis=0), atol=1e-9)
+    assert np.abs(centres[:4] - prototypes).max() < 0.15

@@ -71,16 +71,43 @@ def test_too_few_respondents_fall_back_to_behaviour_and_say_why(warehouse):
     assert run[0] == "provisional" and run[2] == "behaviour" and run[3] == 0
     assert "inferred_from_behaviour" in {r["code"] for r in json.loads(run[1])}
     assert "verdict: PROVISIONAL" in result.summary()
-    assert "50% of customers most clearly in one cluster taught a classifier" in result.fallback
+    assert "segments were held near where the taxonomy's prototypes put each need (prototype_weight 2)" in result.fallback
 
 
-def test_needs_read_from_proxies_keep_the_clear_half_and_read_the_others_from_all_behaviour(warehouse):
-    """The fallback's proxies are noisy readings of the needs (core_share 0.5): the customers
-    most clearly in one cluster keep it, explained by the proxies; the classifier learned
-    from them reads the rest from every behaviour signal, and says so in their drivers."""
+FALLBACK = CONFIG_DIR / "taxonomies" / "needs_from_behaviour.yaml"
+
+
+def test_the_needs_fallback_holds_its_segments_at_the_needs_prototypes(warehouse):
+    """Without surveys the default needs are read from their proxies, whose k-means centres
+    wander where the accounts are dense (a long tail of service revenue pulls one out). The
+    shipped fallback holds each segment that matches a need near where its prototype puts
+    it (prototype_weight), segments key accounts with everyone against the same
+    prototypes, and says both in the run's notes and key-account evidence."""
+    prototypes = {s.id: s.prototype for s in load_taxonomy(FALLBACK).segments}
     with connect(warehouse) as con:
         con.execute("update marts.customer_features set is_surveyed = false")
         segment(con, AS_OF, load_taxonomy(CONFIG_DIR / "taxonomy.yaml"), CONFIG)
+        run = con.execute("select verdict_reasons, key_account_mode, key_account_evidence from segments.segment_runs").fetchone()
+        centres = con.execute("select taxonomy_id, centre from segments.segment_definitions where taxonomy_id is not null").fetchall()
+    assert any("drawn towards the taxonomy prototypes they match" in r["text"] for r in json.loads(run[0]))
+    assert run[1] == "nearest" and "drawn towards its prototypes" in json.loads(run[2])["why"]
+    assert len(centres) >= 3
+    for taxonomy_id, centre in centres:
+        stored = json.loads(centre)
+        at = dict(zip(stored["dimensions"], stored["values"], strict=True))
+        gap = max(abs(at[d] - v) for d, v in prototypes[taxonomy_id].items())
+        assert gap < 0.5, (taxonomy_id, gap)  # within half a standard deviation on every proxy
+
+
+def test_needs_read_from_proxies_keep_the_clear_half_and_read_the_others_from_all_behaviour(warehouse, tmp_path):
+    """A behaviour taxonomy whose proxies are noisy readings of the needs may say so
+    (core_share 0.5): the customers most clearly in one cluster keep it, explained by the
+    proxies; the classifier learned from them reads the rest from every behaviour signal,
+    and says so in their drivers."""
+    cored = tmp_path / "needs_core.yaml"
+    cored.write_text(FALLBACK.read_text().replace("prototype_weight: 2", "core_share: 0.5"))
+    with connect(warehouse) as con:
+        segment(con, AS_OF, load_taxonomy(cored), CONFIG)
         rows = con.execute(
             """
             select a.account_id, a.segment_id, a.preferred_segment_id, a.drivers, a.behaviour_segment_id, max(p.probability) as cluster_p

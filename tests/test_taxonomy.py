@@ -144,9 +144,14 @@ def test_a_broken_taxonomy_is_refused_naming_file_and_problem(tmp_path, broken, 
     [
         ("basis: behaviour\ncore_share: 2", "core_share must be a share between 0.1 and 1, not 2"),
         ("basis: behaviour\ncore_share: half", "core_share must be a share between 0.1 and 1, not 'half'"),
+        ("basis: behaviour\nprototype_weight: 0", "prototype_weight must be a number above 0"),
+        (
+            "basis: behaviour\nprototype_weight: strong",
+            "prototype_weight must be a number above 0 (times the clustered accounts; 1000 at most), not 'strong'",
+        ),
     ],
 )
-def test_core_share_is_refused_where_it_means_nothing(tmp_path, text, message):
+def test_core_share_and_prototype_weight_are_refused_where_they_mean_nothing(tmp_path, text, message):
     path = tmp_path / "core.yaml"
     path.write_text(
         text
@@ -158,13 +163,16 @@ def test_core_share_is_refused_where_it_means_nothing(tmp_path, text, message):
     assert str(path) in str(error.value) and message in str(error.value)
 
 
-def test_core_share_is_refused_on_a_survey_taxonomy(tmp_path):
+@pytest.mark.parametrize("option", ["core_share: 0.5", "prototype_weight: 2"])
+def test_behaviour_only_options_are_refused_on_a_survey_taxonomy(tmp_path, option):
     path = tmp_path / "survey.yaml"
-    path.write_text(THREE_SEGMENTS + "\ncore_share: 0.5\n")
-    with pytest.raises(ConfigError, match="core_share applies to behaviour taxonomies only"):
+    path.write_text(THREE_SEGMENTS + f"\n{option}\n")
+    with pytest.raises(ConfigError, match=f"{option.split(':')[0]} applies to behaviour taxonomies only"):
         load_taxonomy(path)
 
 
-def test_the_shipped_needs_fallback_reads_needs_from_a_confident_core():
-    assert load_taxonomy(CONFIG_DIR / "taxonomies" / "needs_from_behaviour.yaml").core_share == 0.5
-    assert load_taxonomy(CONFIG_DIR / "taxonomies" / "online_retail_engagement.yaml").core_share is None
+def test_the_shipped_needs_fallback_holds_its_segments_at_the_needs_prototypes():
+    fallback = load_taxonomy(CONFIG_DIR / "taxonomies" / "needs_from_behaviour.yaml")
+    assert fallback.prototype_weight == 2 and fallback.core_share is None
+    retail = load_taxonomy(CONFIG_DIR / "taxonomies" / "online_retail_engagement.yaml")
+    assert retail.core_share is None and retail.prototype_weight is None

@@ -278,10 +278,49 @@ PrototypeMatch = Callable[[np.ndarray], list[str | None]]
 class Prior:
     """The taxonomy as prior evidence for the k rule: `match` maps centres (in the
     clustering space) to the taxonomy segment each matches (None: none), as the clusters
-    would be named; `seeds` are the taxonomy's prototypes in the clustering space."""
+    would be named; `seeds` are the taxonomy's prototypes in the clustering space, in the
+    order of `names`. `weight` (the taxonomy's `prototype_weight`): the centres are drawn
+    towards the prototypes they match, each prototype counting as `weight` times the
+    clustered accounts (`toward_prototypes`); 0: not drawn."""
 
     match: PrototypeMatch
     seeds: np.ndarray
+    names: list[str] = field(default_factory=list)
+    weight: float = 0.0
+
+
+def toward_prototypes(X: np.ndarray, centres: np.ndarray, prior: Prior, max_iter: int = 100) -> tuple[np.ndarray, list[int]]:
+    """Centres drawn towards the taxonomy's prototypes: k-means with a prior (MAP).
+
+    Each centre that matches a prototype (`prior.match`, as it would be named) becomes the
+    mean of its accounts and the prototype, the prototype counting as `prior.weight` x
+    len(X) accounts: c = (sum of its accounts + w n p) / (its accounts + w n). Alternated
+    with every account to its nearest centre until nothing moves. A centre that matches no
+    prototype (an emerging segment) is its accounts' mean, as in k-means. The weight is a
+    share of the population, so the pull does not depend on how many accounts there are;
+    a large weight holds the matched centres at the prototypes. Returns the centres and the
+    rows of the centres that were drawn."""
+    names = prior.match(centres)
+    seed_of = {name: row for row, name in enumerate(prior.names)}
+    rows = [j for j, m in enumerate(names) if m is not None and m in seed_of]
+    if not rows or prior.weight <= 0 or not len(X):
+        return centres, []
+    pull = prior.weight * len(X)
+    target = {j: prior.seeds[seed_of[names[j]]] for j in rows}
+    centres = centres.copy()
+    labels = None
+    for _ in range(max_iter):
+        new_labels = sq_distances(X, centres).argmin(axis=1)
+        if labels is not None and np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+        for j in range(len(centres)):
+            members = X[labels == j]
+            if j in target:
+                centres[j] = (members.sum(axis=0) + pull * target[j]) / (len(members) + pull)
+            elif len(members):
+                centres[j] = members.mean(axis=0)
+    return centres, rows
 
 
 def held_out_loglik(
@@ -446,10 +485,19 @@ def choose_k(
     k, held = hold_k(preferred, candidates, settings, hold)
     model, jac = fits[k]
     centres, source, note = anchor(X, model, hold, settings)
-    # every account to its nearest centre: kept and warm-started centres are not the fresh
-    # fit's, whose labels number its own clusters (in another order)
-    labels = model.labels_ if source == "fit" else sq_distances(X, centres).argmin(axis=1)
-    if source != "fit":
+    if prior is not None and prior.weight > 0:
+        centres, drawn = toward_prototypes(X, centres, prior)
+        if drawn:
+            drew = (
+                f"{len(drawn)} of the {k} centres drawn towards the taxonomy prototypes they match "
+                f"(each prototype weighs {prior.weight:g} x the {len(X)} clustered accounts: the taxonomy's prototype_weight)"
+            )
+            note = f"{note}; {drew}" if note else drew
+    # every account to its nearest centre: kept, warm-started and drawn centres are not the
+    # fresh fit's, whose labels number its own clusters (in another order)
+    moved = centres is not model.cluster_centers_
+    labels = sq_distances(X, centres).argmin(axis=1) if moved else model.labels_
+    if moved:
         # the bootstrap Jaccard was measured on the fresh fit's clusters: each centre used
         # takes the one of the fresh cluster matched to it
         used, fresh = linear_sum_assignment(sq_distances(centres, model.cluster_centers_))

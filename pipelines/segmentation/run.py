@@ -270,6 +270,12 @@ def _segment_key_tier(
     profile = "a survey response" if taxonomy.basis == "survey" else "a behaviour profile"
     evidence: dict[str, Any] = {"key_accounts": key_accounts, "key_accounts_profiled": n, "profiled_needed": min_profiles}
     nearest = "; key accounts are segmented with everyone else"
+    if taxonomy.prototype_weight:
+        evidence["why"] = (
+            "the taxonomy's segments are drawn towards its prototypes (prototype_weight), which say where each need sits "
+            f"relative to every customer, not within the key tier{nearest}, against the same prototypes"
+        )
+        return KeyTier("nearest", evidence, key_dims.index)
     if n < min_profiles:
         evidence["why"] = (
             f"{n} of {key_accounts} key accounts have {profile}; at least {min_profiles} are needed to segment the key tier on its own{nearest}"
@@ -398,6 +404,12 @@ def _taxonomy_for_run(taxonomy: Taxonomy, survey: Survey, as_of: dt.date) -> tup
             if fallback.core_share
             else ""
         )
+        + (
+            f"; the segments were held near where the taxonomy's prototypes put each need (prototype_weight {fallback.prototype_weight:g}), "
+            "key accounts with everyone else"
+            if fallback.prototype_weight
+            else ""
+        )
     )
 
 
@@ -495,7 +507,12 @@ def _prior(dims: Dimensions, settings: ClusterSettings, key_tier: bool = False) 
     def match(centres: np.ndarray) -> list[str | None]:
         return [i.name if i.taxonomy_id else None for i in resolve_identities(to_values(centres), dims.taxonomy, [], style)]
 
-    return Prior(match, prototypes if key_tier else dims.to_space(prototypes))
+    return Prior(
+        match,
+        prototypes if key_tier else dims.to_space(prototypes),
+        [s.name for s in dims.taxonomy.segments],
+        0.0 if key_tier else dims.taxonomy.prototype_weight or 0.0,
+    )
 
 
 def _cluster_main(

@@ -83,6 +83,12 @@ class Taxonomy:
     # classifier on every behaviour signal, learned from them, reads the others' needs.
     # None: every account takes its nearest centre (the segments are the clusters).
     core_share: float | None = None
+    # Behaviour taxonomies whose prototypes are prior knowledge of where the needs sit (the
+    # default fallback): the clusters that match a prototype are drawn towards it, the
+    # prototype weighing this many times the clustered accounts (k-means with a prior,
+    # clustering.toward_prototypes); key accounts are then segmented with everyone else,
+    # against the same prototypes. None: the centres are the data's alone.
+    prototype_weight: float | None = None
 
     @property
     def dimension_names(self) -> list[str]:
@@ -213,6 +219,21 @@ def _core_share(raw: dict[str, Any], basis: str, path: Path) -> float | None:
     return share
 
 
+def _prototype_weight(raw: dict[str, Any], basis: str, path: Path) -> float | None:
+    value = raw.get("prototype_weight")
+    if value is None:
+        return None
+    if basis != "behaviour":
+        raise _fail(path, "prototype_weight applies to behaviour taxonomies only (survey segments are learned from the respondents)")
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        weight = -1.0
+    if not 0 < weight <= 1000:
+        raise _fail(path, f"prototype_weight must be a number above 0 (times the clustered accounts; 1000 at most), not {value!r}")
+    return weight
+
+
 def load_taxonomy(path: Path) -> Taxonomy:
     if not path.exists():
         raise ConfigError(f"taxonomy file {path} does not exist (set NEEDSEG_TAXONOMY or restore config/taxonomy.yaml)")
@@ -245,4 +266,5 @@ def load_taxonomy(path: Path) -> Taxonomy:
         fallback=fallback,
         whiten=whiten,
         core_share=_core_share(raw, basis, path),
+        prototype_weight=_prototype_weight(raw, basis, path),
     )
