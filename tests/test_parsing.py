@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import unicodedata
 
+import pandas as pd
 import pytest
 
 from pipelines.ingest.http_source import _timestamp as http_timestamp
@@ -350,6 +352,7 @@ CSV_SHAPES = {
     "old Mac line ends": ("a,b\r1,2\r3,4\r", False),
     "mixed line ends": ("a,b\n1,2\r\n3,4\n", False),
     "one column with a blank row": ("a\n1\n \n2\n", False),
+    "cells at the edges of printable ASCII": ("a,b,c\n!,~,\x7f\n\x1f,\u2003x, ~\n\x7fx,\u3000,!\n", True),
 }
 
 
@@ -378,3 +381,43 @@ def test_duckdbs_csv_split_gives_exactly_what_the_python_reader_gives(shape, tmp
     assert as_read.equals(python.frame), (fast.frame, python.frame)
     assert [vars(b) for b in fast.bad_rows] == [vars(b) for b in python.bad_rows]
     assert fast.frame["_line"].tolist() == python.frame["_line"].tolist()
+
+
+# Text around which trim() and the blank-cell check behave differently: every space separator
+# (Unicode Zs, what DuckDB's trim() removes), the ASCII controls and the ends of printable
+# ASCII, alone, leading, trailing, on both sides and inside a text.
+_EDGE_CHARACTERS = sorted(
+    {chr(c) for c in range(1, 0x3001) if unicodedata.category(chr(c)) == "Zs" or chr(c).isspace()}
+    | {chr(c) for c in [*range(1, 32), 127, 128, 0x85, 0xA0]}
+    | set("!~a é")
+)
+_EDGE_VALUES = [""] + [v for ch in _EDGE_CHARACTERS for v in (ch, ch + "a", "a" + ch, ch + "a" + ch, "a" + ch + "b", ch * 2)]
+
+
+def test_the_typing_querys_conditional_trim_is_duckdbs_trim():
+    """The typing query calls trim() only where it can change the text (`parse._trimmed`):
+    on every edge value its result is `nullif(trim(x), '')`."""
+    from pipelines.ingest.parse import _trimmed
+    from pipelines.warehouse import in_memory
+
+    with in_memory() as con:
+        con.register("edge", pd.DataFrame({"x": pd.array([*_EDGE_VALUES, None], dtype=object)}))
+        differ = con.execute(f"select x from edge where {_trimmed('x')} is distinct from nullif(trim(x), '')").fetchall()
+        trimmed = con.execute(f"select count(*) from edge where {_trimmed('x')} is distinct from x").fetchone()[0]
+    assert differ == []
+    assert trimmed > 50  # the edge values do exercise trim()
+
+
+def test_the_fast_readers_blank_cell_check_is_the_pattern_alone():
+    """The CSV split matches the blank-cell pattern only on cells that do not start with
+    printable ASCII (`readers._cell_sql`): on every edge value the same as the pattern."""
+    from pipelines.ingest import readers
+    from pipelines.warehouse import in_memory
+
+    pattern = f"case when regexp_full_match(x, {readers._sql_text(readers._BLANK_CELL)}) then null else x end"
+    with in_memory() as con:
+        con.register("edge", pd.DataFrame({"x": pd.array([*_EDGE_VALUES, None], dtype=object)}))
+        differ = con.execute(f"select x from edge where {readers._cell_sql('x')} is distinct from {pattern}").fetchall()
+        blank = con.execute(f"select count(*) from edge where x is not null and {pattern} is null").fetchone()[0]
+    assert differ == []
+    assert blank > 20

@@ -517,7 +517,7 @@ def _number_sql(col, mapping: TableMapping, native: set[str], checks: list) -> t
 def _column_sql(col, mapping: TableMapping, native: set[str], checks: list) -> tuple[list[str], list[str], bool]:
     """(parsed-stage SQL, select-stage SQL, whether the column is flagged when unreadable)."""
     q = _quote(col.name)
-    text = f"nullif(trim({q}), '')"
+    text = _trimmed(q)
     if col.kind == "text":
         typed = f"lower({text})" if col.allowed else f"upper({text})" if col.pattern in UPPER_CASE_PATTERNS else text
         return [f"{typed} as {q}"], [q], False
@@ -537,6 +537,15 @@ def _column_sql(col, mapping: TableMapping, native: set[str], checks: list) -> t
     select.append(f"{typed} as {q}")
     select.append(f"({given} is not null and {typed} is null) as {_quote(_BAD + col.name)}")
     return parsed, select, True
+
+
+def _trimmed(q: str) -> str:
+    """`nullif(trim(q), '')`, with trim() (which copies every value) called only where it can
+    change the text. DuckDB's trim() removes the space separators (Unicode category Zs) and
+    nothing else; the only ASCII one is the space, so an ASCII text (as many bytes as
+    characters) that neither starts nor ends with a space and is not empty is its own
+    result. `tests/test_parsing.py` checks every Zs character and the ASCII controls."""
+    return f"(case when {q} = '' or starts_with({q}, ' ') or ends_with({q}, ' ') or strlen({q}) <> length({q}) then nullif(trim({q}), '') else {q} end)"
 
 
 def _is_column(expr: str, source_columns: list[str]) -> bool:
