@@ -421,3 +421,74 @@ def test_the_fast_readers_blank_cell_check_is_the_pattern_alone():
         blank = con.execute(f"select count(*) from edge where x is not null and {pattern} is null").fetchone()[0]
     assert differ == []
     assert blank > 20
+
+
+# Headers read from the first characters of a file (`readers._header_of`): a quoted name
+# across lines, Excel's sep= line with CRLF, a stray quote, a header below a title line.
+HEADER_SHAPES = {
+    **{shape: (text, 1) for shape, (text, _) in CSV_SHAPES.items()},
+    "a quoted name across lines": ('id,"long\nname",x\r\n1,2,3\r\n4,5,6\r\n', 1),
+    "sep= and CRLF": ("sep=;\r\na;b\r\n1;2\r\n", 1),
+    "a stray quote in the header": ('a,"b"c,d\n1,2,3\n', 1),
+    "only blanks after a quoted name": ('a,"b" ,c\n1,2,3\n', 1),
+    "a title line above the header": ("Export of 2026-10\na,b\n1,2\n3,4\n", 2),
+    "a header and nothing else": ("a,b,c\n", 1),
+}
+
+
+@pytest.mark.parametrize("shape", HEADER_SHAPES)
+def test_a_header_read_from_the_files_first_characters_is_the_header_read_from_all_of_it(shape, tmp_path, monkeypatch):
+    """Cut the text the header's reader gets first at every position: the rows, problems,
+    delimiter and refusals are those of a reader given the whole text."""
+    from pipelines.ingest import readers
+    from pipelines.ingest.mapping import ReadOptions
+
+    text, header_row = HEADER_SHAPES[shape]
+    path = tmp_path / "export.csv"
+    path.write_bytes(text.encode())
+    options = ReadOptions(header_row=header_row)
+
+    def read(limit: int):
+        monkeypatch.setattr(readers, "_HEAD_CHARACTERS", limit)
+        try:
+            raw = readers.read_csv(path, options)
+        except readers.BatchRejected as exc:
+            found = None if exc.raw is None else (exc.raw.frame.astype(object).to_dict("list"), [vars(b) for b in exc.raw.bad_rows])
+            return ("refused", str(exc), exc.expectation, found)
+        frame = raw.frame.astype(object).where(raw.frame.notna(), None)
+        return (frame.to_dict("list"), [vars(b) for b in raw.bad_rows], raw.delimiter, raw.duplicate_columns, raw.encoding)
+
+    whole = read(10**12)
+    for limit in range(1, len(text) + 1):
+        assert read(limit) == whole, limit
+
+
+def test_a_long_file_is_split_by_duckdb_after_a_header_read_from_its_start(tmp_path, monkeypatch):
+    """A file longer than the header's first read: the same rows as the Python reader's, by
+    DuckDB; and a bad line far past the start still reaches the Python reader whole."""
+    from pipelines.ingest import readers
+    from pipelines.ingest.mapping import ReadOptions
+
+    rows = "".join(f"O{i},{i % 7},{'  ' if i % 11 == 0 else 'x'}\r\n" for i in range(20_000))
+    assert len(rows) > readers._HEAD_CHARACTERS
+    for name, text, plain in (
+        ("plain.csv", "sep=,\r\norder,line,note\r\n" + rows, True),
+        ("bad.csv", "order,line,note\r\n" + rows + 'O,"1"2,x\r\n' + rows, False),
+    ):
+        path = tmp_path / name
+        path.write_bytes(text.encode())
+        taken = []
+        split = readers._plain_csv_rows
+        monkeypatch.setattr(readers, "_plain_csv_rows", lambda *a, split=split, taken=taken: taken.append(split(*a)) or taken[-1])
+        fast = readers.read_csv(path, ReadOptions())
+        monkeypatch.setattr(readers, "_plain_csv_rows", lambda *a: None)
+        monkeypatch.setattr(readers, "_HEAD_CHARACTERS", 10**12)
+        python = readers.read_csv(path, ReadOptions())
+        monkeypatch.undo()
+        assert (taken[0] is not None) == plain
+        columns = [c for c in fast.frame.columns if c != "_line"]
+        as_read = fast.frame.astype(dict.fromkeys(columns, object))
+        as_read[columns] = as_read[columns].where(fast.frame[columns].notna(), None)
+        assert as_read.equals(python.frame)
+        assert [vars(b) for b in fast.bad_rows] == [vars(b) for b in python.bad_rows]
+        assert len(python.frame) == (20_000 if plain else 40_000)
