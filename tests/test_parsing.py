@@ -492,3 +492,33 @@ def test_a_long_file_is_split_by_duckdb_after_a_header_read_from_its_start(tmp_p
         assert as_read.equals(python.frame)
         assert [vars(b) for b in fast.bad_rows] == [vars(b) for b in python.bad_rows]
         assert len(python.frame) == (20_000 if plain else 40_000)
+
+
+def test_a_large_file_is_typed_as_a_small_one(tmp_path, monkeypatch):
+    """Past `parse.CONDITIONAL_TRIM_ROWS` rows the typing query trims conditionally: the same
+    typed rows, texts and problems as the plain trim, on cells with every edge character."""
+    from pipelines.contract import TABLES
+    from pipelines.ingest import parse, readers
+    from pipelines.ingest.mapping import ReadOptions, TableMapping
+
+    edges = [v.replace(",", ";").replace("\n", " ").replace("\r", " ") for v in _EDGE_VALUES]
+    lines = [
+        f"O{i},{i % 5 + 1}{edges[i % len(edges)] if i % 3 == 0 else ''},A{i % 9},2026-0{i % 9 + 1}-1{i % 10},P{i},cat {edges[(i * 7) % len(edges)]},"
+        f"{i % 4}{' ' if i % 2 else ''},{i}.5,{i}.25,{edges[i % len(edges)] if i % 13 == 0 else 'sek'},web"
+        for i in range(1_200)
+    ]
+    path = tmp_path / "orders.csv"
+    header = "order_id,line_number,account_id,order_date,product_id,product_category,quantity,list_price,net_price,currency,channel"
+    path.write_text(header + "\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    raw = readers.read_csv(path, ReadOptions())
+    mapping = TableMapping(source="crm", table="order_lines")
+
+    def typed(limit: int):
+        monkeypatch.setattr(parse, "CONDITIONAL_TRIM_ROWS", limit)
+        batch = parse.parse(raw, mapping, TABLES["order_lines"], path)
+        return batch.typed, batch.texts, [vars(p) for p in batch.problems]
+
+    plain, conditional = typed(10**9), typed(1)
+    assert plain[0].equals(conditional[0]) and plain[1].equals(conditional[1])
+    assert plain[2] == conditional[2]
+    assert len(plain[2]) > 100 and len(plain[0]) > 500  # bad cells quarantined, good rows typed
