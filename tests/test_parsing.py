@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import unicodedata
 
+import pandas as pd
 import pytest
 
 from pipelines.ingest.http_source import _timestamp as http_timestamp
@@ -350,6 +352,7 @@ CSV_SHAPES = {
     "old Mac line ends": ("a,b\r1,2\r3,4\r", False),
     "mixed line ends": ("a,b\n1,2\r\n3,4\n", False),
     "one column with a blank row": ("a\n1\n \n2\n", False),
+    "cells at the edges of printable ASCII": ("a,b,c\n!,~,\x7f\n\x1f,\u2003x, ~\n\x7fx,\u3000,!\n", True),
 }
 
 
@@ -378,3 +381,144 @@ def test_duckdbs_csv_split_gives_exactly_what_the_python_reader_gives(shape, tmp
     assert as_read.equals(python.frame), (fast.frame, python.frame)
     assert [vars(b) for b in fast.bad_rows] == [vars(b) for b in python.bad_rows]
     assert fast.frame["_line"].tolist() == python.frame["_line"].tolist()
+
+
+# Text around which trim() and the blank-cell check behave differently: every space separator
+# (Unicode Zs, what DuckDB's trim() removes), the ASCII controls and the ends of printable
+# ASCII, alone, leading, trailing, on both sides and inside a text.
+_EDGE_CHARACTERS = sorted(
+    {chr(c) for c in range(1, 0x3001) if unicodedata.category(chr(c)) == "Zs" or chr(c).isspace()}
+    | {chr(c) for c in [*range(1, 32), 127, 128, 0x85, 0xA0]}
+    | set("!~a é")
+)
+_EDGE_VALUES = [""] + [v for ch in _EDGE_CHARACTERS for v in (ch, ch + "a", "a" + ch, ch + "a" + ch, "a" + ch + "b", ch * 2)]
+
+
+def test_the_typing_querys_conditional_trim_is_duckdbs_trim():
+    """The typing query calls trim() only where it can change the text (`parse._trimmed`):
+    on every edge value its result is `nullif(trim(x), '')`."""
+    from pipelines.ingest.parse import _trimmed
+    from pipelines.warehouse import in_memory
+
+    with in_memory() as con:
+        con.register("edge", pd.DataFrame({"x": pd.array([*_EDGE_VALUES, None], dtype=object)}))
+        differ = con.execute(f"select x from edge where {_trimmed('x')} is distinct from nullif(trim(x), '')").fetchall()
+        trimmed = con.execute(f"select count(*) from edge where {_trimmed('x')} is distinct from x").fetchone()[0]
+    assert differ == []
+    assert trimmed > 50  # the edge values do exercise trim()
+
+
+def test_the_fast_readers_blank_cell_check_is_the_pattern_alone():
+    """The CSV split matches the blank-cell pattern only on cells that do not start with
+    printable ASCII (`readers._cell_sql`): on every edge value the same as the pattern."""
+    from pipelines.ingest import readers
+    from pipelines.warehouse import in_memory
+
+    pattern = f"case when regexp_full_match(x, {readers._sql_text(readers._BLANK_CELL)}) then null else x end"
+    with in_memory() as con:
+        con.register("edge", pd.DataFrame({"x": pd.array([*_EDGE_VALUES, None], dtype=object)}))
+        differ = con.execute(f"select x from edge where {readers._cell_sql('x')} is distinct from {pattern}").fetchall()
+        blank = con.execute(f"select count(*) from edge where x is not null and {pattern} is null").fetchone()[0]
+    assert differ == []
+    assert blank > 20
+
+
+# Headers read from the first characters of a file (`readers._header_of`): a quoted name
+# across lines, Excel's sep= line with CRLF, a stray quote, a header below a title line.
+HEADER_SHAPES = {
+    **{shape: (text, 1) for shape, (text, _) in CSV_SHAPES.items()},
+    "a quoted name across lines": ('id,"long\nname",x\r\n1,2,3\r\n4,5,6\r\n', 1),
+    "sep= and CRLF": ("sep=;\r\na;b\r\n1;2\r\n", 1),
+    "a stray quote in the header": ('a,"b"c,d\n1,2,3\n', 1),
+    "only blanks after a quoted name": ('a,"b" ,c\n1,2,3\n', 1),
+    "a title line above the header": ("Export of 2026-10\na,b\n1,2\n3,4\n", 2),
+    "a header and nothing else": ("a,b,c\n", 1),
+}
+
+
+@pytest.mark.parametrize("shape", HEADER_SHAPES)
+def test_a_header_read_from_the_files_first_characters_is_the_header_read_from_all_of_it(shape, tmp_path, monkeypatch):
+    """Cut the text the header's reader gets first at every position: the rows, problems,
+    delimiter and refusals are those of a reader given the whole text."""
+    from pipelines.ingest import readers
+    from pipelines.ingest.mapping import ReadOptions
+
+    text, header_row = HEADER_SHAPES[shape]
+    path = tmp_path / "export.csv"
+    path.write_bytes(text.encode())
+    options = ReadOptions(header_row=header_row)
+
+    def read(limit: int):
+        monkeypatch.setattr(readers, "_HEAD_CHARACTERS", limit)
+        try:
+            raw = readers.read_csv(path, options)
+        except readers.BatchRejected as exc:
+            found = None if exc.raw is None else (exc.raw.frame.astype(object).to_dict("list"), [vars(b) for b in exc.raw.bad_rows])
+            return ("refused", str(exc), exc.expectation, found)
+        frame = raw.frame.astype(object).where(raw.frame.notna(), None)
+        return (frame.to_dict("list"), [vars(b) for b in raw.bad_rows], raw.delimiter, raw.duplicate_columns, raw.encoding)
+
+    whole = read(10**12)
+    for limit in range(1, len(text) + 1):
+        assert read(limit) == whole, limit
+
+
+def test_a_long_file_is_split_by_duckdb_after_a_header_read_from_its_start(tmp_path, monkeypatch):
+    """A file longer than the header's first read: the same rows as the Python reader's, by
+    DuckDB; and a bad line far past the start still reaches the Python reader whole."""
+    from pipelines.ingest import readers
+    from pipelines.ingest.mapping import ReadOptions
+
+    rows = "".join(f"O{i},{i % 7},{'  ' if i % 11 == 0 else 'x'}\r\n" for i in range(20_000))
+    assert len(rows) > readers._HEAD_CHARACTERS
+    for name, text, plain in (
+        ("plain.csv", "sep=,\r\norder,line,note\r\n" + rows, True),
+        ("bad.csv", "order,line,note\r\n" + rows + 'O,"1"2,x\r\n' + rows, False),
+    ):
+        path = tmp_path / name
+        path.write_bytes(text.encode())
+        taken = []
+        split = readers._plain_csv_rows
+        monkeypatch.setattr(readers, "_plain_csv_rows", lambda *a, split=split, taken=taken: taken.append(split(*a)) or taken[-1])
+        fast = readers.read_csv(path, ReadOptions())
+        monkeypatch.setattr(readers, "_plain_csv_rows", lambda *a: None)
+        monkeypatch.setattr(readers, "_HEAD_CHARACTERS", 10**12)
+        python = readers.read_csv(path, ReadOptions())
+        monkeypatch.undo()
+        assert (taken[0] is not None) == plain
+        columns = [c for c in fast.frame.columns if c != "_line"]
+        as_read = fast.frame.astype(dict.fromkeys(columns, object))
+        as_read[columns] = as_read[columns].where(fast.frame[columns].notna(), None)
+        assert as_read.equals(python.frame)
+        assert [vars(b) for b in fast.bad_rows] == [vars(b) for b in python.bad_rows]
+        assert len(python.frame) == (20_000 if plain else 40_000)
+
+
+def test_a_large_file_is_typed_as_a_small_one(tmp_path, monkeypatch):
+    """Past `parse.CONDITIONAL_TRIM_ROWS` rows the typing query trims conditionally: the same
+    typed rows, texts and problems as the plain trim, on cells with every edge character."""
+    from pipelines.contract import TABLES
+    from pipelines.ingest import parse, readers
+    from pipelines.ingest.mapping import ReadOptions, TableMapping
+
+    edges = [v.replace(",", ";").replace("\n", " ").replace("\r", " ") for v in _EDGE_VALUES]
+    lines = [
+        f"O{i},{i % 5 + 1}{edges[i % len(edges)] if i % 3 == 0 else ''},A{i % 9},2026-0{i % 9 + 1}-1{i % 10},P{i},cat {edges[(i * 7) % len(edges)]},"
+        f"{i % 4}{' ' if i % 2 else ''},{i}.5,{i}.25,{edges[i % len(edges)] if i % 13 == 0 else 'sek'},web"
+        for i in range(1_200)
+    ]
+    path = tmp_path / "orders.csv"
+    header = "order_id,line_number,account_id,order_date,product_id,product_category,quantity,list_price,net_price,currency,channel"
+    path.write_text(header + "\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    raw = readers.read_csv(path, ReadOptions())
+    mapping = TableMapping(source="crm", table="order_lines")
+
+    def typed(limit: int):
+        monkeypatch.setattr(parse, "CONDITIONAL_TRIM_ROWS", limit)
+        batch = parse.parse(raw, mapping, TABLES["order_lines"], path)
+        return batch.typed, batch.texts, [vars(p) for p in batch.problems]
+
+    plain, conditional = typed(10**9), typed(1)
+    assert plain[0].equals(conditional[0]) and plain[1].equals(conditional[1])
+    assert plain[2] == conditional[2]
+    assert len(plain[2]) > 100 and len(plain[0]) > 500  # bad cells quarantined, good rows typed

@@ -29,7 +29,7 @@ from pipelines.contract import CURRENCY, ISO_COUNTRY, Table
 from pipelines.ingest import sandbox
 from pipelines.ingest.mapping import ReadOptions, TableMapping
 from pipelines.ingest.readers import BatchRejected, RawFrame
-from pipelines.warehouse import sandboxed
+from pipelines.warehouse import registered, sandboxed
 
 # Codes written in capitals by the standard they come from; "se" and "sek" mean SE and SEK.
 UPPER_CASE_PATTERNS = (ISO_COUNTRY, CURRENCY)
@@ -301,6 +301,7 @@ _GIVEN = "__needseg_given__"  # prefix of a number or date column's text after r
 _VALUE = "__needseg_value__"  # prefix of the number (before scale and range checks) or date read from it
 _BAD = "__needseg_bad__"  # prefix of the flag: text given, but it does not read as its type
 _YEAR = "__needseg_year__"  # prefix of the year an unreadable date's text would have had
+_YEAR_TEXT = "__needseg_year_text__"  # prefix of that date's text (where it does not read)
 
 
 class Sandbox:
@@ -377,7 +378,7 @@ def parse(raw: RawFrame, mapping: TableMapping, table: Table, path, sandbox: San
         extra = [] if mapping.aggregate else sorted(set(source_columns) - _used_columns(list(expressions.values()), source_columns))
         # A column mapped as it is: its text as read is the file's column, not copied out of DuckDB.
         as_read = {name: expr[1:-1].replace('""', '"') for name, expr in expressions.items() if _is_column(expr, source_columns)}
-        result, flagged, checks = _typed(con, expressions, mapping, table, reject, set(as_read))
+        result, flagged, checks = _typed(con, expressions, mapping, table, reject, set(as_read), len(frame))
         for name in table.column_names:
             if name in as_read:
                 result[_TEXT + name] = frame[as_read[name]].reset_index(drop=True)
@@ -514,13 +515,15 @@ def _number_sql(col, mapping: TableMapping, native: set[str], checks: list) -> t
     return f"{reader}({given}) as {value}", typed
 
 
-def _column_sql(col, mapping: TableMapping, native: set[str], checks: list) -> tuple[list[str], list[str], bool]:
-    """(parsed-stage SQL, select-stage SQL, whether the column is flagged when unreadable)."""
+def _column_sql(col, mapping: TableMapping, native: set[str], checks: list, rows: int) -> tuple[list[str], list[str], list[str], bool]:
+    """(parsed-stage SQL, typed-stage SQL, select-stage SQL, whether the column is flagged
+    when unreadable). Each stage names what the last one computed: a typed value is computed
+    once, not again for its flag (DuckDB does not share a repeated expression)."""
     q = _quote(col.name)
-    text = f"nullif(trim({q}), '')"
+    text = _trimmed(q, rows)
     if col.kind == "text":
         typed = f"lower({text})" if col.allowed else f"upper({text})" if col.pattern in UPPER_CASE_PATTERNS else text
-        return [f"{typed} as {q}"], [q], False
+        return [f"{typed} as {q}"], [q], [q], False
     given, value = _quote(_GIVEN + col.name), _quote(_VALUE + col.name)
     parsed = [f"{text} as {given}"]
     select = []
@@ -530,13 +533,29 @@ def _column_sql(col, mapping: TableMapping, native: set[str], checks: list) -> t
     else:
         parsed.append(f"needseg_date({given}) as {value}")
         typed = f"cast({value} as date)" if col.kind == "date" else value
-        # A value that reads as a date, but in an implausible year: say which year.
-        select.append(
-            f"case when {given} is not null and {value} is null then year(needseg_unchecked_date({given})) end as {_quote(_YEAR + col.name)}"
-        )
-    select.append(f"{typed} as {q}")
-    select.append(f"({given} is not null and {typed} is null) as {_quote(_BAD + col.name)}")
-    return parsed, select, True
+        # A value that reads as a date, but in an implausible year: its text, whose year
+        # `_years_of` tells (for those few cells only).
+        select.append(f"case when {given} is not null and {value} is null then {given} end as {_quote(_YEAR_TEXT + col.name)}")
+    select.append(q)
+    select.append(f"({given} is not null and {q} is null) as {_quote(_BAD + col.name)}")
+    return parsed, [f"{typed} as {q}", given, value], select, True
+
+
+# From this many rows on, trim() is called only where it can change a text (`_trimmed`).
+CONDITIONAL_TRIM_ROWS = 50_000
+
+
+def _trimmed(q: str, rows: int = CONDITIONAL_TRIM_ROWS) -> str:
+    """`nullif(trim(q), '')`; for `rows` >= CONDITIONAL_TRIM_ROWS with trim() (which copies
+    every value) called only where it can change the text. DuckDB's trim() removes the space
+    separators (Unicode category Zs) and nothing else; the only ASCII one is the space, so an
+    ASCII text (as many bytes as characters) that neither starts nor ends with a space and
+    is not empty is its own result. That saves ~1 CPU s per million cells, but the longer
+    expression costs ~30 ms more to plan per file: a small file is typed with the plain
+    one. `tests/test_parsing.py` checks every Zs character and the ASCII controls."""
+    if rows < CONDITIONAL_TRIM_ROWS:
+        return f"nullif(trim({q}), '')"
+    return f"(case when {q} = '' or starts_with({q}, ' ') or ends_with({q}, ' ') or strlen({q}) <> length({q}) then nullif(trim({q}), '') else {q} end)"
 
 
 def _is_column(expr: str, source_columns: list[str]) -> bool:
@@ -548,7 +567,7 @@ _WINDOW = re.compile(r"\bover\s*\(", re.IGNORECASE)
 
 
 def _typed(
-    con, expressions: dict[str, str], mapping: TableMapping, table: Table, reject, texts_known: set[str]
+    con, expressions: dict[str, str], mapping: TableMapping, table: Table, reject, texts_known: set[str], rows: int
 ) -> tuple[pd.DataFrame, list, list]:
     """One query: each contract column as text, recoded, read as its type, with a flag per
     cell that does not read so. Returns (result, flagged columns, scale checks). The text
@@ -567,10 +586,11 @@ def _typed(
     recoded_sql = [f"{_recode_sql(mapping, name)} as {_quote(name)}" for name in table.column_names]
     recoded_sql += [f"{_quote(name)} as {_quote(_TEXT + name)}" for name in table.column_names]
     # 3. read as numbers and dates (each cell once); 4. typed, with a flag per unreadable cell
-    parsed_sql, select, checks, flagged = [], [], [], []
+    parsed_sql, typed_sql, select, checks, flagged = [], [], [], [], []
     for col in table.columns:
-        parsed, selected, flag = _column_sql(col, mapping, native, checks)
+        parsed, typed, selected, flag = _column_sql(col, mapping, native, checks, rows)
         parsed_sql += parsed
+        typed_sql += typed
         select += selected
         if flag:
             flagged.append(col)
@@ -580,15 +600,34 @@ def _typed(
     sql = (
         f"with mapped as (select {', '.join(text_sql)}, _line, {_ROW} from src), "
         f"recoded as (select {', '.join(recoded_sql)}, _line, {_ROW} from mapped), "
-        f"parsed as (select {', '.join(parsed_sql + texts_sql)}, _line, {_ROW} from recoded) "
-        f"select {', '.join(select + texts_sql)}, _line from parsed"
+        f"parsed as (select {', '.join(parsed_sql + texts_sql)}, _line, {_ROW} from recoded), "
+        f"typed as (select {', '.join(typed_sql + texts_sql)}, _line, {_ROW} from parsed) "
+        f"select {', '.join(select + texts_sql)}, _line from typed"
     )
     if any(_WINDOW.search(expr) for expr in expressions.values()):
         sql += f" order by {_ROW}"
     try:
-        return _to_pandas(con.sql(sql).to_arrow_table()), flagged, checks
+        result = con.sql(sql).to_arrow_table()
+        dates = [col.name for col in table.columns if col.kind in ("date", "timestamp")]
+        return _to_pandas(_years_of(con, result, dates)), flagged, checks
     except duckdb.Error as exc:
         raise reject(f"a column expression of the mapping ({mapping.origin}) fails on this file: {exc}", "mapping") from None
+
+
+def _years_of(con, result: pa.Table, dates: list[str]) -> pa.Table:
+    """`result` with, for each date column, the year its text has where it does not read as
+    a date of a plausible year (NULL elsewhere), in place of that text: read in one query
+    over the few such texts, not over every row."""
+    for name in dates:
+        texts = result.column(_YEAR_TEXT + name)
+        years = pa.nulls(len(texts), pa.int64())
+        if texts.null_count < len(texts):
+            with registered(con, "needseg_year_texts", pa.table({"t": texts})) as view:
+                years = con.sql(f"select year(needseg_unchecked_date(t)) as y from {view}").to_arrow_table().column("y")
+            years = years.cast(pa.int64())
+        position = result.column_names.index(_YEAR_TEXT + name)
+        result = result.set_column(position, _YEAR + name, years)
+    return result
 
 
 def _split_problems(

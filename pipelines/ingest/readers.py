@@ -290,20 +290,45 @@ def read_csv(path: Path, options: ReadOptions) -> RawFrame:
 _SEP_LINE = re.compile(r'^"?sep=(.)"?\s*$')
 
 
+# What of a file's text is given to the header's reader first (`_split_csv`).
+_HEAD_CHARACTERS = 65536
+
+
 def _split_csv(path: Path, text: str, options: ReadOptions, used: str | None, strict_header: bool = True) -> RawFrame:
-    buffer = io.StringIO(text, newline="")
-    named, delimiter, skipped = _csv_header(buffer, path, text, options, used, strict_header)
+    buffer, (named, delimiter, skipped) = _header_of(path, text, options, used, strict_header)
     header, duplicates = _clean_header(named, path, skipped)
-    frame = _plain_csv_rows(path, text, buffer.tell(), delimiter, header, skipped) if used in ("utf-8", "utf-8-sig") else None
+    start = buffer.tell()
+    frame = _plain_csv_rows(path, text, start, delimiter, header, skipped) if used in ("utf-8", "utf-8-sig") else None
     if frame is not None:
         bad = []
     else:
+        if len(buffer.getvalue()) != len(text):
+            buffer = io.StringIO(text, newline="")
+            buffer.seek(start)
         rows, lines, bad = _csv_rows(buffer, text, delimiter, header, skipped)
         frame = pd.DataFrame(rows, columns=header, dtype=object)
         frame["_line"] = pd.Series(lines, dtype="int64")
     frame = _drop_empty_unnamed(frame, header, named)
     # No rows after the header is an empty extract, not a broken file: 0 rows read.
     return RawFrame(frame, bad, used, duplicates, delimiter)
+
+
+def _header_of(path: Path, text: str, options: ReadOptions, used, strict_header: bool) -> tuple[io.StringIO, tuple[list[str], str, int]]:
+    """`_csv_header` read from the file's first `_HEAD_CHARACTERS` (a buffer of the whole
+    text copies it into four bytes a character: 0.15 s for 30 MB, which only the Python
+    reader needs). The answer counts only where the header record ended before that
+    prefix did (the reader takes whole lines and never looks past the record); anything
+    else (a longer header, an error) is read again from the whole text."""
+    if len(text) > _HEAD_CHARACTERS:
+        head = io.StringIO(text[:_HEAD_CHARACTERS], newline="")
+        try:
+            found = _csv_header(head, path, text, options, used, strict_header)
+        except BatchRejected:
+            found = None
+        if found is not None and head.tell() < _HEAD_CHARACTERS:
+            return head, found
+    buffer = io.StringIO(text, newline="")
+    return buffer, _csv_header(buffer, path, text, options, used, strict_header)
 
 
 def _csv_header(buffer: io.StringIO, path: Path, text: str, options: ReadOptions, used, strict_header: bool) -> tuple[list[str], str, int]:
@@ -362,15 +387,14 @@ def _plain_csv_rows(path: Path, text: str, start: int, delimiter: str, header: l
     body = text[start:]
     if not body or '"' in body or "\n\n" in body or body.startswith(("\n", "\r")):
         return None
-    crlf = body.count("\r\n")
-    if body.count("\r") != crlf or (crlf and (crlf != body.count("\n") or "\r\n\r\n" in body)):
+    carriage_returns = "\r" in body  # most files have none: two counts saved
+    crlf = body.count("\r\n") if carriage_returns else 0
+    if (carriage_returns and body.count("\r") != crlf) or (crlf and (crlf != body.count("\n") or "\r\n\r\n" in body)):
         return None
     lines = body.count("\n") + (0 if body.endswith("\n") else 1)
     if body.count(delimiter) != lines * (len(header) - 1):
         return None  # some line has more fields (DuckDB drops empty ones past the last column)
-    blank = _sql_text(_BLANK_CELL)
-    # A cell of only blanks is empty (None), as the Python reader makes it.
-    cells = ", ".join(f"case when regexp_full_match(c{i}, {blank}) then null else c{i} end as c{i}" for i in range(len(header)))
+    cells = ", ".join(f"{_cell_sql(f'c{i}')} as c{i}" for i in range(len(header)))
     columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(header))) + "}"
     sql = (
         f"select {cells} from read_csv({_sql_text(str(path))}, skip = {skipped}, header = false, delim = {_sql_text(delimiter)}, "
@@ -390,6 +414,14 @@ def _plain_csv_rows(path: Path, text: str, start: int, delimiter: str, header: l
         return None  # a row of only blanks or bare delimiters: not a row (the Python reader skips it)
     frame["_line"] = pd.Series(range(skipped + 1, skipped + 1 + len(frame)), dtype="int64")
     return frame
+
+
+def _cell_sql(name: str) -> str:
+    """A cell of only blanks is empty (NULL), as the Python reader makes it. A cell whose first
+    byte is printable ASCII other than the space ('!' to '~'; DuckDB compares text byte by
+    byte) is not blank: the pattern is matched only on the others, a fifth of the split's
+    cost saved."""
+    return f"case when {name} >= '!' and {name} < chr(127) then {name} when regexp_full_match({name}, {_sql_text(_BLANK_CELL)}) then null else {name} end"
 
 
 _CONNECTION: list[duckdb.DuckDBPyConnection] = []
