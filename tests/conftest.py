@@ -73,6 +73,7 @@ SLOW_TIER = {
     "test_commands_as_written.py",
     "test_no_survey.py",  # a whole cycle without surveys, and the cycled small world
     "test_alert_consistency.py",  # the cycled small world
+    "test_churn_days.py",  # three features builds of a generated world
 }
 # Files that share a session fixture (cycled_small_world) run on one worker, so it is built once.
 SAME_WORKER_AS = {
@@ -234,3 +235,31 @@ def rows(database, sql: str, params=None) -> list[tuple]:
         return con.execute(sql, params or []).fetchall()
     finally:
         con.close()
+
+
+def account_order_days(con) -> None:
+    """`intermediate.int_account_order_days` from a hand-made `intermediate.int_order_lines__priced`
+    (order_id, account_id, order_date, revenue, is_return, discount, category_class): the
+    per-day figures the churn history reads, as the dbt model adds them up from the lines
+    (tests/test_churn_days.py checks the model itself on generated worlds)."""
+    con.execute(
+        """create or replace table intermediate.int_account_order_days as
+        with per_order as (
+            select account_id, order_date::date as order_day, order_id,
+                   count(*) as lines, count(*) filter (where is_return) as return_lines,
+                   count(*) filter (where not is_return) as purchase_lines,
+                   sum(revenue) filter (where not is_return) as purchase_revenue,
+                   sum(discount::decimal(18, 6)) filter (where not is_return) as discount_sum,
+                   count(discount) filter (where not is_return) as discounted_lines,
+                   count(*) filter (where not is_return and category_class = 'premium') as premium_lines,
+                   count(*) filter (where not is_return and category_class = 'service') as service_lines
+            from intermediate.int_order_lines__priced group by all
+        )
+        select account_id, order_day, date_trunc('month', order_day)::date as order_month,
+               count(*) filter (where purchase_lines > 0)::bigint as purchase_orders,
+               sum(lines)::bigint as lines, sum(return_lines)::bigint as return_lines,
+               sum(purchase_lines)::bigint as purchase_lines, sum(purchase_revenue) as purchase_revenue,
+               sum(discount_sum) as discount_sum, sum(discounted_lines)::bigint as discounted_lines,
+               sum(premium_lines)::bigint as premium_lines, sum(service_lines)::bigint as service_lines
+        from per_order group by all"""
+    )

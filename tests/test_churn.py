@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from pipelines.churn import history
+from tests.conftest import account_order_days
 from pipelines.churn.run import COLD_START, LIGHTGBM, ChurnSettings, _threshold, load, predict_at, score_run
 
 START = dt.date(2024, 1, 1)
@@ -44,6 +45,7 @@ def _warehouse(orders: pd.DataFrame) -> duckdb.DuckDBPyConnection:
         select order_id, account_id, order_date, revenue::decimal(38, 6) as revenue, false as is_return,
                0.05 as discount, null::varchar as category_class from o"""
     )
+    account_order_days(con)
     con.execute(
         """create table staging.stg_crm__accounts as
         select account_id, 'customer' as status, min(order_date) as customer_since, min(order_date) as updated_at,

@@ -2,7 +2,9 @@
 
 - history's order features, returns and labels (per-day rows joined to the cutoffs, an
   as-of join for the next purchase) equal, to the bit, the straightforward queries that join
-  every order line to every cutoff (kept here as the reference);
+  every order line to every cutoff (kept here as the reference); the per-day rows are made
+  from the hand-made lines here (`tests.conftest.account_order_days`), and
+  tests/test_churn_days.py checks dbt's int_account_order_days against the lines;
 - TreeSHAP per decision pattern equals LightGBM's `pred_contrib` on every row;
 - the training sample and BG/NBD's fitting sample: whole accounts, a fixed hash order (the
   same accounts whatever else is in the population), nothing sampled below the caps.
@@ -21,6 +23,7 @@ import pytest
 from pipelines.churn import bgnbd, history
 from pipelines.churn.model import tree_contributions
 from pipelines.churn.run import ChurnSettings, account_order, cutoffs_for, predict_at, sample_accounts
+from tests.conftest import account_order_days
 
 AS_OF = dt.date(2025, 6, 30)
 
@@ -145,6 +148,7 @@ def con() -> duckdb.DuckDBPyConnection:
         select order_id, account_id, order_date, revenue::decimal(38, 6) as revenue, is_return,
                discount::decimal(18, 9) as discount, category_class from o"""
     )
+    account_order_days(con)
     # a tenth of the accounts are marked churned in the CRM on a date of their own
     con.execute(
         """create table staging.stg_crm__accounts as
@@ -194,7 +198,7 @@ def test_a_sampled_run_reads_the_same_figures_for_its_sample(con):
         full = [c in scored for c in cutoffs]
         for sql, table in (
             (history.TICKETS, ("staging", "stg_crm__support_tickets")),
-            (history.RETURNS, ("intermediate", "int_order_lines__priced")),
+            (history.RETURNS, ("intermediate", "int_account_order_days")),
         ):
             read = history._frame(con, sql, cutoffs, full, sample, table).reset_index()
             learnt = pd.to_datetime(read["cutoff"]).ne(pd.Timestamp(max(cutoffs)))

@@ -34,6 +34,7 @@ UNIT_TESTED_MODELS = {
     "int_account_ticket_behaviour",  # the comparison windows and their edges
     "int_account_order_behaviour",  # run-rate revenue trend, regularity, weighted discount depth
     "int_account_months",  # the incremental monthly sums: which months a build recomputes
+    "int_account_order_days",  # the churn history's per-day figures: which months a build recomputes
     "customer_category_mix",  # exact shares, from the lines and from the monthly sums
     "int_product_categories",  # premium / service inference; exact medians from the monthly digest
     "int_survey_needs",  # normalisation, straight-liners, the latest usable wave

@@ -1,8 +1,9 @@
 """Point-in-time churn features and labels, from the company's own history (DuckDB SQL).
 
 Every figure of an account at a cutoff is computed from what was known on that date only:
-order lines dated on or before it (`intermediate.int_order_lines__priced`, the lines up to
-the run's as-of date in the reporting currency), tickets opened, quotes created and survey
+order lines dated on or before it, read per account and day from
+`intermediate.int_account_order_days` (the features build keeps it incrementally: the
+priced lines of each day added up, in the reporting currency), tickets opened, quotes created and survey
 answers submitted by then, and the drift step's stored row for a run on that date (drift
 strength, migrations, segment). The label of an account at a cutoff is what happened in
 the `horizon_months` after it: no order at all (lapsed), or a CRM record marking it
@@ -21,35 +22,17 @@ import pandas as pd
 ORDER_FEATURES = """
 with cutoffs as (select unnest(?::date[]) as cutoff, unnest(?::boolean[]) as every_account),
 sample as (select unnest(?::varchar[]) as account_id),
-per_order as (
-    -- money stays DECIMAL and discounts become DECIMAL: sums are exact in any thread order,
-    -- so the same history gives the same features, and the same model, to the bit
-    select account_id, order_date::date as day, order_id,
-           sum(revenue) filter (where not is_return) as revenue,
-           count(*) filter (where not is_return) as lines,
-           sum(discount::decimal(18, 6)) filter (where not is_return) as discount_sum,
-           count(discount) filter (where not is_return) as discounted,
-           count(*) filter (where not is_return and category_class = 'premium') as premium_lines,
-           count(*) filter (where not is_return and category_class = 'service') as service_lines
-    from intermediate.int_order_lines__priced
-    where order_date::date <= (select max(cutoff) from cutoffs)
-      and order_date::date > (select min(cutoff) from cutoffs) - interval 24 month
-    group by all
-),
-per_day as (
-    -- one row per account and day with an order line: what a cutoff reads of a day does not
-    -- depend on the cutoff (the whole day is in its window or none of it), so the order
-    -- lines are grouped once, not once per cutoff (orders counted from one row per order,
-    -- not with a distinct count per day, which held a hash table per account and day)
-    select account_id, day, sum(revenue) as revenue, count(*) filter (where lines > 0) as orders, sum(lines) as lines,
-           sum(discount_sum) as discount_sum, sum(discounted) as discounted,
-           sum(premium_lines) as premium_lines, sum(service_lines) as service_lines
-    from per_order
-    group by all
-),
 buying_days as materialized (
-    select *, lag(day) over (partition by account_id order by day) as previous_day
-    from per_day where orders > 0
+    -- one row per account and day with a purchase (intermediate.int_account_order_days, kept
+    -- by the features build): what a cutoff reads of a day does not depend on the cutoff (the
+    -- whole day is in its window or none of it), so the cutoffs add up days, not order lines
+    select account_id, order_day as day, purchase_revenue as revenue, purchase_orders as orders,
+           purchase_lines as lines, discount_sum, discounted_lines as discounted, premium_lines, service_lines,
+           lag(order_day) over (partition by account_id order by order_day) as previous_day
+    from intermediate.int_account_order_days
+    where purchase_orders > 0
+      and order_day <= (select max(cutoff) from cutoffs)
+      and order_day > (select min(cutoff) from cutoffs) - interval 24 month
 ),
 in_window as (
     -- a training-only cutoff of a sampled run reads the sampled accounts only (see `features`)
@@ -76,7 +59,11 @@ select cutoff, account_id,
     count(*) filter (where age >= 91 and age < 182) as purchase_days_prior_3m,
     count(*) filter (where age < 182) as purchase_days_6m,
     count(*) filter (where age < 365) as purchase_days_12m,
-    count(distinct date_trunc('month', day)) filter (where age < 365) as active_months_12m,
+    -- months with a purchase day in the last 365 days, without a distinct count: a month counts
+    -- once, on its first purchase day in that window (the day before it is in another month or
+    -- older than the window)
+    count(*) filter (where age < 365 and (previous_day is null or date_trunc('month', previous_day) <> date_trunc('month', day)
+                                          or datediff('day', previous_day, cutoff) >= 365)) as active_months_12m,
     sum(orders) as orders,
     sum(revenue)::double as revenue,
     coalesce(sum(revenue) filter (where age < 91), 0)::double as revenue_3m,
@@ -100,17 +87,10 @@ group by all
 
 RETURNS = """
 with cutoffs as (select unnest(?::date[]) as cutoff, unnest(?::boolean[]) as every_account),
-sample as (select unnest(?::varchar[]) as account_id),
-per_day as (
-    select account_id, order_date::date as day, count(*) filter (where is_return) as returns, count(*) as lines
-    from intermediate.int_order_lines__priced
-    where order_date::date <= (select max(cutoff) from cutoffs)
-      and order_date::date > (select min(cutoff) from cutoffs) - interval 12 month
-    group by all
-)
-select c.cutoff, l.account_id, sum(l.returns) / sum(l.lines) as return_share
-from per_day as l join cutoffs as c on l.day <= c.cutoff and l.day > c.cutoff - interval 12 month
-  and (c.every_account or l.account_id in (select account_id from sample))
+sample as (select unnest(?::varchar[]) as account_id)
+select c.cutoff, d.account_id, sum(d.return_lines) / sum(d.lines) as return_share
+from intermediate.int_account_order_days as d join cutoffs as c on d.order_day <= c.cutoff and d.order_day > c.cutoff - interval 12 month
+  and (c.every_account or d.account_id in (select account_id from sample))
 group by all
 """
 
@@ -194,7 +174,10 @@ LABELS = """
 with cutoffs as (select unnest(?::date[]) as cutoff, unnest(?::boolean[]) as every_account),
 sample as (select unnest(?::varchar[]) as account_id),
 buying as (
-    select distinct account_id, order_date::date as day from intermediate.int_order_lines__priced where not is_return
+    -- the days with a purchase up to the last outcome window's end: a later one cannot be the
+    -- first purchase inside a window
+    select account_id, order_day as day from intermediate.int_account_order_days
+    where purchase_lines > 0 and order_day <= (select max(cutoff) from cutoffs) + to_months(?)
 ),
 known as (
     -- the accounts that had bought by each cutoff (a cutoff only learnt from: the sample's)
@@ -243,7 +226,7 @@ def training_sample(con: duckdb.DuckDBPyConnection, last_cutoff: dt.date, cutoff
     from pipelines.churn.run import account_order
 
     buyers = con.execute(
-        "select distinct account_id from intermediate.int_order_lines__priced where not is_return and order_date::date <= ?", [last_cutoff]
+        "select distinct account_id from intermediate.int_account_order_days where purchase_lines > 0 and order_day <= ?", [last_cutoff]
     ).df()["account_id"]
     if len(buyers) * cutoffs <= max_rows:
         return None
@@ -273,7 +256,7 @@ def features(
         frame = frame.join(accounts, how="left")
         frame = frame[frame["status"].fillna("customer").eq("customer")].drop(columns="status")
     for sql, table in (
-        (RETURNS, ("intermediate", "int_order_lines__priced")),
+        (RETURNS, ("intermediate", "int_account_order_days")),
         (TICKETS, ("staging", "stg_crm__support_tickets")),
         (QUOTES, ("staging", "stg_crm__quotes")),
         (SURVEY, ("staging", "stg_survey__survey_responses")),
@@ -324,7 +307,7 @@ def labels(
     if not closed:
         return pd.DataFrame(columns=["cutoff", "account_id", "churned"])
     full = [sample is None or c in every_account for c in closed]
-    frame = con.execute(LABELS, [closed, full, sample or [], horizon_months, horizon_months]).df()
+    frame = con.execute(LABELS, [closed, full, sample or [], horizon_months, horizon_months, horizon_months]).df()
     frame["churned"] = frame["churned"].astype(bool)
     frame["cutoff"] = pd.to_datetime(frame["cutoff"]).dt.date
     return frame

@@ -3,7 +3,7 @@
 -- quarantines them first).
 -- A view: on a month-end as-of date the feature windows are added up from
 -- int_account_months (any other date groups this view), and churn (pipelines/churn) reads
--- it a few times per run; as a table it cost every build a pass over every line.
+-- int_account_order_days; as a table it cost every build a pass over every line.
 -- Money is DECIMAL(38, 6) from here on (macros/account_months.sql): a line's amount is
 -- rounded once, on its own row, and sums of decimals are exact whatever order dbt's threads
 -- add them in, so shares of a total stay within [0, 1] and every build of the same inputs
