@@ -204,34 +204,21 @@ def _options(raw: dict[str, Any], basis: str, ids: list[str], path: Path) -> tup
     return k_min, k_max, roles, fallback, whiten == "within"
 
 
-def _core_share(raw: dict[str, Any], basis: str, path: Path) -> float | None:
-    value = raw.get("core_share")
+def _behaviour_number(raw: dict[str, Any], key: str, basis: str, path: Path, fits, expected: str) -> float | None:
+    """A behaviour-only option that is a number: None when absent, else the number, or
+    refused naming the file, the key and what was expected."""
+    value = raw.get(key)
     if value is None:
         return None
     if basis != "behaviour":
-        raise _fail(path, "core_share applies to behaviour taxonomies only (survey segments are learned from the respondents)")
+        raise _fail(path, f"{key} applies to behaviour taxonomies only (survey segments are learned from the respondents)")
     try:
-        share = float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        share = -1.0
-    if not 0.1 <= share <= 1.0:
-        raise _fail(path, f"core_share must be a share between 0.1 and 1, not {value!r}")
-    return share
-
-
-def _prototype_weight(raw: dict[str, Any], basis: str, path: Path) -> float | None:
-    value = raw.get("prototype_weight")
-    if value is None:
-        return None
-    if basis != "behaviour":
-        raise _fail(path, "prototype_weight applies to behaviour taxonomies only (survey segments are learned from the respondents)")
-    try:
-        weight = float(value)
-    except (TypeError, ValueError):
-        weight = -1.0
-    if not 0 < weight <= 1000:
-        raise _fail(path, f"prototype_weight must be a number above 0 (times the clustered accounts; 1000 at most), not {value!r}")
-    return weight
+        number = float("nan")
+    if not fits(number):
+        raise _fail(path, f"{key} must be {expected}, not {value!r}")
+    return number
 
 
 def load_taxonomy(path: Path) -> Taxonomy:
@@ -265,6 +252,8 @@ def load_taxonomy(path: Path) -> Taxonomy:
         lineage_digest=hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12],
         fallback=fallback,
         whiten=whiten,
-        core_share=_core_share(raw, basis, path),
-        prototype_weight=_prototype_weight(raw, basis, path),
+        core_share=_behaviour_number(raw, "core_share", basis, path, lambda x: 0.1 <= x <= 1.0, "a share between 0.1 and 1"),
+        prototype_weight=_behaviour_number(
+            raw, "prototype_weight", basis, path, lambda x: 0 < x <= 1000, "a number above 0 (times the clustered accounts; 1000 at most)"
+        ),
     )
