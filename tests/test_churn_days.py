@@ -55,8 +55,8 @@ buying_days as materialized (
     select *, lag(day) over (partition by account_id order by day) as previous_day
     from per_day where orders > 0
 ),
-in_window as ("""
-    + history.ORDER_FEATURES.split("in_window as (", 1)[1]
+sampled_days as materialized ("""
+    + history.ORDER_FEATURES.split("sampled_days as materialized (", 1)[1]
 )
 # ... and the months of the last 365 days with a purchase by a distinct count
 ACTIVE_MONTHS = re.compile(r"count\(\*\) filter \(where age < 365 and \(previous_day is null.*?as active_months_12m,", re.S)

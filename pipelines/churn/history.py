@@ -34,13 +34,19 @@ buying_days as materialized (
       and order_day <= (select max(cutoff) from cutoffs)
       and order_day > (select min(cutoff) from cutoffs) - interval 24 month
 ),
+sampled_days as materialized (
+    -- the sampled accounts' days, kept apart before the range join: otherwise DuckDB joins
+    -- every account's days to every training cutoff and drops the others afterwards (at 100k
+    -- accounts 38M joined rows for 3M kept: half the query's time)
+    select * from buying_days where account_id in (select account_id from sample)
+),
 in_window as (
     -- a training-only cutoff of a sampled run reads the sampled accounts only (see `features`)
     select c.cutoff, b.* from buying_days as b
     join cutoffs as c on b.day <= c.cutoff and b.day > c.cutoff - interval 24 month
     where c.every_account
     union all
-    select c.cutoff, b.* from (select * from buying_days where account_id in (select account_id from sample)) as b
+    select c.cutoff, b.* from sampled_days as b
     join cutoffs as c on b.day <= c.cutoff and b.day > c.cutoff - interval 24 month
     where not c.every_account
 ),

@@ -26,6 +26,8 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 
+from pipelines.parallel import ordered_map
+
 # feature -> reason group (the words come per group, from the account's own figures)
 FEATURES: dict[str, str] = {
     "recency_days": "recency",
@@ -207,8 +209,12 @@ def fit(train: pd.DataFrame, y: np.ndarray, seed: int) -> ChurnModel:
         if len(set(groups)) >= 3
         else StratifiedKFold(3, shuffle=True, random_state=seed).split(X, y)
     )
+    folds = list(folds)
+    # the fold models and the final one are independent: fitted on every core
+    # (pipelines.parallel; each booster on one thread, so its trees are those of a serial run)
+    boosters = ordered_map(lambda rows: _booster(X.iloc[rows], y[rows], seed), [*(f for f, _ in folds), np.arange(len(X))])
     oof = np.zeros(len(X))
-    for fit_idx, held_idx in folds:
-        oof[held_idx] = _booster(X.iloc[fit_idx], y[fit_idx], seed).predict(X.iloc[held_idx], raw_score=True)
+    for booster, (_, held_idx) in zip(boosters, folds, strict=False):
+        oof[held_idx] = booster.predict(X.iloc[held_idx], raw_score=True)
     platt = LogisticRegression(C=1e6).fit(oof.reshape(-1, 1), y)
-    return ChurnModel(_booster(X, y, seed), platt, platt.predict_proba(oof.reshape(-1, 1))[:, 1], y)
+    return ChurnModel(boosters[-1], platt, platt.predict_proba(oof.reshape(-1, 1))[:, 1], y)

@@ -32,6 +32,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 
 from pipelines.config import SegmentationConfig
+from pipelines.parallel import ordered_map
 from pipelines.segmentation.taxonomy import Taxonomy
 
 
@@ -127,9 +128,12 @@ def bootstrap_jaccard(X: np.ndarray, labels: np.ndarray, k: int, settings: Clust
     from `init` (the taxonomy's prototypes) when the clusters were."""
     rng = np.random.default_rng(settings.seed)
     n = len(X)
-    totals = np.zeros(k)
-    for b in range(settings.bootstrap_samples):
-        sample = rng.integers(0, n, n)
+    # the resamples drawn in order first, then refitted on every core (pipelines.parallel)
+    # and added up in the same order: the figures of one refit after another
+    samples = [rng.integers(0, n, n) for _ in range(settings.bootstrap_samples)]
+
+    def refit(b: int) -> np.ndarray:
+        sample = samples[b]
         unique = np.unique(sample)
         if init is None:
             model = _kmeans(X[sample], k, settings.seed + b + 1, max(3, settings.n_init // 4))
@@ -137,17 +141,21 @@ def bootstrap_jaccard(X: np.ndarray, labels: np.ndarray, k: int, settings: Clust
             model = KMeans(n_clusters=k, init=init, n_init=1, random_state=settings.seed + b + 1).fit(X[sample])
         boot = model.predict(X[unique])
         orig = labels[unique]
+        best = np.zeros(k)
         for i in range(k):
             a = orig == i
             if not a.any():
                 continue
-            best = 0.0
             for j in range(k):
                 bj = boot == j
                 union = np.logical_or(a, bj).sum()
                 if union:
-                    best = max(best, np.logical_and(a, bj).sum() / union)
-            totals[i] += best
+                    best[i] = max(best[i], np.logical_and(a, bj).sum() / union)
+        return best
+
+    totals = np.zeros(k)
+    for best in ordered_map(refit, range(settings.bootstrap_samples)):
+        totals += best
     return totals / settings.bootstrap_samples
 
 
@@ -336,19 +344,27 @@ def held_out_loglik(
     folds = min(settings.held_out_folds, len(X))
     out = {k: 0.0 for k in ks}
     seeded = 0.0 if seeds is not None and len(seeds) <= len(X) else None
-    for train, test in KFold(folds, shuffle=True, random_state=settings.seed).split(X):
-        for k in ks:
-            if k > len(train):
-                out[k] = float("-inf")
-                continue
-            gmm = GaussianMixture(k, covariance_type="diag", n_init=2, random_state=settings.seed, reg_covar=1e-3).fit(X[train])
-            out[k] += float(gmm.score_samples(X[test]).sum())
-        if seeded is not None and seeds is not None:
-            if len(seeds) > len(train):
-                seeded = float("-inf")
-                continue
+    splits = list(KFold(folds, shuffle=True, random_state=settings.seed).split(X))
+    # every (fold, k) mixture fitted on every core (pipelines.parallel), added up per k in
+    # fold order as one fit after another would; k None: the one started from the seeds
+    fits = [(f, k) for f in range(len(splits)) for k in [*ks, *([None] if seeded is not None else [])]]
+
+    def held_out(fit: tuple[int, int | None]) -> float:
+        (train, test), k = splits[fit[0]], fit[1]
+        if (len(seeds) if k is None else k) > len(train):
+            return float("-inf")
+        if k is None:
             gmm = GaussianMixture(len(seeds), covariance_type="diag", means_init=seeds, random_state=settings.seed, reg_covar=1e-3)
-            seeded += float(gmm.fit(X[train]).score_samples(X[test]).sum())
+        else:
+            gmm = GaussianMixture(k, covariance_type="diag", n_init=2, random_state=settings.seed, reg_covar=1e-3)
+        return float(gmm.fit(X[train]).score_samples(X[test]).sum())
+
+    for (_, k), value in zip(fits, ordered_map(held_out, fits), strict=True):
+        # a fold with too few accounts for k makes it -inf, as it stays once it is
+        if k is None:
+            seeded = float("-inf") if value == float("-inf") else seeded + value
+        else:
+            out[k] = float("-inf") if value == float("-inf") else out[k] + value
     return {k: v / len(X) for k, v in out.items()}, (None if seeded is None else seeded / len(X))
 
 
@@ -467,8 +483,11 @@ def choose_k(
     candidates: list[Candidate] = []
     seeds = prior.seeds if prior is not None and k_min <= len(prior.seeds) <= k_max else None
     loglik, seeded_loglik = held_out_loglik(X, list(range(max(1, k_min - 1), k_max + 1)), settings, seeds) if prior else ({}, None)
+    # each k's k-means from random starts, fitted on every core (pipelines.parallel)
+    ks = list(range(k_min, k_max + 1))
+    models = dict(zip(ks, ordered_map(lambda k: _kmeans(X, k, settings.seed, settings.n_init), ks), strict=True))
     for k in range(k_min, k_max + 1):
-        model = _kmeans(X, k, settings.seed, settings.n_init)
+        model = models[k]
         candidate, jac = _assess(X, model, None, prior, loglik.get(k), loglik.get(k - 1), settings)
         if seeds is not None and k == len(seeds) and not candidate.supported:
             # the taxonomy's k not supported from random starts: started from the prototypes
