@@ -437,8 +437,14 @@ def _assess(
     labels = model.labels_
     jac = bootstrap_jaccard(X, labels, k, settings, init)
     sample = min(n, settings.silhouette_sample)
-    sil = float(silhouette_score(X, labels, sample_size=sample, random_state=settings.seed)) if n > k else float("nan")
-    gmm = GaussianMixture(k, covariance_type="diag", n_init=2, random_state=settings.seed, reg_covar=1e-3).fit(X)
+
+    def silhouette() -> float:
+        return float(silhouette_score(X, labels, sample_size=sample, random_state=settings.seed)) if n > k else float("nan")
+
+    def mixture() -> GaussianMixture:
+        return GaussianMixture(k, covariance_type="diag", n_init=2, random_state=settings.seed, reg_covar=1e-3).fit(X)
+
+    sil, gmm = ordered_map(lambda task: task(), [silhouette, mixture])  # side by side (pipelines.parallel)
     share = float(np.bincount(labels, minlength=k).min() / n)
     eligible = bool(jac.min() >= settings.choose_stability and share >= settings.min_cluster_share)
     candidate = Candidate(
