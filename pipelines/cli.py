@@ -896,6 +896,16 @@ def main(argv: list[str] | None = None) -> int:
     except NeedsegError as exc:
         print(f"needseg {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        # DuckDB out of its memory limit: the user's to fix, so a message, not a traceback
+        # (duckdb is imported by the commands that use it, not here)
+        duckdb = sys.modules.get("duckdb")
+        if duckdb is None or not isinstance(exc, duckdb.OutOfMemoryException):
+            raise
+        from pipelines.settings import out_of_memory_hint
+
+        print(f"needseg {args.command}: {str(exc).splitlines()[0]}\n{out_of_memory_hint()}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

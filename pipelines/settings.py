@@ -108,6 +108,18 @@ def duckdb_resources() -> DuckDBResources:
     return DuckDBResources(memory_limit, threads, Path(temp).expanduser().resolve() if temp else None)
 
 
+def out_of_memory_hint() -> str:
+    """What to do when DuckDB ran out of its memory limit, in needseg's own settings (DuckDB's
+    message suggests SET statements a user of needseg cannot run)."""
+    r = duckdb_resources()
+    spill = f"spilling to {r.temp_directory}" if r.temp_directory else "spilling beside the warehouse (NEEDSEG_DUCKDB_TEMP_DIR)"
+    return (
+        f"DuckDB ran out of its memory limit ({r.memory_limit}, {r.threads} thread(s), {spill}): raise the limit, "
+        "e.g. NEEDSEG_DUCKDB_MEMORY_LIMIT=4GB, or give DuckDB fewer threads (NEEDSEG_DUCKDB_THREADS=1); "
+        "nothing was published, and the run can be repeated as it is"
+    )
+
+
 def _env_path(name: str, default: Path) -> Path:
     value = os.environ.get(name)
     return Path(value).expanduser().resolve() if value else default

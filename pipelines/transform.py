@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import NeedsegError
-from pipelines.settings import DBT_PROJECT_DIR, Settings, duckdb_resources
+from pipelines.settings import DBT_PROJECT_DIR, Settings, duckdb_resources, out_of_memory_hint
 
 log = logging.getLogger(__name__)
 
@@ -192,15 +192,18 @@ def build(
             status = str(r.status)
             name = r.node.name
             if status in ("error", "fail", "runtime error"):
-                failures.append(f"{r.node.resource_type} {name}: {status}: {(r.message or '').strip()[:500]}")
+                # DuckDB's own advice (SET statements) is not the user's to run: out_of_memory_hint below
+                message = (r.message or "").split("Possible solutions:")[0].strip()
+                failures.append(f"{r.node.resource_type} {name}: {status}: {message[:500]}")
             elif status == "warn":
                 warnings.append(f"{name}: {(r.message or '').strip()[:300]}")
     if not result.success:
         if result.exception is not None and not failures:
             failures.append(str(result.exception))
+        hint = [out_of_memory_hint()] if any("Out of Memory" in f for f in failures) else []
         raise DbtFailed(
             f"dbt {command} ({select}, as of {as_of}) failed; nothing downstream runs:\n- "
-            + "\n- ".join(failures or ["see the dbt log in " + str(target / "logs")])
+            + "\n- ".join([*(failures or ["see the dbt log in " + str(target / "logs")]), *hint])
         )
     return DbtResult(select, time.monotonic() - started, nodes, failures, warnings)
 

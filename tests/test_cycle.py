@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import os
 import pathlib
 import re
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from pipelines import cycle
 from pipelines.segmentation.taxonomy import load_taxonomy
 from pipelines.warehouse import connect
+from tests.conftest import warehouse_copy
 
 LAST = dt.date(2026, 10, 31)
 
@@ -249,3 +251,19 @@ def test_the_pipelines_own_alerts_reach_each_owner_once_by_email(cycled_small_wo
         assert len(inbox.messages) == len(owners)
     finally:
         controller.stop()
+
+
+def test_duckdb_out_of_its_memory_limit_is_a_message_naming_the_setting(cycled_small_world, tmp_path):
+    """At 1M accounts the features build once ran out of DuckDB's 1 GB: the user is told which
+    setting to raise, in the build (dbt) and in needseg's own steps, without a traceback."""
+    settings, _ = cycled_small_world
+    data = tmp_path / "data"
+    data.mkdir()
+    warehouse_copy(settings.warehouse_path, data / "warehouse.duckdb")
+    env = {**os.environ, "NEEDSEG_DUCKDB_MEMORY_LIMIT": "4MB", "NEEDSEG_DUCKDB_THREADS": "2"}
+    for command in ("build", "segment"):
+        out = _needseg(command, "--data-dir", str(data), "--as-of", "2026-10-31", env=env)
+        assert out.returncode == 1, (command, out.stdout, out.stderr)
+        assert "Out of Memory" in out.stderr and "NEEDSEG_DUCKDB_MEMORY_LIMIT=4GB" in out.stderr, (command, out.stderr)
+        assert "(4MB, 2 thread(s)" in out.stderr and "nothing was published" in out.stderr
+        assert "Traceback" not in out.stderr and "SET memory_limit" not in out.stderr, out.stderr
