@@ -108,6 +108,17 @@ def duckdb_resources() -> DuckDBResources:
     return DuckDBResources(memory_limit, threads, Path(temp).expanduser().resolve() if temp else None)
 
 
+# How DuckDB says it ran out of its memory limit: an OutOfMemoryException, or another error
+# (a commit's TransactionException) whose message carries one of these.
+OUT_OF_MEMORY_SIGNS = ("Out of Memory", "failed to pin block", "could not allocate block")
+
+
+def is_out_of_memory(error: BaseException | str) -> bool:
+    """True for DuckDB running out of its memory limit (OUT_OF_MEMORY_SIGNS)."""
+    text = str(error)
+    return type(error).__name__ == "OutOfMemoryException" or any(sign in text for sign in OUT_OF_MEMORY_SIGNS)
+
+
 def out_of_memory_hint() -> str:
     """What to do when DuckDB ran out of its memory limit, in needseg's own settings (DuckDB's
     message suggests SET statements a user of needseg cannot run)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import NeedsegError
-from pipelines.settings import DBT_PROJECT_DIR, Settings, duckdb_resources, out_of_memory_hint
+from pipelines.settings import DBT_PROJECT_DIR, Settings, duckdb_resources, is_out_of_memory, out_of_memory_hint
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def build(
     if not result.success:
         if result.exception is not None and not failures:
             failures.append(str(result.exception))
-        hint = [out_of_memory_hint()] if any("Out of Memory" in f for f in failures) else []
+        hint = [out_of_memory_hint()] if any(is_out_of_memory(f) for f in failures) else []
         raise DbtFailed(
             f"dbt {command} ({select}, as of {as_of}) failed; nothing downstream runs:\n- "
             + "\n- ".join([*(failures or ["see the dbt log in " + str(target / "logs")]), *hint])

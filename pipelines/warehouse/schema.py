@@ -2,9 +2,10 @@
 
 Every schema's DDL is a SQL file in `ddl/` (meta, segments, drift, alerts, churn); the raw
 tables come from the input contract (pipelines/contract.py). `ensure_schema` creates what is
-missing and adds the columns a table written by an older needseg lacks, so a warehouse keeps
-working after an upgrade. It reads the catalogue once, so opening a warehouse that is up to
-date costs one query. dbt owns the staging, intermediate and marts schemas.
+missing, adds the columns a table written by an older needseg lacks and drops a primary key
+its DDL no longer declares, so a warehouse keeps working after an upgrade. It reads the
+catalogue's columns and keys once, so opening a warehouse that is up to date costs two
+queries. dbt owns the staging, intermediate and marts schemas.
 """
 
 from __future__ import annotations
@@ -79,12 +80,20 @@ def _every_declared_column() -> dict[tuple[str, str], tuple[tuple[str, str], ...
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create needseg's schemas and tables where missing and add missing columns."""
+    """Create needseg's schemas and tables where missing, add missing columns, and drop a
+    primary key the DDL no longer declares (`_drop_key`)."""
     have: dict[tuple[str, str], set[str]] = {}
     for schema, table, column in con.execute(
         "select schema_name, table_name, column_name from duckdb_columns() where database_name = current_database()"
     ).fetchall():
         have.setdefault((schema, table), set()).add(column)
+    keyed = {
+        (schema, table)
+        for schema, table in con.execute(
+            "select schema_name, table_name from duckdb_constraints() "
+            "where database_name = current_database() and constraint_type = 'PRIMARY KEY'"
+        ).fetchall()
+    }
     schemas = {r[0] for r in con.execute("select schema_name from duckdb_schemas() where database_name = current_database()").fetchall()}
     for schema in SCHEMAS:
         if schema not in schemas:
@@ -97,7 +106,37 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
             for column, data_type in _declared_columns(ddl):
                 if column not in have[key]:
                     con.execute(f'alter table {key[0]}.{key[1]} add column "{column}" {data_type}')
+            if key in keyed and key not in _declared_keys():
+                _drop_key(con, key, ddl)
     _backfill_lineage(con)
+
+
+@cache
+def _declared_keys() -> frozenset[tuple[str, str]]:
+    """(schema, table) of every table whose DDL declares a primary key."""
+    with duckdb.connect() as scratch:
+        for schema in SCHEMAS:
+            scratch.execute(f"create schema {schema}")
+            for ddl in statements(schema):
+                scratch.execute(ddl)
+        rows = scratch.execute("select schema_name, table_name from duckdb_constraints() where constraint_type = 'PRIMARY KEY'").fetchall()
+    return frozenset((schema, table) for schema, table in rows)
+
+
+def _drop_key(con: duckdb.DuckDBPyConnection, key: tuple[str, str], ddl: str) -> None:
+    """Rebuild a table written by an older needseg without the primary key its DDL no longer
+    declares (DuckDB cannot drop a key in place): the rows copied by column name into the
+    table as declared now, which then takes the old one's name, all in one transaction."""
+    from pipelines.warehouse import transaction
+
+    schema, table = key
+    rebuilt = f"{table}__without_key"
+    with transaction(con):
+        con.execute(f"drop table if exists {schema}.{rebuilt}")
+        con.execute(_CREATE.sub(f"create table {schema}.{rebuilt} (", ddl, count=1))
+        con.execute(f"insert into {schema}.{rebuilt} by name select * from {schema}.{table}")
+        con.execute(f"drop table {schema}.{table}")
+        con.execute(f"alter table {schema}.{rebuilt} rename to {table}")
 
 
 def _backfill_lineage(con: duckdb.DuckDBPyConnection) -> None:

@@ -2,6 +2,12 @@
 -- is keyed by run_id, so a run is readable on its own and runs can be compared.
 -- Applied by pipelines/warehouse/schema.py: created when missing; a column a table written by
 -- an older needseg lacks is added. Comments run from -- to the end of the line.
+-- Tables with a row per account and run (population x runs rows) declare no primary key:
+-- DuckDB keeps a key's index in memory, and at 1M accounts inserting one run's rows into
+-- an indexed table ran out of the memory limit at commit (docs/scale.md "No index on the
+-- per-account history"). A run's rows are unique by construction: its writer deletes the
+-- run's rows and inserts one row per account (per segment for probabilities) in one
+-- transaction. An older warehouse's keys are dropped by ensure_schema (pipelines/warehouse/schema.py).
 
 create table if not exists segments.segment_runs (
     run_id varchar primary key, as_of date not null, created_at timestamp not null,
@@ -28,13 +34,11 @@ create table if not exists segments.assignments (
     segment_id varchar not null, segment_name varchar not null, segment_source varchar not null,
     probability double not null, behaviour_segment_id varchar, behaviour_probability double,
     value_tier varchar, is_key_account boolean not null, drivers json, drivers_text varchar,
-    preferred_segment_id varchar, survey_status varchar,
-    primary key (run_id, account_id));
+    preferred_segment_id varchar, survey_status varchar);
 
 create table if not exists segments.assignment_probabilities (
     run_id varchar not null, account_id varchar not null, segment_id varchar not null,
-    probability double not null, behaviour_probability double,
-    primary key (run_id, account_id, segment_id));
+    probability double not null, behaviour_probability double);
 
 create table if not exists segments.profiles (
     run_id varchar not null, segment_id varchar not null, population varchar not null,
