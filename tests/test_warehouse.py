@@ -159,7 +159,12 @@ def test_the_per_account_history_has_no_index_and_an_older_warehouses_keys_are_d
     300,000 accounts fit a 64 MB limit."""
     from pipelines.warehouse import open_warehouse
 
-    per_account = [("segments", "assignments"), ("segments", "assignment_probabilities"), ("drift", "customer_drift"), ("churn", "risk_history")]
+    per_account = [
+        ("segments", "assignments"),
+        ("segments", "assignment_probabilities"),
+        ("drift", "customer_drift"),
+        ("churn", "risk_history"),
+    ]
     path = tmp_path / "old.duckdb"
     with duckdb.connect(str(path)) as con:  # as an older needseg wrote it
         con.execute("create schema segments")
@@ -167,13 +172,17 @@ def test_the_per_account_history_has_no_index_and_an_older_warehouses_keys_are_d
             "create table segments.assignment_probabilities (run_id varchar not null, account_id varchar not null, "
             "segment_id varchar not null, probability double not null, primary key (run_id, account_id, segment_id))"
         )
-        con.execute("insert into segments.assignment_probabilities values ('seg-2026-09-30', 'a1', 's1', 0.7), ('seg-2026-09-30', 'a1', 's2', 0.3)")
+        con.execute(
+            "insert into segments.assignment_probabilities values ('seg-2026-09-30', 'a1', 's1', 0.7), ('seg-2026-09-30', 'a1', 's2', 0.3)"
+        )
     monkeypatch.setenv("NEEDSEG_DUCKDB_MEMORY_LIMIT", "64MB")
     with open_warehouse(path) as con:
         keys = con.execute("select schema_name, table_name from duckdb_constraints() where constraint_type = 'PRIMARY KEY'").fetchall()
         assert not set(per_account) & set(keys), keys
         assert ("churn", "model_quality") in keys  # small tables keep theirs
-        rows = con.execute("select run_id, account_id, segment_id, probability, behaviour_probability from segments.assignment_probabilities order by all")
+        rows = con.execute(
+            "select run_id, account_id, segment_id, probability, behaviour_probability from segments.assignment_probabilities order by all"
+        )
         assert rows.fetchall() == [("seg-2026-09-30", "a1", "s1", 0.7, None), ("seg-2026-09-30", "a1", "s2", 0.3, None)]
         for run in range(3):
             with transaction(con):
