@@ -542,13 +542,27 @@ def _churn_risk(out: pd.DataFrame, settings: DriftSettings) -> pd.DataFrame:
     )
 
 
+# Accounts whose evidence is built in one query: its list aggregates are held in memory
+# whole, and at 1M accounts (~9M signal rows) one query ran out of DuckDB's 1 GB limit.
+EVIDENCE_CHUNK = 200_000
+
+
 def _evidence(out: pd.DataFrame, long: pd.DataFrame, acc: pd.DataFrame) -> None:
-    """Evidence per account in one query: supporting signals first (the three strongest),
-    contradicting ones marked `against:`, then model probability, revenue and satisfaction."""
+    """Evidence per account, EVIDENCE_CHUNK accounts per query: supporting signals first (the
+    three strongest), contradicting ones marked `against:`, then model probability, revenue
+    and satisfaction. Each account's evidence reads its own rows only, so the chunks give
+    what one query over everyone gives."""
+    position = pd.Index(acc["account_id"]).get_indexer(long["account_id"])
+    parts = []
     with in_memory() as con:
-        con.register("long", long)
-        con.register("acc", acc)
-        agg = con.execute(EVIDENCE_SQL).df().set_index("account_id").reindex(out.index)
+        for start in range(0, max(len(acc), 1), EVIDENCE_CHUNK):
+            rows = (position >= start) & (position < start + EVIDENCE_CHUNK)
+            con.register("long", long[rows])
+            con.register("acc", acc.iloc[start : start + EVIDENCE_CHUNK])
+            parts.append(con.execute(EVIDENCE_SQL).df())
+            con.unregister("long")
+            con.unregister("acc")
+    agg = pd.concat(parts, ignore_index=True).set_index("account_id").reindex(out.index)
     for column in ("components", "evidence", "evidence_text", "churn_risk_reasons"):
         out[column] = agg[column].to_numpy()
 
