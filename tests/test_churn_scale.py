@@ -300,3 +300,22 @@ def test_cutoffs_only_learnt_from_hold_the_training_sample_when_the_population_i
     for column in keep[2:]:
         pd.testing.assert_series_equal(merged[column], merged[f"{column}_all"], check_names=False)
     assert predict_at(sampled, AS_OF, small).training_rows <= 600
+
+
+def test_order_features_read_per_chunk_of_accounts_equal_one_query(con, monkeypatch):
+    """At 1M accounts the cutoffs that hold every account are read per chunk of accounts
+    (bounded memory): the same rows as one query, with and without a training sample."""
+    cutoffs = cutoffs_for(AS_OF, [dt.date(2024, 12, 31)], ChurnSettings(training_cutoffs=8))
+    scored = {max(cutoffs), dt.date(2024, 12, 31)}
+    sample = history.training_sample(con, max(cutoffs), len(cutoffs), 400)
+    key = ["cutoff", "account_id"]
+    whole = history.features(con, cutoffs)
+    sampled = history.features(con, cutoffs, sample, scored)
+    monkeypatch.setattr(history, "ORDER_FEATURES_CHUNK", 7)
+    assert whole["account_id"].nunique() > 3 * 7
+    pd.testing.assert_frame_equal(
+        history.features(con, cutoffs).sort_values(key, ignore_index=True), whole.sort_values(key, ignore_index=True)
+    )
+    pd.testing.assert_frame_equal(
+        history.features(con, cutoffs, sample, scored).sort_values(key, ignore_index=True), sampled.sort_values(key, ignore_index=True)
+    )

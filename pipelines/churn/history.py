@@ -33,6 +33,8 @@ buying_days as materialized (
     where purchase_orders > 0
       and order_day <= (select max(cutoff) from cutoffs)
       and order_day > (select min(cutoff) from cutoffs) - interval 24 month
+      -- with no cutoff for every account, the sample's days only (a chunk of accounts: `features`)
+      and (coalesce((select bool_or(every_account) from cutoffs), false) or account_id in (select account_id from sample))
 ),
 sampled_days as materialized (
     -- the sampled accounts' days, kept apart before the range join: otherwise DuckDB joins
@@ -245,6 +247,41 @@ def window_closed(cutoff: dt.date, as_of: dt.date, horizon_months: int) -> bool:
     return (pd.Timestamp(cutoff) + pd.DateOffset(months=horizon_months)).date() <= as_of
 
 
+# Accounts whose order features one query computes at the cutoffs that hold every account:
+# the per-account gaps' median is held in memory whole, and at 1M accounts one query ran out
+# of DuckDB's 1 GB limit.
+ORDER_FEATURES_CHUNK = 200_000
+
+
+def _order_features(con: duckdb.DuckDBPyConnection, cutoffs: list[dt.date], full: list[bool], sample: list[str] | None) -> pd.DataFrame:
+    """ORDER_FEATURES, in one query for up to ORDER_FEATURES_CHUNK accounts; beyond, the
+    cutoffs that hold every account are read per chunk of accounts (as if each chunk were
+    their sample) and the others once with the training sample. An account's figures read
+    its own days only, so the chunks give the rows of one query."""
+    everyone = [c for c, f in zip(cutoffs, full, strict=True) if f]
+    accounts = (
+        con.execute(
+            "select distinct account_id from intermediate.int_account_order_days "
+            "where purchase_orders > 0 and order_day <= ? order by account_id",
+            [max(everyone)],
+        ).df()["account_id"]
+        if everyone
+        else pd.Series(dtype=object)
+    )
+    if len(accounts) <= ORDER_FEATURES_CHUNK:
+        return con.execute(ORDER_FEATURES, [cutoffs, full, sample or []]).df()
+    parts = [
+        con.execute(
+            ORDER_FEATURES, [everyone, [False] * len(everyone), accounts.iloc[start : start + ORDER_FEATURES_CHUNK].astype(str).tolist()]
+        ).df()
+        for start in range(0, len(accounts), ORDER_FEATURES_CHUNK)
+    ]
+    learnt = [c for c, f in zip(cutoffs, full, strict=True) if not f]
+    if learnt:
+        parts.append(con.execute(ORDER_FEATURES, [learnt, [False] * len(learnt), sample or []]).df())
+    return pd.concat(parts, ignore_index=True)
+
+
 def features(
     con: duckdb.DuckDBPyConnection, cutoffs: list[dt.date], sample: list[str] | None = None, every_account: set[dt.date] = frozenset()
 ) -> pd.DataFrame:
@@ -256,7 +293,7 @@ def features(
     """
     cutoffs = sorted(set(cutoffs))
     full = [sample is None or c in every_account for c in cutoffs]
-    frame = con.execute(ORDER_FEATURES, [cutoffs, full, sample or []]).df().set_index(["cutoff", "account_id"])
+    frame = _order_features(con, cutoffs, full, sample).set_index(["cutoff", "account_id"])
     accounts = _frame(con, ACCOUNTS, cutoffs, full, sample or [], ("staging", "stg_crm__accounts"))
     if accounts is not None:
         frame = frame.join(accounts, how="left")
