@@ -899,13 +899,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         # DuckDB out of its memory limit: the user's to fix, so a message, not a traceback
         # (duckdb is imported by the commands that use it, not here)
-        from pipelines.settings import is_out_of_memory, out_of_memory_hint
+        from pipelines.settings import out_of_memory_hint, out_of_memory_in
 
         duckdb = sys.modules.get("duckdb")
-        if duckdb is None or not isinstance(exc, duckdb.Error) or not is_out_of_memory(exc):
+        cause = out_of_memory_in(exc) if duckdb is not None else None
+        if cause is None or not isinstance(cause, duckdb.Error):
             raise
-
-        print(f"needseg {args.command}: {str(exc).splitlines()[0]}\n{out_of_memory_hint()}", file=sys.stderr)
+        print(f"needseg {args.command}: {str(cause).splitlines()[0]}\n{out_of_memory_hint()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -14,15 +14,17 @@ per-thread setting that a new thread takes from the environment, not from the ca
 it - one thread each keeps the figures those of a single-threaded run.
 
 The threads are those DuckDB is given (`NEEDSEG_DUCKDB_THREADS`, default: the cores this
-process may use): one setting bounds needseg's native work.
+process may use), or `NEEDSEG_FIT_THREADS` when set.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from pipelines.errors import ConfigError
 from pipelines.settings import duckdb_resources
 
 T = TypeVar("T")
@@ -36,7 +38,18 @@ def _one_openmp_thread() -> None:
 
 
 def workers() -> int:
-    """Threads for independent fits: NEEDSEG_DUCKDB_THREADS (default: the usable cores)."""
+    """Threads for independent fits: NEEDSEG_FIT_THREADS when set (the test suite sets 1 per
+    pytest worker, as it does for BLAS and OpenMP), else NEEDSEG_DUCKDB_THREADS (default:
+    the usable cores)."""
+    raw = os.environ.get("NEEDSEG_FIT_THREADS", "").strip()
+    if raw:
+        try:
+            threads = int(raw)
+        except ValueError:
+            raise ConfigError(f"NEEDSEG_FIT_THREADS must be a whole number, not {raw!r}") from None
+        if threads < 1:
+            raise ConfigError(f"NEEDSEG_FIT_THREADS must be at least 1, not {threads}")
+        return threads
     return duckdb_resources().threads
 
 

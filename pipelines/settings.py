@@ -119,6 +119,19 @@ def is_out_of_memory(error: BaseException | str) -> bool:
     return type(error).__name__ == "OutOfMemoryException" or any(sign in text for sign in OUT_OF_MEMORY_SIGNS)
 
 
+def out_of_memory_in(error: BaseException) -> BaseException | None:
+    """The DuckDB out-of-memory error in `error`'s chain, if any: it is often not the last one
+    (a rollback or an unregister in a `finally` then fails with "transaction is aborted")."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if is_out_of_memory(current):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def out_of_memory_hint() -> str:
     """What to do when DuckDB ran out of its memory limit, in needseg's own settings (DuckDB's
     message suggests SET statements a user of needseg cannot run)."""

@@ -18,7 +18,7 @@ os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     # One worker per core: BLAS/OpenMP thread pools that each size themselves to every core
     # would make the workers' threads fight over the same cores.
-    for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NEEDSEG_FIT_THREADS"):
         os.environ.setdefault(_threads, "1")
 
 from pipelines.airflow import env as airflow_env  # noqa: E402 - after the environment is set

@@ -24,7 +24,7 @@ def _blobs(seed: int = 3, n: int = 1200) -> np.ndarray:
 
 
 def _with_threads(monkeypatch, threads: int, fn):
-    monkeypatch.setenv("NEEDSEG_DUCKDB_THREADS", str(threads))
+    monkeypatch.setenv("NEEDSEG_FIT_THREADS", str(threads))
     with threadpool_limits(limits=1):  # as a segmentation run holds them
         return fn()
 
