@@ -19,13 +19,11 @@ process may use), or `NEEDSEG_FIT_THREADS` when set.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from pipelines.errors import ConfigError
-from pipelines.settings import duckdb_resources
+from pipelines.settings import duckdb_resources, thread_count
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -41,16 +39,7 @@ def workers() -> int:
     """Threads for independent fits: NEEDSEG_FIT_THREADS when set (the test suite sets 1 per
     pytest worker, as it does for BLAS and OpenMP), else NEEDSEG_DUCKDB_THREADS (default:
     the usable cores)."""
-    raw = os.environ.get("NEEDSEG_FIT_THREADS", "").strip()
-    if raw:
-        try:
-            threads = int(raw)
-        except ValueError:
-            raise ConfigError(f"NEEDSEG_FIT_THREADS must be a whole number, not {raw!r}") from None
-        if threads < 1:
-            raise ConfigError(f"NEEDSEG_FIT_THREADS must be at least 1, not {threads}")
-        return threads
-    return duckdb_resources().threads
+    return thread_count("NEEDSEG_FIT_THREADS") or duckdb_resources().threads
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = None) -> list[R]:

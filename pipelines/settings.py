@@ -92,15 +92,24 @@ def release_process_memory() -> None:
             pass
 
 
+def thread_count(variable: str) -> int | None:
+    """A thread count from an environment variable (None when unset); exit 2 naming it when
+    it is not a whole number of at least 1."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return None
+    try:
+        threads = int(raw)
+    except ValueError:
+        raise ConfigError(f"{variable} must be a whole number, not {raw!r}") from None
+    if threads < 1:
+        raise ConfigError(f"{variable} must be at least 1, not {threads}")
+    return threads
+
+
 def duckdb_resources() -> DuckDBResources:
     """DuckDB's memory limit, threads and spill folder from the environment (see DuckDBResources)."""
-    raw_threads = os.environ.get("NEEDSEG_DUCKDB_THREADS", "").strip()
-    try:
-        threads = int(raw_threads) if raw_threads else len(os.sched_getaffinity(0))
-    except ValueError:
-        raise ConfigError(f"NEEDSEG_DUCKDB_THREADS must be a whole number, not {raw_threads!r}") from None
-    if threads < 1:
-        raise ConfigError(f"NEEDSEG_DUCKDB_THREADS must be at least 1, not {threads}")
+    threads = thread_count("NEEDSEG_DUCKDB_THREADS") or len(os.sched_getaffinity(0))
     memory_limit = os.environ.get("NEEDSEG_DUCKDB_MEMORY_LIMIT", "").strip() or DEFAULT_DUCKDB_MEMORY_LIMIT
     if "'" in memory_limit:
         raise ConfigError(f"NEEDSEG_DUCKDB_MEMORY_LIMIT is not a size: {memory_limit!r}")
