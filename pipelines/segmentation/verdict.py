@@ -6,7 +6,7 @@ Every run is judged on the evidence it produced, and the verdict is stored with 
 - stability: the least stable segment's bootstrap Jaccard against `min_stability`
   (provisional) and `verdict.withhold_stability` (withheld);
 - small segments: a segment under `min_cluster_share` of the accounts;
-- the classifier (survey basis): its cross-validated accuracy against the base rate (the
+- the classifier (survey basis): its held-out (out-of-bag) accuracy against the base rate (the
   largest segment's share) plus `verdict.classifier_margin`, and each segment's recall
   against `verdict.min_recall`;
 - missing data: a dimension left out of clustering for its missing share, or one without
@@ -148,7 +148,7 @@ def _classifier(e: Evidence, s: VerdictSettings) -> list[tuple[str, str, str]]:
                     "classifier_base_rate",
                     "provisional",
                     f"the classifier that infers unsurveyed accounts is barely better than guessing the largest segment "
-                    f"(cross-validated accuracy {e.classifier_accuracy:.2f}, base rate {e.classifier_base_rate:.2f}, "
+                    f"(held-out accuracy {e.classifier_accuracy:.2f}, base rate {e.classifier_base_rate:.2f}, "
                     f"needed {needed:.2f})",
                 )
             )
@@ -159,7 +159,7 @@ def _classifier(e: Evidence, s: VerdictSettings) -> list[tuple[str, str, str]]:
             (
                 "classifier_recall",
                 "provisional",
-                f"the classifier rarely recognises some segments (cross-validated recall under {s.min_recall}: {listed}); "
+                f"the classifier rarely recognises some segments (held-out recall under {s.min_recall}: {listed}); "
                 "their inferred members are uncertain",
             )
         )
