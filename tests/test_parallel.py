@@ -106,3 +106,46 @@ def test_the_churn_model_is_the_same_on_one_thread_and_on_two(monkeypatch):
     one, two = _with_threads(monkeypatch, 1, fitted), _with_threads(monkeypatch, 2, fitted)
     np.testing.assert_array_equal(one[0], two[0])
     np.testing.assert_array_equal(one[1], two[1])
+
+
+def test_drivers_and_lookalikes_are_the_same_on_one_thread_and_on_two(monkeypatch):
+    """The inferred accounts' drivers (per chunk of accounts) and the lookalike search (per
+    segment) run on every core: chunk and segment order is kept, so the text is the same."""
+    from pipelines.segmentation import explain
+    from pipelines.segmentation.inference import fit_and_score
+    from pipelines.segmentation.run import _lookalikes
+
+    rng = np.random.default_rng(5)
+    n = 600
+    segment = rng.integers(0, 3, n)
+    frame = pd.DataFrame(
+        {
+            "discount_depth_12m": rng.normal(0.1 + 0.1 * (segment == 0), 0.03),
+            "service_revenue_share_12m": rng.normal(0.1 + 0.2 * (segment == 1), 0.05),
+            "premium_share_12m": rng.normal(0.2 + 0.3 * (segment == 2), 0.05),
+            "revenue_12m": rng.lognormal(10, 1, n),
+            "orders_12m": rng.poisson(12, n).astype(float),
+            "industry": rng.choice(["retail", "health", "energy"], n),
+            "account_name": [f"Account {i}" for i in range(n)],
+            "account_owner": "owner",
+        },
+        index=pd.Index([f"A{i:04d}" for i in range(n)], name="account_id"),
+    )
+    labels = pd.Series(np.array(["price", "service", "quality"])[segment], index=frame.index)
+    train = frame.index[:300]
+    inference = fit_and_score(frame, labels.loc[train], frame, seed=7)
+    inferred = frame.index[300:]
+    monkeypatch.setattr(explain, "DRIVER_CHUNK", 70)  # five chunks
+    is_key = pd.Series(rng.random(n) < 0.2, index=frame.index)
+
+    def outputs():
+        drivers = explain.model_drivers(inference, frame.loc[inferred], labels.loc[inferred], frame.loc[train], labels.loc[train])
+        return drivers, _lookalikes("run", None, frame, labels, is_key, 5)
+
+    (json_one, text_one), look_one = _with_threads(monkeypatch, 1, outputs)
+    (json_two, text_two), look_two = _with_threads(monkeypatch, 2, outputs)
+    assert list(json_one.index) == list(inferred) and json_one.str.len().gt(2).all()
+    pd.testing.assert_series_equal(json_one, json_two)
+    pd.testing.assert_series_equal(text_one, text_two)
+    assert look_one["segment_id"].nunique() == 3
+    pd.testing.assert_frame_equal(look_one, look_two)

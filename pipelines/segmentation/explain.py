@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from pipelines.parallel import ordered_map
+
 if TYPE_CHECKING:
     from pipelines.segmentation.inference import Inference
 
@@ -312,13 +314,14 @@ def model_drivers(
     `frame`: the accounts' customer_features rows; `segments`: their assigned segment
     ids; `reference`/`reference_segments`: the surveyed accounts the model learnt from,
     for the segment's typical value and everyone's. Vectorised over accounts, in chunks of
-    DRIVER_CHUNK (memory bounded whatever the population)."""
-    parts = [
-        _model_drivers_chunk(
+    DRIVER_CHUNK (memory bounded whatever the population), the chunks on every core
+    (pipelines.parallel: one chunk per thread in memory at a time, results in chunk order)."""
+    parts = ordered_map(
+        lambda i: _model_drivers_chunk(
             inference, frame.iloc[i : i + DRIVER_CHUNK], segments.iloc[i : i + DRIVER_CHUNK], reference, reference_segments, top
-        )
-        for i in range(0, len(frame), DRIVER_CHUNK)
-    ]
+        ),
+        range(0, len(frame), DRIVER_CHUNK),
+    )
     if not parts:
         return pd.Series([], index=frame.index, dtype=object), pd.Series([], index=frame.index, dtype=object)
     return pd.concat([j for j, _ in parts]), pd.concat([t for _, t in parts])

@@ -64,6 +64,7 @@ from pipelines.segmentation.clustering import (
     where_prototype_sits,
 )
 from pipelines.segmentation.dimensions import Dimensions, dimension_matrix, missingness_segments
+from pipelines.parallel import ordered_map
 from pipelines.segmentation.inference import BEHAVIOUR_COLUMNS, CATEGORICAL_COLUMNS, INPUTS, fit_and_score
 from pipelines.segmentation.taxonomy import Taxonomy, load_taxonomy
 from pipelines.segmentation.verdict import Evidence, VerdictSettings, judge
@@ -1248,13 +1249,16 @@ def _lookalikes(run_id, as_of, customers, assigned, is_key, per_segment: int) ->
     segment = assigned.to_numpy()
     ids = customers.index.to_numpy()
     parts = []
+    searches = []
     for seg in sorted(assigned.unique()):
         in_segment = segment == seg
         keys = np.nonzero(in_segment & key)[0]
         others = np.nonzero(in_segment & ~key & active)[0]
-        if len(keys) == 0 or len(others) == 0:
-            continue
-        nearest, distance = _nearest(scaled[others], scaled[keys])
+        if len(keys) and len(others):
+            searches.append((seg, keys, others))
+    # each segment's search on a core of its own (pipelines.parallel), results in segment order
+    found = ordered_map(lambda s: _nearest(scaled[s[2]], scaled[s[1]]), searches)
+    for (seg, keys, others), (nearest, distance) in zip(searches, found, strict=True):
         similarity = 1.0 / (1.0 + distance)
         order = np.lexsort((ids[others], -similarity))[:per_segment]
         chosen, their_key = others[order], keys[nearest[order]]
