@@ -208,7 +208,8 @@ def _along(change: MixChange, gap: pd.Series, accounts: pd.Index) -> tuple[np.nd
     how clearly it separates the two segments against how precisely the account's own
     change is measured, so a signal seen in few order lines counts for little."""
     g = gap.to_numpy(float)
-    rows = change.z.index.get_indexer(accounts)
+    # the windows usually hold exactly `accounts` (drift targets take each segment's rows)
+    rows = np.arange(len(accounts)) if change.z.index.equals(accounts) else change.z.index.get_indexer(accounts)
     cells = np.ix_(np.maximum(rows, 0), change.z.columns.get_indexer(list(gap.index)))
     known = (rows >= 0)[:, None]  # an account without figures has moved nowhere measurable
     delta = np.where(known, change.recent.to_numpy(float)[cells] - change.baseline.to_numpy(float)[cells], np.nan)
@@ -293,20 +294,27 @@ def _drift_targets(
     partnership = taxonomy.role("partnership")
     segments = list(levels.index)
     parts = []
+    assigned = segment_of.to_numpy()
     for seg in segments:
-        members = segment_of.index[segment_of == seg]
+        at = np.flatnonzero(assigned == seg)
+        members = segment_of.index[at]
         targets = [t for t in segments if t != seg]
         if members.empty or not targets:
             continue
+        # the segment's own rows of every window, taken once by position (the windows are
+        # aligned to segment_of), not looked up by account id for each target and window
+        changes_of = [_rows(change, at) for change in changes]
         scan = _best(
-            [_scan_towards(changes, levels, spread, members, seg, t, settings.min_profile_gap) for t in targets],
+            [_scan_towards(changes_of, levels, spread, members, seg, t, settings.min_profile_gap) for t in targets],
             [_kind(seg, t, price, partnership) for t in targets],
             settings.scan_z,
             settings.min_shift,
         )
         sustained = _best(
             [
-                _sustained_towards(changes[-1], levels, spread, members, seg, t, settings.min_profile_gap).assign(window=len(changes) - 1)
+                _sustained_towards(changes_of[-1], levels, spread, members, seg, t, settings.min_profile_gap).assign(
+                    window=len(changes) - 1
+                )
                 for t in targets
             ],
             [_kind(seg, t, price, partnership) for t in targets],
@@ -565,6 +573,13 @@ def _evidence(out: pd.DataFrame, long: pd.DataFrame, acc: pd.DataFrame) -> None:
     agg = pd.concat(parts, ignore_index=True).set_index("account_id").reindex(out.index)
     for column in ("components", "evidence", "evidence_text", "churn_risk_reasons"):
         out[column] = agg[column].to_numpy()
+
+
+def _rows(change: MixChange, at: np.ndarray) -> MixChange:
+    """`change` on the rows at positions `at`."""
+    return MixChange(
+        **{f: getattr(change, f).iloc[at] for f in ("recent", "baseline", "z", "se", "n_recent", "n_baseline", "last_order_months_ago")}
+    )
 
 
 def _aligned(change: MixChange, accounts: pd.Index) -> MixChange:
