@@ -46,6 +46,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,7 @@ import pandas as pd
 
 from pipelines.config import DriftConfig
 from pipelines.drift.signals import COMPONENTS, LEVEL_SCALE, MixChange, Windows, by_position, mix_change
+from pipelines.parallel import ordered_map
 from pipelines.segmentation.taxonomy import Taxonomy
 from pipelines.warehouse import in_memory
 
@@ -575,6 +577,11 @@ def _evidence(out: pd.DataFrame, long: pd.DataFrame, acc: pd.DataFrame) -> None:
         out[column] = agg[column].to_numpy()
 
 
+def _window_change(coded: pd.DataFrame, ids: pd.Index, accounts: pd.Index, window: Windows) -> MixChange:
+    """One window's change (`mix_change` on the coded monthly rows), on exactly `accounts`."""
+    return _aligned(mix_change(coded, window, ids), accounts)
+
+
 def _rows(change: MixChange, at: np.ndarray) -> MixChange:
     """`change` on the rows at positions `at`."""
     return MixChange(
@@ -627,7 +634,8 @@ def detect(
     windows = scan_windows(settings)
     segment_of = current["segment_id"]
     coded, ids = by_position(monthly)
-    changes = [_aligned(mix_change(coded, w, ids), segment_of.index) for w in windows]
+    # the windows are independent: on every core (pipelines.parallel), in window order
+    changes = ordered_map(partial(_window_change, coded, ids, segment_of.index), windows)
     del coded
     levels, spread = segment_profiles(features.reindex(segment_of.index), segment_of)
     drift = _drift_targets(changes, levels, spread, segment_of, taxonomy, settings)
