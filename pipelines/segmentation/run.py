@@ -44,6 +44,7 @@ from threadpoolctl import threadpool_limits
 
 from pipelines import clock
 from pipelines.errors import NeedsegError
+from pipelines.parallel import ordered_map
 from pipelines.segmentation import explain
 from pipelines.segmentation.clustering import (
     KEY_EMERGING,
@@ -64,7 +65,6 @@ from pipelines.segmentation.clustering import (
     where_prototype_sits,
 )
 from pipelines.segmentation.dimensions import Dimensions, dimension_matrix, missingness_segments
-from pipelines.parallel import ordered_map
 from pipelines.segmentation.inference import BEHAVIOUR_COLUMNS, CATEGORICAL_COLUMNS, INPUTS, fit_and_score
 from pipelines.segmentation.taxonomy import Taxonomy, load_taxonomy
 from pipelines.segmentation.verdict import Evidence, VerdictSettings, judge
