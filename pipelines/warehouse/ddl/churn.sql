@@ -2,12 +2,7 @@
 -- summary of each model run (pipelines/churn/).
 -- Applied by pipelines/warehouse/schema.py: created when missing; a column a table written by
 -- an older needseg lacks is added. Comments run from -- to the end of the line.
--- Tables with a row per account and run (population x runs rows) declare no primary key:
--- DuckDB keeps a key's index in memory, and at 1M accounts inserting one run's rows into
--- an indexed table ran out of the memory limit at commit (docs/scale.md "No index on the
--- per-account history"). A run's rows are unique by construction: its writer deletes the
--- run's rows and inserts one row per account (per segment for probabilities) in one
--- transaction. An older warehouse's keys are dropped by ensure_schema (pipelines/warehouse/schema.py).
+-- The per-account tables declare no primary key: why, in segments.sql.
 
 create table if not exists churn.risk_history (
     run_id varchar not null, as_of date not null, account_id varchar not null,
