@@ -425,6 +425,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         seed=args.seed,
         peer=not args.no_peer,
         incremental=not args.no_incremental,
+        quality=args.quality,
     )
     return 0
 
@@ -799,6 +800,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="folder for the worlds and runs (default: <data-dir>/bench); a world is reused")
     p.add_argument("--no-peer", action="store_true", help="skip the pandas + scikit-learn peer (it holds every line in memory)")
     p.add_argument("--no-incremental", action="store_true", help="run the full cycle only")
+    p.add_argument(
+        "--quality",
+        action="store_true",
+        help="after the cycles, score the last run's segments and drift flags against the world's truth (needseg evaluate's "
+        "measures; about 1-2 CPU minutes at 100k accounts)",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="generate a world and run the DAGs in Airflow over monthly cycles")

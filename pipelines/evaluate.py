@@ -50,6 +50,14 @@ from pipelines.segmentation.taxonomy import Taxonomy, load_taxonomy
 from pipelines.settings import Settings
 from pipelines.warehouse import open_warehouse
 
+# Large populations (the scale benchmark's worlds, `needseg bench --quality`): the segment
+# figures are computed on a random sample of SCORE_SAMPLE customers (needseg's ARI on it
+# estimates the population's; the ceilings are trained within it), and the optimistic
+# ceiling (5-fold CV of three classifier families over every scored customer) only up to
+# OPTIMISTIC_MAX customers. The demo and suite worlds (700-3,000 customers) are scored whole.
+SCORE_SAMPLE = 10_000
+OPTIMISTIC_MAX = 5_000
+
 # Raw per-account aggregates a first attempt would cluster on, as they come.
 NAIVE_COLUMNS = [
     "revenue_12m",
@@ -134,11 +142,17 @@ class SegmentQuality:
     run: RunFigures | None = None
     naive_k: int | None = None
     naive_k_bounds: tuple[int, int] | None = None
+    # customers scored against the truth; above SCORE_SAMPLE the groups are a random sample
+    population: int | None = None
     rerun_changed: int | None = None
     seconds_per_resegmentation: float | None = None
     # every replayed run (month -> ARI of every customer's segment against that month's true
     # needs): one month-end figure is one draw from a series that moves month to month
     by_month: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def sampled(self) -> bool:
+        return self.population is not None and self.population > SCORE_SAMPLE
 
     def by_month_line(self) -> str | None:
         if len(self.by_month) < 2:
@@ -170,7 +184,8 @@ class EvaluationReport:
         if s:
             out += [
                 "",
-                f"Segments as of {s.as_of} (run {s.run_id}, k={s.k}), adjusted Rand index against the true needs segments:",
+                f"Segments as of {s.as_of} (run {s.run_id}, k={s.k}), adjusted Rand index against the true needs segments"
+                + (f" (a random sample of {SCORE_SAMPLE:,} of {s.population:,} customers):" if s.sampled else ":"),
                 f"  {'group':<10}{'accounts':>9}{'needseg':>9}{'ceiling':>9}{'needseg/ceiling':>17}{'naive baseline':>16}"
                 f"{'strongest':>11}{'needseg/strongest':>19}{'all-CV':>8}",
             ]
@@ -197,6 +212,7 @@ class EvaluationReport:
                 "  strongest: the best of forest, boosting and an ensemble on the true labels ("
                 + (f"{s.surveyed.strongest_ceiling_model} for surveyed, " if s.surveyed else "")
                 + f"{s.inferred.strongest_ceiling_model} for inferred); all-CV: 5-fold CV over every customer"
+                + f" (left out above {OPTIMISTIC_MAX:,} customers)"
             )
             out.append("  bootstrap Jaccard per segment: " + ", ".join(f"{k} {v:.2f}" for k, v in s.jaccard.items()))
             if s.by_month_line():
@@ -320,10 +336,13 @@ def _segment_quality(con, world: Path, as_of: dt.date, taxonomy: Taxonomy, seed:
     if pd.Timestamp(features["as_of"].iloc[0]).date() != as_of:
         raise NeedsegError(f"customer_features is not as of {as_of}; run the features for that date first")
     assigned = assigned.set_index("account_id").join(truth.rename("truth"), how="inner")
+    population = len(assigned)
+    if population > SCORE_SAMPLE:
+        assigned = assigned.sample(SCORE_SAMPLE, random_state=seed).sort_index()
     surveyed = assigned[assigned["segment_source"] == "surveyed"]
     inferred = assigned[assigned["segment_source"] == "inferred"]
     if surveyed.empty:
-        return _behaviour_only_quality(con, assigned, features, run_id, as_of, taxonomy, seed)
+        return _behaviour_only_quality(con, assigned, features, run_id, as_of, taxonomy, seed, population)
     k = int(con.execute("select k from segments.segment_runs where run_id = ?", [run_id]).fetchone()[0])
     taxonomy_dims = [c for c in features.columns if c.startswith("need_")][:7]
     cv = StratifiedKFold(5, shuffle=True, random_state=seed)
@@ -337,10 +356,14 @@ def _segment_quality(con, world: Path, as_of: dt.date, taxonomy: Taxonomy, seed:
         name: m.fit(xb.loc[surveyed.index], surveyed["truth"]).predict(xb.loc[inferred.index]) for name, m in ceiling_models(seed).items()
     }
     everyone = assigned.index
-    optimistic = {
-        name: pd.Series(cross_val_predict(m, xb.loc[everyone], assigned["truth"], cv=cv), index=everyone)
-        for name, m in ceiling_models(seed).items()
-    }
+    optimistic = (
+        {
+            name: pd.Series(cross_val_predict(m, xb.loc[everyone], assigned["truth"], cv=cv), index=everyone)
+            for name, m in ceiling_models(seed).items()
+        }
+        if len(everyone) <= OPTIMISTIC_MAX
+        else None
+    )
 
     naive_x = StandardScaler().fit_transform(features.loc[everyone, NAIVE_COLUMNS].apply(pd.to_numeric, errors="coerce").fillna(0.0))
     naive_k, naive_labels = naive_baseline(naive_x, taxonomy.k_min, taxonomy.k_max, seed)
@@ -348,14 +371,14 @@ def _segment_quality(con, world: Path, as_of: dt.date, taxonomy: Taxonomy, seed:
 
     def score(group: pd.DataFrame, ceilings: dict[str, Any]) -> GroupScore:
         strongest, family = best_of(group["truth"], ceilings)
-        optimistic_best, _ = best_of(group["truth"], {k: v.loc[group.index] for k, v in optimistic.items()})
+        optimistic_best = best_of(group["truth"], {k: v.loc[group.index] for k, v in optimistic.items()})[0] if optimistic else None
         return GroupScore(
             accounts=len(group),
             needseg_ari=round(_ari(group["truth"], group["segment_id"]), 4),
             ceiling_ari=round(_ari(group["truth"], ceilings["random forest"]), 4),
             strongest_ceiling_ari=round(strongest, 4),
             strongest_ceiling_model=family,
-            optimistic_ceiling_ari=round(optimistic_best, 4),
+            optimistic_ceiling_ari=round(optimistic_best, 4) if optimistic_best is not None else None,
             naive_ari=round(_ari(group["truth"], naive.loc[group.index]), 4),
         )
 
@@ -364,6 +387,7 @@ def _segment_quality(con, world: Path, as_of: dt.date, taxonomy: Taxonomy, seed:
         as_of=as_of.isoformat(),
         run_id=run_id,
         k=k,
+        population=population,
         surveyed=score(surveyed, ceiling_s),
         inferred=score(inferred, ceiling_i),
         jaccard=jaccard,
@@ -373,7 +397,9 @@ def _segment_quality(con, world: Path, as_of: dt.date, taxonomy: Taxonomy, seed:
     )
 
 
-def _behaviour_only_quality(con, assigned, features, run_id: str, as_of: dt.date, taxonomy: Taxonomy, seed: int) -> SegmentQuality:
+def _behaviour_only_quality(
+    con, assigned, features, run_id: str, as_of: dt.date, taxonomy: Taxonomy, seed: int, population: int
+) -> SegmentQuality:
     """No survey answered: every customer is inferred from behaviour. The ceiling is the
     behaviour-only supervised one: the classifiers on the same behaviour and firmographics
     with the TRUE labels, 5-fold cross-validated over every customer."""
@@ -399,6 +425,7 @@ def _behaviour_only_quality(con, assigned, features, run_id: str, as_of: dt.date
         as_of=as_of.isoformat(),
         run_id=run_id,
         k=k,
+        population=population,
         surveyed=None,
         inferred=inferred,
         jaccard=jaccard,

@@ -11,6 +11,7 @@ least every 10 s.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import shutil
@@ -21,8 +22,10 @@ from pathlib import Path
 
 from pipelines import clock
 from pipelines.bench import floors
+from pipelines.bench.quality import BenchQuality, score
 from pipelines.bench.world import BenchSpec, BenchWorld, generate
 from pipelines.config import load_config
+from pipelines.files import write_file_atomically
 from pipelines.cycle import STAGES, STEP_FUNCTIONS
 from pipelines.progress import Progress
 from pipelines.settings import Settings, load_settings
@@ -52,6 +55,7 @@ class BenchResult:
     full: list[StageFigures] = field(default_factory=list)
     incremental: list[StageFigures] = field(default_factory=list)
     floors: list[floors.Measured] = field(default_factory=list)
+    quality: BenchQuality | None = None
 
     @staticmethod
     def total(stages: list[StageFigures], name: str) -> StageFigures:
@@ -136,10 +140,13 @@ def run_one(
     seed: int = 7,
     peer: bool = True,
     incremental: bool = True,
+    quality: bool = False,
     progress: Progress,
 ) -> BenchResult:
     """Generate (or reuse) a world of `accounts`, run a full and an incremental cycle on a
-    fresh data folder, then the floors on the same files."""
+    fresh data folder, then the floors on the same files; with `quality`, score the last
+    run against the world's truth (pipelines/bench/quality.py) and keep the figures in
+    <run>/quality.json."""
     spec = BenchSpec(accounts=accounts, seed=seed, file_format=file_format)
     world_dir = out / f"world-{accounts}-{file_format}-seed{seed}"
     progress.stage(f"generating {accounts:,} accounts")
@@ -159,6 +166,11 @@ def run_one(
         _link_tree(world.next_month, settings.landing_dir)
         lines = world.rows["order_lines"] + world.next_rows.get("order_lines", 0)
         result.incremental = _run_cycle(settings, spec.next_as_of, lines, accounts, progress, "incremental cycle")
+    if quality:
+        as_of = spec.next_as_of if incremental else spec.as_of
+        progress.stage(f"{accounts:,} accounts, quality of the run as of {as_of}")
+        result.quality = score(settings, world, as_of)
+        write_file_atomically(run_dir / "quality.json", json.dumps(result.quality.as_dict(), indent=1, default=str))
     result.floors = _measure_floors(world, settings, peer, progress)
     return result
 
@@ -209,6 +221,8 @@ def format_result(result: BenchResult) -> str:
     for f in result.floors:
         ratio = full.wall / f.wall if f.wall > 0 else float("inf")
         out.append(f"needseg full cycle / {f.name}: {ratio:,.1f}x wall" + (f"  ({f.note})" if f.note else ""))
+    if result.quality:
+        out += ["", *result.quality.lines()]
     return "\n".join(out)
 
 
@@ -220,12 +234,15 @@ def run_bench(
     seed: int = 7,
     peer: bool = True,
     incremental: bool = True,
+    quality: bool = False,
 ) -> list[BenchResult]:
     """Every size in turn, each size's table printed when it is done."""
     results = []
     with Progress("needseg bench") as progress:
         for accounts in sizes:
-            result = run_one(accounts, out, file_format=file_format, seed=seed, peer=peer, incremental=incremental, progress=progress)
+            result = run_one(
+                accounts, out, file_format=file_format, seed=seed, peer=peer, incremental=incremental, quality=quality, progress=progress
+            )
             progress.log(format_result(result))
             results.append(result)
     return results

@@ -11,7 +11,11 @@ keeps from the demo world (and from DESIGN.md's domain page):
 - about `lines_per_account` order lines per account over the history, returns included;
 - survey waves every six months, one to three respondents per answering account;
 - drifters whose price need rises and partnership need falls over the last months;
-- one more month (`next/`) for the incremental cycle, with new accounts and record edits.
+- one more month (`next/`) for the incremental cycle, with new accounts and record edits;
+- the ground truth in `truth/` (never read by the pipeline), in the demo world's layout:
+  `accounts.parquet` (each account's true segment and drift) and `segments_monthly.parquet`
+  (each account's true segment as of the full and the incremental cycle), which
+  `needseg bench --quality` scores the runs against.
 
 Randomness is a hash of (seed, salt, counters): the same spec gives byte-identical files
 whatever the number of threads. The landing layout is the input contract's:
@@ -31,11 +35,14 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.demo.world import CATEGORIES, COUNTRIES, INDUSTRIES, NAME_FIRST, NAME_SECOND, PROTOTYPES, ROLES
+from pipelines.demo.world import CATEGORIES, COUNTRIES, INDUSTRIES, NAME_FIRST, NAME_SECOND, PROTOTYPES, ROLES, SEGMENTS
 from pipelines.warehouse import in_memory
 
 NEEDS = ("price", "quality", "brand", "service", "delivery", "reliability", "partnership")
 TWO_64 = "18446744073709551616.0"
+# The generator's version, kept in world.json: a world written by another version is
+# generated again rather than reused (2: draws hashed twice, the truth folder).
+GENERATOR = 2
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,10 @@ class _Rand:
         self.seed = seed
 
     def u(self, salt: int, *keys: str) -> str:
-        return f"(hash({', '.join(keys)}, {self.seed}, {salt})::double / {TWO_64})"
+        # Hashed twice: DuckDB combines the hashes of several arguments in a way that leaves
+        # draws with neighbouring salts strongly correlated (0.6-0.98: every drifter had the
+        # same drift start and segment); hashing the combined value mixes it fully.
+        return f"(hash(hash({', '.join(keys)}, {self.seed}, {salt}))::double / {TWO_64})"
 
     def n(self, salt: int, *keys: str) -> str:
         """Standard normal (Box-Muller)."""
@@ -216,9 +226,14 @@ def _accounts_file_sql(spec: BenchSpec, r: _Rand, m: int) -> str:
 # --- the monthly extracts -----------------------------------------------------------------
 
 
+def _drift_weight_sql(m: int) -> str:
+    """How far a drifter has moved in month m: 0 before its drift starts, 1 six months in."""
+    return f"case when drifter then least(greatest(({m} - drift_start + 1) / 6.0, 0), 1) else 0 end"
+
+
 def _month_frame_sql(spec: BenchSpec, r: _Rand, m: int) -> str:
     """Per active customer in month m: the drift weight and the number of orders."""
-    dw = f"case when drifter then least(greatest(({m} - drift_start + 1) / 6.0, 0), 1) else 0 end"
+    dw = _drift_weight_sql(m)
     # calibrated: about lines_per_account order lines per account over the history
     scale = spec.lines_per_account / 90.0 * 3.6
     noise = f"exp(sigma * {r.n(20, 'i', str(m))} - sigma * sigma / 2)"
@@ -435,6 +450,62 @@ def _survey_sql(spec: BenchSpec, r: _Rand, m: int) -> str:
     """
 
 
+# --- the ground truth ---------------------------------------------------------------------
+
+DRIFT_TO = "price_focused"  # the bench's drifters all move towards price (`moved` in _survey_sql)
+
+
+def _truth_sql(spec: BenchSpec, m: int) -> str:
+    """Each account's true segment in month m, as the demo world defines it: its own
+    segment, or the one it drifts to once the drift is at least half way."""
+    dw = _drift_weight_sql(m)
+    return f"""
+    select
+        account_id,
+        '{spec.month_start(m):%Y-%m}' as month,
+        case when {dw} >= 0.5 then '{DRIFT_TO}' else {_list(SEGMENTS)}[seg + 1] end as segment,
+        round({dw}, 3) as drift_weight,
+        not is_prospect and join_month <= {m} as active
+    from acc
+    order by i
+    """
+
+
+def _write_truth(con: duckdb.DuckDBPyConnection, spec: BenchSpec, folder: Path) -> None:
+    """truth/accounts.parquet and truth/segments_monthly.parquet from the `acc` table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    months = [spec.month_start(m).strftime("%Y-%m") for m in range(spec.months + 1)]
+    accounts = f"""
+    select
+        account_id,
+        is_prospect,
+        {_list(months)}[join_month + 1] as join_month,
+        {_list(SEGMENTS)}[seg + 1] as base_segment,
+        drifter,
+        case when drifter then {_list(months)}[drift_start + 1] else '' end as drift_start,
+        case when drifter then '{DRIFT_TO}' else '' end as drift_to
+    from acc
+    order by i
+    """
+    monthly = " union all ".join(f"({_truth_sql(spec, m)})" for m in (spec.months - 1, spec.months))
+    _copy(con, accounts, folder / "accounts.parquet", "parquet")
+    _copy(con, monthly, folder / "segments_monthly.parquet", "parquet")
+
+
+def ensure_truth(world: BenchWorld, *, memory_limit: str = "1GB", threads: int = 2) -> Path:
+    """The world's truth folder, written first if the world predates it (the accounts are
+    a hash of the spec, so they come out as when the world was generated)."""
+    folder = world.path / "truth"
+    if not (folder / "segments_monthly.parquet").exists():
+        with in_memory() as con:
+            con.execute("set enable_progress_bar = false")
+            con.execute(f"set memory_limit = '{memory_limit}'")
+            con.execute(f"set threads = {threads}")
+            con.execute(_accounts_sql(world.spec, _Rand(world.spec.seed)))
+            _write_truth(con, world.spec, folder)
+    return folder
+
+
 # --- writing ------------------------------------------------------------------------------
 
 
@@ -482,7 +553,7 @@ def generate(
     meta = out / "world.json"
     if meta.exists():
         known = json.loads(meta.read_text())
-        if known.get("spec") == asdict(spec):
+        if known.get("spec") == asdict(spec) and known.get("generator") == GENERATOR:
             return BenchWorld(out, spec, known["rows"], known["next_rows"], known["bytes"], known["seconds"])
     if out.exists():
         shutil.rmtree(out)
@@ -496,6 +567,7 @@ def generate(
         con.execute(f"set threads = {threads}")
         con.execute(f"set temp_directory = '{out / '.tmp'}'")
         con.execute(_accounts_sql(spec, r))
+        _write_truth(con, spec, out / "truth")
         last_note = time.monotonic()
         for m in range(spec.months + 1):
             rows = _write_month(con, spec, r, m, world.landing if m < spec.months else world.next_month)
@@ -509,11 +581,18 @@ def generate(
                     f"{time.monotonic() - started:.0f} s"
                 )
         shutil.rmtree(out / ".tmp", ignore_errors=True)
-    world.bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    world.bytes = sum(p.stat().st_size for folder in (world.landing, world.next_month) for p in folder.rglob("*") if p.is_file())
     world.seconds = round(time.monotonic() - started, 1)
     meta.write_text(
         json.dumps(
-            {"spec": asdict(spec), "rows": world.rows, "next_rows": world.next_rows, "bytes": world.bytes, "seconds": world.seconds},
+            {
+                "generator": GENERATOR,
+                "spec": asdict(spec),
+                "rows": world.rows,
+                "next_rows": world.next_rows,
+                "bytes": world.bytes,
+                "seconds": world.seconds,
+            },
             indent=2,
         )
     )

@@ -32,7 +32,7 @@ from pipelines.drift.run import LAPSING, REASONS
 DRIFT_REASONS = tuple(REASONS.values())
 
 
-def _prf(flagged: set[str], positives: set[str]) -> dict[str, float]:
+def precision_recall_f1(flagged: set[str], positives: set[str]) -> dict[str, float]:
     tp = len(flagged & positives)
     precision = tp / len(flagged) if flagged else 0.0
     recall = tp / len(positives) if positives else 0.0
@@ -66,17 +66,17 @@ def drift_quality(con, world: Path, months: list[str]) -> dict[str, Any]:
     first_flag = warnings.groupby("account_id")["as_of"].min()
     # early warnings of the risky kinds (a move towards service or quality is watched too, not counted here)
     risky_early = drift["early_warning"] & drift["drift_kind"].isin(list(REASONS))
-    early_only = _prf(set(drift.loc[risky_early, "account_id"]) - elsewhere, positives)
-    needseg = _prf(set(first_flag.index) - elsewhere, positives)
+    early_only = precision_recall_f1(set(drift.loc[risky_early, "account_id"]) - elsewhere, positives)
+    needseg = precision_recall_f1(set(first_flag.index) - elsewhere, positives)
     # the baseline: any change of assigned segment between consecutive runs (not the first)
     changed = drift[(drift["run_id"] != run_ids[0]) & drift["migrated"]]
-    baseline = _prf(set(changed["account_id"]) - elsewhere, positives)
+    baseline = precision_recall_f1(set(changed["account_id"]) - elsewhere, positives)
     risk = drift[drift["is_churn_risk"]]
-    risk_flags = _prf(set(risk["account_id"]) - elsewhere, positives)
+    risk_flags = precision_recall_f1(set(risk["account_id"]) - elsewhere, positives)
     # Any direction: every planted drifter against any sign of movement (an early warning
     # towards any segment, a migration after the first run, or a drift flag).
     moving = set(drift.loc[drift["early_warning"] | drift["drift_flag"], "account_id"]) | set(changed["account_id"])
-    any_direction = _prf(moving, positives | elsewhere)
+    any_direction = precision_recall_f1(moving, positives | elsewhere)
 
     # Flag lag: months from a drift's start (truth) to needseg's first flag, for every planted
     # drifter that was flagged (negative: flagged before the drift began).
@@ -177,7 +177,7 @@ def _alert_quality(
         if churn.get(a) and pd.Period(on, "M") <= pd.Period(churn[a], "M")
     )
     late = sum(1 for a, on in first_alert.items() if churn.get(a) and pd.Period(on, "M") > pd.Period(churn[a], "M"))
-    drift_alerts = _prf(drifting, positives)
+    drift_alerts = precision_recall_f1(drifting, positives)
     result = {
         "drift_alerts": drift_alerts,
         "lapsing_alerts": len(lapsing),
