@@ -141,6 +141,9 @@ class DriftConfig(_Section):
     scan_z: Positive = 5.25
     # an early warning needs both: evidence (z) and a material move
     early_warning_z: Positive = 3.5
+    # the stated-needs test: a re-surveyed account's answers moved towards another segment's
+    # needs profile between its last two usable waves (pipelines/drift/needs.py)
+    needs_z: Positive = 3.5
     min_shift: Share = 0.25
     confirm_migration_z: Positive = 2.5
     active_within_months: Months = 4

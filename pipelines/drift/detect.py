@@ -55,6 +55,7 @@ import pandas as pd
 
 from pipelines.config import DriftConfig
 from pipelines.drift.signals import COMPONENTS, LEVEL_SCALE, MixChange, Windows, by_position, mix_change
+from pipelines.drift import needs as stated
 from pipelines.parallel import ordered_map
 from pipelines.segmentation.taxonomy import Taxonomy
 from pipelines.warehouse import in_memory
@@ -75,6 +76,7 @@ class DriftSettings:
     shortest_recent_months: int = _DEFAULTS.shortest_recent_months
     scan_z: float = _DEFAULTS.scan_z
     early_warning_z: float = _DEFAULTS.early_warning_z
+    needs_z: float = _DEFAULTS.needs_z
     min_shift: float = _DEFAULTS.min_shift
     confirm_migration_z: float = _DEFAULTS.confirm_migration_z
     active_within_months: int = _DEFAULTS.active_within_months
@@ -102,6 +104,7 @@ FEATURE_COLUMNS = (
     "revenue_trend",
     "satisfaction_change",
     "nps",
+    *stated.FEATURE_COLUMNS,
 )
 
 
@@ -278,8 +281,39 @@ def _kind(seg: str, target: str, price: str | None, partnership: str | None) -> 
     return OTHER_KIND
 
 
+def _stated_towards(
+    needs: MixChange, needs_levels: pd.DataFrame, accounts: pd.Index, current: str, target: str, window: int
+) -> pd.DataFrame:
+    """The stated-needs test (pipelines/drift/needs.py): each account's needs move between its
+    last two survey waves, as a share of the way from `current`'s needs profile to
+    `target`'s, and its z."""
+    if current in needs_levels.index and target in needs_levels.index:
+        gap = (needs_levels.loc[target] - needs_levels.loc[current]).fillna(0.0)
+        z, shift = _along(needs, gap, accounts)
+    else:  # a segment none of whose members answered: no needs profile to move along
+        z, shift = np.zeros(len(accounts)), np.zeros(len(accounts))
+    return pd.DataFrame(
+        {
+            "z": z,
+            "shift": np.nan_to_num(shift),
+            "target": target,
+            "components": [[]] * len(accounts),
+            "signs": [[]] * len(accounts),
+            "window": window,
+        },
+        index=accounts,
+    )
+
+
 def _drift_targets(
-    changes: list[MixChange], levels: pd.DataFrame, spread: pd.Series, segment_of: pd.Series, taxonomy: Taxonomy, settings: DriftSettings
+    changes: list[MixChange],
+    levels: pd.DataFrame,
+    spread: pd.Series,
+    segment_of: pd.Series,
+    taxonomy: Taxonomy,
+    settings: DriftSettings,
+    needs: MixChange | None = None,
+    needs_levels: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per account: the move it is watched for (kind, target), its evidence (z, shift, the
     window read) and whether it clears a test (`clears`).
@@ -291,7 +325,12 @@ def _drift_targets(
       risky kinds alert), over every scanned window, by weighted least squares with the
       month-to-month standard errors and capped per-signal z (`scan_z`, stricter: it looks
       in more places). Of the targets that clear it, the strongest evidence wins.
-    The sustained test's move is shown when it clears or when neither does."""
+    - stated needs (`needs`, re-surveyed accounts only): the move of the account's answers
+      between its last two survey waves towards any other segment's needs profile
+      (`needs_z`); it raises a warning the buying mix does not (yet) show.
+    The sustained test's move is shown when it clears or when neither does; a move raised
+    by the stated needs alone keeps the buying-mix signals of its target as evidence (they
+    support it or stand `against:` it)."""
     price = taxonomy.role("price_sensitive")
     partnership = taxonomy.role("partnership")
     segments = list(levels.index)
@@ -312,19 +351,31 @@ def _drift_targets(
             settings.scan_z,
             settings.min_shift,
         )
-        sustained = _best(
-            [
-                _sustained_towards(changes_of[-1], levels, spread, members, seg, t, settings.min_profile_gap).assign(
-                    window=len(changes) - 1
-                )
-                for t in targets
-            ],
-            [_kind(seg, t, price, partnership) for t in targets],
-            settings.early_warning_z,
-            settings.min_shift,
-        )
+        candidates = [
+            _sustained_towards(changes_of[-1], levels, spread, members, seg, t, settings.min_profile_gap).assign(window=len(changes) - 1)
+            for t in targets
+        ]
+        kinds = [_kind(seg, t, price, partnership) for t in targets]
+        sustained = _best(candidates, kinds, settings.early_warning_z, settings.min_shift)
         use_scan = ~sustained["clears"] & scan["clears"]
         sustained.loc[use_scan] = scan.loc[use_scan]
+        if needs is not None and needs_levels is not None:
+            needs_of = _rows(needs, at)
+            said = _best(
+                [_stated_towards(needs_of, needs_levels, members, seg, t, len(changes) - 1) for t in targets],
+                kinds,
+                settings.needs_z,
+                settings.min_shift,
+            )
+            use_needs = (~sustained["clears"] & said["clears"]).to_numpy()
+            if use_needs.any():
+                # the buying-mix signals of the stated target, as the sustained test reads them
+                which = pd.Index(targets).get_indexer(said["target"].to_numpy()[use_needs])
+                comps, signs = _per_frame(candidates, "components"), _per_frame(candidates, "signs")
+                said = said.copy()
+                said.loc[use_needs, "components"] = pd.Series(list(comps[which]), index=said.index[use_needs])
+                said.loc[use_needs, "signs"] = pd.Series(list(signs[which]), index=said.index[use_needs])
+                sustained.loc[use_needs] = said.loc[use_needs]
         parts.append(sustained)
     columns = ["z", "shift", "target", "components", "signs", "window", "kind", "clears"]
     drift = pd.concat(parts) if parts else pd.DataFrame(columns=columns)
@@ -366,7 +417,14 @@ def _best(scored: list[pd.DataFrame], kinds: list[str], min_z: float, min_shift:
 
 
 def _migrations(
-    out: pd.DataFrame, changes: list[MixChange], levels: pd.DataFrame, spread: pd.Series, taxonomy: Taxonomy, settings: DriftSettings
+    out: pd.DataFrame,
+    changes: list[MixChange],
+    levels: pd.DataFrame,
+    spread: pd.Series,
+    taxonomy: Taxonomy,
+    settings: DriftSettings,
+    needs: MixChange | None = None,
+    needs_levels: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Kind, evidence and direction of every migration (vectorised per from -> to pair)."""
     price = taxonomy.role("price_sensitive")
@@ -392,6 +450,12 @@ def _migrations(
         & (scored["z"].astype(float) >= settings.confirm_migration_z)
         & (scored["shift"].astype(float) >= settings.min_shift)
     ).fillna(False)
+    if needs is not None and needs_levels is not None:
+        # or by the account's own answers: its needs moved from the old segment's profile to the new one's
+        for (before, after), group in moved.groupby(["previous_segment_id", "segment_id"]):
+            said = _stated_towards(needs, needs_levels, group.index, before, after, len(changes) - 1)
+            confirmed = (said["z"] >= settings.needs_z) & (said["shift"] >= settings.min_shift)
+            out.loc[confirmed.index[confirmed.to_numpy()], "migration_confirmed"] = True
     return scored
 
 
@@ -474,6 +538,63 @@ def _evidence_long(
     long["recent_count"] = long["recent_count"].astype(int)
     long["before_count"] = long["before_count"].astype(int)
     return long.drop(columns=["sign", "months"])
+
+
+def _needs_evidence_long(
+    frm: pd.Series, to: pd.Series, needs: MixChange, needs_levels: pd.DataFrame, needs_spread: pd.Series, waves: pd.Series, min_gap: float
+) -> pd.DataFrame:
+    """One row per re-surveyed account and needs item that sets its move's two segments
+    apart (`frm` -> `to`, the segments of its drift or migration), as `_evidence_long`'s rows:
+    the item's relative importance in the two waves, supporting the move or `against:` it."""
+    parts = []
+    known = to.notna() & frm.notna() & frm.isin(needs_levels.index) & to.isin(needs_levels.index)
+    pairs = pd.DataFrame({"frm": frm[known], "to": to[known]})
+    for (a, b), group in pairs.groupby(["frm", "to"]):
+        if a == b:
+            continue
+        direction = _direction(needs_levels, needs_spread, a, b, min_gap)
+        for item, gap in direction.items():
+            rows = needs.z.index.get_indexer(group.index)
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "account_id": group.index,
+                        "signal": f"need_{item}",
+                        "before": needs.baseline[item].to_numpy(float)[rows],
+                        "recent": needs.recent[item].to_numpy(float)[rows],
+                        "z": needs.z[item].to_numpy(float)[rows],
+                        "recent_count": needs.n_recent[item].to_numpy(float)[rows],
+                        "sign": float(np.sign(gap)),
+                    }
+                )
+            )
+    columns = ["account_id", "signal", "label", "before", "recent", "z", "recent_count", "before_count", "supports", "text"]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    long = pd.concat(parts, ignore_index=True)
+    long = long[np.isfinite(long["before"]) & np.isfinite(long["recent"])].copy()
+    along = long["z"] * long["sign"]
+    long["supports"] = along > 0
+    long = long[long["supports"] | (along < -CONTRADICTING_Z)].copy()
+    long["label"] = "stated importance of " + long["signal"].str.removeprefix("need_")
+    # the respondents of the latest wave (the wave before is not counted per account)
+    long["recent_count"] = long["recent_count"].fillna(0).astype(int)
+    long["before_count"] = 0
+    long["text"] = (
+        np.where(long["supports"], "", "against: ")
+        + long["label"]
+        + " "
+        + np.char.mod("%+.2f", long["before"].to_numpy(float))
+        + " -> "
+        + np.char.mod("%+.2f", long["recent"].to_numpy(float))
+        + " ("
+        + waves.reindex(long["account_id"]).to_numpy()
+        + "; each answer against the respondent's own other answers)"
+    )
+    long["before"] = long["before"].round(4)
+    long["recent"] = long["recent"].round(4)
+    long["z"] = long["z"].round(2)
+    return long[columns]
 
 
 EVIDENCE_SQL = """
@@ -638,7 +759,10 @@ def detect(
     changes = ordered_map(partial(_window_change, coded, ids, segment_of.index), windows)
     del coded
     levels, spread = segment_profiles(features.reindex(segment_of.index), segment_of)
-    drift = _drift_targets(changes, levels, spread, segment_of, taxonomy, settings)
+    # the stated-needs test: re-surveyed accounts' answers in their last two waves
+    needs = stated.needs_change(features, segment_of.index)
+    needs_levels, needs_spread = stated.needs_profiles(features, segment_of) if needs is not None else (None, None)
+    drift = _drift_targets(changes, levels, spread, segment_of, taxonomy, settings, needs, needs_levels)
 
     out = pd.DataFrame(index=segment_of.index)
     out["segment_id"] = segment_of
@@ -652,7 +776,7 @@ def detect(
     # drifting: a drift shows in what it still buys.
     out["ordering_recently"] = (changes[-1].last_order_months_ago < settings.active_within_months).fillna(False).astype(bool)
     out["early_warning"] = drift["clears"].fillna(False).astype(bool) & out["ordering_recently"]
-    moved = _migrations(out, changes, levels, spread, taxonomy, settings)
+    moved = _migrations(out, changes, levels, spread, taxonomy, settings, needs, needs_levels)
     risky_move = out["migration_confirmed"] & out["migration_kind"].isin([PRICE_KIND, AWAY_KIND]) & out["ordering_recently"]
     risky_early = out["early_warning"] & out["drift_kind"].isin([PRICE_KIND, AWAY_KIND])
     # A confirmed risky migration without an early warning: the move is towards its new
@@ -674,6 +798,20 @@ def detect(
     out["lapse_risk"] = lapse_risk(f, settings.lapse_horizon_months, settings.lapse_silence_months)
 
     long = _evidence_long(out.index, comps, signs, _picked(changes, window), window_months, settings.baseline_months)
+    if needs is not None:
+        # the account's own answers, for the move shown: its drift's or its migration's segments
+        frm = out["segment_id"].where(~by_move, out["previous_segment_id"])
+        said = _needs_evidence_long(
+            frm,
+            out["toward_segment_id"],
+            needs,
+            needs_levels,
+            needs_spread,
+            stated.waves_text(features, out.index),
+            settings.min_profile_gap,
+        )
+        if len(said):
+            long = pd.concat([long, said], ignore_index=True) if len(long) else said
     supporting = long[long["supports"]].groupby("account_id").size() if len(long) else pd.Series(dtype=int)
     out["supporting_signals"] = supporting.reindex(out.index).fillna(0).astype(int)
     probability_text = _probability_text(out, names, settings)

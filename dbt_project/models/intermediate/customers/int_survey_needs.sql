@@ -182,7 +182,12 @@ select
     {% for item in core + extra -%}
     latest_needs.need_{{ item }},
     {% endfor -%}
-    latest_needs.need_price - previous_needs.need_price as need_price_change,
+    -- how each core need moved since the usable wave before (null without one): the needs
+    -- evidence of a drift (pipelines/drift/detect.py, the stated-needs test)
+    previous_needs.wave as previous_survey_wave,
+    {% for item in core -%}
+    latest_needs.need_{{ item }} - previous_needs.need_{{ item }} as need_{{ item }}_change,
+    {% endfor -%}
     latest_answers.wave as satisfaction_wave,
     latest_answers.satisfaction,
     latest_answers.nps,
