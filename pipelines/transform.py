@@ -183,20 +183,27 @@ def build(
     target = target_dir(settings)
     args = [command, "--select", select, *_project_args(settings, config, "target"), *flags, *RUN_FLAGS]
     result = _invoke(args, settings, as_of, unit_tests)
-    failures, warnings, nodes = [], [], 0
-    if result.result is not None:
-        for r in result.result:
-            if r.node.resource_type == "operation":
-                continue  # the on-run-start hook (DuckDB's resources), not a model or test
-            nodes += 1
-            status = str(r.status)
-            name = r.node.name
-            if status in ("error", "fail", "runtime error"):
-                # DuckDB's own advice (SET statements) is not the user's to run: out_of_memory_hint below
-                message = (r.message or "").split("Possible solutions:")[0].strip()
-                failures.append(f"{r.node.resource_type} {name}: {status}: {message[:500]}")
-            elif status == "warn":
-                warnings.append(f"{name}: {(r.message or '').strip()[:300]}")
+    failures, warnings, nodes, out_of_memory = _outcome(result)
+    # only when running out of memory is all that went wrong (a failing test is not retried)
+    retry = _one_at_a_time(select, out_of_memory) if not result.success and len(out_of_memory) == len(failures) else None
+    if retry:
+        # dbt builds independent nodes side by side (two threads) within DuckDB's one memory
+        # limit: at 1M accounts two of the first build's heavy nodes together ran out of it
+        # where each alone fits. The nodes that ran out, and what depends on them, are built
+        # again one at a time before the build is called failed.
+        args = [command, "--select", retry, *_project_args(settings, config, "target"), "--threads", "1", *flags, *RUN_FLAGS]
+        result = _invoke(args, settings, as_of, unit_tests)
+        again, warnings_again, _, _ = _outcome(result)
+        warnings += warnings_again
+        names = ", ".join(out_of_memory)
+        if result.success:
+            warnings.append(
+                f"{names}: ran out of DuckDB's memory limit built beside other models, then built again one node at a time; "
+                "a larger NEEDSEG_DUCKDB_MEMORY_LIMIT avoids the second pass"
+            )
+            failures = []
+        else:
+            failures = [*again, f"{names}: built again one node at a time after running out of memory beside other models; it failed again"]
     if not result.success:
         if result.exception is not None and not failures:
             failures.append(str(result.exception))
@@ -206,6 +213,36 @@ def build(
             + "\n- ".join([*(failures or ["see the dbt log in " + str(target / "logs")]), *hint])
         )
     return DbtResult(select, time.monotonic() - started, nodes, failures, warnings)
+
+
+def _outcome(result: Any) -> tuple[list[str], list[str], int, list[str]]:
+    """A dbt invocation's failures and warnings in words, its node count, and the nodes
+    (models, tests) that ran out of DuckDB's memory limit."""
+    failures, warnings, nodes, out_of_memory = [], [], 0, []
+    for r in result.result or []:
+        if r.node.resource_type == "operation":
+            continue  # the on-run-start hook (DuckDB's resources), not a model or test
+        nodes += 1
+        status = str(r.status)
+        name = r.node.name
+        if status in ("error", "fail", "runtime error"):
+            # DuckDB's own advice (SET statements) is not the user's to run: out_of_memory_hint
+            message = (r.message or "").split("Possible solutions:")[0].strip()
+            failures.append(f"{r.node.resource_type} {name}: {status}: {message[:500]}")
+            if is_out_of_memory(message):
+                out_of_memory.append(name)
+        elif status == "warn":
+            warnings.append(f"{name}: {(r.message or '').strip()[:300]}")
+    return failures, warnings, nodes, out_of_memory
+
+
+def _one_at_a_time(select: str, out_of_memory: list[str]) -> str | None:
+    """The selection that builds again the nodes that ran out of memory and everything of
+    `select` downstream of them (dbt: a space is a union, a comma an intersection); None
+    when nothing ran out of memory or `select` is not a single selector."""
+    if not out_of_memory or not select or any(c.isspace() for c in select):
+        return None
+    return " ".join(f"{name}+,{select}" for name in out_of_memory)
 
 
 MANIFEST = DBT_PROJECT_DIR / "target" / "manifest.json"
