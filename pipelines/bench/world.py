@@ -492,15 +492,20 @@ def _write_truth(con: duckdb.DuckDBPyConnection, spec: BenchSpec, folder: Path) 
     _copy(con, monthly, folder / "segments_monthly.parquet", "parquet")
 
 
+def _limit(con: duckdb.DuckDBPyConnection, memory_limit: str, threads: int) -> None:
+    """The generator's DuckDB: bounded memory and threads, no progress bar."""
+    con.execute("set enable_progress_bar = false")
+    con.execute(f"set memory_limit = '{memory_limit}'")
+    con.execute(f"set threads = {threads}")
+
+
 def ensure_truth(world: BenchWorld, *, memory_limit: str = "1GB", threads: int = 2) -> Path:
     """The world's truth folder, written first if the world predates it (the accounts are
     a hash of the spec, so they come out as when the world was generated)."""
     folder = world.path / "truth"
     if not (folder / "segments_monthly.parquet").exists():
         with in_memory() as con:
-            con.execute("set enable_progress_bar = false")
-            con.execute(f"set memory_limit = '{memory_limit}'")
-            con.execute(f"set threads = {threads}")
+            _limit(con, memory_limit, threads)
             con.execute(_accounts_sql(world.spec, _Rand(world.spec.seed)))
             _write_truth(con, world.spec, folder)
     return folder
@@ -562,9 +567,7 @@ def generate(
     world = BenchWorld(out, spec)
     r = _Rand(spec.seed)
     with in_memory() as con:
-        con.execute("set enable_progress_bar = false")
-        con.execute(f"set memory_limit = '{memory_limit}'")
-        con.execute(f"set threads = {threads}")
+        _limit(con, memory_limit, threads)
         con.execute(f"set temp_directory = '{out / '.tmp'}'")
         con.execute(_accounts_sql(spec, r))
         _write_truth(con, spec, out / "truth")

@@ -553,8 +553,8 @@ def _needs_evidence_long(
         if a == b:
             continue
         direction = _direction(needs_levels, needs_spread, a, b, min_gap)
+        rows = needs.z.index.get_indexer(group.index)
         for item, gap in direction.items():
-            rows = needs.z.index.get_indexer(group.index)
             parts.append(
                 pd.DataFrame(
                     {
